@@ -1,0 +1,50 @@
+"""FeaturesConfig: the typed config of `dlrrec features build` (section `features:`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from launch.config import ConfigError
+
+
+@dataclass
+class FeaturesConfig:
+    """Raw reviews -> leakage-free examples.
+
+    Args:
+        run_dir: run root; outputs go to `run_dir/features/`.
+        raw_dir: folder with the raw-reviews tables (`dlrrec data fetch` writes one).
+        seed: seed of the random split.
+        dataset: a name recorded in `_meta.json` and the report.
+        split: `random` (seeded 80/10/10) or `temporal` (by timestamp).
+        split_fractions: train/val/test shares, summing to 1.
+        positive_min_rating: label = rating >= this.
+        zip_prefix_len: leading characters of the zip code kept as a sparse feature.
+        text_model: sentence-transformers model folder; "" = the packaged all-MiniLM-L6-v2.
+        embed_batch_size: texts per MiniLM batch.
+        overwrite: replace an existing output made from another config or input.
+    """
+
+    run_dir: str
+    raw_dir: str = "data/movielens-100k"
+    seed: int = 0
+    dataset: str = "movielens-100k"
+    split: Literal["random", "temporal"] = "random"
+    split_fractions: list[float] | None = None
+    positive_min_rating: float = 4.0
+    zip_prefix_len: int = 1
+    text_model: str = ""
+    embed_batch_size: int = 256
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        fr = self.split_fractions or [0.8, 0.1, 0.1]
+        if len(fr) != 3 or any(f <= 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"features.split_fractions: expected three positive shares summing to 1, got {fr}"
+            )
+        if self.zip_prefix_len < 1:
+            raise ConfigError("features.zip_prefix_len: must be >= 1")
+        if self.embed_batch_size < 1:
+            raise ConfigError("features.embed_batch_size: must be >= 1")

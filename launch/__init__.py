@@ -1,0 +1,1 @@
+"""dlrrec launch stage."""

@@ -1,0 +1,1 @@
+"""dlrrec trainer stage."""
