@@ -1,0 +1,93 @@
+"""TrainConfig: the typed config of `dlrrec train` (section `train:`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from launch.config import ConfigError
+
+MODALITIES = ("text", "image")
+
+
+@dataclass
+class TrainConfig:
+    """The DLRM, its projection towers, the losses and the loop.
+
+    Args:
+        run_dir: run root; reads `features/` and `similarity/`, writes `train/`.
+        seed: seeds parameters, shuffling and positive sampling.
+        epochs: maximum epochs.
+        batch_size: GLOBAL batch size, split evenly over ranks.
+        embedding_dim: D, the dim of every embedding table and projection tower output.
+        tower_hidden: hidden width of each 384->D projection tower (0 = one linear layer).
+        dense_arch: hidden sizes of the MLP over dense features (its output is D).
+        over_arch: hidden sizes of the MLP after the interaction (a final 1 is added).
+        dropout: dropout in towers and over arch.
+        lr: dense Adam learning rate (the paper's 0.01).
+        sparse_optimizer: optimizer fused into the embedding tables. `auto` = adam on
+            CUDA; on CPU fbgemm's fused kernels offer no Adam, so `auto` there means
+            exact row-wise Adagrad (recorded in report.json).
+        sparse_lr: learning rate of the fused sparse optimizer.
+        class_weight: `balanced` weighs positives by n_neg/n_pos in the BCE.
+        modalities: content vectors fed to the towers (`text`, `image`).
+        projection: `cotrained` (end to end) or `two_step` (the paper's V0).
+        contrastive: add the SWING InfoNCE losses.
+        w_item_item, w_user_user: the paper's w1, w2.
+        tau: InfoNCE temperature.
+        positive_sampling: `score` samples a SWING neighbour with p ~ score; `top1` takes the best.
+        patience: epochs without a better val AUC before stopping.
+        min_epochs: epochs before early stopping may trigger.
+        selection_metric: `auc` (val AUC).
+        keep_checkpoints: last K epoch checkpoints kept (the best is always kept).
+        device: `auto` (cuda when present), `cpu` or `cuda`.
+    """
+
+    run_dir: str
+    seed: int = 0
+    dataset: str = ""
+    epochs: int = 20
+    batch_size: int = 1024
+    eval_batch_size: int = 8192
+    embedding_dim: int = 32
+    tower_hidden: int = 128
+    dense_arch: list[int] = field(default_factory=lambda: [64])
+    over_arch: list[int] = field(default_factory=lambda: [256, 64])
+    dropout: float = 0.1
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    sparse_optimizer: Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"] = "auto"
+    sparse_lr: float = 0.05
+    sparse_weight_decay: float = 0.0
+    class_weight: Literal["none", "balanced"] = "balanced"
+    modalities: list[str] = field(default_factory=lambda: ["text"])
+    projection: Literal["cotrained", "two_step"] = "cotrained"
+    contrastive: bool = True
+    w_item_item: float = 0.1
+    w_user_user: float = 0.1
+    tau: float = 0.2
+    positive_sampling: Literal["score", "top1"] = "score"
+    patience: int = 3
+    min_epochs: int = 1
+    selection_metric: Literal["auc"] = "auc"
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    max_steps_per_epoch: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "embedding_dim", "patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"train.dropout: must be in [0, 1), got {self.dropout}")
+        if self.tau <= 0:
+            raise ConfigError(f"train.tau: must be > 0, got {self.tau}")
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        if bad:
+            raise ConfigError(f"train.modalities: unknown modality {bad[0]!r} (known: text, image)")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError("train.modalities: duplicates")
+        if self.lr <= 0 or self.sparse_lr <= 0:
+            raise ConfigError("train.lr/sparse_lr: must be > 0")

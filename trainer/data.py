@@ -1,0 +1,446 @@
+"""Training data: the features/similarity artifacts in memory, and rank-sharded batches.
+
+Shape legend: B = local batch size, F = sparse features, T = towers (content
+vectors), C = content dim (384), Dd = dense features.
+
+Every rank sees the same seeded global permutation of the split each epoch and takes
+its own contiguous slice of each global batch, so 1 rank and N ranks walk the data in
+the same global order. Eval batches are padded to equal size on every rank (padding
+rows have weight 0) because the sharded embedding all-to-all wants equal batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
+
+from launch.artifacts import read_meta
+from launch.config import DataError
+
+# Towers in a fixed order: (modality, entity, column)
+TOWER_COLUMNS = {
+    "text": [("user", "user_text"), ("item", "item_text")],
+    "image": [("user", "user_image"), ("item", "item_image")],
+}
+
+
+@dataclass
+class Batch(Pipelineable):
+    """One local batch. Shapes: dense [B, Dd], content [B, T, C], the rest [B] or [B, C].
+
+    `ii_*` / `uu_*` are the item-item / user-user InfoNCE inputs: the anchor's SWING
+    positive (its content vector and id; id -1 and mask 0 when it has no neighbour).
+    """
+
+    dense: torch.Tensor
+    sparse: KeyedJaggedTensor
+    content: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor
+    item_ids: torch.Tensor
+    user_ids: torch.Tensor
+    ii_pos: torch.Tensor
+    ii_pos_ids: torch.Tensor
+    uu_anchor: torch.Tensor
+    uu_pos: torch.Tensor
+    uu_pos_ids: torch.Tensor
+    item_tower: int
+    user_tower: int
+
+    def _tensors(self) -> list[str]:
+        return [
+            "dense", "content", "labels", "weights", "item_ids", "user_ids",
+            "ii_pos", "ii_pos_ids", "uu_anchor", "uu_pos", "uu_pos_ids",
+        ]  # fmt: skip
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        kw: dict[str, Any] = {
+            n: getattr(self, n).to(device=device, non_blocking=non_blocking)
+            for n in self._tensors()
+        }
+        kw["sparse"] = self.sparse.to(device=device, non_blocking=non_blocking)
+        return Batch(**kw, item_tower=self.item_tower, user_tower=self.user_tower)
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        for n in self._tensors():
+            getattr(self, n).record_stream(stream)
+        self.sparse.record_stream(stream)
+
+    def pin_memory(self) -> Batch:
+        kw: dict[str, Any] = {n: getattr(self, n).pin_memory() for n in self._tensors()}
+        kw["sparse"] = self.sparse.pin_memory()
+        return Batch(**kw, item_tower=self.item_tower, user_tower=self.user_tower)
+
+
+@dataclass
+class SplitArrays:
+    """One split as column arrays; multi-valued sparse features as CSR (offsets, values)."""
+
+    n: int
+    user_id: np.ndarray
+    item_id: np.ndarray
+    label: np.ndarray
+    dense: np.ndarray  # [n, Dd] float32
+    single: dict[str, np.ndarray]  # name -> [n] int64
+    multi: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (offsets [n+1], values)
+    user_content: dict[str, np.ndarray]  # column -> [n, C] float16 (per-row, leakage-free)
+
+
+@dataclass
+class Neighbors:
+    """SWING top-K as CSR over anchors: offsets [n+1], neighbour ids, cumulative probs."""
+
+    offsets: np.ndarray
+    ids: np.ndarray
+    cum_probs: np.ndarray
+
+    def sample(self, anchors: np.ndarray, rng: np.random.Generator, top1: bool) -> np.ndarray:
+        """One positive per anchor (-1 when it has none), p ~ score or the top-1."""
+        start, end = self.offsets[anchors], self.offsets[anchors + 1]
+        has = end > start
+        out = np.full(anchors.shape, -1, dtype=np.int64)
+        u = rng.random(anchors.shape)  # drawn even for top1, so the stream is the same
+        if top1:
+            out[has] = self.ids[start[has]]
+            return out
+        # cum_probs holds anchor + per-anchor cumulative probability in (anchor, anchor+1],
+        # so one global searchsorted finds every anchor's draw at once.
+        j = np.searchsorted(self.cum_probs, anchors[has] + u[has], side="right")
+        out[has] = self.ids[np.clip(j, start[has], end[has] - 1)]
+        return out
+
+
+@dataclass
+class TrainingData:
+    """Everything the trainer reads, loaded once per rank."""
+
+    features_meta: dict[str, Any]
+    similarity_meta: dict[str, Any] | None
+    splits: dict[str, SplitArrays]
+    sparse_names: list[str]
+    sparse_vocab: dict[str, int]
+    dense_names: list[str]
+    towers: list[tuple[str, str]]  # (entity, column)
+    entity_content: dict[str, np.ndarray]  # column -> [n_entities, C] float16
+    item_neighbors: Neighbors | None
+    user_neighbors: Neighbors | None
+
+    @property
+    def content_dim(self) -> int:
+        return int(self.features_meta["content_dim"])
+
+
+def _fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, where: str) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_fixed_size_list(arr.type):
+        raise DataError(f"{where}: expected a fixed-size list of floats, got {arr.type}")
+    width = arr.type.list_size
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    out = flat.reshape(len(arr), width).astype(np.float16, copy=False)
+    if not np.isfinite(out).all():
+        raise DataError(f"{where}: NaN or inf in content vectors")
+    return out
+
+
+def read_split(root: Path, split: str, meta: dict[str, Any], content_cols: list[str]) -> SplitArrays:
+    folder = root / "examples" / split
+    files = sorted(folder.glob("part-*.parquet"))
+    if not files:
+        raise DataError(f"{folder}: no part-*.parquet files; run `dlrrec features build` first")
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    where = str(folder)
+    names = table.column_names
+    need = ["user_id", "item_id", "label", *meta["dense_features"], *content_cols]
+    need += [n for n in meta["sparse_features"] if n not in ("user_id", "item_id")]
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise DataError(f"{where}: missing column {missing[0]!r}")
+    single: dict[str, np.ndarray] = {}
+    multi: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, spec in meta["sparse_features"].items():
+        col = table.column(name).combine_chunks()
+        if spec.get("multi_valued"):
+            offsets = col.offsets.to_numpy().astype(np.int64)
+            values = col.values.to_numpy().astype(np.int64)
+            multi[name] = (offsets - offsets[0], values[offsets[0] : offsets[-1]])
+        else:
+            single[name] = col.to_numpy().astype(np.int64)
+    dense = (
+        np.stack([table.column(n).to_numpy().astype(np.float32) for n in meta["dense_features"]], 1)
+        if meta["dense_features"]
+        else np.zeros((table.num_rows, 0), np.float32)
+    )
+    if not np.isfinite(dense).all():
+        raise DataError(f"{where}: NaN or inf in dense features")
+    return SplitArrays(
+        n=table.num_rows,
+        user_id=table.column("user_id").to_numpy().astype(np.int64),
+        item_id=table.column("item_id").to_numpy().astype(np.int64),
+        label=table.column("label").to_numpy().astype(np.float32),
+        dense=dense,
+        single=single,
+        multi=multi,
+        user_content={c: _fixed_list_to_numpy(table.column(c), f"{where}:{c}") for c in content_cols},
+    )
+
+
+def read_neighbors(folder: Path, n: int) -> Neighbors:
+    files = sorted(folder.glob("part-*.parquet"))
+    if not files:
+        raise DataError(f"{folder}: no part-*.parquet files; run `dlrrec similarity swing` first")
+    t = pa.concat_tables([pq.read_table(f, columns=["anchor", "neighbor", "score", "rank"]) for f in files])
+    anchor = t.column("anchor").to_numpy()
+    order = np.lexsort((t.column("rank").to_numpy(), anchor))
+    anchor = anchor[order].astype(np.int64)
+    nb = t.column("neighbor").to_numpy()[order].astype(np.int64)
+    score = t.column("score").to_numpy()[order].astype(np.float64)
+    if anchor.size and (anchor.min() < 0 or anchor.max() >= n or nb.min() < 0 or nb.max() >= n):
+        raise DataError(f"{folder}: anchor/neighbor ids outside [0, {n})")
+    counts = np.bincount(anchor, minlength=n)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    score = np.maximum(score, 0.0)
+    sums = np.add.reduceat(score, offsets[:-1][counts > 0]) if score.size else np.zeros(0)
+    total = np.zeros(n)
+    total[counts > 0] = sums
+    # per-anchor cumulative probabilities, offset by the anchor id (see Neighbors.sample)
+    seg = np.repeat(np.arange(n), counts)
+    csum = np.cumsum(score)
+    before = np.concatenate([[0.0], csum])[offsets[:-1]]
+    within = csum - np.repeat(before, counts)
+    tot = np.repeat(total, counts)
+    rank_in = np.arange(score.size) - np.repeat(offsets[:-1], counts) + 1
+    frac = np.where(tot > 0, within / np.where(tot > 0, tot, 1.0), rank_in / np.repeat(np.maximum(counts, 1), counts))
+    last = offsets[1:][counts > 0] - 1
+    frac[last] = 1.0
+    cum = seg + frac
+    return Neighbors(offsets=offsets, ids=nb, cum_probs=cum)
+
+
+def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: bool) -> TrainingData:
+    """Load `run_dir/features` (and `run_dir/similarity` when `contrastive`)."""
+    root = Path(run_dir) / "features"
+    meta = read_meta(root)
+    towers: list[tuple[str, str]] = []
+    available = {e: set(meta["content"].get(e, [])) for e in ("user", "item")}
+    for m in modalities:
+        for entity, col in TOWER_COLUMNS[m]:
+            if col not in available[entity]:
+                raise DataError(
+                    f"{root}/_meta.json: modality {m!r} needs content column {col!r}, "
+                    f"which this dataset lacks (has {sorted(available[entity])})"
+                )
+            towers.append((entity, col))
+    user_cols = [c for e, c in towers if e == "user"]
+    splits = {s: read_split(root, s, meta, user_cols) for s in ("train", "val", "test")}
+    entity_content: dict[str, np.ndarray] = {}
+    for entity in ("user", "item"):
+        path = root / "entities" / f"{entity}s.parquet"
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run `dlrrec features build` first")
+        cols = [c for e, c in towers if e == entity]
+        t = pq.read_table(path)
+        for c in cols:
+            if c not in t.column_names:
+                raise DataError(f"{path}: missing column {c!r}")
+            ids = t.column(f"{entity}_id").to_numpy()
+            vec = _fixed_list_to_numpy(t.column(c), f"{path}:{c}")
+            full = np.zeros((int(meta[f"n_{entity}s"]), vec.shape[1]), np.float16)
+            full[ids] = vec
+            entity_content[c] = full
+    sim_meta = None
+    item_nb = user_nb = None
+    if contrastive:
+        sim_root = Path(run_dir) / "similarity"
+        sim_meta = read_meta(sim_root)
+        item_nb = read_neighbors(sim_root / "item_item", int(meta["n_items"]))
+        user_nb = read_neighbors(sim_root / "user_user", int(meta["n_users"]))
+    sparse_names = list(meta["sparse_features"])
+    return TrainingData(
+        features_meta=meta,
+        similarity_meta=sim_meta,
+        splits=splits,
+        sparse_names=sparse_names,
+        sparse_vocab={n: int(s["vocab_size"]) for n, s in meta["sparse_features"].items()},
+        dense_names=list(meta["dense_features"]),
+        towers=towers,
+        entity_content=entity_content,
+        item_neighbors=item_nb,
+        user_neighbors=user_nb,
+    )
+
+
+def _gather_csr(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths and concatenated values of `rows` of a CSR array (vectorised)."""
+    start = offsets[rows]
+    lengths = offsets[rows + 1] - start
+    total = int(lengths.sum())
+    if total == 0:
+        return lengths, np.zeros(0, np.int64)
+    # index of each output value: start of its row + position within the row
+    row_of = np.repeat(np.arange(rows.size), lengths)
+    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return lengths, values[start[row_of] + within]
+
+
+def make_batch(
+    data: TrainingData,
+    split: SplitArrays,
+    rows: np.ndarray,
+    valid: np.ndarray,
+    rng: np.random.Generator,
+    top1: bool,
+) -> Batch:
+    """Assemble one local batch from split rows (row ids repeat for padding; `valid` masks them)."""
+    lengths, values = [], []
+    for name in data.sparse_names:
+        if name == "user_id":
+            lengths.append(np.ones(rows.size, np.int64))
+            values.append(split.user_id[rows])
+        elif name == "item_id":
+            lengths.append(np.ones(rows.size, np.int64))
+            values.append(split.item_id[rows])
+        elif name in split.single:
+            lengths.append(np.ones(rows.size, np.int64))
+            values.append(split.single[name][rows])
+        else:
+            offs, vals = split.multi[name]
+            ln, vl = _gather_csr(offs, vals, rows)
+            lengths.append(ln)
+            values.append(vl)
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(data.sparse_names),
+        values=torch.from_numpy(np.concatenate(values)),
+        lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)),
+    )
+    users = split.user_id[rows]
+    items = split.item_id[rows]
+    content = []
+    user_tower = item_tower = -1
+    for t, (entity, col) in enumerate(data.towers):
+        if entity == "user":
+            content.append(split.user_content[col][rows])
+            user_tower = t if user_tower < 0 else user_tower
+        else:
+            content.append(data.entity_content[col][items])
+            item_tower = t if item_tower < 0 else item_tower
+    c_dim = data.content_dim
+    b = rows.size
+    zeros = np.zeros((b, c_dim), np.float16)
+    ii_pos_ids = np.full(b, -1, np.int64)
+    uu_pos_ids = np.full(b, -1, np.int64)
+    ii_pos = uu_anchor = uu_pos = zeros
+    if data.item_neighbors is not None and item_tower >= 0:
+        ii_pos_ids = data.item_neighbors.sample(items, rng, top1)
+        col = data.towers[item_tower][1]
+        ii_pos = data.entity_content[col][np.maximum(ii_pos_ids, 0)]
+    if data.user_neighbors is not None and user_tower >= 0:
+        uu_pos_ids = data.user_neighbors.sample(users, rng, top1)
+        col = data.towers[user_tower][1]
+        uu_anchor = data.entity_content[col][users]
+        uu_pos = data.entity_content[col][np.maximum(uu_pos_ids, 0)]
+    ii_pos_ids = np.where(valid, ii_pos_ids, -1)
+    uu_pos_ids = np.where(valid, uu_pos_ids, -1)
+    content_arr = np.stack(content, 1) if content else np.zeros((b, 0, c_dim), np.float16)
+    return Batch(
+        dense=torch.from_numpy(split.dense[rows]),
+        sparse=kjt,
+        content=torch.from_numpy(content_arr.astype(np.float32)),
+        labels=torch.from_numpy(split.label[rows]),
+        weights=torch.from_numpy(valid.astype(np.float32)),
+        item_ids=torch.from_numpy(items),
+        user_ids=torch.from_numpy(users),
+        ii_pos=torch.from_numpy(ii_pos.astype(np.float32)),
+        ii_pos_ids=torch.from_numpy(ii_pos_ids),
+        uu_anchor=torch.from_numpy(uu_anchor.astype(np.float32)),
+        uu_pos=torch.from_numpy(uu_pos.astype(np.float32)),
+        uu_pos_ids=torch.from_numpy(uu_pos_ids),
+        item_tower=item_tower,
+        user_tower=user_tower,
+    )
+
+
+def train_batches(
+    data: TrainingData,
+    global_batch: int,
+    rank: int,
+    world_size: int,
+    epoch: int,
+    seed: int,
+    top1: bool,
+    max_steps: int = 0,
+) -> Iterator[Batch]:
+    """This rank's slices of the epoch's global batches (last partial batch dropped).
+
+    The permutation and the positive sampling depend only on (seed, epoch, step),
+    never on the rank count, so a resumed or re-sharded run sees the same data.
+    """
+    split = data.splits["train"]
+    perm = np.random.default_rng([seed, epoch]).permutation(split.n)
+    local = global_batch // world_size
+    steps = split.n // global_batch
+    if max_steps:
+        steps = min(steps, max_steps)
+    for step in range(steps):
+        rows = perm[step * global_batch : (step + 1) * global_batch]
+        # positives are drawn for the whole global batch, then sliced: rank-count invariant
+        rng = np.random.default_rng([seed, epoch, step])
+        full = make_batch(data, split, rows, np.ones(rows.size, bool), rng, top1)
+        yield full if world_size == 1 else slice_batch(full, data.sparse_names, rank * local, local)
+
+
+def slice_batch(full: Batch, keys: list[str], offset: int, size: int) -> Batch:
+    """Rows [offset, offset + size) of a batch."""
+    sl = slice(offset, offset + size)
+    return Batch(
+        dense=full.dense[sl], sparse=_slice_kjt(full.sparse, keys, sl), content=full.content[sl],
+        labels=full.labels[sl], weights=full.weights[sl], item_ids=full.item_ids[sl],
+        user_ids=full.user_ids[sl], ii_pos=full.ii_pos[sl], ii_pos_ids=full.ii_pos_ids[sl],
+        uu_anchor=full.uu_anchor[sl], uu_pos=full.uu_pos[sl], uu_pos_ids=full.uu_pos_ids[sl],
+        item_tower=full.item_tower, user_tower=full.user_tower,
+    )  # fmt: skip
+
+
+def _slice_kjt(kjt: KeyedJaggedTensor, keys: list[str], sl: slice) -> KeyedJaggedTensor:
+    lengths, values = [], []
+    for k in keys:
+        jt = kjt[k]
+        ln = jt.lengths()
+        offs = jt.offsets()
+        lengths.append(ln[sl])
+        values.append(jt.values()[offs[sl.start] : offs[sl.stop]])
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=list(keys), values=torch.cat(values), lengths=torch.cat(lengths).to(torch.int32)
+    )
+
+
+def eval_batches(
+    data: TrainingData, split_name: str, global_batch: int, rank: int, world_size: int
+) -> Iterator[tuple[Batch, np.ndarray]]:
+    """This rank's share of a split in equal-size padded batches, with the row ids it scores.
+
+    Row ids are -1 for padding, so gathered predictions map back to split rows exactly.
+    """
+    split = data.splits[split_name]
+    local = max(1, global_batch // world_size)
+    per_rank = -(-split.n // world_size)
+    steps = -(-per_rank // local)
+    mine = np.arange(rank, split.n, world_size)
+    rng = np.random.default_rng(0)  # positives are unused in eval
+    for step in range(steps):
+        rows = mine[step * local : (step + 1) * local]
+        pad = local - rows.size
+        valid = np.concatenate([np.ones(rows.size, bool), np.zeros(pad, bool)])
+        padded = np.concatenate([rows, np.zeros(pad, np.int64)]) if pad else rows
+        if split.n == 0:
+            break
+        ids = np.where(valid, padded, -1)
+        yield make_batch(data, split, padded, valid, rng, True), ids

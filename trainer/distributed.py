@@ -1,0 +1,110 @@
+"""Process-group setup and the few collectives the trainer needs.
+
+One code path for every launch: a single process, torchrun, TorchX or
+`elastic_launch` — gloo on CPU, nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    owns_group: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join (or create) the default process group from torchrun's environment.
+
+    Without WORLD_SIZE a one-rank group on an in-memory store is made, so the
+    sharded model code is the same for one process and for N.
+    """
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        from launch.config import ConfigError
+
+        raise ConfigError("train.device: cuda requested but no CUDA device is visible")
+    backend = "nccl" if use_cuda else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if dist.is_initialized():
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, False)
+    if "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend=backend)
+    else:
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, True)
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_rows(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All-gather (row id, values) pairs of equal length from every rank.
+
+    Returns the rows sorted by id with padding (id -1) dropped: exactly the
+    arrays one process would have produced on the whole split.
+    """
+    t_ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
+    t_val = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        ws = dist.get_world_size()
+        dev = _collective_device()
+        t_ids, t_val = t_ids.to(dev), t_val.to(dev)
+        # equal lengths on every rank are guaranteed by padded eval batches; check anyway
+        n = torch.tensor([t_ids.numel()], device=dev)
+        sizes = [torch.zeros_like(n) for _ in range(ws)]
+        dist.all_gather(sizes, n)
+        if len({int(s) for s in sizes}) != 1:
+            raise RuntimeError(f"gather_rows: unequal lengths across ranks {[int(s) for s in sizes]}")
+        all_ids = [torch.empty_like(t_ids) for _ in range(ws)]
+        all_val = [torch.empty_like(t_val) for _ in range(ws)]
+        dist.all_gather(all_ids, t_ids)
+        dist.all_gather(all_val, t_val)
+        t_ids, t_val = torch.cat(all_ids).cpu(), torch.cat(all_val).cpu()
+    keep = t_ids >= 0
+    order = torch.argsort(t_ids[keep])
+    return t_ids[keep][order].numpy(), t_val[keep][order].numpy()
+
+
+def all_reduce_mean(values: list[float]) -> list[float]:
+    """Mean of a few scalars over ranks (for logging only)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.to(_collective_device())
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.cpu().tolist()
+
+
+def _collective_device() -> torch.device:
+    """nccl only moves CUDA tensors; gloo only CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,351 @@
+"""Train the DLRREC model: `dlrrec train --config configs/movielens-100k.yaml`.
+
+Under torchrun/TorchX with N ranks:
+    torchx run -s local_cwd launch/components.py:train -j 1x2 -- --config configs/movielens-100k.yaml
+
+Setup order (dlrm_main / golden_training): process group -> EBC on meta ->
+fused sparse optimizer -> planner -> DistributedModelParallel -> CombinedOptimizer
+with dense Adam -> TrainPipelineSparseDist. Then an explicit loop: step, log every
+N, evaluate on val every epoch, checkpoint, early-stop on val AUC; finally reload
+the best checkpoint and score test at the val-chosen threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.distributed.elastic.multiprocessing.errors import record
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+from launch.artifacts import sha256_json, write_json_atomic
+from launch.config import ConfigError, to_dict
+from launch.entry import run_job
+from trainer.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import TrainingData, eval_batches, read_training_data, train_batches
+from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
+from trainer.metrics import best_accuracy_threshold, classification_report
+from trainer.model import DLRREC, DLRRECTrain
+
+SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adagrad": torch.optim.Adagrad,
+    "rowwise_adagrad": RowWiseAdagrad,
+    "sgd": torch.optim.SGD,
+}
+
+
+def resolve_sparse_optimizer(name: str, device: torch.device) -> str:
+    """`auto` -> adam on CUDA, rowwise_adagrad on CPU (fbgemm's CPU kernels have no fused Adam)."""
+    if name == "auto":
+        return "adam" if device.type == "cuda" else "rowwise_adagrad"
+    if name == "adam" and device.type != "cuda":
+        raise ConfigError(
+            "train.sparse_optimizer: adam is fused only in fbgemm's CUDA kernels; "
+            "on CPU use rowwise_adagrad, adagrad or sgd (or auto)"
+        )
+    return name
+
+
+def build_tables(data: TrainingData, dim: int) -> list[EmbeddingBagConfig]:
+    meta = data.features_meta["sparse_features"]
+    return [
+        EmbeddingBagConfig(
+            name=f"t_{name}",
+            embedding_dim=dim,
+            num_embeddings=max(int(meta[name]["vocab_size"]), 1),
+            feature_names=[name],
+            pooling=PoolingType.MEAN if meta[name].get("multi_valued") else PoolingType.SUM,
+        )
+        for name in data.sparse_names
+    ]
+
+
+def plan_summary(plan: ShardingPlan) -> dict[str, dict[str, Any]]:
+    """{table: {sharding_type, compute_kernel, ranks}} for report.json."""
+    out: dict[str, dict[str, Any]] = {}
+    for module_plan in plan.plan.values():
+        for table, ps in module_plan.items():  # type: ignore[attr-defined]
+            out[table] = {
+                "sharding_type": ps.sharding_type,
+                "compute_kernel": ps.compute_kernel,
+                "ranks": sorted(set(ps.ranks or [])),
+            }
+    return out
+
+
+def build_model(
+    cfg: TrainConfig, data: TrainingData, env: DistEnv, pos_weight: float, sparse_opt: str
+) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
+    torch.manual_seed(cfg.seed)
+    ebc = EmbeddingBagCollection(tables=build_tables(data, cfg.embedding_dim), device=torch.device("meta"))
+    model = DLRREC(
+        ebc,
+        dense_in=len(data.dense_names),
+        towers=len(data.towers),
+        content_dim=data.content_dim,
+        arch={
+            "dense_arch": cfg.dense_arch,
+            "over_arch": cfg.over_arch,
+            "tower_hidden": cfg.tower_hidden,
+            "dropout": cfg.dropout,
+        },
+    )
+    item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
+    user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
+    w_ii = cfg.w_item_item if cfg.contrastive else 0.0
+    w_uu = cfg.w_user_user if cfg.contrastive else 0.0
+    train_model = DLRRECTrain(model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau)
+    opt_kwargs: dict[str, Any] = {"lr": cfg.sparse_lr}
+    if cfg.sparse_weight_decay:
+        opt_kwargs["weight_decay"] = cfg.sparse_weight_decay
+    if sparse_opt == "adam":
+        opt_kwargs["eps"] = 1e-8
+    apply_optimizer_in_backward(
+        SPARSE_OPTIMIZERS[sparse_opt], train_model.model.sparse_arch.parameters(), opt_kwargs
+    )
+    # Shard, don't replicate: the point of the sparse arch is tables too big for one
+    # host, so data_parallel is excluded even for the small MovieLens tables.
+    constraints = {
+        t.name: ParameterConstraints(sharding_types=["table_wise", "row_wise"])
+        for t in build_tables(data, cfg.embedding_dim)
+    }
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=env.world_size, compute_device=env.device.type),
+        constraints=constraints,
+    )
+    pg = torch.distributed.GroupMember.WORLD
+    assert pg is not None
+    plan = planner.collective_plan(train_model, None, pg)
+    dmp = DistributedModelParallel(module=train_model, device=env.device, plan=plan)
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    )
+    return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan
+
+
+class Rank0:
+    """Side effects on rank 0 only: stdout and the files under `train/`."""
+
+    def __init__(self, env: DistEnv, out: Path) -> None:
+        self.env = env
+        self.out = out
+
+    def print(self, *args: Any) -> None:
+        if self.env.is_main:
+            print(*args, flush=True)
+
+    def metrics(self, record_: dict[str, Any]) -> None:
+        if self.env.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record_, sort_keys=True) + "\n")
+
+
+def evaluate(
+    dmp: DistributedModelParallel, data: TrainingData, split: str, cfg: TrainConfig, env: DistEnv
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities for every row of `split`, identical on every rank, in row order."""
+    dmp.eval()
+    ids_all, probs_all = [], []
+    with torch.no_grad():
+        for batch, ids in eval_batches(data, split, cfg.eval_batch_size, env.rank, env.world_size):
+            _, (_, logits, _, _, _) = dmp(batch.to(env.device))
+            ids_all.append(ids)
+            probs_all.append(torch.sigmoid(logits.float()).cpu().numpy())
+    dmp.train()
+    ids = np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64)
+    probs = np.concatenate(probs_all) if probs_all else np.zeros(0)
+    row_ids, probs = gather_rows(ids, probs)
+    n = data.splits[split].n
+    if row_ids.size != n or (n and not np.array_equal(row_ids, np.arange(n))):
+        raise RuntimeError(f"evaluate({split}): scored {row_ids.size} of {n} rows")
+    return data.splits[split].label, probs
+
+
+def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
+    c = to_dict(cfg)
+    for k in ("run_dir", "overwrite", "device", "log_every"):
+        c.pop(k, None)
+    return sha256_json(
+        {
+            "config": c,
+            "features": data.features_meta.get("fingerprint"),
+            "similarity": (data.similarity_meta or {}).get("fingerprint"),
+        }
+    )
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train, select on val, report test. Returns the report (on every rank)."""
+    if cfg.projection == "two_step":
+        raise ConfigError("train.projection: two_step (the V0 baseline) is not implemented yet")
+    env = init_distributed(cfg.device)
+    try:
+        return _run(cfg, env)
+    finally:
+        shutdown(env)
+
+
+def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
+    t_start = time.time()
+    out = Path(cfg.run_dir) / "train"
+    data = read_training_data(cfg.run_dir, cfg.modalities, cfg.contrastive)
+    fp = fingerprint(cfg, data)
+    report_path = out / "report.json"
+    if report_path.is_file():
+        old = json.loads(report_path.read_text())
+        if old.get("fingerprint") == fp and not cfg.overwrite:
+            if env.is_main:
+                print(f"train: reusing {report_path} (same config and inputs)", flush=True)
+            return old
+        if not cfg.overwrite:
+            raise ConfigError(
+                f"{out}: holds a run of a different config or input; "
+                "pass overwrite=true to replace it or choose another run_dir"
+            )
+    torch.distributed.barrier()
+    if env.is_main:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=True))
+    torch.distributed.barrier()
+    r0 = Rank0(env, out)
+    ckpt_root = out / "checkpoints"
+
+    train = data.splits["train"]
+    n_pos = float(train.label.sum())
+    pos_weight = (train.n - n_pos) / max(n_pos, 1.0) if cfg.class_weight == "balanced" else 1.0
+    sparse_opt = resolve_sparse_optimizer(cfg.sparse_optimizer, env.device)
+    if cfg.batch_size % env.world_size:
+        raise ConfigError(
+            f"train.batch_size: {cfg.batch_size} is not divisible by world size {env.world_size}"
+        )
+    dmp, optimizer, plan = build_model(cfg, data, env, pos_weight, sparse_opt)
+    sharding = plan_summary(plan)
+    r0.print(f"train: world_size={env.world_size} device={env.device} sparse_optimizer={sparse_opt}")
+    r0.print("train: sharding plan " + json.dumps({k: (v["sharding_type"], v["ranks"]) for k, v in sharding.items()}))
+    pipeline = TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True)
+
+    best: dict[str, Any] = {"metric": -np.inf, "epoch": -1, "path": None, "losses": None}
+    step = 0
+    train_seconds = 0.0
+    train_examples = 0
+    bad_epochs = 0
+    for epoch in range(cfg.epochs):
+        dmp.train()
+        it = train_batches(
+            data, cfg.batch_size, env.rank, env.world_size, epoch, cfg.seed,
+            cfg.positive_sampling == "top1", cfg.max_steps_per_epoch,
+        )  # fmt: skip
+        sums = np.zeros(4)
+        t0 = time.time()
+        n_steps = 0
+        while True:
+            try:
+                loss, _, _, _, parts = pipeline.progress(it)
+            except StopIteration:
+                break
+            step += 1
+            n_steps += 1
+            sums += np.array([float(loss), *parts.tolist()])
+            if cfg.log_every and step % cfg.log_every == 0:
+                r0.metrics({"kind": "step", "epoch": epoch, "step": step, "loss": float(loss),
+                            "rec": float(parts[0]), "item_item": float(parts[1]), "user_user": float(parts[2])})  # fmt: skip
+        pipeline.detach()
+        dt = time.time() - t0
+        train_seconds += dt
+        train_examples += n_steps * cfg.batch_size
+        means = all_reduce_mean((sums / max(n_steps, 1)).tolist())
+        labels, probs = evaluate(dmp, data, "val", cfg, env)
+        val = classification_report(labels, probs, 0.5)
+        metric = val["auc"]
+        improved = metric > best["metric"]
+        losses = {"loss": means[0], "rec": means[1], "item_item": means[2], "user_user": means[3]}
+        r0.metrics({"kind": "epoch", "epoch": epoch, "step": step, "train": losses, "val": val,
+                    "seconds": dt, "examples_per_s": n_steps * cfg.batch_size / max(dt, 1e-9)})  # fmt: skip
+        r0.print(
+            f"epoch {epoch:3d}  loss {means[0]:.4f} (rec {means[1]:.4f} ii {means[2]:.4f} uu {means[3]:.4f})"
+            f"  val auc {val['auc']:.4f} logloss {val['logloss']:.4f}  {dt:.1f}s" + ("  *" if improved else "")
+        )
+        state = {"epoch": epoch, "step": step, "val_auc": metric, "best_epoch": best["epoch"]}
+        path = save_checkpoint(ckpt_root, step, dmp, state, env.is_main)
+        if improved:
+            best.update(metric=metric, epoch=epoch, path=path, losses=losses)
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        prune_checkpoints(ckpt_root, cfg.keep_checkpoints, {best["path"]}, env.is_main)
+        if epoch + 1 >= cfg.min_epochs and bad_epochs >= cfg.patience:
+            r0.print(f"train: early stop after epoch {epoch} (best epoch {best['epoch']})")
+            break
+
+    # the best epoch by val AUC; threshold on val; test scored once
+    load_checkpoint(best["path"], dmp)
+    v_labels, v_probs = evaluate(dmp, data, "val", cfg, env)
+    threshold = best_accuracy_threshold(v_labels, v_probs)
+    val = classification_report(v_labels, v_probs, threshold)
+    t_labels, t_probs = evaluate(dmp, data, "test", cfg, env)
+    test = classification_report(t_labels, t_probs, threshold)
+    report = {
+        "dataset": data.features_meta.get("dataset", cfg.dataset),
+        "split": data.features_meta.get("split"),
+        "seed": cfg.seed,
+        "world_size": env.world_size,
+        "device": str(env.device),
+        "backend": env.backend,
+        "best_epoch": best["epoch"],
+        "best_checkpoint": str(best["path"]),
+        "selection_metric": f"val_{cfg.selection_metric}",
+        "sharding_plan": sharding,
+        "sparse_optimizer": sparse_opt,
+        "val": val,
+        "test": test,
+        "throughput": {"train_examples_per_s": train_examples / max(train_seconds, 1e-9)},
+        "losses": best["losses"],
+        "variant": {
+            "projection": cfg.projection,
+            "contrastive": cfg.contrastive,
+            "modalities": list(cfg.modalities),
+        },
+        "steps": step,
+        "seconds": time.time() - t_start,
+        "fingerprint": fp,
+        "config": to_dict(cfg),
+    }
+    if env.is_main:
+        write_json_atomic(report_path, report)
+        print(
+            f"train: best epoch {best['epoch']}  val auc {val['auc']:.4f}  "
+            f"test auc {test['auc']:.4f} acc {test['accuracy']:.4f} fpr {test['fpr']:.4f}",
+            flush=True,
+        )
+    torch.distributed.barrier()
+    return report
+
+
+@record
+def main(argv: list[str] | None = None, prog: str = "dlrrec train") -> int:
+    return run_job(prog, __doc__ or "", TrainConfig, "train", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

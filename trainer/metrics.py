@@ -1,0 +1,110 @@
+"""Exact binary-classification metrics over a whole split (pure NumPy).
+
+Ranks gather their predictions first (see `trainer.distributed.gather_eval`), so the
+numbers are those of one process on the same data, not averages of per-rank metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_EPS = 1e-7
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with midranks for tied scores).
+
+    Returns NaN when only one class is present.
+    """
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    s = scores[order]
+    # midranks: average 1-based rank over runs of equal scores
+    boundaries = np.flatnonzero(np.diff(s)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [s.size]])
+    mid = (starts + ends + 1) / 2.0
+    ranks = np.empty(s.size, dtype=np.float64)
+    ranks[order] = np.repeat(mid, ends - starts)
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def normalized_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Logloss divided by the entropy of the base rate (NE; < 1 beats the prior)."""
+    y = np.asarray(labels, dtype=np.float64)
+    base = float(np.clip(y.mean(), _EPS, 1 - _EPS))
+    h = -(base * np.log(base) + (1 - base) * np.log(1 - base))
+    return log_loss(labels, probs) / h
+
+
+def confusion_at(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, FPR, precision and recall when predicting positive at p >= threshold."""
+    y = np.asarray(labels).astype(bool)
+    pred = np.asarray(probs) >= threshold
+    tp = float(np.sum(pred & y))
+    fp = float(np.sum(pred & ~y))
+    tn = float(np.sum(~pred & ~y))
+    fn = float(np.sum(~pred & y))
+    return {
+        "accuracy": (tp + tn) / max(y.size, 1),
+        "fpr": fp / max(fp + tn, 1.0),
+        "precision": tp / max(tp + fp, 1.0),
+        "recall": tp / max(tp + fn, 1.0),
+    }
+
+
+def best_accuracy_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The threshold that maximises accuracy (ties: the smallest such threshold).
+
+    Chosen on validation only, then applied unchanged to test.
+    """
+    y = np.asarray(labels).astype(bool)
+    p = np.asarray(probs, dtype=np.float64)
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    # predicting positive for the top k rows: correct = tp(k) + tn(k)
+    tp = np.concatenate([[0], np.cumsum(ys)])
+    fp = np.concatenate([[0], np.cumsum(~ys)])
+    n_neg = int((~y).sum())
+    correct = tp + (n_neg - fp)
+    # only cut between distinct scores
+    valid = np.ones(ps.size + 1, dtype=bool)
+    valid[1:-1] = ps[1:] != ps[:-1]
+    k = int(np.argmax(np.where(valid, correct, -1)))
+    if k == 0:
+        return float(np.nextafter(ps[0], np.inf)) if ps.size else 0.5
+    return float(ps[k - 1])
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean predicted probability over the observed positive rate (1.0 is calibrated)."""
+    y = np.asarray(labels, dtype=np.float64)
+    return float(np.mean(probs) / max(y.mean(), _EPS))
+
+
+def classification_report(
+    labels: np.ndarray, probs: np.ndarray, threshold: float
+) -> dict[str, float]:
+    """Every split-level metric at once, at a given threshold."""
+    out = {
+        "auc": roc_auc(labels, probs),
+        "logloss": log_loss(labels, probs),
+        "ne": normalized_entropy(labels, probs),
+        "calibration": calibration(labels, probs),
+        "threshold": float(threshold),
+        "n": int(np.asarray(labels).size),
+    }
+    out.update(confusion_at(labels, probs, threshold))
+    return out

@@ -1,0 +1,301 @@
+"""The DLRREC model: a DLRM whose dense arch also holds the co-trained projection towers.
+
+Shape legend: B = batch size, F = sparse features, D = embedding dim, T = towers,
+C = content dim (384), Dd = dense features.
+
+    dense [B, Dd] --DenseArch--> [B, D] ----------------------.
+    sparse KJT   --SparseArch--> [B, F, D] ---------------------+--InteractionArch--OverArch--> logit [B]
+    content [B, T, C] --ProjectionArch (one batched op)--> [B, T, D]
+
+`DLRRECTrain` adds the loss: weighted BCE + w1 InfoNCE(item-item) + w2 InfoNCE(user-user)
+and returns what `TrainPipelineSparseDist` consumes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from trainer.data import Batch
+from trainer.loss import info_nce
+
+
+def mlp(sizes: list[int], dropout: float, last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2 or last_activation:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class SparseArch(nn.Module):
+    """Pooled embeddings of every sparse feature.
+
+    Args:
+        ebc: the (possibly sharded) EmbeddingBagCollection, one table per feature.
+
+    Example::
+
+        arch = SparseArch(ebc)
+        emb = arch(kjt)  # [B, F, D]
+    """
+
+    def __init__(self, ebc: EmbeddingBagCollection) -> None:
+        super().__init__()
+        self.embedding_bag_collection = ebc
+        self.feature_names = [f for c in ebc.embedding_bag_configs() for f in c.feature_names]
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        """Returns: [B, F, D]."""
+        kt = self.embedding_bag_collection(features)
+        per_feature = kt.to_dict()
+        return torch.stack([per_feature[f] for f in self.feature_names], dim=1)
+
+
+class DenseArch(nn.Module):
+    """MLP over the dense features.
+
+    Args:
+        in_features: Dd.
+        hidden: hidden sizes.
+        out_features: D.
+
+    Example::
+
+        arch = DenseArch(2, [64], 32)
+        out = arch(torch.rand(8, 2))  # [8, 32]
+    """
+
+    def __init__(self, in_features: int, hidden: list[int], out_features: int) -> None:
+        super().__init__()
+        self.model = mlp([max(in_features, 1), *hidden, out_features], 0.0, last_activation=True)
+        self.in_features = in_features
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        """Returns: [B, D]."""
+        if self.in_features == 0:
+            dense = torch.zeros(dense.shape[0], 1, device=dense.device, dtype=dense.dtype)
+        return self.model(dense)
+
+
+class ProjectionArch(nn.Module):
+    """T independent C->H->D projection towers evaluated as one batched matmul each layer.
+
+    Args:
+        towers: T.
+        in_dim: C (384 for MiniLM).
+        hidden: H (0 = a single C->D linear layer).
+        out_dim: D.
+        dropout: dropout after the hidden layer.
+
+    Example::
+
+        arch = ProjectionArch(2, 384, 128, 32, 0.1)
+        z = arch(torch.rand(8, 2, 384))  # [8, 2, 32]
+    """
+
+    def __init__(self, towers: int, in_dim: int, hidden: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        dims = [in_dim, hidden, out_dim] if hidden > 0 else [in_dim, out_dim]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for a, b in zip(dims[:-1], dims[1:]):
+            w = torch.empty(towers, a, b)
+            for t in range(towers):
+                nn.init.kaiming_uniform_(w[t].T, a=math.sqrt(5))  # nn.Linear's init, per tower
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(towers, 1, b)))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.towers = towers
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, N, C] -> [T, N, D] (tower t applied to x[t])."""
+        n_layers = len(self.weights)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < n_layers - 1:
+                x = self.dropout(torch.relu(x))
+        return x
+
+    def project_one(self, tower: int, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C] through tower `tower` -> [N, D]."""
+        n_layers = len(self.weights)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.addmm(b[tower], x, w[tower])
+            if i < n_layers - 1:
+                x = self.dropout(torch.relu(x))
+        return x
+
+    def forward(self, content: torch.Tensor) -> torch.Tensor:
+        """content: [B, T, C]. Returns: [B, T, D]."""
+        if self.towers == 0:
+            return content.new_zeros(content.shape[0], 0, self.weights[-1].shape[-1] if len(self.weights) else 0)
+        return self.project(content.transpose(0, 1)).transpose(0, 1)
+
+
+class InteractionArch(nn.Module):
+    """Pairwise dot products of all feature vectors, concatenated with the dense output.
+
+    Args:
+        num_vectors: 1 + F + T.
+
+    Example::
+
+        arch = InteractionArch(4)
+        out = arch(torch.rand(8, 32), torch.rand(8, 3, 32))  # [8, 32 + 6]
+    """
+
+    def __init__(self, num_vectors: int) -> None:
+        super().__init__()
+        rows, cols = torch.triu_indices(num_vectors, num_vectors, offset=1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.num_pairs = int(rows.numel())
+
+    def forward(self, dense: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+        """dense: [B, D], others: [B, F + T, D]. Returns: [B, D + pairs]."""
+        x = torch.cat([dense.unsqueeze(1), others], dim=1)
+        z = torch.bmm(x, x.transpose(1, 2))
+        return torch.cat([dense, z[:, self.rows, self.cols]], dim=1)
+
+
+class OverArch(nn.Module):
+    """The prediction MLP.
+
+    Args:
+        in_features: D + pairs.
+        hidden: hidden sizes (a final 1 is added).
+        dropout: dropout after each hidden layer.
+
+    Example::
+
+        arch = OverArch(38, [64], 0.1)
+        logit = arch(torch.rand(8, 38))  # [8]
+    """
+
+    def __init__(self, in_features: int, hidden: list[int], dropout: float) -> None:
+        super().__init__()
+        self.model = mlp([in_features, *hidden, 1], dropout, last_activation=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns: [B]."""
+        return self.model(x).squeeze(-1)
+
+
+class DLRREC(nn.Module):
+    """DLRM + co-trained projection towers.
+
+    Args:
+        ebc: EmbeddingBagCollection (dim D) over the F sparse features.
+        dense_in: Dd.
+        towers: T content towers, each C -> D.
+        content_dim: C.
+        arch: dict with `dense_arch`, `over_arch`, `tower_hidden`, `dropout`.
+
+    Example::
+
+        model = DLRREC(ebc, dense_in=2, towers=2, content_dim=384,
+                       arch={"dense_arch": [64], "over_arch": [256, 64], "tower_hidden": 128, "dropout": 0.1})
+    """
+
+    def __init__(
+        self,
+        ebc: EmbeddingBagCollection,
+        dense_in: int,
+        towers: int,
+        content_dim: int,
+        arch: dict[str, object],
+    ) -> None:
+        super().__init__()
+        dims = {c.embedding_dim for c in ebc.embedding_bag_configs()}
+        if len(dims) != 1:
+            raise ValueError(f"all tables need one embedding dim, got {sorted(dims)}")
+        d = dims.pop()
+        n_sparse = sum(len(c.feature_names) for c in ebc.embedding_bag_configs())
+        dropout = float(arch["dropout"])  # type: ignore[arg-type]
+        self.sparse_arch = SparseArch(ebc)
+        self.dense_arch = DenseArch(dense_in, list(arch["dense_arch"]), d)  # type: ignore[call-overload]
+        self.projection_arch = ProjectionArch(
+            towers, content_dim, int(arch["tower_hidden"]), d, dropout  # type: ignore[call-overload]
+        )
+        self.inter_arch = InteractionArch(1 + n_sparse + towers)
+        self.over_arch = OverArch(
+            d + self.inter_arch.num_pairs, list(arch["over_arch"]), dropout  # type: ignore[call-overload]
+        )
+
+    def forward(
+        self, dense: torch.Tensor, sparse: KeyedJaggedTensor, content: torch.Tensor
+    ) -> torch.Tensor:
+        """Returns: logits [B]."""
+        d = self.dense_arch(dense)
+        e = self.sparse_arch(sparse)
+        p = self.projection_arch(content)
+        return self.over_arch(self.inter_arch(d, torch.cat([e, p], dim=1)))
+
+
+class DLRRECTrain(nn.Module):
+    """DLRREC plus its loss: weighted BCE + w1 InfoNCE(item-item) + w2 InfoNCE(user-user).
+
+    Args:
+        model: the DLRREC model.
+        pos_weight: weight of positive rows in the BCE (n_neg / n_pos for `balanced`).
+        towers: (item_tower, user_tower) indices into the content towers, -1 if absent.
+        w_item_item, w_user_user: the paper's w1, w2 (0 disables a term).
+        tau: InfoNCE temperature.
+
+    Returns (forward): `(loss, (loss, logits, labels, weights, parts))`, all detached but
+    the first; `parts` is [3] = (rec, item_item, user_user).
+
+    Example::
+
+        train_model = DLRRECTrain(model, 0.8, (1, 0), w_item_item=0.1, w_user_user=0.1, tau=0.2)
+        loss, (_, logits, labels, weights, parts) = train_model(batch)
+    """
+
+    def __init__(
+        self,
+        model: DLRREC,
+        pos_weight: float,
+        towers: tuple[int, int],
+        w_item_item: float,
+        w_user_user: float,
+        tau: float,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.pos_weight = pos_weight
+        # fixed per run (not read from the batch) so the forward stays fx-traceable
+        self.item_tower, self.user_tower = towers
+        self.w_item_item = w_item_item
+        self.w_user_user = w_user_user
+        self.tau = tau
+
+    def forward(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        logits = self.model(batch.dense, batch.sparse, batch.content)
+        w = batch.weights * torch.where(batch.labels > 0.5, self.pos_weight, 1.0)
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
+        rec = (bce * w).sum() / batch.weights.sum().clamp_min(1.0)
+        zero = logits.new_zeros(())
+        ii = uu = zero
+        towers = self.model.projection_arch
+        if self.w_item_item > 0 and self.item_tower >= 0:
+            anchor = towers.project_one(self.item_tower, batch.content[:, self.item_tower])
+            pos = towers.project_one(self.item_tower, batch.ii_pos)
+            ii = info_nce(anchor, pos, batch.item_ids, batch.ii_pos_ids, self.tau)
+        if self.w_user_user > 0 and self.user_tower >= 0:
+            # anchors use the full train profile (the entity table), as positives do
+            anchor = towers.project_one(self.user_tower, batch.uu_anchor)
+            pos = towers.project_one(self.user_tower, batch.uu_pos)
+            uu = info_nce(anchor, pos, batch.user_ids, batch.uu_pos_ids, self.tau)
+        loss = rec + self.w_item_item * ii + self.w_user_user * uu
+        parts = torch.stack([rec.detach(), ii.detach(), uu.detach()])
+        return loss, (loss.detach(), logits.detach(), batch.labels, batch.weights, parts)
