@@ -1,0 +1,148 @@
+"""Assemble the example and entity tables from indexed raw tables (pure, no I/O).
+
+Shapes: N = interaction rows, U = users, I = items, D = content dim.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.schema import (
+    AGE_BUCKET_NAMES,
+    examples_schema,
+    items_entity_schema,
+    users_entity_schema,
+)
+from features.split import SPLITS
+from features.vocab import age_buckets, build_vocab, encode, prefixes
+
+
+def _numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(array.to_numpy(zero_copy_only=False))
+
+
+def _lists(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int64()))
+
+
+def vectors(x: np.ndarray) -> pa.FixedSizeListArray:
+    """[n, D] -> fixed_size_list<float16>[D] (content vectors are stored as float16)."""
+    flat = pa.array(np.ascontiguousarray(x, dtype=np.float16).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
+
+
+def sparse_columns(
+    users: pa.Table,
+    items: pa.Table,
+    row_user: np.ndarray,
+    row_item: np.ndarray,
+    train: np.ndarray,
+    zip_prefix_len: int,
+) -> tuple[dict[str, np.ndarray | pa.Array], dict[str, list]]:
+    """Vocab-encode the categorical attributes of each row's user and item.
+
+    Vocabularies hold the values of the entities in TRAINING rows only (sorted; id 0 =
+    unseen or missing), so nothing about val/test rows shapes the id space.
+
+    Args:
+        users, items: entity tables in index order (RAW_USERS / RAW_ITEMS columns).
+        row_user, row_item: int64 [N] entity indices.
+        train: bool [N].
+        zip_prefix_len: characters of the zip code kept.
+
+    Returns:
+        ({name: int64 [N] ids, or for `categories` a list<int64> array [N]},
+         {name: vocabulary values, id k+1 = values[k]}).
+    """
+    train_users = np.unique(row_user[train])
+    train_items = np.unique(row_item[train])
+    cols: dict[str, np.ndarray | pa.Array] = {}
+    vocabs: dict[str, list] = {}
+
+    cats = items["categories"].combine_chunks()
+    lengths = _numpy(pc.fill_null(pc.list_value_length(cats), 0)).astype(np.int64)
+    flat = pc.list_flatten(cats)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    vocab = build_vocab(flat.filter(pa.array(np.isin(owner, train_items))))
+    item_lists = _lists(lengths, encode(flat, vocab))
+    cols["categories"] = item_lists.take(pa.array(row_item))
+    vocabs["categories"] = vocab.to_pylist()
+
+    user_values = {
+        "occupation": users["occupation"].combine_chunks(),
+        "gender": users["gender"].combine_chunks(),
+        "age_bucket": age_buckets(users["age"]),
+        "zip_prefix": prefixes(users["zip"], zip_prefix_len),
+    }
+    for name, values in user_values.items():
+        vocab = build_vocab(values.take(pa.array(train_users)))
+        cols[name] = encode(values, vocab)[row_user]
+        vocabs[name] = vocab.to_pylist()
+    vocabs["age_bucket"] = [AGE_BUCKET_NAMES[b] for b in vocabs["age_bucket"]]
+    return cols, vocabs
+
+
+def dense_inputs(
+    users: pa.Table, items: pa.Table, row_user: np.ndarray, row_item: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Raw dense values per row, float64 [N] with NaN for missing: item year, user age."""
+    year = _numpy(pc.cast(items["year"], pa.float64()).fill_null(np.nan))
+    age = _numpy(pc.cast(users["age"], pa.float64()).fill_null(np.nan))
+    return {"year": year[row_item], "age": age[row_user]}
+
+
+def example_tables(
+    codes: np.ndarray, columns: dict[str, np.ndarray | pa.Array], dim: int
+) -> dict[str, pa.Table]:
+    """Cut full-length columns into one table per split, rows in input order.
+
+    Args:
+        codes: int8 [N] split codes (0 train, 1 val, 2 test).
+        columns: every column of `examples_schema(dim)`, length N (`user_text` as
+            float16 [N, D]).
+    """
+    schema = examples_schema(dim)
+    out = {}
+    for code, split in enumerate(SPLITS):
+        idx = np.nonzero(codes == code)[0]
+        arrays = []
+        for field in schema:
+            col = columns[field.name]
+            if isinstance(col, pa.Array):
+                arrays.append(col.take(pa.array(idx)))
+            elif field.name == "user_text":
+                arrays.append(vectors(col[idx]))
+            else:
+                arrays.append(pa.array(col[idx], field.type))
+        out[split] = pa.Table.from_arrays(arrays, schema=schema)
+    return out
+
+
+def items_table(item_raw: pa.Array, item_vecs: np.ndarray, n_train_pos: np.ndarray) -> pa.Table:
+    n = len(item_raw)
+    return pa.Table.from_arrays(
+        [
+            pa.array(np.arange(n, dtype=np.int64)),
+            item_raw,
+            vectors(item_vecs),
+            pa.array(n_train_pos.astype(np.int32)),
+        ],
+        schema=items_entity_schema(item_vecs.shape[1]),
+    )
+
+
+def users_table(user_raw: pa.Array, profiles: np.ndarray, counts: np.ndarray) -> pa.Table:
+    n = len(user_raw)
+    return pa.Table.from_arrays(
+        [
+            pa.array(np.arange(n, dtype=np.int64)),
+            user_raw,
+            vectors(profiles),
+            pa.array(counts.astype(np.int32)),
+            pa.array(counts > 0),
+        ],
+        schema=users_entity_schema(profiles.shape[1]),
+    )

@@ -1,0 +1,207 @@
+"""dlrrec features build --config configs/movielens-100k.yaml [key=value ...]
+
+Raw reviews -> leakage-free examples and entity content tables (stage 1):
+
+    RUN/features/examples/{train,val,test}/part-00000.parquet   one row per interaction
+    RUN/features/entities/{users,items}.parquet                 content vectors, train history
+    RUN/features/_meta.json                                     vocab sizes, dense stats, ...
+
+A row's features never depend on its own rating: user profiles leave the row out
+(random split) or use only strictly earlier interactions (temporal split); vocab,
+dense statistics and entity profiles come from training rows only (see
+features/profiles.py and DESIGN.md "Leakage rules").
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from features import examples, profiles, split, text
+from features.config import FeaturesConfig
+from features.dense import standardize
+from features.io import raw_input_hashes, read_raw_reviews, write_entities, write_examples
+from features.schema import DENSE_FEATURES, SPARSE_FEATURES
+from features.vocab import entity_order, lookup
+from launch.artifacts import (
+    SCHEMA_VERSION,
+    atomic_dir,
+    existing_output,
+    read_meta,
+    sha256_json,
+    write_json_atomic,
+)
+from launch.config import DataError, to_dict
+from launch.entry import run_job
+
+log = logging.getLogger("dlrrec.features")
+
+DEFAULT_FRACTIONS = [0.8, 0.1, 0.1]
+DESCRIPTION = "raw reviews -> leakage-free examples and entity content tables"
+
+
+def fingerprint_config(cfg: FeaturesConfig) -> dict[str, Any]:
+    """The config keys that shape the output.
+
+    `run_dir` and `overwrite` say where and whether to write; `raw_dir` is left out
+    because the input is identified by its content hashes, so moving the data
+    folder does not invalidate a finished output.
+    """
+    d = to_dict(cfg)
+    for key in ("run_dir", "overwrite", "raw_dir"):
+        d.pop(key)
+    d["split_fractions"] = cfg.split_fractions or DEFAULT_FRACTIONS
+    return d
+
+
+def build_split(cfg: FeaturesConfig, timestamps: np.ndarray) -> tuple[np.ndarray, list[int] | None]:
+    fractions = cfg.split_fractions or DEFAULT_FRACTIONS
+    if cfg.split == "temporal":
+        return split.temporal_split(timestamps, fractions)
+    return split.random_split(len(timestamps), fractions, cfg.seed), None
+
+
+def run(cfg: FeaturesConfig) -> dict[str, Any]:
+    """Build `cfg.run_dir/features/` (or reuse an identical one); returns its `_meta.json`."""
+    start = time.time()
+    final = Path(cfg.run_dir) / "features"
+    input_hashes = raw_input_hashes(cfg.raw_dir)
+    fingerprint = sha256_json({"config": fingerprint_config(cfg), "inputs": input_hashes})
+    if existing_output(final, fingerprint, cfg.overwrite):
+        log.info("features: reusing %s (same config and inputs)", final)
+        return read_meta(final)
+
+    raw = read_raw_reviews(cfg.raw_dir)
+    user_perm, user_order = entity_order(raw.users["user"].combine_chunks())
+    item_perm, item_order = entity_order(raw.items["item"].combine_chunks())
+    users = raw.users.take(user_perm)
+    items = raw.items.take(item_perm)
+    user_raw = users["user"].combine_chunks()
+    item_raw = items["item"].combine_chunks()
+    inter = raw.interactions
+    row_user = lookup(inter["user"], user_raw)
+    row_item = lookup(inter["item"], item_raw)
+    timestamps = inter["timestamp"].to_numpy().astype(np.int64)
+    label = inter["rating"].to_numpy() >= cfg.positive_min_rating
+
+    codes, cutoffs = build_split(cfg, timestamps)
+    train = codes == split.TRAIN
+    if not train.any():
+        raise DataError(
+            f"{Path(cfg.raw_dir) / 'interactions.parquet'}: the {cfg.split} split leaves no "
+            f"training rows out of {len(codes)}; check split_fractions and the timestamps"
+        )
+    log.info("features: %d rows, %d users, %d items", len(codes), len(user_raw), len(item_raw))
+
+    # Item content: MiniLM over title, genres and year.
+    model = text.model_path(cfg.text_model)
+    t0 = time.time()
+    texts = text.item_texts(
+        items["title"].to_pylist(), items["categories"].to_pylist(), items["year"].to_pylist()
+    )
+    item_vecs = text.embed_texts(texts, model, cfg.embed_batch_size).astype(np.float16)
+    dim = item_vecs.shape[1]
+    log.info("features: embedded %d item texts in %.1f s", len(texts), time.time() - t0)
+
+    # Profiles average exactly the stored (float16) item vectors.
+    vecs = item_vecs.astype(np.float32)
+    train_pos = train & label
+    sums, counts = profiles.positive_sums(row_user, row_item, train_pos, len(user_raw), vecs)
+    if cfg.split == "temporal":
+        row_profiles, _ = profiles.strictly_earlier_profiles(
+            row_user, timestamps, row_item, label, vecs
+        )
+    else:
+        row_profiles = profiles.leave_one_out_profiles(
+            row_user, row_item, train_pos, sums, counts, vecs
+        )
+
+    sparse, vocabs = examples.sparse_columns(
+        users, items, row_user, row_item, train, cfg.zip_prefix_len
+    )
+    dense_raw = examples.dense_inputs(users, items, row_user, row_item)
+    dense, dense_stats = {}, {}
+    for name in DENSE_FEATURES:
+        dense[name], mean, std = standardize(dense_raw[name], train)
+        dense_stats[name] = {"mean": mean, "std": std}
+
+    columns = {
+        "user_id": row_user,
+        "item_id": row_item,
+        "label": label.astype(np.float32),
+        "timestamp": timestamps,
+        **sparse,
+        **dense,
+        "user_text": row_profiles,
+    }
+    tables = examples.example_tables(codes, columns, dim)
+    items_out = examples.items_table(
+        item_raw, item_vecs, np.bincount(row_item[train_pos], minlength=len(item_raw))
+    )
+    users_out = examples.users_table(user_raw, profiles.mean_profiles(sums, counts), counts)
+
+    cat_lengths = np.asarray(sparse["categories"].value_lengths().fill_null(0))
+    sizes = {
+        "user_id": (len(user_raw), 1),
+        "item_id": (len(item_raw), 1),
+        "categories": (len(vocabs["categories"]) + 1, int(cat_lengths.max(initial=0))),
+        **{name: (len(vocabs[name]) + 1, 1) for name in vocabs if name != "categories"},
+    }
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": fingerprint,
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "split_fractions": cfg.split_fractions or DEFAULT_FRACTIONS,
+        "split_cutoffs": cutoffs,
+        "seed": cfg.seed,
+        "label_rule": f"rating >= {cfg.positive_min_rating}",
+        "rows": {s: t.num_rows for s, t in tables.items()},
+        "positives": {s: int(np.sum(t["label"].to_numpy())) for s, t in tables.items()},
+        "n_users": len(user_raw),
+        "n_items": len(item_raw),
+        "id_order": {"user": user_order, "item": item_order},
+        "sparse_features": {
+            name: {"vocab_size": sizes[name][0], "multi_valued": multi, "max_len": sizes[name][1]}
+            for name, multi in SPARSE_FEATURES
+        },
+        "vocab": vocabs,
+        "dense_features": list(DENSE_FEATURES),
+        "dense_stats": dense_stats,
+        "content": {"user": ["user_text"], "item": ["item_text"]},
+        "content_dim": dim,
+        "text_model": cfg.text_model or text.DEFAULT_TEXT_MODEL,
+        "input_hashes": input_hashes,
+        "config": to_dict(cfg),
+    }
+    with atomic_dir(final) as tmp:
+        for name, table in tables.items():
+            write_examples(tmp, name, table)
+        write_entities(tmp, users_out, items_out)
+        meta["seconds"] = round(time.time() - start, 3)
+        write_json_atomic(tmp / "_meta.json", meta)
+    log.info(
+        "features: wrote %s (train/val/test rows %s) in %.1f s",
+        final,
+        "/".join(str(meta["rows"][s]) for s in split.SPLITS),
+        meta["seconds"],
+    )
+    return meta
+
+
+@record
+def main(argv: list[str] | None = None, prog: str = "dlrrec features build") -> int:
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler(sys.stderr))
+        log.setLevel(logging.INFO)
+    return run_job(prog, DESCRIPTION, FeaturesConfig, "features", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
