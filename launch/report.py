@@ -1,0 +1,65 @@
+"""Print a run's metrics table: `dlrrec report runs/movielens-100k`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from launch.config import DataError
+from launch.entry import fail, user_errors
+
+
+def read_report(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / "train" / "report.json"
+    if not p.is_file():
+        raise DataError(f"{p}: missing; has `dlrrec train` finished for this run?")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"{p}: not valid JSON") from None
+
+
+def format_report(report: dict[str, Any], timings: dict[str, float] | None = None) -> str:
+    """A plain-text table of the val/test metrics and run facts."""
+    v, t = report["val"], report["test"]
+    rows = [
+        ("metric", "val", "test"),
+        ("auc", f"{v['auc']:.4f}", f"{t['auc']:.4f}"),
+        ("logloss", f"{v['logloss']:.4f}", f"{t['logloss']:.4f}"),
+        ("accuracy", f"{v['accuracy']:.4f}", f"{t['accuracy']:.4f}"),
+        ("fpr", f"{v['fpr']:.4f}", f"{t['fpr']:.4f}"),
+        ("rows", str(v.get("n", "")), str(t.get("n", ""))),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    lines = [f"{a:<{w0}}  {b:>8}  {c:>8}" for a, b, c in rows]
+    lines.insert(1, "-" * (w0 + 20))
+    var = report.get("variant", {})
+    plan = report.get("sharding_plan", {})
+    ranks = sorted({r for p in plan.values() for r in p.get("ranks", [])})
+    facts = [
+        f"dataset {report.get('dataset')}  split {report.get('split')}  seed {report.get('seed')}",
+        f"world_size {report.get('world_size')}  device {report.get('device')}  "
+        f"tables on ranks {ranks}  sparse optimizer {report.get('sparse_optimizer')}",
+        f"variant {var.get('projection')} contrastive={var.get('contrastive')} modalities={var.get('modalities')}",
+        f"best epoch {report.get('best_epoch')} by {report.get('selection_metric')}  "
+        f"threshold {v.get('threshold', float('nan')):.4f} (chosen on val)",
+        f"train throughput {report.get('throughput', {}).get('train_examples_per_s', 0):.0f} examples/s",
+    ]
+    if timings:
+        facts.append("stage seconds " + "  ".join(f"{k} {s:.1f}" for k, s in timings.items()))
+    return "\n".join(lines + [""] + facts)
+
+
+def main(argv: list[str] | None = None, prog: str = "dlrrec report") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1 or argv[0].startswith("-"):
+        fail(prog, "usage: dlrrec report RUN_DIR")
+    with user_errors(prog):
+        print(format_report(read_report(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Every shipped YAML config loads into every stage's dataclass (torchtune's test_configs)."""
+
+from pathlib import Path
+
+import pytest
+
+from features.config import FeaturesConfig
+from launch.config import build_dataclass, load_raw, section_values
+from launch.pipeline import PipelineConfig
+from similarity.config import SwingConfig
+from trainer.config import TrainConfig
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_config_loads(path: Path):
+    raw = load_raw(path, [], None)
+    for cls, sec in (
+        (FeaturesConfig, "features"),
+        (SwingConfig, "similarity"),
+        (TrainConfig, "train"),
+        (PipelineConfig, "pipeline"),
+    ):
+        build_dataclass(cls, section_values(raw, sec), sec)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# dlrrec ") or first.startswith("# torchx "), "config must open with its command"
+
+
+def test_shipped_configs_exist():
+    assert {"movielens-100k.yaml", "smoke.yaml"} <= {p.name for p in CONFIGS}

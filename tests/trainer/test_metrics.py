@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainer.metrics import (
+    best_accuracy_threshold,
+    classification_report,
+    confusion_at,
+    log_loss,
+    roc_auc,
+)
+
+
+def auc_pairwise(y: np.ndarray, s: np.ndarray) -> float:
+    """O(n^2) reference: P(score_pos > score_neg) + 0.5 P(tie)."""
+    pos, neg = s[y == 1], s[y == 0]
+    total = 0.0
+    for p in pos:
+        total += float(np.sum(p > neg)) + 0.5 * float(np.sum(p == neg))
+    return total / (len(pos) * len(neg))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.integers(0, 6)), min_size=2, max_size=60).filter(
+        lambda r: 0 < sum(a for a, _ in r) < len(r)
+    )
+)
+def test_auc_matches_pairwise_reference_with_ties(rows):
+    y = np.array([a for a, _ in rows])
+    s = np.array([b for _, b in rows], dtype=float) / 3.0  # many ties
+    assert roc_auc(y, s) == pytest.approx(auc_pairwise(y, s), abs=1e-12)
+
+
+def test_auc_single_class_is_nan():
+    assert np.isnan(roc_auc(np.ones(5), np.arange(5.0)))
+
+
+def test_log_loss_and_confusion():
+    y = np.array([1, 0, 1, 0])
+    p = np.array([0.9, 0.2, 0.4, 0.6])
+    assert log_loss(y, p) == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.4])))
+    c = confusion_at(y, p, 0.5)
+    assert c == {"accuracy": 0.5, "fpr": 0.5, "precision": 0.5, "recall": 0.5}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 10)), min_size=1, max_size=40))
+def test_best_threshold_maximises_accuracy(rows):
+    y = np.array([a for a, _ in rows])
+    p = np.array([b for _, b in rows], dtype=float) / 10
+    t = best_accuracy_threshold(y, p)
+    best = max(np.mean((p >= c) == y) for c in [*np.unique(p), np.inf])
+    assert np.mean((p >= t) == y) == pytest.approx(best)
+
+
+def test_report_keys():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 100)
+    r = classification_report(y, rng.random(100), 0.5)
+    assert {"auc", "logloss", "accuracy", "fpr", "precision", "recall", "threshold", "ne"} <= set(r)
