@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from features import examples, profiles, split, text
@@ -146,7 +147,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     )
     users_out = examples.users_table(user_raw, profiles.mean_profiles(sums, counts), counts)
 
-    cat_lengths = np.asarray(sparse["categories"].value_lengths().fill_null(0))
+    cat_lengths = np.asarray(pc.list_value_length(sparse["categories"]).fill_null(0))
     sizes = {
         "user_id": (len(user_raw), 1),
         "item_id": (len(item_raw), 1),
@@ -197,10 +198,14 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
 
 @record
 def main(argv: list[str] | None = None, prog: str = "dlrrec features build") -> int:
-    if not log.handlers:
-        log.addHandler(logging.StreamHandler(sys.stderr))
-        log.setLevel(logging.INFO)
-    return run_job(prog, DESCRIPTION, FeaturesConfig, "features", run, argv)
+    # Progress lines go to stderr for this call only (tests call main() many times).
+    handler = logging.StreamHandler(sys.stderr)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        return run_job(prog, DESCRIPTION, FeaturesConfig, "features", run, argv)
+    finally:
+        log.removeHandler(handler)
 
 
 if __name__ == "__main__":
