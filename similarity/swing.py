@@ -1,0 +1,390 @@
+"""SWING similarity as pure array math (DESIGN.md "SWING"): arrays in, arrays out.
+
+Shapes: E = interactions (edges), A = anchors of one block, P = user pairs.
+
+The graph is bipartite: "members" are the entities whose pairs vote (users for
+item-item), "targets" the entities being scored (items for item-item).  User-user
+similarity is the same computation with the two roles swapped.  For an anchor `a`
+with members M_a, and a target `j != a`:
+
+    w_m      = (|T_m| + alpha1) ** (-beta)                 T_m = targets of member m
+    sim(a,j) = sum over unordered pairs {m, n} of distinct members of M_a ∩ M_j of
+               w_m * w_n / (alpha2 + |T_m ∩ T_n|)
+
+Every quantity is measured on ONE capped graph (`capped_edges`): users outside
+[min_user_items, max_user_items] distinct items are dropped first, then items with
+more than `max_users_per_item` of the remaining users keep a seeded sample.  |I_u|,
+|U_i| and the overlaps are degrees and overlaps of that capped graph, for both
+item-item and user-user (the caps are not re-applied in swapped roles).
+
+The kernel (`swing_scores`) never materialises all overlapping member pairs.  For a
+block of anchors it lists (anchor, member, target) entries, groups them by
+(anchor, target) with a linear counting sort, and walks the pairs inside each
+group in bounded chunks: a first pass counts |T_m ∩ T_n| for every pair of the
+anchor's members (each shared target other than the anchor adds one; the anchor
+itself adds the other), a second pass adds w_m w_n / (alpha2 + overlap) to the group.
+Each group's terms are added one after another in (m, n) order, so an anchor's scores
+do not depend on which other anchors share its block, chunk or rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+# Bytes the kernel holds per listed (anchor, member, target) entry and per member pair
+# inside one chunk: conservative figures (tracemalloc peaks of `swing_scores` on the
+# benchmark graphs stayed below the estimate); `block_plan` sizes blocks from them.
+BYTES_PER_ENTRY = 64
+BYTES_PER_PAIR = 48
+# A member-pair overlap counter of n_a**2 int64 per anchor, its bincount copy and the
+# float64 denominators.
+BYTES_PER_KEY = 24
+# Blocks and pair chunks are kept at or under this many bytes whatever the budget.
+BLOCK_BYTES_CAP = float(1 << 26)
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64_int(x: int) -> int:
+    """splitmix64's finaliser on a Python int (for the scalar seed)."""
+    x &= _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise on uint64 (wrapping multiplication)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_keys(seed: int, item: np.ndarray, user: np.ndarray) -> np.ndarray:
+    """A pseudo-random uint64 per (item, user) that depends only on (seed, item, user).
+
+    An item over `max_users_per_item` keeps the users with the smallest keys, so its
+    sample never depends on row order, partitioning or rank count.
+    """
+    s = np.uint64(_mix64_int(seed))
+    with np.errstate(over="ignore"):
+        h = _mix64(s ^ item.astype(np.uint64))
+        return _mix64(h ^ user.astype(np.uint64))
+
+
+def capped_edges(
+    user: np.ndarray,
+    item: np.ndarray,
+    n_users: int,
+    n_items: int,
+    min_user_items: int,
+    max_user_items: int,
+    max_users_per_item: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (user, item) positives after SWING's caps, sorted by (user, item).
+
+    Args:
+        user, item: int64 dense ids, shape (E,); duplicates allowed.
+        n_users, n_items: id ranges.
+        min_user_items, max_user_items: users outside this range of distinct items are
+            dropped whole (not truncated).
+        max_users_per_item: an item with more remaining users keeps the ones with the
+            smallest `sample_keys(seed, item, user)`.
+        seed: sample seed.
+
+    Returns:
+        (user, item): int64, shape (E',), sorted by user then item.
+    """
+    code = np.unique(user.astype(np.int64) * n_items + item.astype(np.int64))
+    u, i = code // n_items, code % n_items
+    deg = np.bincount(u, minlength=n_users)
+    keep = (deg[u] >= min_user_items) & (deg[u] <= max_user_items)
+    u, i = u[keep], i[keep]
+    users_per_item = np.bincount(i, minlength=n_items)
+    if len(i) and users_per_item.max() > max_users_per_item:
+        big = users_per_item[i] > max_users_per_item
+        bu, bi = u[big], i[big]
+        order = np.lexsort((bu, sample_keys(seed, bi, bu), bi))
+        bi_sorted = bi[order]
+        starts = np.searchsorted(bi_sorted, bi_sorted, side="left")
+        rank_in_item = np.arange(len(order)) - starts
+        chosen = np.zeros(len(order), dtype=bool)
+        chosen[order] = rank_in_item < max_users_per_item
+        keep = np.ones(len(u), dtype=bool)
+        keep[np.flatnonzero(big)] = chosen
+        u, i = u[keep], i[keep]
+    return u, i
+
+
+def to_csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr int64 (n_rows+1,), indices int64) of distinct pairs, columns sorted per row."""
+    order = np.lexsort((cols, rows))
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    return indptr, cols[order].astype(np.int64)
+
+
+def member_weights(degree: np.ndarray, alpha1: float, beta: float) -> np.ndarray:
+    """w_m = (|T_m| + alpha1) ** -beta, float64, shape like `degree`.
+
+    A member without targets (dropped by the caps) gets inf when alpha1 == 0; it is in
+    no anchor's member list, so the value is never read.
+    """
+    with np.errstate(divide="ignore"):
+        return (degree.astype(np.float64) + alpha1) ** (-beta)
+
+
+def work_estimate(anchor_ptr: np.ndarray) -> np.ndarray:
+    """Estimated kernel work per anchor, |M_a|**2 (float64, shape (n_anchors,))."""
+    n = np.diff(anchor_ptr).astype(np.float64)
+    return n * n
+
+
+def split_by_work(work: np.ndarray, parts: int) -> np.ndarray:
+    """Bounds (parts+1,) of `parts` contiguous anchor ranges of about equal total work."""
+    total = float(work.sum())
+    if total == 0.0:
+        return np.linspace(0, len(work), parts + 1).astype(np.int64)
+    cum = np.cumsum(work)
+    targets = total * np.arange(1, parts) / parts
+    inner = np.searchsorted(cum, targets, side="left") + 1
+    bounds = np.concatenate([[0], np.minimum(inner, len(work)), [len(work)]])
+    return np.maximum.accumulate(bounds).astype(np.int64)
+
+
+def assign_parts(part_work: np.ndarray, world_size: int) -> list[list[int]]:
+    """Greedy longest-first assignment of parts to ranks; the rank lists are sorted."""
+    load = [0.0] * world_size
+    owned: list[list[int]] = [[] for _ in range(world_size)]
+    for p in sorted(range(len(part_work)), key=lambda p: (-part_work[p], p)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        owned[r].append(p)
+        load[r] += float(part_work[p])
+    return [sorted(o) for o in owned]
+
+
+def block_plan(
+    anchor_ptr: np.ndarray,
+    member_ptr: np.ndarray,
+    anchor_members: np.ndarray,
+    lo: int,
+    hi: int,
+    budget_bytes: float,
+) -> list[tuple[int, int]]:
+    """Split anchors [lo, hi) into consecutive blocks whose entries and overlap
+    counters fit `budget_bytes` (a single anchor over budget gets a block of its own;
+    its pairs are still chunked).
+    """
+    member_deg = np.diff(member_ptr)
+    n = np.diff(anchor_ptr[lo : hi + 1])
+    per_member = member_deg[anchor_members[anchor_ptr[lo] : anchor_ptr[hi]]]
+    cum = np.concatenate([[0], np.cumsum(per_member)])
+    entries = (
+        cum[anchor_ptr[lo + 1 : hi + 1] - anchor_ptr[lo]] - cum[anchor_ptr[lo:hi] - anchor_ptr[lo]]
+    )
+    cost = entries * float(BYTES_PER_ENTRY) + (n.astype(np.float64) ** 2) * BYTES_PER_KEY
+    blocks: list[tuple[int, int]] = []
+    start, acc = lo, 0.0
+    for k, c in enumerate(cost.tolist()):
+        if acc + c > budget_bytes and start < lo + k:
+            blocks.append((start, lo + k))
+            start, acc = lo + k, 0.0
+        acc += c
+    if start < hi:
+        blocks.append((start, hi))
+    return blocks
+
+
+_TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _triu(c: int) -> tuple[np.ndarray, np.ndarray]:
+    """(p, q) with p < q < c in row-major order; small sizes are cached."""
+    hit = _TRIU.get(c)
+    if hit is not None:
+        return hit
+    p, q = np.triu_indices(c, 1)
+    out = (p.astype(np.int64), q.astype(np.int64))
+    if c <= 128:
+        _TRIU[c] = out
+    return out
+
+
+def _chunks(g_size: np.ndarray, max_pairs: int) -> list[tuple[int, int]]:
+    """Consecutive group ranges of at most about `max_pairs` pairs; never split a group."""
+    cum = np.cumsum(g_size * (g_size - 1) // 2)
+    out, g0 = [], 0
+    while g0 < len(g_size):
+        base = int(cum[g0 - 1]) if g0 else 0
+        g1 = max(int(np.searchsorted(cum, base + max_pairs, side="right")), g0 + 1)
+        out.append((g0, g1))
+        g0 = g1
+    return out
+
+
+def _chunk_pairs(
+    g_start: np.ndarray, g_size: np.ndarray, g0: int, g1: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every member pair of groups [g0, g1): entry positions (first, second) and the
+    group (local to g0), shape (P,) each.  Each group's pairs are contiguous and in
+    row-major (p, q) order, which fixes the order its terms are summed in.
+    """
+    sizes = g_size[g0:g1]
+    total = int((sizes * (sizes - 1) // 2).sum())
+    first = np.empty(total, dtype=np.int64)
+    second = np.empty(total, dtype=np.int64)
+    local = np.empty(total, dtype=np.int64)
+    order = np.argsort(sizes, kind="stable")
+    pos = 0
+    for run in np.split(order, np.flatnonzero(np.diff(sizes[order])) + 1):
+        p, q = _triu(int(sizes[run[0]]))
+        n = len(run) * len(p)
+        starts = g_start[g0 + run][:, None]
+        np.add(starts, p, out=first[pos : pos + n].reshape(len(run), len(p)))
+        np.add(starts, q, out=second[pos : pos + n].reshape(len(run), len(p)))
+        local[pos : pos + n].reshape(len(run), len(p))[:] = run[:, None]
+        pos += n
+    return first, second, local
+
+
+def swing_scores(
+    anchor_ptr: np.ndarray,
+    anchor_members: np.ndarray,
+    member_ptr: np.ndarray,
+    member_targets: np.ndarray,
+    weight: np.ndarray,
+    alpha2: float,
+    n_targets: int,
+    lo: int,
+    hi: int,
+    max_pairs: int = 1 << 22,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """SWING scores of anchors [lo, hi) against every target they share >= 2 members with.
+
+    Args:
+        anchor_ptr, anchor_members: CSR anchor -> members, members sorted per anchor.
+        member_ptr, member_targets: CSR member -> targets (the same capped graph),
+            targets in [0, n_targets).
+        weight: float64 (n_members,), `member_weights` of the members.
+        alpha2: overlap smoothing.
+        n_targets: number of target ids.
+        lo, hi: the anchor range of this block.
+        max_pairs: member pairs held at once (memory bound; results do not depend on it).
+
+    Returns:
+        anchor int64 (N,), neighbor int64 (N,), score float64 (N,) sorted by
+        (anchor, neighbor), and the number of terms added (the block's contributions W).
+    """
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64), 0)
+    n_a = np.diff(anchor_ptr[lo : hi + 1])
+    slot0 = int(anchor_ptr[lo])
+    members = anchor_members[slot0 : anchor_ptr[hi]]
+    n_rows = len(members)
+    if n_rows == 0:
+        return empty
+    # One row per (anchor, member); x = the member's position in the anchor's list.
+    row_anchor = np.repeat(np.arange(lo, hi, dtype=np.int64), n_a)
+    row_x = np.arange(n_rows, dtype=np.int64) - np.repeat(anchor_ptr[lo:hi] - slot0, n_a)
+    # Overlap counters: anchor a's pair (x, y), x < y, lives at key_base[a] + x * n_a + y.
+    key_base = np.concatenate([[0], np.cumsum(n_a * n_a)[:-1]]).astype(np.int64)
+    row_key = np.repeat(key_base, n_a) + row_x * np.repeat(n_a, n_a)
+    n_keys = int((n_a * n_a).sum())
+
+    # Entries (row, target): each row's member's targets.  A linear counting sort
+    # (CSR -> CSC) puts them target-major with rows ascending inside a target, so each
+    # (anchor, target) group is one run with its members in order.
+    deg = member_ptr[members + 1] - member_ptr[members]
+    row_ptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(deg, out=row_ptr[1:])
+    n_ent = int(row_ptr[-1])
+    ent_tgt = member_targets[
+        np.arange(n_ent, dtype=np.int64) + np.repeat(member_ptr[members] - row_ptr[:-1], deg)
+    ]
+    csc = sp.csr_array(
+        (np.ones(n_ent, dtype=np.int8), ent_tgt, row_ptr), shape=(n_rows, n_targets)
+    ).tocsc()
+    del ent_tgt
+    rows = csc.indices.astype(np.int64, copy=False)
+    col_ptr = csc.indptr.astype(np.int64, copy=False)
+    del csc
+    anc = row_anchor[rows]
+    new_group = np.empty(n_ent, dtype=bool)
+    new_group[0] = True
+    np.not_equal(anc[1:], anc[:-1], out=new_group[1:])
+    new_group[col_ptr[:-1][col_ptr[:-1] < n_ent]] = True
+    del anc
+    g_start = np.flatnonzero(new_group)
+    del new_group
+    g_size = np.diff(np.append(g_start, n_ent))
+    g_target = np.searchsorted(col_ptr, g_start, side="right") - 1
+    g_anchor = row_anchor[rows[g_start]]
+    # Only groups of >= 2 members score; an anchor's own target is not its neighbour.
+    keep = (g_size >= 2) & (g_target != g_anchor)
+    g_start, g_size = g_start[keep], g_size[keep]
+    g_target, g_anchor = g_target[keep], g_anchor[keep]
+    if len(g_size) == 0:
+        return empty
+    # Compact the entries to the kept groups before the per-entry gathers.
+    rows = rows[np.repeat(g_start, g_size) + _ranks_in_runs(g_size)]
+    g_start = np.concatenate([[0], np.cumsum(g_size)[:-1]]).astype(np.int64)
+    ent_key = row_key[rows]
+    ent_x = row_x[rows]
+    ent_w = weight[members[rows]]
+    del rows
+
+    chunks = _chunks(g_size, max_pairs)
+    cached = _chunk_pairs(g_start, g_size, *chunks[0]) if len(chunks) == 1 else None
+    # Pass 1: overlaps |T_m ∩ T_n| of the anchor's member pairs, less the anchor itself.
+    overlap = np.zeros(n_keys, dtype=np.int64)
+    for g0, g1 in chunks:
+        first, second, _ = cached or _chunk_pairs(g_start, g_size, g0, g1)
+        overlap += np.bincount(ent_key[first] + ent_x[second], minlength=n_keys)
+    denom = overlap.astype(np.float64)
+    denom += alpha2 + 1.0
+    del overlap
+    # Pass 2: each pair adds w_m w_n / (alpha2 + overlap) to its (anchor, target) group.
+    score = np.empty(len(g_size), dtype=np.float64)
+    for g0, g1 in chunks:
+        first, second, local = cached or _chunk_pairs(g_start, g_size, g0, g1)
+        term = ent_w[first] * ent_w[second]
+        term /= denom[ent_key[first] + ent_x[second]]
+        score[g0:g1] = np.bincount(local, weights=term, minlength=g1 - g0)
+    contributions = int((g_size * (g_size - 1) // 2).sum())
+    order = np.lexsort((g_target, g_anchor))
+    return g_anchor[order], g_target[order], score[order], contributions
+
+
+def _ranks_in_runs(sizes: np.ndarray) -> np.ndarray:
+    """[0..s0), [0..s1), ... concatenated (int64)."""
+    starts = np.cumsum(sizes) - sizes
+    return np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(starts, sizes)
+
+
+def top_k_neighbors(
+    anchor: np.ndarray, neighbor: np.ndarray, score: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The k best neighbours per anchor, sorted by (anchor, rank).
+
+    Ranking uses the float32 score as stored, so the table is self-consistent: higher
+    score first, equal (float32) scores by ascending neighbour id.
+
+    Returns:
+        anchor int64, neighbor int64, score float32, rank int16 (0-based), shape (N',).
+    """
+    s32 = score.astype(np.float32)
+    order = np.lexsort((neighbor, -s32, anchor))
+    a = anchor[order]
+    first = np.searchsorted(a, a, side="left")
+    rank = np.arange(len(a)) - first
+    keep = rank < k
+    sel = order[keep]
+    return (
+        anchor[sel].astype(np.int64),
+        neighbor[sel].astype(np.int64),
+        s32[sel],
+        rank[keep].astype(np.int16),
+    )
