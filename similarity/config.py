@@ -20,7 +20,10 @@ class SwingConfig:
         min_user_items, max_user_items: users outside this range of distinct items are dropped.
         max_users_per_item: larger items keep a seeded sample of this many users.
         top_k: neighbours kept per anchor.
-        memory_budget_gb: peak working memory of the kernel's anchor blocks.
+        memory_budget_gb: peak working memory of the kernel's anchor blocks (the
+            output does not depend on it).
+        parts: part files per table; 0 picks a number from the graph's size alone, so
+            the files never depend on the rank count.
         redis_url: where `dlrrec similarity export-redis` writes (password only from $REDIS_PASSWORD).
         overwrite: replace an existing output made from another config or input.
     """
@@ -37,6 +40,7 @@ class SwingConfig:
     max_users_per_item: int = 1000
     top_k: int = 50
     memory_budget_gb: float = 1.0
+    parts: int = 0
     redis_url: str = ""
     redis_prefix: str = "dlrrec"
     redis_grace_s: int = 3600
@@ -45,6 +49,12 @@ class SwingConfig:
     def validate(self) -> None:
         if self.top_k <= 0:
             raise ConfigError(f"similarity.top_k: must be > 0, got {self.top_k}")
+        if self.top_k > 32767:
+            raise ConfigError(
+                f"similarity.top_k: must be <= 32767 (rank is int16), got {self.top_k}"
+            )
+        if self.parts < 0:
+            raise ConfigError(f"similarity.parts: must be >= 0 (0 = automatic), got {self.parts}")
         if self.min_user_items < 1 or self.max_user_items < self.min_user_items:
             raise ConfigError(
                 "similarity.min_user_items/max_user_items: need 1 <= min_user_items <= max_user_items"

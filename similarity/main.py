@@ -1,0 +1,347 @@
+"""dlrrec similarity swing --config configs/movielens-100k.yaml [key=value ...]
+
+SWING item-item and user-user positive-pair tables (DESIGN.md "SWING").  The same
+command runs as one process or under torchrun / TorchX with N ranks:
+
+    torchrun --standalone --nproc_per_node 2 -m similarity.main --config C
+
+Ranks split the anchors by estimated work (sum of |U_i|**2 after the caps) and each
+writes its own part files into one temp folder (on a shared filesystem when ranks
+span hosts); rank 0 writes `_meta.json` after a barrier and renames the folder into
+`run_dir/similarity/`.  Part boundaries depend only on the graph and `parts`, never
+on the rank count, so 1 rank and N ranks write byte-identical files.
+
+Reads: `run_dir/features/` (train rows with label == 1) or `input=` (a plain
+`user`/`item` table, see `similarity.tables`).
+Writes: `run_dir/similarity/{item_item,user_user}/part-*.parquet`
+(anchor int64, neighbor int64, score float32, rank int16; sorted by anchor, rank) and
+`run_dir/similarity/_meta.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from launch.artifacts import (
+    SCHEMA_VERSION,
+    atomic_dir,
+    existing_output,
+    read_meta,
+    sha256_json,
+    write_json_atomic,
+)
+from launch.config import ConfigError, DlrrecError, to_dict
+from launch.entry import run_job
+from similarity import swing
+from similarity.config import SwingConfig
+from similarity.tables import KINDS, Positives, read_positives, write_ids, write_pairs
+
+# Keys that change neither the tables nor their meaning; they stay out of the fingerprint
+# so that, e.g., exporting to another Redis never invalidates a finished SWING output.
+NOT_FINGERPRINTED = (
+    "run_dir",
+    "overwrite",
+    "memory_budget_gb",
+    "redis_url",
+    "redis_prefix",
+    "redis_grace_s",
+)
+# Auto `parts`: about this much estimated work (sum |U_i|**2) per part file.
+WORK_PER_PART = float(1 << 25)
+MAX_AUTO_PARTS = 1024
+
+
+def fingerprint(cfg: SwingConfig, input_fingerprint: str) -> str:
+    """Hash of everything the tables depend on: the config's math keys and the input."""
+    params = {k: v for k, v in to_dict(cfg).items() if k not in NOT_FINGERPRINTED}
+    return sha256_json({"config": params, "input": input_fingerprint, "schema": SCHEMA_VERSION})
+
+
+class _Comm:
+    """The ranks of this job: a process group when WORLD_SIZE > 1, else a single process.
+
+    Objects go through a gloo group even when the main group is nccl: the kernel and
+    the data it exchanges (decisions, counts, paths) live on the CPU.
+    """
+
+    def __init__(self) -> None:
+        self.owns_group = False
+        self.group: Any = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend=backend)
+            self.owns_group = True
+        if dist.is_initialized():
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            is_gloo = dist.get_backend() == "gloo"
+            self.group = None if is_gloo else dist.new_group(backend="gloo")
+        else:
+            self.rank, self.world = 0, 1
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def log(comm: _Comm, msg: str) -> None:
+    """Progress lines on rank 0 only."""
+    if comm.rank == 0:
+        print(f"[swing] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _shared_tmp(comm: _Comm, final: Path) -> Iterator[Path]:
+    """Rank 0 owns the atomic temp folder; the other ranks write into the same path."""
+    if comm.rank == 0:
+        with atomic_dir(final) as tmp:
+            comm.broadcast(str(tmp))
+            yield tmp
+    else:
+        yield Path(comm.broadcast(None))
+
+
+def auto_parts(total_work: float) -> int:
+    """Part files per table when `parts=0`: from the graph alone, never the rank count."""
+    return int(min(MAX_AUTO_PARTS, max(1, math.ceil(total_work / WORK_PER_PART))))
+
+
+def _graph(cfg: SwingConfig, pos: Positives) -> tuple[dict[str, Any], dict[str, int]]:
+    """CSR both ways of the capped graph, member weights and cap counts."""
+    u, i = swing.capped_edges(
+        pos.user,
+        pos.item,
+        pos.n_users,
+        pos.n_items,
+        cfg.min_user_items,
+        cfg.max_user_items,
+        cfg.max_users_per_item,
+        cfg.seed,
+    )
+    ui_ptr, ui_idx = swing.to_csr(u, i, pos.n_users)
+    iu_ptr, iu_idx = swing.to_csr(i, u, pos.n_items)
+    g = {"ui_ptr": ui_ptr, "ui_idx": ui_idx, "iu_ptr": iu_ptr, "iu_idx": iu_idx}
+    distinct = len(np.unique(pos.user * pos.n_items + pos.item))
+    counts = {
+        "positives": len(pos.user),
+        "distinct_positives": distinct,
+        "edges_after_caps": len(u),
+        "users_kept": int((np.diff(ui_ptr) > 0).sum()),
+        "items_kept": int((np.diff(iu_ptr) > 0).sum()),
+    }
+    return g, counts
+
+
+def _compute_part(
+    anchor_ptr: np.ndarray,
+    anchor_members: np.ndarray,
+    member_ptr: np.ndarray,
+    member_targets: np.ndarray,
+    weight: np.ndarray,
+    n_targets: int,
+    lo: int,
+    hi: int,
+    cfg: SwingConfig,
+) -> tuple[tuple[np.ndarray, ...], int]:
+    budget = cfg.memory_budget_gb * float(1 << 30)
+    # Half the budget for a block's entries, half for a chunk of pairs; both also capped
+    # at sizes that stay in the allocator's reused heap (arrays of a few tens of MB):
+    # fresh multi-hundred-MB arrays cost more in page faults than the math.
+    block_bytes = min(budget / 2, swing.BLOCK_BYTES_CAP)
+    max_pairs = max(1, int(min(budget / 2, swing.BLOCK_BYTES_CAP) / swing.BYTES_PER_PAIR))
+    out: list[tuple[np.ndarray, ...]] = []
+    contributions = 0
+    for b_lo, b_hi in swing.block_plan(anchor_ptr, member_ptr, anchor_members, lo, hi, block_bytes):
+        a, n, s, w = swing.swing_scores(
+            anchor_ptr, anchor_members, member_ptr, member_targets, weight,
+            cfg.alpha2, n_targets, b_lo, b_hi, max_pairs,
+        )  # fmt: skip
+        contributions += w
+        out.append(swing.top_k_neighbors(a, n, s, cfg.top_k))
+    if not out:
+        empty = (
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int16),
+        )
+        return empty, 0
+    cols = tuple(np.concatenate([o[c] for o in out]) for c in range(4))
+    return cols, contributions
+
+
+def _write_kind(
+    comm: _Comm, cfg: SwingConfig, kind: str, g: dict[str, Any], pos: Positives, tmp: Path
+) -> dict[str, Any]:
+    """This rank's part files of one table; returns its counts."""
+    if kind == "item_item":
+        a_ptr, a_idx, m_ptr, m_idx = g["iu_ptr"], g["iu_idx"], g["ui_ptr"], g["ui_idx"]
+        n_anchors, ids = pos.n_items, pos.item_ids
+    else:
+        a_ptr, a_idx, m_ptr, m_idx = g["ui_ptr"], g["ui_idx"], g["iu_ptr"], g["iu_idx"]
+        n_anchors, ids = pos.n_users, pos.user_ids
+    weight = swing.member_weights(np.diff(m_ptr), cfg.alpha1, cfg.beta)
+    work = swing.work_estimate(a_ptr)
+    parts = cfg.parts or auto_parts(float(work.sum()))
+    bounds = swing.split_by_work(work, parts)
+    part_work = np.add.reduceat(np.append(work, 0.0), bounds[:-1]) if len(work) else np.zeros(parts)
+    part_work[bounds[:-1] == bounds[1:]] = 0.0
+    mine = swing.assign_parts(part_work, comm.world)[comm.rank]
+    (tmp / kind).mkdir(parents=True, exist_ok=True)
+    counts: dict[str, Any] = {"pairs": 0, "anchors_with_neighbors": 0, "contributions": 0}
+    for p in mine:
+        (a, n, s, r), w = _compute_part(
+            a_ptr, a_idx, m_ptr, m_idx, weight, n_anchors, int(bounds[p]), int(bounds[p + 1]), cfg
+        )
+        counts["pairs"] += len(a)
+        counts["anchors_with_neighbors"] += len(np.unique(a))
+        counts["contributions"] += w
+        if isinstance(ids, np.ndarray):  # integer input ids: write the originals back
+            a, n = ids[a], ids[n]
+        write_pairs(tmp / kind / f"part-{p:05d}.parquet", a, n, s, r)
+    counts["parts"] = parts
+    counts["work_estimate"] = float(work.sum())
+    return counts
+
+
+def run(cfg: SwingConfig) -> dict[str, Any]:
+    """Compute both SWING tables into `run_dir/similarity/` and return its `_meta.json`."""
+    start = time.perf_counter()
+    comm = _Comm()
+    try:
+        return _run(cfg, comm, start)
+    finally:
+        comm.close()
+
+
+def _run(cfg: SwingConfig, comm: _Comm, start: float) -> dict[str, Any]:
+    final = Path(cfg.run_dir) / "similarity"
+    pos = read_positives(cfg.run_dir, cfg.input)
+    fp = fingerprint(cfg, pos.fingerprint)
+    decision = None
+    if comm.rank == 0:
+        try:
+            decision = "reuse" if existing_output(final, fp, cfg.overwrite) else "write"
+        except DlrrecError as e:
+            decision = f"error:{e}"
+    decision = comm.broadcast(decision)
+    if decision.startswith("error:"):
+        raise ConfigError(decision[len("error:") :])
+    if decision == "reuse":
+        log(comm, f"reusing {final} (same config and input)")
+        return read_meta(final)
+
+    g, graph_counts = _graph(cfg, pos)
+    log(comm, f"{graph_counts['edges_after_caps']} edges after caps; {comm.world} rank(s)")
+    with _shared_tmp(comm, final) as tmp:
+        per_kind: dict[str, Any] = {}
+        for kind in KINDS:
+            t0 = time.perf_counter()
+            counts = _write_kind(comm, cfg, kind, g, pos, tmp)
+            counts["seconds"] = time.perf_counter() - t0
+            per_kind[kind] = comm.gather(counts)  # also the barrier: every part is written
+            log(comm, f"{kind}: {sum(c['pairs'] for c in per_kind[kind])} pairs")
+        meta = _meta(cfg, comm, pos, fp, graph_counts, per_kind, start)
+        if comm.rank == 0:
+            if pos.user_ids is not None and not isinstance(pos.user_ids, np.ndarray):
+                (tmp / "ids").mkdir(exist_ok=True)
+                write_ids(tmp / "ids" / "users.parquet", pos.user_ids)
+            if pos.item_ids is not None and not isinstance(pos.item_ids, np.ndarray):
+                (tmp / "ids").mkdir(exist_ok=True)
+                write_ids(tmp / "ids" / "items.parquet", pos.item_ids)
+            write_json_atomic(tmp / "_meta.json", meta)
+    comm.gather(None)  # nobody returns before the folder is in place
+    return meta
+
+
+def _id_kind(ids: Any) -> str:
+    if ids is None:
+        return "dense"
+    return "original" if isinstance(ids, np.ndarray) else "index (see ids/)"
+
+
+def _meta(
+    cfg: SwingConfig,
+    comm: _Comm,
+    pos: Positives,
+    fp: str,
+    graph_counts: dict[str, int],
+    per_kind: dict[str, list[dict[str, Any]]],
+    start: float,
+) -> dict[str, Any]:
+    tables: dict[str, Any] = {}
+    for kind, ranks in per_kind.items():
+        n_anchors = pos.n_items if kind == "item_item" else pos.n_users
+        with_nb = sum(c["anchors_with_neighbors"] for c in ranks)
+        tables[kind] = {
+            "pairs": sum(c["pairs"] for c in ranks),
+            "anchors": n_anchors,
+            "anchors_with_neighbors": with_nb,
+            "coverage": with_nb / n_anchors if n_anchors else 0.0,
+            "W": sum(c["contributions"] for c in ranks),
+            "work_estimate": ranks[0]["work_estimate"],
+            "parts": ranks[0]["parts"],
+            "rank_seconds": [round(c["seconds"], 3) for c in ranks],
+        }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": fp,
+        "input": {"source": pos.source, "fingerprint": pos.fingerprint, "rows_read": pos.rows_read},
+        "ids": {"user": _id_kind(pos.user_ids), "item": _id_kind(pos.item_ids)},
+        "params": {
+            k: getattr(cfg, k)
+            for k in (
+                "alpha1",
+                "alpha2",
+                "beta",
+                "min_user_items",
+                "max_user_items",
+                "max_users_per_item",
+                "top_k",
+                "seed",
+            )
+        },
+        "config": to_dict(cfg),
+        "graph": graph_counts,
+        "item_item": tables["item_item"],
+        "user_user": tables["user_user"],
+        "W": sum(t["W"] for t in tables.values()),
+        "world_size": comm.world,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+@record
+def main(argv: list[str] | None = None, prog: str = "dlrrec similarity swing") -> int:
+    return run_job(prog, __doc__ or "", SwingConfig, "similarity", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
