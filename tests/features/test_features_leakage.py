@@ -1,4 +1,4 @@
-"""Leakage rules (DESIGN.md): a row's features never depend on its own rating.
+"""Leakage rules (DESIGN.md): a row's features never depend on its own rating or text.
 
 The profile sums are exact in float64 (float16 inputs), so "unchanged" means
 bit-for-bit equal, not approximately equal.
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from tiny_reviews import vectors, with_rating, write_raw
+from tiny_reviews import vectors, with_review, write_raw
 
 
 def by_pair(out: dict[str, Any]) -> dict[tuple[int, int], dict[str, Any]]:
@@ -77,7 +77,7 @@ def test_temporal_profiles_use_strictly_earlier_positives(
 
 @pytest.mark.parametrize("split", ["random", "temporal"])
 @pytest.mark.parametrize("was_positive", [True, False])
-def test_flipping_own_rating_leaves_row_features_unchanged(
+def test_changing_own_rating_and_text_leaves_row_features_unchanged(
     split: str,
     was_positive: bool,
     build: Any,
@@ -113,7 +113,7 @@ def test_flipping_own_rating_leaves_row_features_unchanged(
     row = next(
         n for n, x in enumerate(inter) if (x["user"], x["item"]) == (users[key[0]], items[key[1]])
     )
-    flipped = with_rating(tiny_tables, row, 1.0 if was_positive else 5.0)
+    flipped = with_review(tiny_tables, row, 1.0 if was_positive else 5.0, "A review of my own.")
     out = build(write_raw(tmp_path / "raw", flipped), **config)
     after = by_pair(out)
 

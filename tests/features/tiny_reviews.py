@@ -79,17 +79,19 @@ def write_raw(raw_dir: Path, tables: dict[str, pa.Table]) -> Path:
     return raw_dir
 
 
-def with_rating(tables: dict[str, pa.Table], row: int, rating: float) -> dict[str, pa.Table]:
-    """A copy of `tables` with interaction `row`'s rating replaced."""
+def with_review(
+    tables: dict[str, pa.Table], row: int, rating: float, text: str
+) -> dict[str, pa.Table]:
+    """A copy of `tables` with interaction `row`'s rating and review text replaced."""
     inter = tables["interactions.parquet"]
     ratings = inter["rating"].to_numpy().copy()
     ratings[row] = rating
-    idx = inter.schema.get_field_index("rating")
-    out = dict(tables)
-    out["interactions.parquet"] = inter.set_column(
-        idx, inter.schema.field(idx), pa.array(ratings, pa.float32())
-    )
-    return out
+    texts = inter["text"].to_pylist()
+    texts[row] = text
+    for name, values in (("rating", pa.array(ratings, pa.float32())), ("text", pa.array(texts))):
+        idx = inter.schema.get_field_index(name)
+        inter = inter.set_column(idx, inter.schema.field(idx), values)
+    return dict(tables, **{"interactions.parquet": inter})
 
 
 def read_outputs(run_dir: Path) -> dict:
