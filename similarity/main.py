@@ -5,7 +5,8 @@ command runs as one process or under torchrun / TorchX with N ranks:
 
     torchrun --standalone --nproc_per_node 2 -m similarity.main --config C
 
-Ranks split the anchors by estimated work (sum of |U_i|**2 after the caps) and each
+Ranks split the anchors by estimated work (sum of |U_i|**2 after the caps, plus the
+entries the kernel lists; `swing.work_estimate`) and each
 writes its own part files into one temp folder (on a shared filesystem when ranks
 span hosts); rank 0 writes `_meta.json` after a barrier and renames the folder into
 `run_dir/similarity/`.  Part boundaries depend only on the graph and `parts`, never
@@ -58,8 +59,9 @@ NOT_FINGERPRINTED = (
     "redis_prefix",
     "redis_grace_s",
 )
-# Auto `parts`: about this much estimated work (sum |U_i|**2) per part file.
-WORK_PER_PART = float(1 << 25)
+# Auto `parts`: about this much estimated work (`swing.work_estimate`) per part file:
+# enough parts to balance ranks on big graphs, one file for a toy one.
+WORK_PER_PART = float(1 << 22)
 MAX_AUTO_PARTS = 1024
 
 
@@ -208,7 +210,7 @@ def _write_kind(
         a_ptr, a_idx, m_ptr, m_idx = g["ui_ptr"], g["ui_idx"], g["iu_ptr"], g["iu_idx"]
         n_anchors, ids = pos.n_users, pos.user_ids
     weight = swing.member_weights(np.diff(m_ptr), cfg.alpha1, cfg.beta)
-    work = swing.work_estimate(a_ptr)
+    work = swing.work_estimate(a_ptr, a_idx, m_ptr)
     parts = cfg.parts or auto_parts(float(work.sum()))
     bounds = swing.split_by_work(work, parts)
     part_work = np.add.reduceat(np.append(work, 0.0), bounds[:-1]) if len(work) else np.zeros(parts)

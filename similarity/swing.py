@@ -138,10 +138,19 @@ def member_weights(degree: np.ndarray, alpha1: float, beta: float) -> np.ndarray
         return (degree.astype(np.float64) + alpha1) ** (-beta)
 
 
-def work_estimate(anchor_ptr: np.ndarray) -> np.ndarray:
-    """Estimated kernel work per anchor, |M_a|**2 (float64, shape (n_anchors,))."""
+def work_estimate(
+    anchor_ptr: np.ndarray, anchor_members: np.ndarray, member_ptr: np.ndarray
+) -> np.ndarray:
+    """Estimated kernel work per anchor (float64, shape (n_anchors,)).
+
+    |M_a|**2 (the member pairs; the issue's sum of |U_i|**2) plus the entries the kernel
+    lists, the sum of |T_m| over m in M_a.  The second term is what dominates user-user,
+    where an anchor's few items can each have up to `max_users_per_item` users.
+    """
     n = np.diff(anchor_ptr).astype(np.float64)
-    return n * n
+    per_slot = np.diff(member_ptr)[anchor_members].astype(np.float64)
+    cum = np.concatenate([[0.0], np.cumsum(per_slot)])
+    return n * n + (cum[anchor_ptr[1:]] - cum[anchor_ptr[:-1]])
 
 
 def split_by_work(work: np.ndarray, parts: int) -> np.ndarray:
