@@ -1,0 +1,204 @@
+"""dlrrec similarity export-redis --config configs/movielens-100k.yaml redis_url=redis://localhost:6379/0
+
+Export `run_dir/similarity/{item_item,user_user}` to Redis: one sorted set per anchor
+(neighbour id -> score) under a version named by the tables' content hash, written in
+pipelined MULTI/EXEC batches; then `current` switches to the new version in one atomic
+step and the previous version's keys expire after `redis_grace_s` seconds.  Layout and
+connection rules: `similarity.redis_store`.
+
+Re-exporting the same tables is idempotent: when that version is already current and
+complete nothing is written; otherwise its keys are rewritten (each key's DEL + ZADD in
+one transaction, so no reader ever sees a partial list) before the switch.
+
+The password comes only from $REDIS_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pyarrow.parquet as pq
+import redis
+
+from launch.artifacts import hash_tree, read_meta
+from launch.config import DataError
+from launch.entry import run_job
+from similarity.config import SwingConfig
+from similarity.redis_store import (
+    connect,
+    key_anchor,
+    key_current,
+    key_meta,
+    key_versions,
+    safe_url,
+    text,
+)
+from similarity.tables import KINDS
+
+# Pairs per pipelined transaction: large enough to amortise round trips, small enough
+# that one MULTI/EXEC does not block other clients for long (~10 ms).
+BATCH_PAIRS = 20_000
+
+# GET old; SET new; record the switch time -- one atomic step on the server.
+_SWITCH = """
+local old = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return old
+"""
+
+
+def table_version(stage: Path, meta: dict[str, Any]) -> str:
+    """A short content hash of the tables (and id maps) a version holds."""
+    files = sorted(stage.glob("*/part-*.parquet")) + sorted(stage.glob("ids/*.parquet"))
+    h = hashlib.sha256(f"{meta.get('fingerprint')}:{hash_tree(files)}".encode())
+    return "v" + h.hexdigest()[:16]
+
+
+def _id_names(stage: Path, kind: str) -> np.ndarray | None:
+    """Original string ids by dense index, when the input had string ids."""
+    path = stage / "ids" / ("items.parquet" if kind == "item_item" else "users.parquet")
+    if not path.is_file():
+        return None
+    t = pq.read_table(path)
+    names = np.empty(t.num_rows, dtype=object)
+    names[t["index"].to_numpy()] = t["id"].to_pylist()
+    return names
+
+
+def _as_text(ids: np.ndarray, names: np.ndarray | None) -> list[str]:
+    if names is not None:
+        return names[ids].tolist()
+    return ids.astype(str).tolist()
+
+
+def write_version(
+    client: redis.Redis, prefix: str, version: str, stage: Path, batch_pairs: int = BATCH_PAIRS
+) -> dict[str, int]:
+    """Write every anchor's sorted set of `version`; returns pairs written per kind."""
+    written: dict[str, int] = {}
+    for kind in KINDS:
+        names = _id_names(stage, kind)
+        written[kind] = 0
+        pipe = client.pipeline(transaction=True)
+        queued = 0
+        for part in sorted((stage / kind).glob("part-*.parquet")):
+            t = pq.read_table(part)
+            if t.num_rows == 0:
+                continue
+            anchor = t["anchor"].to_numpy()
+            neighbor = _as_text(t["neighbor"].to_numpy(), names)
+            score = t["score"].to_numpy().astype(np.float64).tolist()
+            starts = np.flatnonzero(np.diff(anchor)) + 1
+            bounds = [0, *starts.tolist(), len(anchor)]
+            anchor_text = _as_text(anchor[bounds[:-1]], names)
+            for a, lo, hi in zip(anchor_text, bounds[:-1], bounds[1:]):
+                key = key_anchor(prefix, version, kind, a)
+                flat: list[Any] = [None] * (2 * (hi - lo))
+                flat[0::2] = score[lo:hi]
+                flat[1::2] = neighbor[lo:hi]
+                pipe.execute_command("DEL", key)
+                pipe.execute_command("ZADD", key, *flat)
+                queued += hi - lo
+                if queued >= batch_pairs:
+                    pipe.execute()
+                    queued = 0
+            written[kind] += len(anchor)
+        if queued:
+            pipe.execute()
+    return written
+
+
+def switch_current(client: redis.Redis, prefix: str, version: str, grace_s: int) -> str | None:
+    """Point `current` at `version` atomically; older versions' keys expire after grace.
+
+    Returns the version that was current before (None if none).
+    """
+    old = client.eval(_SWITCH, 2, key_current(prefix), key_versions(prefix), version, time.time())
+    old_version = text(old) if old else None
+    for raw in cast(list[Any], client.zrange(key_versions(prefix), 0, -1)):
+        v = text(raw)
+        if v == version:
+            continue
+        pattern = _glob_escape(f"{prefix}:{v}:") + "*"
+        pipe = client.pipeline(transaction=False)
+        for key in client.scan_iter(match=pattern, count=1000):
+            pipe.expire(key, grace_s, nx=True)
+            if len(pipe) >= 1000:
+                pipe.execute()
+        pipe.zrem(key_versions(prefix), v)
+        pipe.execute()
+    return old_version
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def export(
+    client: redis.Redis, prefix: str, stage: Path, grace_s: int, batch_pairs: int = BATCH_PAIRS
+) -> dict[str, Any]:
+    """Export the tables in `stage` (a finished `run_dir/similarity`); see module doc."""
+    meta = read_meta(stage)
+    version = table_version(stage, meta)
+    start = time.perf_counter()
+    current = client.get(key_current(prefix))
+    complete = client.hget(key_meta(prefix, version), "complete") == b"1"
+    if current is not None and text(current) == version and complete:
+        return {"version": version, "pairs": 0, "seconds": 0.0, "status": "already current"}
+    written = write_version(client, prefix, version, stage, batch_pairs)
+    client.hset(
+        key_meta(prefix, version),
+        mapping={
+            "complete": 1,
+            "source": str(stage),
+            "fingerprint": str(meta.get("fingerprint")),
+            **{f"pairs_{k}": n for k, n in written.items()},
+        },
+    )
+    client.persist(key_meta(prefix, version))
+    previous = switch_current(client, prefix, version, grace_s)
+    seconds = time.perf_counter() - start
+    pairs = sum(written.values())
+    return {
+        "version": version,
+        "previous": previous,
+        "pairs": pairs,
+        "per_kind": written,
+        "seconds": seconds,
+        "pairs_per_s": pairs / seconds if seconds > 0 else 0.0,
+        "status": "exported",
+    }
+
+
+def run(cfg: SwingConfig) -> dict[str, Any]:
+    """Export `cfg.run_dir/similarity` to `cfg.redis_url`; prints and returns a summary."""
+    stage = Path(cfg.run_dir) / "similarity"
+    if not (stage / "_meta.json").is_file():
+        raise DataError(f"{stage / '_meta.json'}: missing; run `dlrrec similarity swing` first")
+    client = connect(cfg.redis_url)
+    try:
+        report = export(client, cfg.redis_prefix, stage, cfg.redis_grace_s)
+    except redis.RedisError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"redis {safe_url(cfg.redis_url)}: export failed: {first}") from None
+    finally:
+        client.close()
+    report["redis"] = safe_url(cfg.redis_url)
+    report["prefix"] = cfg.redis_prefix
+    print(json.dumps(report, sort_keys=True))
+    return report
+
+
+def main(argv: list[str] | None = None, prog: str = "dlrrec similarity export-redis") -> int:
+    return run_job(prog, __doc__ or "", SwingConfig, "similarity", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

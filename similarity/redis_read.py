@@ -1,0 +1,100 @@
+"""dlrrec similarity neighbors item 42 --config configs/movielens-100k.yaml [--top N]
+
+Look up an entity's SWING neighbours in the Redis version that is `current` (written
+by `dlrrec similarity export-redis`).  Prints `rank<TAB>neighbor<TAB>score` lines.
+
+The read API is `read_neighbors(client, prefix, kind, anchor)`; a reader holds a
+client from `similarity.redis_store.connect`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn, cast
+
+import redis
+
+from launch.config import ConfigError, DataError, build_dataclass, load_raw, section_values
+from launch.entry import fail, user_errors
+from similarity.config import SwingConfig
+from similarity.redis_store import KIND_NAMES, connect, key_anchor, key_current, safe_url, text
+
+
+def current_version(client: redis.Redis, prefix: str) -> str | None:
+    raw = client.get(key_current(prefix))
+    return text(raw) if raw is not None else None
+
+
+def read_neighbors(
+    client: redis.Redis, prefix: str, kind: str, anchor: str | int, top: int | None = None
+) -> list[tuple[str, float]]:
+    """[(neighbor id, score)] in rank order (higher score, then ascending id).
+
+    Args:
+        kind: "item" / "user" (or "item_item" / "user_user").
+        anchor: the entity id as written in the tables (or its original string id).
+        top: at most this many (all when None).
+
+    Raises:
+        DataError: nothing was exported under `prefix` yet.
+    """
+    table = KIND_NAMES.get(kind, kind)
+    version = current_version(client, prefix)
+    if version is None:
+        raise DataError(f"redis prefix {prefix!r}: nothing exported yet (no {key_current(prefix)})")
+    # The version's keys outlive a switch by the grace period, so this read sees the
+    # complete list of the version it resolved, even if `current` moves meanwhile.
+    rows = client.zrange(
+        key_anchor(prefix, version, table, str(anchor)), 0, -1, desc=True, withscores=True
+    )
+    out = [(text(m), float(s)) for m, s in cast(list[Any], rows)]
+    # Redis orders equal scores by member bytes, descending here; the tables rank ties
+    # by ascending numeric id.
+    out.sort(key=lambda r: (-r[1], _id_order(r[0])))
+    return out[:top] if top is not None else out
+
+
+def _id_order(text: str) -> tuple[int, int | str]:
+    try:
+        return (0, int(text))
+    except ValueError:
+        return (1, text)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog, message)
+
+
+def main(argv: list[str] | None = None, prog: str = "dlrrec similarity neighbors") -> int:
+    p = _Parser(prog=prog, description="look up an entity's SWING neighbours in Redis")
+    p.add_argument("kind", choices=sorted(KIND_NAMES), help="item or user")
+    p.add_argument("id", help="the anchor id, as in the pair tables")
+    p.add_argument("--config", help="YAML config with similarity.redis_url")
+    p.add_argument("--top", type=int, default=None, help="print at most N neighbours")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. redis_url=redis://h:6379"
+    )
+    args = p.parse_intermixed_args(argv)
+    with user_errors(prog):
+        if args.top is not None and args.top <= 0:
+            raise ConfigError(f"--top: must be > 0, got {args.top}")
+        values = section_values(load_raw(args.config, args.overrides, "similarity"), "similarity")
+        values.setdefault("run_dir", ".")  # a reader needs only the redis_* keys
+        cfg = build_dataclass(SwingConfig, values, "similarity")
+        client = connect(cfg.redis_url)
+        try:
+            rows = read_neighbors(client, cfg.redis_prefix, args.kind, args.id, args.top)
+        except redis.RedisError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"redis {safe_url(cfg.redis_url)}: {first}") from None
+        finally:
+            client.close()
+        for rank, (neighbor, score) in enumerate(rows):
+            print(f"{rank}\t{neighbor}\t{score:.9g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
