@@ -320,19 +320,24 @@ def swing_scores(
     rows = csc.indices.astype(np.int64, copy=False)
     col_ptr = csc.indptr.astype(np.int64, copy=False)
     del csc
+    # same[e]: entry e continues the group of entry e-1 (same anchor, same target).
+    # Groups of >= 2 members are the runs of `same`, so singleton groups -- most of
+    # them in user-user -- never cost more than these boolean passes.
     anc = row_anchor[rows]
-    new_group = np.empty(n_ent, dtype=bool)
-    new_group[0] = True
-    np.not_equal(anc[1:], anc[:-1], out=new_group[1:])
-    new_group[col_ptr[:-1][col_ptr[:-1] < n_ent]] = True
+    same = np.zeros(n_ent + 1, dtype=bool)
+    np.equal(anc[1:], anc[:-1], out=same[1:n_ent])
     del anc
-    g_start = np.flatnonzero(new_group)
-    del new_group
-    g_size = np.diff(np.append(g_start, n_ent))
+    col_starts = col_ptr[1:-1]
+    same[col_starts[col_starts < n_ent]] = False
+    run_head = np.flatnonzero(same[1:] & ~same[:-1]) + 1  # second member of a group
+    run_tail = np.flatnonzero(same[:-1] & ~same[1:])  # last member of a group
+    del same
+    g_start = run_head - 1
+    g_size = run_tail - g_start + 1
     g_target = np.searchsorted(col_ptr, g_start, side="right") - 1
     g_anchor = row_anchor[rows[g_start]]
-    # Only groups of >= 2 members score; an anchor's own target is not its neighbour.
-    keep = (g_size >= 2) & (g_target != g_anchor)
+    # An anchor's own target is not its neighbour.
+    keep = g_target != g_anchor
     g_start, g_size = g_start[keep], g_size[keep]
     g_target, g_anchor = g_target[keep], g_anchor[keep]
     if len(g_size) == 0:
@@ -346,21 +351,32 @@ def swing_scores(
     del rows
 
     chunks = _chunks(g_size, max_pairs)
-    cached = _chunk_pairs(g_start, g_size, *chunks[0]) if len(chunks) == 1 else None
+
+    def pairs(g0: int, g1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(first, second, overlap key, local group) of the chunk's pairs."""
+        first, second, local = _chunk_pairs(g_start, g_size, g0, g1)
+        key = ent_key[first]
+        key += ent_x[second]
+        return first, second, key, local
+
     # Pass 1: overlaps |T_m ∩ T_n| of the anchor's member pairs, less the anchor itself.
     overlap = np.zeros(n_keys, dtype=np.int64)
+    cached = None
     for g0, g1 in chunks:
-        first, second, _ = cached or _chunk_pairs(g_start, g_size, g0, g1)
-        overlap += np.bincount(ent_key[first] + ent_x[second], minlength=n_keys)
+        chunk = pairs(g0, g1)
+        overlap += np.bincount(chunk[2], minlength=n_keys)
+        if len(chunks) == 1:
+            cached = chunk
     denom = overlap.astype(np.float64)
     denom += alpha2 + 1.0
     del overlap
     # Pass 2: each pair adds w_m w_n / (alpha2 + overlap) to its (anchor, target) group.
     score = np.empty(len(g_size), dtype=np.float64)
     for g0, g1 in chunks:
-        first, second, local = cached or _chunk_pairs(g_start, g_size, g0, g1)
-        term = ent_w[first] * ent_w[second]
-        term /= denom[ent_key[first] + ent_x[second]]
+        first, second, key, local = cached if cached is not None else pairs(g0, g1)
+        term = ent_w[first]
+        term *= ent_w[second]
+        term /= denom[key]
         score[g0:g1] = np.bincount(local, weights=term, minlength=g1 - g0)
     contributions = int((g_size * (g_size - 1) // 2).sum())
     order = np.lexsort((g_target, g_anchor))
