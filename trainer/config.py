@@ -29,6 +29,7 @@ class TrainConfig:
             CUDA; on CPU fbgemm's fused kernels offer no Adam, so `auto` there means
             exact row-wise Adagrad (recorded in report.json).
         sparse_lr: learning rate of the fused sparse optimizer.
+        emb_l2: L2 penalty on the pooled embeddings of each batch (per example).
         class_weight: `balanced` weighs positives by n_neg/n_pos in the BCE.
         modalities: content vectors fed to the towers (`text`, `image`).
         projection: `cotrained` (end to end) or `two_step` (the paper's V0).
@@ -59,6 +60,7 @@ class TrainConfig:
     sparse_optimizer: Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"] = "auto"
     sparse_lr: float = 0.05
     sparse_weight_decay: float = 0.0
+    emb_l2: float = 0.0
     class_weight: Literal["none", "balanced"] = "balanced"
     modalities: list[str] = field(default_factory=lambda: ["text"])
     projection: Literal["cotrained", "two_step"] = "cotrained"

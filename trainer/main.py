@@ -113,10 +113,14 @@ def build_model(
     user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
     w_ii = cfg.w_item_item if cfg.contrastive else 0.0
     w_uu = cfg.w_user_user if cfg.contrastive else 0.0
-    train_model = DLRRECTrain(model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau)
+    train_model = DLRRECTrain(model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2)
     opt_kwargs: dict[str, Any] = {"lr": cfg.sparse_lr}
     if cfg.sparse_weight_decay:
+        # fbgemm applies weight_decay only with an explicit mode (L2 = added to the gradient)
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
+
         opt_kwargs["weight_decay"] = cfg.sparse_weight_decay
+        opt_kwargs["weight_decay_mode"] = WeightDecayMode.L2
     if sparse_opt == "adam":
         opt_kwargs["eps"] = 1e-8
     apply_optimizer_in_backward(

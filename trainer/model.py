@@ -154,6 +154,8 @@ class InteractionArch(nn.Module):
 
     def __init__(self, num_vectors: int) -> None:
         super().__init__()
+        self.rows: torch.Tensor
+        self.cols: torch.Tensor
         rows, cols = torch.triu_indices(num_vectors, num_vectors, offset=1)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
@@ -232,12 +234,12 @@ class DLRREC(nn.Module):
 
     def forward(
         self, dense: torch.Tensor, sparse: KeyedJaggedTensor, content: torch.Tensor
-    ) -> torch.Tensor:
-        """Returns: logits [B]."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns: logits [B] and the pooled sparse embeddings [B, F, D] (for regularisers)."""
         d = self.dense_arch(dense)
         e = self.sparse_arch(sparse)
         p = self.projection_arch(content)
-        return self.over_arch(self.inter_arch(d, torch.cat([e, p], dim=1)))
+        return self.over_arch(self.inter_arch(d, torch.cat([e, p], dim=1))), e
 
 
 class DLRRECTrain(nn.Module):
@@ -249,6 +251,7 @@ class DLRRECTrain(nn.Module):
         towers: (item_tower, user_tower) indices into the content towers, -1 if absent.
         w_item_item, w_user_user: the paper's w1, w2 (0 disables a term).
         tau: InfoNCE temperature.
+        emb_l2: L2 penalty on the batch's pooled embeddings (works with any fused optimizer).
 
     Returns (forward): `(loss, (loss, logits, labels, weights, parts))`, all detached but
     the first; `parts` is [3] = (rec, item_item, user_user).
@@ -267,8 +270,10 @@ class DLRRECTrain(nn.Module):
         w_item_item: float,
         w_user_user: float,
         tau: float,
+        emb_l2: float = 0.0,
     ) -> None:
         super().__init__()
+        self.emb_l2 = emb_l2
         self.model = model
         self.pos_weight = pos_weight
         # fixed per run (not read from the batch) so the forward stays fx-traceable
@@ -280,7 +285,7 @@ class DLRRECTrain(nn.Module):
     def forward(
         self, batch: Batch
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        logits = self.model(batch.dense, batch.sparse, batch.content)
+        logits, emb = self.model(batch.dense, batch.sparse, batch.content)
         w = batch.weights * torch.where(batch.labels > 0.5, self.pos_weight, 1.0)
         bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
         rec = (bce * w).sum() / batch.weights.sum().clamp_min(1.0)
@@ -297,5 +302,8 @@ class DLRRECTrain(nn.Module):
             pos = towers.project_one(self.user_tower, batch.uu_pos)
             uu = info_nce(anchor, pos, batch.user_ids, batch.uu_pos_ids, self.tau)
         loss = rec + self.w_item_item * ii + self.w_user_user * uu
+        if self.emb_l2 > 0:
+            sq = emb.pow(2).sum(dim=(1, 2))
+            loss = loss + self.emb_l2 * (sq * batch.weights).sum() / batch.weights.sum().clamp_min(1.0)
         parts = torch.stack([rec.detach(), ii.detach(), uu.detach()])
         return loss, (loss.detach(), logits.detach(), batch.labels, batch.weights, parts)
