@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from launch.config import ConfigError
 
@@ -24,6 +25,8 @@ class SwingConfig:
             output does not depend on it).
         parts: part files per table; 0 picks a number from the graph's size alone, so
             the files never depend on the rank count.
+        kernel: "auto" uses the compiled numba kernel when numba is installed, else the
+            NumPy one; both give the same bits.
         redis_url: where `dlrrec similarity export-redis` writes (password only from $REDIS_PASSWORD).
         overwrite: replace an existing output made from another config or input.
     """
@@ -41,6 +44,7 @@ class SwingConfig:
     top_k: int = 50
     memory_budget_gb: float = 1.0
     parts: int = 0
+    kernel: Literal["auto", "numba", "numpy"] = "auto"
     redis_url: str = ""
     redis_prefix: str = "dlrrec"
     redis_grace_s: int = 3600

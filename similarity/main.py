@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ NOT_FINGERPRINTED = (
     "run_dir",
     "overwrite",
     "memory_budget_gb",
+    "kernel",
     "redis_url",
     "redis_prefix",
     "redis_grace_s",
@@ -150,7 +152,7 @@ def _graph(cfg: SwingConfig, pos: Positives) -> tuple[dict[str, Any], dict[str, 
     ui_ptr, ui_idx = swing.to_csr(u, i, pos.n_users)
     iu_ptr, iu_idx = swing.to_csr(i, u, pos.n_items)
     g = {"ui_ptr": ui_ptr, "ui_idx": ui_idx, "iu_ptr": iu_ptr, "iu_idx": iu_idx}
-    distinct = len(np.unique(pos.user * pos.n_items + pos.item))
+    distinct = len(swing.distinct_codes(pos.user, pos.item, pos.n_items))
     counts = {
         "positives": len(pos.user),
         "distinct_positives": distinct,
@@ -183,10 +185,10 @@ def _compute_part(
     for b_lo, b_hi in swing.block_plan(anchor_ptr, member_ptr, anchor_members, lo, hi, block_bytes):
         a, n, s, w = swing.swing_scores(
             anchor_ptr, anchor_members, member_ptr, member_targets, weight,
-            cfg.alpha2, n_targets, b_lo, b_hi, max_pairs,
+            cfg.alpha2, n_targets, b_lo, b_hi, max_pairs, cfg.kernel,
         )  # fmt: skip
         contributions += w
-        out.append(swing.top_k_neighbors(a, n, s, cfg.top_k))
+        out.append(swing.top_k_neighbors(a, n, s, cfg.top_k, cfg.kernel))
     if not out:
         empty = (
             np.zeros(0, np.int64),
@@ -223,7 +225,7 @@ def _write_kind(
             a_ptr, a_idx, m_ptr, m_idx, weight, n_anchors, int(bounds[p]), int(bounds[p + 1]), cfg
         )
         counts["pairs"] += len(a)
-        counts["anchors_with_neighbors"] += len(np.unique(a))
+        counts["anchors_with_neighbors"] += int(np.count_nonzero(r == 0))
         counts["contributions"] += w
         if isinstance(ids, np.ndarray):  # integer input ids: write the originals back
             a, n = ids[a], ids[n]
@@ -270,7 +272,10 @@ def _run(cfg: SwingConfig, comm: _Comm, start: float) -> dict[str, Any]:
             counts["seconds"] = time.perf_counter() - t0
             per_kind[kind] = comm.gather(counts)  # also the barrier: every part is written
             log(comm, f"{kind}: {sum(c['pairs'] for c in per_kind[kind])} pairs")
+        # ru_maxrss is in KiB on Linux.
+        rss_mb = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         meta = _meta(cfg, comm, pos, fp, graph_counts, per_kind, start)
+        meta["rank_peak_rss_mb"] = [round(x, 1) for x in rss_mb]
         if comm.rank == 0:
             if pos.user_ids is not None and not isinstance(pos.user_ids, np.ndarray):
                 (tmp / "ids").mkdir(exist_ok=True)

@@ -17,14 +17,16 @@ more than `max_users_per_item` of the remaining users keep a seeded sample.  |I_
 |U_i| and the overlaps are degrees and overlaps of that capped graph, for both
 item-item and user-user (the caps are not re-applied in swapped roles).
 
-The kernel (`swing_scores`) never materialises all overlapping member pairs.  For a
-block of anchors it lists (anchor, member, target) entries, groups them by
-(anchor, target) with a linear counting sort, and walks the pairs inside each
-group in bounded chunks: a first pass counts |T_m ∩ T_n| for every pair of the
-anchor's members (each shared target other than the anchor adds one; the anchor
-itself adds the other), a second pass adds w_m w_n / (alpha2 + overlap) to the group.
-Each group's terms are added one after another in (m, n) order, so an anchor's scores
-do not depend on which other anchors share its block, chunk or rank.
+The kernel (`swing_scores`) never materialises all overlapping member pairs.  It has
+two backends that return the same bits: a compiled one (`similarity.swing_jit`, numba,
+used when installed) that walks one anchor at a time with dense scratch arrays, and a
+NumPy/SciPy one.  The NumPy one lists a block of anchors' (anchor, member, target)
+entries, groups them by (anchor, target) with a linear counting sort, and walks the
+pairs inside each group in bounded chunks: a first pass counts |T_m ∩ T_n| for every
+pair of the anchor's members, a second adds w_m w_n / (alpha2 + overlap) to the group.
+Either way each group's terms are added one after another in (m, n) order -- the
+order of the plain-Python reference -- so an anchor's scores do not depend on which
+other anchors share its block, chunk or rank.
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ def sample_keys(seed: int, item: np.ndarray, user: np.ndarray) -> np.ndarray:
         return _mix64(h ^ user.astype(np.uint64))
 
 
+def distinct_codes(user: np.ndarray, item: np.ndarray, n_items: int) -> np.ndarray:
+    """Sorted distinct user * n_items + item (int64); a sort is faster than np.unique's hash."""
+    code = np.sort(user.astype(np.int64) * n_items + item.astype(np.int64))
+    if len(code) == 0:
+        return code
+    return code[np.concatenate([[True], code[1:] != code[:-1]])]
+
+
 def capped_edges(
     user: np.ndarray,
     item: np.ndarray,
@@ -99,7 +109,7 @@ def capped_edges(
     Returns:
         (user, item): int64, shape (E',), sorted by user then item.
     """
-    code = np.unique(user.astype(np.int64) * n_items + item.astype(np.int64))
+    code = distinct_codes(user, item, n_items)
     u, i = code // n_items, code % n_items
     deg = np.bincount(u, minlength=n_users)
     keep = (deg[u] >= min_user_items) & (deg[u] <= max_user_items)
@@ -260,6 +270,23 @@ def _chunk_pairs(
     return first, second, local
 
 
+def kernel_backend(requested: str = "auto") -> str:
+    """ "numba" when requested or available (auto), else "numpy".
+
+    Raises:
+        ImportError: "numba" was requested and numba is not installed.
+    """
+    if requested == "numpy":
+        return "numpy"
+    try:
+        import similarity.swing_jit  # noqa: F401
+    except ImportError:
+        if requested == "numba":
+            raise
+        return "numpy"
+    return "numba"
+
+
 def swing_scores(
     anchor_ptr: np.ndarray,
     anchor_members: np.ndarray,
@@ -271,6 +298,7 @@ def swing_scores(
     lo: int,
     hi: int,
     max_pairs: int = 1 << 22,
+    backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """SWING scores of anchors [lo, hi) against every target they share >= 2 members with.
 
@@ -282,12 +310,45 @@ def swing_scores(
         alpha2: overlap smoothing.
         n_targets: number of target ids.
         lo, hi: the anchor range of this block.
-        max_pairs: member pairs held at once (memory bound; results do not depend on it).
+        max_pairs: NumPy kernel only: member pairs held at once (memory bound).
+        backend: "auto" (numba when installed), "numba" or "numpy".  Both add every
+            score's terms in the same order, so they return the same bits.
 
     Returns:
-        anchor int64 (N,), neighbor int64 (N,), score float64 (N,) sorted by
-        (anchor, neighbor), and the number of terms added (the block's contributions W).
+        anchor int64 (N,), neighbor int64 (N,), score float64 (N,): rows grouped by
+        anchor in ascending order (neighbours within an anchor in no set order; the
+        NumPy backend happens to sort them), and the number of terms added (the
+        block's contributions W).
     """
+    if kernel_backend(backend) == "numpy":
+        return _swing_scores_numpy(
+            anchor_ptr, anchor_members, member_ptr, member_targets, weight,
+            alpha2, n_targets, lo, hi, max_pairs,
+        )  # fmt: skip
+    from similarity.swing_jit import swing_block
+
+    slots = anchor_members[anchor_ptr[lo] : anchor_ptr[hi]]
+    n_ent = int((member_ptr[slots + 1] - member_ptr[slots]).sum())
+    a, n, s, n_out, w = swing_block(
+        anchor_ptr, anchor_members, member_ptr, member_targets, weight,
+        float(alpha2), int(n_targets), int(lo), int(hi), max(n_ent, 1),
+    )  # fmt: skip
+    return a[:n_out].copy(), n[:n_out].copy(), s[:n_out].copy(), int(w)
+
+
+def _swing_scores_numpy(
+    anchor_ptr: np.ndarray,
+    anchor_members: np.ndarray,
+    member_ptr: np.ndarray,
+    member_targets: np.ndarray,
+    weight: np.ndarray,
+    alpha2: float,
+    n_targets: int,
+    lo: int,
+    hi: int,
+    max_pairs: int = 1 << 22,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """`swing_scores` in NumPy/SciPy: list entries, group them, walk pairs in chunks."""
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64), 0)
     n_a = np.diff(anchor_ptr[lo : hi + 1])
     slot0 = int(anchor_ptr[lo])
@@ -367,8 +428,9 @@ def swing_scores(
         overlap += np.bincount(chunk[2], minlength=n_keys)
         if len(chunks) == 1:
             cached = chunk
+    overlap += 1  # the anchor itself is in every pair's overlap
     denom = overlap.astype(np.float64)
-    denom += alpha2 + 1.0
+    denom += alpha2  # alpha2 + |T_m ∩ T_n|, added in the reference's order
     del overlap
     # Pass 2: each pair adds w_m w_n / (alpha2 + overlap) to its (anchor, target) group.
     score = np.empty(len(g_size), dtype=np.float64)
@@ -390,26 +452,37 @@ def _ranks_in_runs(sizes: np.ndarray) -> np.ndarray:
 
 
 def top_k_neighbors(
-    anchor: np.ndarray, neighbor: np.ndarray, score: np.ndarray, k: int
+    anchor: np.ndarray, neighbor: np.ndarray, score: np.ndarray, k: int, backend: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The k best neighbours per anchor, sorted by (anchor, rank).
 
     Ranking uses the float32 score as stored, so the table is self-consistent: higher
     score first, equal (float32) scores by ascending neighbour id.
 
+    Args:
+        anchor, neighbor, score: rows grouped by anchor in ascending order (as
+            `swing_scores` returns them); scores > 0.
+        k: neighbours kept per anchor.
+        backend: as in `swing_scores`; both give the same rows.
+
     Returns:
         anchor int64, neighbor int64, score float32, rank int16 (0-based), shape (N',).
     """
     s32 = score.astype(np.float32)
-    order = np.lexsort((neighbor, -s32, anchor))
-    a = anchor[order]
-    first = np.searchsorted(a, a, side="left")
-    rank = np.arange(len(a)) - first
-    keep = rank < k
-    sel = order[keep]
+    compiled = len(neighbor) == 0 or int(neighbor.max()) < (1 << 32)
+    if compiled and kernel_backend(backend) == "numba":
+        from similarity.swing_jit import top_k_grouped
+
+        sel, rank = top_k_grouped(anchor, neighbor, s32, k)
+    else:
+        order = np.lexsort((neighbor, -s32, anchor))
+        a = anchor[order]
+        full_rank = np.arange(len(a)) - np.searchsorted(a, a, side="left")
+        keep = full_rank < k
+        sel, rank = order[keep], full_rank[keep].astype(np.int16)
     return (
         anchor[sel].astype(np.int64),
         neighbor[sel].astype(np.int64),
         s32[sel],
-        rank[keep].astype(np.int16),
+        rank.astype(np.int16),
     )

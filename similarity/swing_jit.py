@@ -1,0 +1,189 @@
+"""The compiled (numba) SWING kernel: the same math, order of additions and output as
+`similarity.swing._swing_scores_numpy`, about 5-10x faster on 2 cores.
+
+It walks one anchor at a time with dense scratch arrays instead of listing every
+(anchor, member, target) entry and pair in NumPy temporaries:
+
+1. count each target's members inside the anchor (`cnt`), skipping the anchor itself;
+2. bucket the members of every target with >= 2 of them (members stay in order);
+3. count the overlaps of the anchor's member pairs in an n x n matrix, one per shared
+   target (the anchor's own target is the "+1" added later);
+4. sum w_p * w_q / (alpha2 + overlap + 1) over each bucket's pairs in row-major
+   (p, q) order -- the reference's order, so the floats are the same bits.
+
+Memory per call: O(n_targets) counters, O(max |M_a|**2) overlaps (the caps bound
+|M_a| by max_users_per_item / max_user_items), and O(entries of the block) for the
+buckets and the output.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def swing_block(
+    anchor_ptr: np.ndarray,
+    anchor_members: np.ndarray,
+    member_ptr: np.ndarray,
+    member_targets: np.ndarray,
+    weight: np.ndarray,
+    alpha2: float,
+    n_targets: int,
+    lo: int,
+    hi: int,
+    max_out: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Scores of anchors [lo, hi); `max_out` >= the block's (anchor, target) entries.
+
+    Returns anchor, neighbor, score (first `n_out` rows valid, grouped by anchor in
+    ascending order), n_out and the contributions W.
+    """
+    out_a = np.empty(max_out, dtype=np.int64)
+    out_n = np.empty(max_out, dtype=np.int64)
+    out_s = np.empty(max_out, dtype=np.float64)
+    cnt = np.zeros(n_targets, dtype=np.int32)
+    start = np.zeros(n_targets, dtype=np.int64)
+    max_n = 0
+    max_ent = 0
+    for a in range(lo, hi):
+        n = anchor_ptr[a + 1] - anchor_ptr[a]
+        max_n = max(max_n, n)
+        ent = 0
+        for s in range(anchor_ptr[a], anchor_ptr[a + 1]):
+            m = anchor_members[s]
+            ent += member_ptr[m + 1] - member_ptr[m]
+        max_ent = max(max_ent, ent)
+    # int32 scratch: half the cache footprint of the hot arrays.
+    overlap = np.zeros(max_n * max_n, dtype=np.int32)
+    touched = np.empty(max_ent, dtype=np.int64)
+    groups = np.empty(max_ent, dtype=np.int64)
+    dummy = max_ent
+    bucket = np.empty(max_ent + 1, dtype=np.int32)
+    bucket_w = np.empty(max_ent + 1, dtype=np.float64)
+    n_out = 0
+    contributions = 0
+    for a in range(lo, hi):
+        base = anchor_ptr[a]
+        n = anchor_ptr[a + 1] - base
+        # 1. members per target
+        n_touched = 0
+        for x in range(n):
+            m = anchor_members[base + x]
+            for t in range(member_ptr[m], member_ptr[m + 1]):
+                j = member_targets[t]
+                if j == a:
+                    continue
+                # branch-free: the hit pattern is random, mispredictions cost more
+                touched[n_touched] = j
+                n_touched += cnt[j] == 0
+                cnt[j] += 1
+        # 2. buckets of the targets with >= 2 members, in first-touch order (top-K
+        # sorts later; sorting here would cost more than the rest of this step)
+        n_groups = 0
+        for k in range(n_touched):
+            j = touched[k]
+            if cnt[j] >= 2:
+                groups[n_groups] = j
+                n_groups += 1
+
+        # Singletons (and the anchor's own target) write to a dummy slot past the end,
+        # again to keep the loop free of unpredictable branches.
+        for k in range(n_touched):
+            start[touched[k]] = dummy
+        start[a] = dummy
+        pos = 0
+        for k in range(n_groups):
+            j = groups[k]
+            start[j] = pos
+            pos += cnt[j]
+        for x in range(n):
+            m = anchor_members[base + x]
+            wm = weight[m]
+            for t in range(member_ptr[m], member_ptr[m + 1]):
+                j = member_targets[t]
+                slot = start[j]
+                bucket[slot] = x
+                bucket_w[slot] = wm
+                start[j] = slot + (slot != dummy)
+        # 3. overlaps (start[j] now points one past its bucket)
+        for k in range(n_groups):
+            j = groups[k]
+            c = cnt[j]
+            b0 = start[j] - c
+            contributions += c * (c - 1) // 2
+            for p in range(b0, b0 + c):
+                row = bucket[p] * n
+                for q in range(p + 1, b0 + c):
+                    overlap[row + bucket[q]] += 1
+        # 4. scores
+        for k in range(n_groups):
+            j = groups[k]
+            c = cnt[j]
+            b0 = start[j] - c
+            total = 0.0
+            for p in range(b0, b0 + c):
+                wp = bucket_w[p]
+                row = bucket[p] * n
+                for q in range(p + 1, b0 + c):
+                    denom = float(overlap[row + bucket[q]] + 1) + alpha2
+                    total += wp * bucket_w[q] / denom
+            out_a[n_out] = a
+            out_n[n_out] = j
+            out_s[n_out] = total
+            n_out += 1
+        # reset the scratch for the next anchor
+        for k in range(n_touched):
+            cnt[touched[k]] = 0
+        overlap[: n * n] = 0
+    return out_a, out_n, out_s, n_out, contributions
+
+
+@numba.njit(cache=True, nogil=True)
+def top_k_grouped(
+    anchor: np.ndarray, neighbor: np.ndarray, score32: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row order of the top-k per anchor of rows grouped by anchor (ascending).
+
+    Ranks by float32 score descending, then ascending neighbour, via one uint64 key per
+    row: (flipped score bits) << 32 | neighbor.  Scores are > 0, so their IEEE bits
+    order like the values; neighbours must be < 2**32 (dense ids).
+
+    Returns (rows, rank): the selected row indices in (anchor, rank) order, rank int16.
+    """
+    n = len(anchor)
+    key = np.empty(n, dtype=np.uint64)
+    bits = score32.view(np.uint32)
+    for r in range(n):
+        flipped = np.uint64(0xFFFFFFFF) - np.uint64(bits[r])
+        key[r] = (flipped << np.uint64(32)) | np.uint64(neighbor[r])
+    rows = np.empty(n, dtype=np.int64)
+    rank = np.empty(n, dtype=np.int16)
+    n_out = 0
+    s = 0
+    while s < n:
+        e = s + 1
+        while e < n and anchor[e] == anchor[s]:
+            e += 1
+        seg = key[s:e]
+        order = np.argsort(seg, kind="mergesort") if e - s <= k else _top_order(seg, k)
+        for r in range(min(k, e - s)):
+            rows[n_out] = s + order[r]
+            rank[n_out] = r
+            n_out += 1
+        s = e
+    return rows[:n_out], rank[:n_out]
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_order(seg: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k smallest keys of `seg`, in ascending key order (keys unique)."""
+    kth = np.partition(seg, k - 1)[k - 1]
+    pos = np.empty(k, dtype=np.int64)
+    m = 0
+    for i in range(len(seg)):
+        if seg[i] <= kth:
+            pos[m] = i
+            m += 1
+    return pos[np.argsort(seg[pos], kind="mergesort")]
