@@ -32,7 +32,9 @@ class TrainConfig:
         emb_l2: L2 penalty on the pooled embeddings of each batch (per example).
         class_weight: `balanced` weighs positives by n_neg/n_pos in the BCE.
         modalities: content vectors fed to the towers (`text`, `image`).
-        projection: `cotrained` (end to end) or `two_step` (the paper's V0).
+        projection: `cotrained` (end to end) or `two_step` (the paper's V0: towers
+            pre-trained as autoencoders on the entity vectors, then frozen).
+        pretrain_epochs: autoencoder epochs of the `two_step` towers.
         contrastive: add the SWING InfoNCE losses.
         w_item_item, w_user_user: the paper's w1, w2.
         tau: InfoNCE temperature.
@@ -64,6 +66,7 @@ class TrainConfig:
     class_weight: Literal["none", "balanced"] = "balanced"
     modalities: list[str] = field(default_factory=lambda: ["text"])
     projection: Literal["cotrained", "two_step"] = "cotrained"
+    pretrain_epochs: int = 30
     contrastive: bool = True
     w_item_item: float = 0.1
     w_user_user: float = 0.1
@@ -91,5 +94,10 @@ class TrainConfig:
             raise ConfigError(f"train.modalities: unknown modality {bad[0]!r} (known: text, image)")
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError("train.modalities: duplicates")
+        if self.projection == "two_step" and self.contrastive:
+            raise ConfigError(
+                "train.contrastive: two_step freezes the towers after pre-training, so the "
+                "contrastive losses would train nothing; set contrastive=false (the paper's V0 is BCE only)"
+            )
         if self.lr <= 0 or self.sparse_lr <= 0:
             raise ConfigError("train.lr/sparse_lr: must be > 0")

@@ -44,6 +44,7 @@ from trainer.data import TrainingData, eval_batches, read_training_data, train_b
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
 from trainer.metrics import best_accuracy_threshold, classification_report
 from trainer.model import DLRREC, DLRRECTrain
+from trainer.pretrain import pretrain_towers_autoencoder
 
 SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -109,6 +110,13 @@ def build_model(
             "dropout": cfg.dropout,
         },
     )
+    if cfg.projection == "two_step":
+        # V0: towers fitted as autoencoders on the entity vectors, then frozen
+        tables = []
+        for _, col in data.towers:
+            x = data.entity_content[col].astype(np.float32)
+            tables.append(x[np.abs(x).sum(1) > 0])  # entities with no content are not data
+        pretrain_towers_autoencoder(model.projection_arch, tables, cfg.pretrain_epochs, 1e-3, cfg.seed)
     item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
     user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
     w_ii = cfg.w_item_item if cfg.contrastive else 0.0
@@ -140,9 +148,10 @@ def build_model(
     assert pg is not None
     plan = planner.collective_plan(train_model, None, pg)
     dmp = DistributedModelParallel(module=train_model, device=env.device, plan=plan)
+    # frozen (V0 two_step) towers are left out of the dense optimizer
+    trainable = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if v.requires_grad}
     dense = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(dmp.named_parameters())),
-        lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        trainable, lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     )
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan
 
@@ -200,8 +209,6 @@ def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train, select on val, report test. Returns the report (on every rank)."""
-    if cfg.projection == "two_step":
-        raise ConfigError("train.projection: two_step (the V0 baseline) is not implemented yet")
     env = init_distributed(cfg.device)
     try:
         return _run(cfg, env)
