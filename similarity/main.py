@@ -132,6 +132,18 @@ def _shared_tmp(comm: _Comm, final: Path) -> Iterator[Path]:
         yield Path(comm.broadcast(None))
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS.  /proc's VmHWM, not ru_maxrss: Linux carries ru_maxrss
+    across exec, so a job started by a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def auto_parts(total_work: float) -> int:
     """Part files per table when `parts=0`: from the graph alone, never the rank count."""
     return int(min(MAX_AUTO_PARTS, max(1, math.ceil(total_work / WORK_PER_PART))))
@@ -149,8 +161,8 @@ def _graph(cfg: SwingConfig, pos: Positives) -> tuple[dict[str, Any], dict[str, 
         cfg.max_users_per_item,
         cfg.seed,
     )
-    ui_ptr, ui_idx = swing.to_csr(u, i, pos.n_users)
-    iu_ptr, iu_idx = swing.to_csr(i, u, pos.n_items)
+    ui_ptr, ui_idx = swing.to_csr(u, i, pos.n_users, pos.n_items)
+    iu_ptr, iu_idx = swing.to_csr(i, u, pos.n_items, pos.n_users)
     g = {"ui_ptr": ui_ptr, "ui_idx": ui_idx, "iu_ptr": iu_ptr, "iu_idx": iu_idx}
     distinct = len(swing.distinct_codes(pos.user, pos.item, pos.n_items))
     counts = {
@@ -273,9 +285,11 @@ def _run(cfg: SwingConfig, comm: _Comm, start: float) -> dict[str, Any]:
             per_kind[kind] = comm.gather(counts)  # also the barrier: every part is written
             log(comm, f"{kind}: {sum(c['pairs'] for c in per_kind[kind])} pairs")
         # ru_maxrss is in KiB on Linux.
-        rss_mb = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        per_rank = comm.gather((peak_rss_mb(), usage.ru_utime + usage.ru_stime))
         meta = _meta(cfg, comm, pos, fp, graph_counts, per_kind, start)
-        meta["rank_peak_rss_mb"] = [round(x, 1) for x in rss_mb]
+        meta["rank_peak_rss_mb"] = [round(x[0], 1) for x in per_rank]
+        meta["rank_cpu_seconds"] = [round(x[1], 2) for x in per_rank]
         if comm.rank == 0:
             if pos.user_ids is not None and not isinstance(pos.user_ids, np.ndarray):
                 (tmp / "ids").mkdir(exist_ok=True)

@@ -130,12 +130,17 @@ def capped_edges(
     return u, i
 
 
-def to_csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr int64 (n_rows+1,), indices int64) of distinct pairs, columns sorted per row."""
-    order = np.lexsort((cols, rows))
+def to_csr(
+    rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr int64 (n_rows+1,), indices int64) of distinct pairs, columns sorted per row.
+
+    One sort of row * n_cols + col (NumPy's SIMD sort) instead of a lexsort.
+    """
+    key = np.sort(rows.astype(np.int64) * n_cols + cols.astype(np.int64))
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    return indptr, cols[order].astype(np.int64)
+    np.cumsum(np.bincount(key // n_cols, minlength=n_rows), out=indptr[1:])
+    return indptr, key % n_cols
 
 
 def member_weights(degree: np.ndarray, alpha1: float, beta: float) -> np.ndarray:

@@ -33,8 +33,8 @@ def kernel_scores(
     """{(anchor, neighbor): score} from swing_scores, with anchors split at `cuts`."""
     mem = np.array([m for m, s in items_of.items() for _ in s], dtype=np.int64)
     tgt = np.array([t for s in items_of.values() for t in s], dtype=np.int64)
-    m_ptr, m_idx = swing.to_csr(mem, tgt, n_members)
-    a_ptr, a_idx = swing.to_csr(tgt, mem, n_targets)
+    m_ptr, m_idx = swing.to_csr(mem, tgt, n_members, n_targets)
+    a_ptr, a_idx = swing.to_csr(tgt, mem, n_targets, n_members)
     weight = swing.member_weights(np.diff(m_ptr), alpha1, beta)
     bounds = sorted({0, n_targets, *(c for c in cuts or [] if c < n_targets)})
     out: dict[tuple[int, int], float] = {}
@@ -191,8 +191,8 @@ def test_block_plan_respects_budget() -> None:
     user = rng.integers(0, 200, 3000)
     item = rng.integers(0, 80, 3000)
     u, i = swing.capped_edges(user, item, 200, 80, 1, 1000, 1000, 0)
-    m_ptr, _ = swing.to_csr(u, i, 200)
-    a_ptr, a_idx = swing.to_csr(i, u, 80)
+    m_ptr, _ = swing.to_csr(u, i, 200, 80)
+    a_ptr, a_idx = swing.to_csr(i, u, 80, 200)
     blocks = swing.block_plan(a_ptr, m_ptr, a_idx, 0, 80, 200_000)
     assert blocks[0][0] == 0 and blocks[-1][1] == 80
     assert all(x[1] == y[0] for x, y in zip(blocks, blocks[1:]))
@@ -208,8 +208,8 @@ def test_backends_same_bits_on_a_power_law_graph() -> None:
     user = rng.choice(n_users, 30_000, p=pu / pu.sum())
     item = rng.choice(n_items, 30_000, p=pi / pi.sum())
     u, i = swing.capped_edges(user, item, n_users, n_items, 2, 1000, 200, 1)
-    m_ptr, m_idx = swing.to_csr(u, i, n_users)
-    a_ptr, a_idx = swing.to_csr(i, u, n_items)
+    m_ptr, m_idx = swing.to_csr(u, i, n_users, n_items)
+    a_ptr, a_idx = swing.to_csr(i, u, n_items, n_users)
     weight = swing.member_weights(np.diff(m_ptr), 15.0, 0.3)
     out = {}
     for backend in ("numpy", "numba"):
