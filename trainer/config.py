@@ -62,7 +62,7 @@ class TrainConfig:
     sparse_optimizer: Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"] = "auto"
     sparse_lr: float = 0.05
     sparse_weight_decay: float = 0.0
-    emb_l2: float = 0.0
+    emb_l2: float = 0.01
     class_weight: Literal["none", "balanced"] = "balanced"
     modalities: list[str] = field(default_factory=lambda: ["text"])
     projection: Literal["cotrained", "two_step"] = "cotrained"
