@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 from launch.config import ConfigError
 
@@ -69,3 +70,8 @@ class SwingConfig:
             raise ConfigError("similarity.memory_budget_gb: must be > 0")
         if self.alpha1 < 0 or self.alpha2 < 0 or self.beta < 0:
             raise ConfigError("similarity.alpha1/alpha2/beta: must be >= 0")
+        # Configs are copied into _meta.json and shell history; secrets stay in the env.
+        if self.redis_url and urlsplit(self.redis_url).password:
+            raise ConfigError(
+                "similarity.redis_url: must not contain a password; set REDIS_PASSWORD instead"
+            )

@@ -7,7 +7,8 @@ Two inputs (SwingConfig.input):
   positive.  Ids are mapped to dense indices for the kernel.  Integer ids are written
   back as the original ids; string ids cannot be int64, so the tables then hold the
   dense index and `similarity/ids/{users,items}.parquet` (index int64, id string) maps
-  it back.
+  it back.  CSV columns are typed by pyarrow's inference, so "007" reads as 7; use a
+  Parquet table with string columns when such ids must stay distinct.
 """
 
 from __future__ import annotations
