@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Dict, Optional  # noqa: UP035
+from typing import Dict, List, Optional  # noqa: UP035
 
 import torchx.specs as specs
 from torchx.components import dist as torchx_dist
@@ -35,10 +35,14 @@ def _ddp(
     gpu: int,
     memMB: int,
     max_retries: int,
+    max_restarts: int,
     rdzv_port: int,
     env: Optional[Dict[str, str]],
+    mounts: Optional[List[str]],
 ) -> specs.AppDef:
-    return torchx_dist.ddp(
+    if max_restarts < 0:
+        raise ValueError(f"--max_restarts: must be >= 0, got {max_restarts}")
+    app = torchx_dist.ddp(
         *job,
         *script_args,
         m="launch.cli",
@@ -52,7 +56,17 @@ def _ddp(
         env=env,
         max_retries=max_retries,
         rdzv_port=rdzv_port,
+        mounts=mounts,
     )
+    # torchx 0.7's dist.ddp has no max_restarts: add torchrun's own flag. TorchElastic
+    # then restarts the whole worker group in place (every node re-rendezvouses) after a
+    # worker dies, up to N times, before the scheduler's max_retries resubmits the job.
+    role = app.roles[0]
+    head = "torchrun "
+    if not role.args[1].startswith(head):  # a torchx upgrade changed dist.ddp's command
+        raise RuntimeError(f"dist.ddp command does not start with {head!r}: {role.args[1]!r}")
+    role.args[1] = f"{head}--max-restarts {max_restarts} {role.args[1][len(head) :]}"
+    return app
 
 
 def train(
@@ -64,8 +78,10 @@ def train(
     gpu: int = 0,
     memMB: int = 8192,
     max_retries: int = 0,
+    max_restarts: int = 0,
     rdzv_port: int = 29500,
     env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
     """Trains the sharded DLRREC model with N ranks (gloo on CPU, nccl on GPU).
 
@@ -78,10 +94,15 @@ def train(
         gpu: GPUs per node
         memMB: memory per node in MB
         max_retries: times the scheduler retries a failed job
+        max_restarts: times TorchElastic (torchrun --max-restarts) restarts the worker group after a failure
         rdzv_port: rendezvous port of the c10d store on rank 0's host
         env: extra environment variables
+        mounts: volumes for the shared run root, e.g. type=volume,src=dlrrec-runs,dst=/app/runs
+            (kubernetes: a PersistentVolumeClaim; see README "Running on a cluster")
     """
-    return _ddp(["train"], script_args, "dlrrec-train", image, j, h, cpu, gpu, memMB, max_retries, rdzv_port, env)
+    return _ddp(
+        ["train"], script_args, "dlrrec-train", image, j, h, cpu, gpu, memMB, max_retries, max_restarts, rdzv_port, env, mounts
+    )
 
 
 def swing(
@@ -93,8 +114,10 @@ def swing(
     gpu: int = 0,
     memMB: int = 8192,
     max_retries: int = 0,
+    max_restarts: int = 0,
     rdzv_port: int = 29500,
     env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
     """Computes SWING item-item and user-user pair tables with N ranks.
 
@@ -107,17 +130,21 @@ def swing(
         gpu: GPUs per node
         memMB: memory per node in MB
         max_retries: times the scheduler retries a failed job
+        max_restarts: times TorchElastic (torchrun --max-restarts) restarts the worker group after a failure
         rdzv_port: rendezvous port of the c10d store on rank 0's host
         env: extra environment variables
+        mounts: volumes for the shared run root, e.g. type=volume,src=dlrrec-runs,dst=/app/runs
+            (kubernetes: a PersistentVolumeClaim; see README "Running on a cluster")
     """
     return _ddp(
-        ["similarity", "swing"], script_args, "dlrrec-swing", image, j, h, cpu, gpu, memMB, max_retries, rdzv_port, env
-    )
+        ["similarity", "swing"], script_args, "dlrrec-swing", image, j, h, cpu, gpu, memMB, max_retries, max_restarts,
+        rdzv_port, env, mounts,
+    )  # fmt: skip
 
 
 def _single(
     job: list[str], script_args: tuple[str, ...], name: str, image: str, h: Optional[str],
-    cpu: int, memMB: int, max_retries: int, env: Optional[Dict[str, str]],
+    cpu: int, memMB: int, max_retries: int, env: Optional[Dict[str, str]], mounts: Optional[List[str]],
 ) -> specs.AppDef:  # fmt: skip
     return specs.AppDef(
         name=name,
@@ -130,6 +157,7 @@ def _single(
                 env=env or {},
                 resource=specs.resource(cpu=cpu, gpu=0, memMB=memMB, h=h),
                 max_retries=max_retries,
+                mounts=specs.parse_mounts(mounts) if mounts else [],
             )
         ],
     )
@@ -143,6 +171,7 @@ def features(
     memMB: int = 8192,
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
     """Builds leakage-free examples and entity tables from raw reviews (one process).
 
@@ -154,8 +183,10 @@ def features(
         memMB: memory in MB
         max_retries: times the scheduler retries a failed job
         env: extra environment variables
+        mounts: volumes for the shared run root, e.g. type=volume,src=dlrrec-runs,dst=/app/runs
+            (kubernetes: a PersistentVolumeClaim; see README "Running on a cluster")
     """
-    return _single(["features", "build"], script_args, "dlrrec-features", image, h, cpu, memMB, max_retries, env)
+    return _single(["features", "build"], script_args, "dlrrec-features", image, h, cpu, memMB, max_retries, env, mounts)
 
 
 def pipeline(
@@ -166,6 +197,7 @@ def pipeline(
     memMB: int = 8192,
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
     """Runs every stage (fetch, features, SWING, train) into one run root.
 
@@ -177,8 +209,10 @@ def pipeline(
         memMB: memory in MB
         max_retries: times the scheduler retries a failed job
         env: extra environment variables
+        mounts: volumes for the shared run root, e.g. type=volume,src=dlrrec-runs,dst=/app/runs
+            (kubernetes: a PersistentVolumeClaim; see README "Running on a cluster")
     """
-    return _single(["pipeline"], script_args, "dlrrec-pipeline", image, h, cpu, memMB, max_retries, env)
+    return _single(["pipeline"], script_args, "dlrrec-pipeline", image, h, cpu, memMB, max_retries, env, mounts)
 
 
 @dataclass
