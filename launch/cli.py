@@ -7,6 +7,7 @@
     dlrrec similarity neighbors KIND ID --config C
     dlrrec train --config C [key=value ...]
     dlrrec pipeline --config C [key=value ...]
+    dlrrec experiment --grid G.yaml
     dlrrec report RUN_DIR
 
 Each job module owns its own `main(argv)`; this file only dispatches, importing the
@@ -29,6 +30,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("similarity", "neighbors"), "similarity.redis_read", "look up an entity's neighbours in Redis"),
     (("train",), "trainer.main", "train the sharded TorchRec DLRM"),
     (("pipeline",), "launch.pipeline", "run every stage into one run root"),
+    (("experiment",), "launch.experiment", "the paper's Table 1 grid: variants x dropout x seeds"),
     (("report",), "launch.report", "print a run's metrics table"),
 ]
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from features.config import FeaturesConfig
-from launch.config import build_dataclass, load_raw, section_values
+from launch.config import build_dataclass, load_raw, read_yaml, section_values
+from launch.experiment import GridConfig
 from launch.pipeline import PipelineConfig
 from similarity.config import SwingConfig
 from trainer.config import TrainConfig
@@ -15,6 +16,16 @@ CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_config_loads(path: Path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# dlrrec ") or first.startswith("# torchx "), "config must open with its command"
+    if "variants" in read_yaml(path):
+        grid = build_dataclass(GridConfig, read_yaml(path), "grid")
+        assert (path.parents[1] / grid.base).is_file()
+        base = load_raw(path.parents[1] / grid.base, [], None)
+        for name, variant in grid.variants.items():
+            values = {**section_values(base, "train"), **grid.overrides, **variant, "dropout": grid.dropouts[0]}
+            build_dataclass(TrainConfig, values, f"grid.variants.{name}")
+        return
     raw = load_raw(path, [], None)
     for cls, sec in (
         (FeaturesConfig, "features"),
@@ -23,8 +34,6 @@ def test_config_loads(path: Path):
         (PipelineConfig, "pipeline"),
     ):
         build_dataclass(cls, section_values(raw, sec), sec)
-    first = path.read_text().splitlines()[0]
-    assert first.startswith("# dlrrec ") or first.startswith("# torchx "), "config must open with its command"
 
 
 def test_shipped_configs_exist():

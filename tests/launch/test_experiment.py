@@ -1,0 +1,36 @@
+import math
+
+from launch.experiment import GridConfig, format_markdown, mean_std, paired_difference, summarise
+
+
+def _rows():
+    rows = []
+    for v, shift in (("v0_bce", 0.0), ("cotrained_bce", 0.01), ("cotrained_contrastive", 0.011)):
+        for d in (0.1, 0.3):
+            for s in range(4):
+                val = 0.7 + shift + (0.002 if d == 0.3 else 0) + 0.001 * s
+                rows.append({"variant": v, "dropout": d, "seed": s, "val_auc": val,
+                             "test_auc": val - 0.005, "test_accuracy": 0.7, "test_fpr": 0.3 - shift})  # fmt: skip
+    return rows
+
+
+def test_mean_std_and_paired_se():
+    m, s = mean_std([1.0, 2.0, 3.0])
+    assert m == 2.0 and math.isclose(s, 1.0)
+    d = paired_difference({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.5, 1: 1.5, 2: 2.6})
+    assert math.isclose(d["mean"], 0.4666666, rel_tol=1e-5) and d["n"] == 3 and d["significant_2se"]
+
+
+def test_selection_uses_val_only_and_table_says_so():
+    rows = _rows()
+    # make test prefer dropout 0.1 while val prefers 0.3: selection must follow val
+    for r in rows:
+        if r["dropout"] == 0.1:
+            r["test_auc"] += 0.05
+    summary = summarise(rows, ["v0_bce", "cotrained_bce", "cotrained_contrastive"])
+    assert all(r["dropout"] == 0.3 for sel in summary["selected"].values() for r in sel.values())
+    cmp_ = summary["comparisons"]["co-trained vs V0 (both BCE)"]["test_auc"]
+    assert math.isclose(cmp_["mean"], 0.01, abs_tol=1e-9) and cmp_["significant_2se"]
+    md = format_markdown(summary, GridConfig(base="b", out_dir="o", variants={"x": {}}, seeds=[0, 1, 2, 3]),
+                         {"dataset": "d", "split": "random"})  # fmt: skip
+    assert "| cotrained_contrastive |" in md and "larger than 2 standard errors" in md
