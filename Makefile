@@ -36,6 +36,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check features similarity trainer launch tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/hadolint --failure-threshold style docker/Dockerfile.cpu docker/Dockerfile.cuda
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
