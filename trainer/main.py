@@ -44,6 +44,7 @@ from trainer.data import TrainingData, eval_batches, read_training_data, train_b
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
 from trainer.metrics import best_accuracy_threshold, classification_report
 from trainer.model import DLRREC, DLRRECTrain
+from trainer.plots import write_plots
 from trainer.pretrain import pretrain_towers_autoencoder
 
 SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -343,6 +344,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "config": to_dict(cfg),
     }
     if env.is_main:
+        write_plots(out, t_labels, t_probs, test["auc"])
         write_json_atomic(report_path, report)
         print(
             f"train: best epoch {best['epoch']}  val auc {val['auc']:.4f}  "

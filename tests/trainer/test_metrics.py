@@ -60,3 +60,14 @@ def test_report_keys():
     y = rng.integers(0, 2, 100)
     r = classification_report(y, rng.random(100), 0.5)
     assert {"auc", "logloss", "accuracy", "fpr", "precision", "recall", "threshold", "ne"} <= set(r)
+
+
+def test_roc_curve_area_equals_auc():
+    from trainer.plots import roc_curve
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.random(200) + 0.3 * y, 2)
+    fpr, tpr = roc_curve(y, s)
+    assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(y, s), abs=1e-12)

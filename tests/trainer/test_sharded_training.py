@@ -43,6 +43,7 @@ def test_two_rank_sharded_training(synthetic_run: Path):
     assert Path(r0["best_checkpoint"]) in ckpts
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines if x["kind"] == "epoch"] == list(range(3))
+    assert {p.name for p in (out / "plots").glob("*.png")} == {"loss.png", "val_auc.png", "roc.png"}
     assert any(x["kind"] == "step" for x in lines)
 
 

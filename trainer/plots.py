@@ -1,0 +1,70 @@
+"""PNG plots of a training run (rank 0): loss curves, val AUC per epoch, test ROC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1)."""
+    y = np.asarray(labels).astype(bool)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    s, ys = np.asarray(scores)[order], y[order]
+    cut = np.flatnonzero(np.diff(s)) if s.size else np.zeros(0, int)
+    idx = np.concatenate([cut, [s.size - 1]]) if s.size else np.zeros(0, int)
+    tp = np.cumsum(ys)[idx]
+    fp = np.cumsum(~ys)[idx]
+    tpr = np.concatenate([[0.0], tp / max(int(y.sum()), 1)])
+    fpr = np.concatenate([[0.0], fp / max(int((~y).sum()), 1)])
+    return fpr, tpr
+
+
+def write_plots(out: Path, test_labels: np.ndarray, test_probs: np.ndarray, test_auc: float) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    written = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "rec", "item_item", "user_user"):
+        if steps and any(r.get(key) for r in steps):
+            ax.plot([r["step"] for r in steps], [r[key] for r in steps], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    written.append(plots / "loss.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["epoch"] for r in epochs], [r["val"]["auc"] for r in epochs], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val AUC")
+    fig.tight_layout()
+    written.append(plots / "val_auc.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+
+    fpr, tpr = roc_curve(test_labels, test_probs)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, label=f"test AUC {test_auc:.4f}")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    written.append(plots / "roc.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+    return written
