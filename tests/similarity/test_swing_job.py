@@ -193,3 +193,19 @@ def test_bad_inputs_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     part = tmp_path / "r" / "features" / "examples" / "train" / "part-00000.parquet"
     pq.write_table(pa.table({"user": [1], "item_id": [1], "label": [1.0]}), part)
     assert "missing column 'user_id'" in bad([f"run_dir={tmp_path / 'r'}"], capsys)
+
+
+def test_memory_budget_changes_blocks_not_bytes(tmp_path: Path) -> None:
+    """A tiny budget means many small blocks and pair chunks; the files stay the same."""
+    pairs = random_pairs(4, 4000, users=300, items=200)
+    path = tmp_path / "interactions.parquet"
+    pq.write_table(pa.table({"user": pairs[:, 0], "item": pairs[:, 1]}), path)
+    outs = []
+    for k, (budget, kernel) in enumerate([(1.0, "auto"), (1e-4, "numpy"), (1e-4, "auto")]):
+        cfg = SwingConfig(
+            run_dir=str(tmp_path / f"r{k}"), input=str(path), memory_budget_gb=budget, kernel=kernel
+        )
+        run(cfg)
+        stage = tmp_path / f"r{k}" / "similarity"
+        outs.append({p.relative_to(stage): p.read_bytes() for p in stage.rglob("part-*.parquet")})
+    assert outs[0] == outs[1] == outs[2]
