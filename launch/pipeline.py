@@ -11,6 +11,7 @@ Overrides address sections: `dlrrec pipeline --config C train.epochs=3 run_dir=r
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None, prog: str = "dlrrec pipeline") -> int:
     args = job_parser(prog, __doc__ or "").parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     with user_errors(prog):
         run(args.config, args.overrides)
     return 0

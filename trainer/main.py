@@ -13,9 +13,11 @@ the best checkpoint and score test at the val-chosen threshold.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +210,22 @@ def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
     )
 
 
+def quiet_known_warnings() -> None:
+    """Silence third-party deprecation chatter that says nothing about this run.
+
+    torchrec 1.8 warns on every run about ShardedTensor (DCP), `broadcast_buffers`,
+    the planner's storage heuristics and fx tracing; none is actionable here and
+    together they bury the training log. Real errors still raise.
+    """
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*HeuristicalStorageReservation.*")
+    for name in ("torchrec", "torch.fx._symbolic_trace", "torch.distributed.checkpoint"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train, select on val, report test. Returns the report (on every rank)."""
+    quiet_known_warnings()
     env = init_distributed(cfg.device)
     try:
         return _run(cfg, env)

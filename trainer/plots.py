@@ -35,10 +35,12 @@ def write_plots(out: Path, test_labels: np.ndarray, test_probs: np.ndarray, test
     epochs = [r for r in records if r["kind"] == "epoch"]
     written = []
 
+    # per-step losses when logged, else the per-epoch means
+    points = steps or [{"step": r["step"], **r["train"]} for r in epochs]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("loss", "rec", "item_item", "user_user"):
-        if steps and any(r.get(key) for r in steps):
-            ax.plot([r["step"] for r in steps], [r[key] for r in steps], label=key)
+        if any(p.get(key) for p in points):
+            ax.plot([p["step"] for p in points], [p[key] for p in points], label=key, marker="." if not steps else None)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.legend()
