@@ -119,7 +119,9 @@ def test_raw_reviews_to_trained_model_on_two_processes(tmp_path: Path):
 
     reports = launch2(_train, str(run_dir))
     r0, r1 = reports[0], reports[1]
-    assert r0 == r1
+    # gathered metrics and the plan agree on every rank (timings are each rank's own)
+    for key in ("val", "test", "best_epoch", "sharding_plan", "losses"):
+        assert r0[key] == r1[key], key
     report = json.loads((run_dir / "train" / "report.json").read_text())
     assert report["world_size"] == 2
     assert {r for p in report["sharding_plan"].values() for r in p["ranks"]} == {0, 1}
