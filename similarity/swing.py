@@ -332,13 +332,53 @@ def swing_scores(
         )  # fmt: skip
     from similarity.swing_jit import swing_block
 
+    n_a = np.diff(anchor_ptr[lo : hi + 1])
     slots = anchor_members[anchor_ptr[lo] : anchor_ptr[hi]]
-    n_ent = int((member_ptr[slots + 1] - member_ptr[slots]).sum())
-    a, n, s, n_out, w = swing_block(
-        anchor_ptr, anchor_members, member_ptr, member_targets, weight,
-        float(alpha2), int(n_targets), int(lo), int(hi), max(n_ent, 1),
+    cum = np.concatenate([[0], np.cumsum(member_ptr[slots + 1] - member_ptr[slots])])
+    per_anchor = (
+        cum[anchor_ptr[lo + 1 : hi + 1] - anchor_ptr[lo]] - cum[anchor_ptr[lo:hi] - anchor_ptr[lo]]
+    )
+    max_ent = int(per_anchor.max()) if len(per_anchor) else 0
+    max_n = int(n_a.max()) if len(n_a) else 0
+    n_out_max = int(cum[-1]) // 2 + 1  # a scored group holds >= 2 entries
+    out_a = _scratch("out_a", n_out_max, np.int64)
+    out_n = _scratch("out_n", n_out_max, np.int64)
+    out_s = _scratch("out_s", n_out_max, np.float64)
+    n_out, w = swing_block(
+        anchor_ptr, anchor_members, member_ptr, member_targets, weight, float(alpha2),
+        int(lo), int(hi),
+        _scratch("cnt", n_targets, np.int32, zeroed=True),
+        _scratch("start", n_targets, np.int64),
+        _scratch("overlap", max_n * max_n, np.int32, zeroed=True),
+        _scratch("touched", max_ent, np.int64),
+        _scratch("groups", max_ent, np.int64),
+        _scratch("bucket", max_ent + 1, np.int32, exact=True),
+        _scratch("bucket_w", max_ent + 1, np.float64, exact=True),
+        out_a, out_n, out_s,
     )  # fmt: skip
-    return a[:n_out].copy(), n[:n_out].copy(), s[:n_out].copy(), int(w)
+    return out_a[:n_out].copy(), out_n[:n_out].copy(), out_s[:n_out].copy(), int(w)
+
+
+# Scratch arrays of the compiled kernel, kept between blocks of this process.  Fresh
+# pages cost ~1 us each on the VMs we run on, more than the math of a small block.
+# Not thread-safe (the jobs are one thread per rank).
+_SCRATCH: dict[str, np.ndarray] = {}
+
+
+def _scratch(
+    name: str, size: int, dtype: type, zeroed: bool = False, exact: bool = False
+) -> np.ndarray:
+    """A reusable array of at least `size` (exactly `size` when `exact`).
+
+    `zeroed` arrays are created zero and must be handed back zero (the kernel resets
+    what it touches).
+    """
+    have = _SCRATCH.get(name)
+    if have is None or len(have) < size:
+        grown = max(size, int(1.5 * len(have)) if have is not None else size, 16)
+        have = np.zeros(grown, dtype=dtype) if zeroed else np.empty(grown, dtype=dtype)
+        _SCRATCH[name] = have
+    return have[:size] if exact else have
 
 
 def _swing_scores_numpy(

@@ -30,38 +30,31 @@ def swing_block(
     member_targets: np.ndarray,
     weight: np.ndarray,
     alpha2: float,
-    n_targets: int,
     lo: int,
     hi: int,
-    max_out: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """Scores of anchors [lo, hi); `max_out` >= the block's (anchor, target) entries.
+    cnt: np.ndarray,
+    start: np.ndarray,
+    overlap: np.ndarray,
+    touched: np.ndarray,
+    groups: np.ndarray,
+    bucket: np.ndarray,
+    bucket_w: np.ndarray,
+    out_a: np.ndarray,
+    out_n: np.ndarray,
+    out_s: np.ndarray,
+) -> tuple[int, int]:
+    """Scores of anchors [lo, hi) into out_a / out_n / out_s.
 
-    Returns anchor, neighbor, score (first `n_out` rows valid, grouped by anchor in
-    ascending order), n_out and the contributions W.
+    Scratch (reused across calls; fresh pages cost more than the math on small blocks):
+    cnt int32 (n_targets,) all zero, start int64 (n_targets,), overlap int32
+    (>= max |M_a|**2,) all zero -- both are left zero again -- and touched, groups
+    int64, bucket int32, bucket_w float64 with room for the largest anchor's entries
+    plus one.  out_* need room for half the block's entries.
+
+    Returns (n_out, contributions W); out rows [0, n_out) are grouped by anchor in
+    ascending order.
     """
-    out_a = np.empty(max_out, dtype=np.int64)
-    out_n = np.empty(max_out, dtype=np.int64)
-    out_s = np.empty(max_out, dtype=np.float64)
-    cnt = np.zeros(n_targets, dtype=np.int32)
-    start = np.zeros(n_targets, dtype=np.int64)
-    max_n = 0
-    max_ent = 0
-    for a in range(lo, hi):
-        n = anchor_ptr[a + 1] - anchor_ptr[a]
-        max_n = max(max_n, n)
-        ent = 0
-        for s in range(anchor_ptr[a], anchor_ptr[a + 1]):
-            m = anchor_members[s]
-            ent += member_ptr[m + 1] - member_ptr[m]
-        max_ent = max(max_ent, ent)
-    # int32 scratch: half the cache footprint of the hot arrays.
-    overlap = np.zeros(max_n * max_n, dtype=np.int32)
-    touched = np.empty(max_ent, dtype=np.int64)
-    groups = np.empty(max_ent, dtype=np.int64)
-    dummy = max_ent
-    bucket = np.empty(max_ent + 1, dtype=np.int32)
-    bucket_w = np.empty(max_ent + 1, dtype=np.float64)
+    dummy = len(bucket) - 1
     n_out = 0
     contributions = 0
     for a in range(lo, hi):
@@ -137,7 +130,7 @@ def swing_block(
         for k in range(n_touched):
             cnt[touched[k]] = 0
         overlap[: n * n] = 0
-    return out_a, out_n, out_s, n_out, contributions
+    return n_out, contributions
 
 
 @numba.njit(cache=True, nogil=True)
