@@ -215,6 +215,31 @@ def pipeline(
     return _single(["pipeline"], script_args, "dlrrec-pipeline", image, h, cpu, memMB, max_retries, env, mounts)
 
 
+def experiment(
+    *script_args: str,
+    image: str = DEFAULT_IMAGE,
+    h: Optional[str] = None,
+    cpu: int = 2,
+    memMB: int = 8192,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Runs the paper's Table 1 grid (variants x dropout x seeds) on a pipeline's run root.
+
+    Args:
+        script_args: arguments of `dlrrec experiment`, e.g. `--grid configs/table1-movielens-100k.yaml`
+        image: container image (local_cwd ignores it)
+        h: a named resource; overrides cpu/memMB
+        cpu: CPUs
+        memMB: memory in MB
+        max_retries: times the scheduler retries a failed job
+        env: extra environment variables
+        mounts: volumes for the shared run root, e.g. type=volume,src=dlrrec-runs,dst=/app/runs
+    """
+    return _single(["experiment"], script_args, "dlrrec-experiment", image, h, cpu, memMB, max_retries, env, mounts)
+
+
 @dataclass
 class LaunchResult:
     app_handle: str

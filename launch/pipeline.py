@@ -35,6 +35,8 @@ class PipelineConfig:
         nnodes: nodes of the SWING and training jobs.
         swing_nproc: ranks of the SWING job (0 = nproc_per_node).
         log_dir: TorchX log folder (default: run_dir/logs).
+        export_redis: at the end, export the SWING pairs to `similarity.redis_url`
+            (password from $REDIS_PASSWORD), switching its `current` version atomically.
     """
 
     run_dir: str
@@ -45,6 +47,7 @@ class PipelineConfig:
     nnodes: int = 1
     swing_nproc: int = 0
     log_dir: str = ""
+    export_redis: bool = False
 
     def validate(self) -> None:
         if self.nproc_per_node < 1 or self.nnodes < 1 or self.swing_nproc < 0:
@@ -70,7 +73,9 @@ def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
     raw = load_raw(config, overrides, None)
     pcfg = build_dataclass(PipelineConfig, section_values(raw, "pipeline"), "pipeline")
     fcfg = build_dataclass(FeaturesConfig, section_values(raw, "features"), "features")
-    build_dataclass(SwingConfig, section_values(raw, "similarity"), "similarity")
+    scfg = build_dataclass(SwingConfig, section_values(raw, "similarity"), "similarity")
+    if pcfg.export_redis and not scfg.redis_url:
+        raise ConfigError("pipeline.export_redis: needs similarity.redis_url (e.g. redis://127.0.0.1:6379/0)")
     build_dataclass(TrainConfig, section_values(raw, "train"), "train")
     child_args = (["--config", str(config)] if config else []) + list(overrides)
     run_dir = Path(pcfg.run_dir)
@@ -113,6 +118,13 @@ def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
     from launch.report import format_report, read_report
 
     report = read_report(run_dir)
+    if pcfg.export_redis:
+        _stage(f"export SWING pairs to Redis (prefix {scfg.redis_prefix})")
+        t = time.time()
+        from similarity.redis_export import run as export_redis
+
+        export_redis(scfg)
+        timings["redis"] = time.time() - t
     _stage("report")
     print(format_report(report, timings), flush=True)
     return report

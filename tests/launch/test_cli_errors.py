@@ -87,3 +87,8 @@ def test_report_prints_a_table(capsys, tmp_path: Path):
     assert main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "auc" in out and "0.8000" in out and "world_size 2" in out
+
+
+def test_pipeline_redis_export_needs_a_url(capsys):
+    err = run_cli(["pipeline", "--config", "configs/smoke.yaml", "pipeline.export_redis=true"], capsys)
+    assert "similarity.redis_url" in err

@@ -7,7 +7,7 @@ from launch import components
 
 class ComponentsTest(ComponentTestCase):
     def test_validate_every_component(self) -> None:
-        for name in ("train", "swing", "features", "pipeline"):
+        for name in ("train", "swing", "features", "pipeline", "experiment"):
             self.validate(components, name)
 
     def test_train_is_torchrun_ddp(self) -> None:
@@ -29,3 +29,7 @@ class ComponentsTest(ComponentTestCase):
         role = app.roles[0]
         self.assertEqual(role.entrypoint, "python")
         self.assertEqual(role.args, ["-m", "launch.cli", "features", "build", "--config", "c.yaml"])
+
+    def test_experiment_runs_the_grid(self) -> None:
+        app = components.experiment("--grid", "configs/table1-movielens-100k.yaml")
+        self.assertEqual(app.roles[0].args, ["-m", "launch.cli", "experiment", "--grid", "configs/table1-movielens-100k.yaml"])
