@@ -35,8 +35,9 @@ import numpy as np
 import scipy.sparse as sp
 
 # Bytes the kernel holds per listed (anchor, member, target) entry and per member pair
-# inside one chunk: conservative figures (tracemalloc peaks of `swing_scores` on the
-# benchmark graphs stayed below the estimate); `block_plan` sizes blocks from them.
+# inside one chunk: conservative figures (tracemalloc peaks of the NumPy kernel on the
+# benchmark graphs stayed below them; the compiled kernel's scratch needs ~40 bytes
+# per entry); `block_plan` sizes blocks from them.
 BYTES_PER_ENTRY = 64
 BYTES_PER_PAIR = 48
 # A member-pair overlap counter of n_a**2 int64 per anchor, its bincount copy and the
