@@ -1,59 +1,217 @@
-"""Sharded checkpoints with torch.distributed.checkpoint (DCP).
+"""Sharded checkpoints with torch.distributed.checkpoint (DCP), and exact resume.
 
-Layout: `train/checkpoints/step_XXXXXXXX/` holds the DCP shards of every rank plus
-`trainer_state.json` (epoch, step, best metric). Each rank writes its own shards
-into `.step_XXXXXXXX.tmp/`; after a barrier rank 0 renames it into place, so a
-crash never leaves a checkpoint that looks complete but is not. DCP loads tensors
-in place and never unpickles arbitrary objects.
+Layout: `train/checkpoints/step_XXXXXXXX/` (XXXXXXXX = global step) holds
+  - the DCP shards of every rank (`__<rank>_0.distcp`) and DCP's `.metadata`:
+    `model` (the DMP state dict: sharded tables as ShardedTensor, dense params) and
+    `optim` (the CombinedOptimizer's *tensor* state: the row-wise Adagrad momentum
+    fused into the sharded tables, and dense Adam's step/exp_avg/exp_avg_sq);
+  - `trainer_state.json`: everything else (epoch, step, step within the epoch,
+    best metric/epoch/checkpoint, bad epochs, partial epoch loss sums, throughput
+    counters, the run fingerprint).
+Each rank writes its shards into `.step_XXXXXXXX.tmp/`; after a barrier rank 0 writes
+`trainer_state.json` and renames the folder into place, so a folder named `step_*`
+is always complete and a crash leaves at most a stale `.tmp` folder.
+
+Nothing in a checkpoint is unpickled as an arbitrary object:
+  - the DCP payload holds tensors only. Optimizer `param_groups` (lr, betas, ...)
+    are not saved; they are rebuilt from the config, which the fingerprint pins.
+  - DCP reads tensor data with `torch.load(weights_only=True)`, but it unpickles
+    `.metadata` with plain `pickle.load` and would `torch.load(weights_only=False)`
+    any entry the metadata marks as bytes. `SafeFileSystemReader` therefore
+    unpickles `.metadata` with an allow-list of DCP's own metadata classes and
+    refuses any bytes entry before DCP reads a single shard.
+
+RNG: no RNG state is saved, because none is needed. The data order and the SWING
+positive sampling are pure functions of (seed, epoch, step) (`trainer.data.train_batches`,
+which takes a `start_step` to resume inside an epoch), and before every training
+step the torch generator, which only dropout draws from, is seeded from
+`step_seed(seed, epoch, step, rank)`. So step k of epoch e does the same arithmetic
+whether the run got there directly or through any number of resumes; the resume
+test checks that the final metrics are bit-identical.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
+from torchrec.optim.keyed import CombinedOptimizer
 
 from trainer.distributed import barrier
 
 STATE_FILE = "trainer_state.json"
+METADATA_FILE = ".metadata"
+STATE_VERSION = 1
+
+# (module, name) pairs DCP's `.metadata` pickle may reference; anything else is refused.
+# torch dtypes (`torch.float32`, ...) are allowed too, by type (see `_MetadataUnpickler`).
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", n)
+    for n in (
+        "Metadata", "MetadataIndex", "TensorStorageMetadata", "TensorProperties",
+        "ChunkStorageMetadata", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # layout by name, as torch's weights_only loader allows
+    ("pathlib", "PosixPath"),  # StorageMeta.checkpoint_id
+    ("pathlib", "WindowsPath"),
+    ("collections", "OrderedDict"),
+}  # fmt: skip
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The torch seed for training step `step` of `epoch` on `rank` (dropout masks)."""
+    return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:08d}"
 
 
+def tensors_only(tree: Any) -> Any:
+    """The tensors of a nested dict (ShardedTensor included); everything else dropped."""
+    if isinstance(tree, dict):
+        out = {k: tensors_only(v) for k, v in tree.items()}
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) or (isinstance(v, dict) and v)}
+    return tree if isinstance(tree, torch.Tensor) else None
+
+
+def _payload(model: nn.Module, optimizer: CombinedOptimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the DCP payload, the optimizer state dict it aliases). param_groups are left out."""
+    optimizer.save_param_groups(False)
+    optim_sd = optimizer.state_dict()
+    return {"model": tensors_only(model.state_dict()), "optim": tensors_only(optim_sd["state"])}, optim_sd
+
+
 def save_checkpoint(
-    root: Path, step: int, model: nn.Module, trainer_state: dict[str, Any], is_main: bool
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: CombinedOptimizer,
+    trainer_state: dict[str, Any],
+    is_main: bool,
 ) -> Path:
-    """Collective: every rank calls it with the same `step`."""
+    """Collective: every rank calls it with the same `step`. Returns the checkpoint folder."""
     final = checkpoint_dir(root, step)
     tmp = root / f".{final.name}.tmp"
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    dcp.save({"model": model.state_dict()}, checkpoint_id=str(tmp))
+    payload, _ = _payload(model, optimizer)
+    dcp.save(payload, checkpoint_id=str(tmp))
     barrier()
     if is_main:
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
-        if final.exists():
+        state = {**trainer_state, "version": STATE_VERSION}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+        if final.exists():  # a re-save of the same step (never in a normal run)
             shutil.rmtree(final)
         os.replace(tmp, final)
     barrier()
     return final
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Collective: load model shards from `path` in place; return its trainer state."""
-    state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(path))
-    model.load_state_dict(state["model"])
-    return json.loads((path / STATE_FILE).read_text())
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _METADATA_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(
+            f"checkpoint .metadata references {module}.{name}, which is not DCP tensor "
+            "metadata; refusing to load it"
+        )
+
+
+def read_metadata_safely(path: Path) -> Metadata:
+    """DCP's `.metadata` of a checkpoint, unpickled with an allow-list; tensor entries only."""
+    with open(path / METADATA_FILE, "rb") as f:
+        md = _MetadataUnpickler(io.BytesIO(f.read())).load()
+    if not isinstance(md, Metadata):
+        raise pickle.UnpicklingError(f"{path / METADATA_FILE}: not DCP metadata ({type(md).__name__})")
+    bytes_keys = [k for k, v in md.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)]
+    if bytes_keys:
+        raise pickle.UnpicklingError(
+            f"{path / METADATA_FILE}: entries {bytes_keys[:3]} are pickled objects, not tensors; "
+            "dlrrec never writes those, refusing to load"
+        )
+    return md
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """FileSystemReader whose metadata is read by `read_metadata_safely`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        if kwargs.get("rank") is not None:
+            raise ValueError("per-rank DCP metadata is not used by dlrrec checkpoints")
+        md = read_metadata_safely(Path(self.path))
+        if md.storage_meta is None:
+            md.storage_meta = StorageMeta()
+        md.storage_meta.load_id = self.load_id
+        return md
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: CombinedOptimizer | None) -> dict[str, Any]:
+    """Collective: load the model (and optimizer) state from `path` in place; return its trainer state.
+
+    The optimizer's param_groups stay those built from the config. Dense Adam's state is
+    lazy, so an optimizer that has not stepped yet gets a zero-gradient step first
+    (torchrec's `init_state`); its values are then overwritten by the checkpoint.
+    """
+    if optimizer is not None:
+        for _, opt in optimizer.optimizers:
+            if not opt.state:
+                opt.init_state()
+        payload, optim_sd = _payload(model, optimizer)
+    else:
+        payload, optim_sd = {"model": tensors_only(model.state_dict())}, None
+    dcp.load(payload, storage_reader=SafeFileSystemReader(str(path)))
+    model_sd = model.state_dict()
+    _copy_into(model_sd, payload["model"])
+    model.load_state_dict(model_sd)
+    if optimizer is not None and optim_sd is not None:
+        _copy_into(optim_sd["state"], payload["optim"])
+        optimizer.load_state_dict(optim_sd)
+    return read_trainer_state(path)
+
+
+def _copy_into(full: dict[str, Any], loaded: dict[str, Any]) -> None:
+    """Put the loaded tensors back into the full (tensors + other values) state dict."""
+    for k, v in loaded.items():
+        if isinstance(v, dict):
+            _copy_into(full[k], v)
+        else:
+            full[k] = v
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((path / STATE_FILE).read_text())
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path / STATE_FILE}: version {state.get('version')}, expected {STATE_VERSION}")
+    return state
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root` (renamed into place, state and metadata present)."""
+    done = [
+        p
+        for p in root.glob("step_*")
+        if p.is_dir() and (p / STATE_FILE).is_file() and (p / METADATA_FILE).is_file()
+    ]
+    return max(done, key=lambda p: p.name) if done else None
 
 
 def prune_checkpoints(root: Path, keep_last: int, keep: set[Path], is_main: bool) -> None:

@@ -42,7 +42,13 @@ class TrainConfig:
         patience: epochs without a better val AUC before stopping.
         min_epochs: epochs before early stopping may trigger.
         selection_metric: `auc` (val AUC).
-        keep_checkpoints: last K epoch checkpoints kept (the best is always kept).
+        keep_checkpoints: last K checkpoints kept (the best is always kept).
+        checkpoint_every_steps: also checkpoint every N global steps (0 = only at epoch ends).
+        resume: continue from the newest checkpoint in `train/` when it holds an unfinished
+            run of the same fingerprint (otherwise an unfinished `train/` is started afresh).
+        stop_after_epoch: pause once this many epochs are done (0 = never); the checkpoint
+            is written and a later run with `resume` continues. Not part of the fingerprint.
+        stop_after_step: pause once this global step is done (0 = never), as above.
         device: `auto` (cuda when present), `cpu` or `cuda`.
     """
 
@@ -76,6 +82,10 @@ class TrainConfig:
     min_epochs: int = 1
     selection_metric: Literal["auc"] = "auc"
     keep_checkpoints: int = 2
+    checkpoint_every_steps: int = 0
+    resume: bool = True
+    stop_after_epoch: int = 0
+    stop_after_step: int = 0
     log_every: int = 50
     max_steps_per_epoch: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -85,6 +95,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "embedding_dim", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("keep_checkpoints", "checkpoint_every_steps", "stop_after_epoch", "stop_after_step"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"train.dropout: must be in [0, 1), got {self.dropout}")
         if self.tau <= 0:

@@ -368,6 +368,12 @@ def make_batch(
     )
 
 
+def epoch_steps(n_rows: int, global_batch: int, max_steps: int = 0) -> int:
+    """Training steps in one epoch: full global batches, capped at `max_steps` when > 0."""
+    steps = n_rows // global_batch
+    return min(steps, max_steps) if max_steps else steps
+
+
 def train_batches(
     data: TrainingData,
     global_batch: int,
@@ -377,19 +383,19 @@ def train_batches(
     seed: int,
     top1: bool,
     max_steps: int = 0,
+    start_step: int = 0,
 ) -> Iterator[Batch]:
     """This rank's slices of the epoch's global batches (last partial batch dropped).
 
     The permutation and the positive sampling depend only on (seed, epoch, step),
     never on the rank count, so a resumed or re-sharded run sees the same data.
+    `start_step` skips the epoch's first steps (resuming inside an epoch).
     """
     split = data.splits["train"]
     perm = np.random.default_rng([seed, epoch]).permutation(split.n)
     local = global_batch // world_size
-    steps = split.n // global_batch
-    if max_steps:
-        steps = min(steps, max_steps)
-    for step in range(steps):
+    steps = epoch_steps(split.n, global_batch, max_steps)
+    for step in range(start_step, steps):
         rows = perm[step * global_batch : (step + 1) * global_batch]
         # positives are drawn for the whole global batch, then sliced: rank-count invariant
         rng = np.random.default_rng([seed, epoch, step])

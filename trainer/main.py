@@ -6,8 +6,10 @@ Under torchrun/TorchX with N ranks:
 Setup order (dlrm_main / golden_training): process group -> EBC on meta ->
 fused sparse optimizer -> planner -> DistributedModelParallel -> CombinedOptimizer
 with dense Adam -> TrainPipelineSparseDist. Then an explicit loop: step, log every
-N, evaluate on val every epoch, checkpoint, early-stop on val AUC; finally reload
-the best checkpoint and score test at the val-chosen threshold.
+N, evaluate on val every epoch, checkpoint (every `checkpoint_every_steps` and at
+each epoch end), early-stop on val AUC; finally reload the best checkpoint and score
+test at the val-chosen threshold. An unfinished `train/` of the same fingerprint is
+resumed from its newest checkpoint (see trainer/checkpoint.py for why that is exact).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +43,17 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from launch.artifacts import sha256_json, write_json_atomic
 from launch.config import ConfigError, to_dict
 from launch.entry import run_job
-from trainer.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from trainer.checkpoint import (
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    read_trainer_state,
+    save_checkpoint,
+    step_seed,
+)
 from trainer.config import TrainConfig
-from trainer.data import TrainingData, eval_batches, read_training_data, train_batches
+from trainer.data import TrainingData, epoch_steps, eval_batches, read_training_data, train_batches
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
 from trainer.metrics import best_accuracy_threshold, classification_report
 from trainer.model import DLRREC, DLRRECTrain
@@ -197,9 +208,16 @@ def evaluate(
     return data.splits[split].label, probs
 
 
+# keys that change neither the trained model nor the report's metrics
+NOT_FINGERPRINTED = (
+    "run_dir", "overwrite", "device", "log_every",
+    "resume", "checkpoint_every_steps", "stop_after_epoch", "stop_after_step",
+)  # fmt: skip
+
+
 def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
     c = to_dict(cfg)
-    for k in ("run_dir", "overwrite", "device", "log_every"):
+    for k in NOT_FINGERPRINTED:
         c.pop(k, None)
     return sha256_json(
         {
@@ -208,6 +226,79 @@ def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
             "similarity": (data.similarity_meta or {}).get("fingerprint"),
         }
     )
+
+
+@dataclass
+class Progress:
+    """The loop's non-tensor state, saved as `trainer_state.json` with every checkpoint.
+
+    `epoch` is the epoch in progress, or the last finished one when `epoch_done`;
+    `epoch_step` counts its steps done, `step` all steps done. `epoch_sums` holds each
+    rank's partial-epoch loss sums (loss, rec, item_item, user_user), one row per rank,
+    so a resumed epoch reports the same mean loss; `epoch_seconds` is its time so far.
+    """
+
+    epoch: int = 0
+    epoch_step: int = 0
+    epoch_done: bool = False
+    step: int = 0
+    best_metric: float | None = None
+    best_epoch: int = -1
+    best_checkpoint: str | None = None  # folder name under train/checkpoints/
+    best_losses: dict[str, float] | None = None
+    bad_epochs: int = 0
+    epoch_sums: list[list[float]] = field(default_factory=list)
+    epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
+    train_examples: int = 0
+    val_auc: float | None = None
+    resumed_from: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Progress:
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in state.items() if k in names})
+
+
+def should_stop_early(prog: Progress, cfg: TrainConfig) -> bool:
+    return prog.epoch + 1 >= cfg.min_epochs and prog.bad_epochs >= cfg.patience
+
+
+def find_resume_point(out: Path, fp: str, cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, None to start afresh; refuses another run's checkpoints."""
+    if cfg.overwrite or not cfg.resume:
+        return None
+    latest = latest_checkpoint(out / "checkpoints")
+    if latest is None:
+        return None
+    if read_trainer_state(latest).get("fingerprint") != fp:
+        raise ConfigError(
+            f"{latest}: an unfinished run of a different config or input; pass overwrite=true "
+            "to replace it, resume=false to start over, or choose another run_dir"
+        )
+    return latest
+
+
+def rank_rows(sums: np.ndarray) -> list[list[float]]:
+    """Collective: every rank's `sums` [4], as rows in rank order."""
+    rank = torch.distributed.get_rank()
+    _, values = gather_rows(np.arange(sums.size) + rank * sums.size, sums)
+    return values.reshape(-1, sums.size).tolist()
+
+
+def my_row(rows: list[list[float]], rank: int, world_size: int) -> np.ndarray:
+    """This rank's partial-epoch sums; after a resize, the mean over the saved ranks."""
+    if not rows:
+        return np.zeros(4)
+    return np.array(rows[rank]) if len(rows) == world_size else np.mean(rows, axis=0)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metrics.jsonl records a resumed run will write again (those after `step`)."""
+    if not path.is_file():
+        return
+    keep = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x).get("step", 0) <= step]
+    path.write_text("".join(x + "\n" for x in keep))
 
 
 def quiet_known_warnings() -> None:
@@ -250,14 +341,17 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 f"{out}: holds a run of a different config or input; "
                 "pass overwrite=true to replace it or choose another run_dir"
             )
+    ckpt_root = out / "checkpoints"
+    resume_from = find_resume_point(out, fp, cfg)  # every rank decides from the same files
     torch.distributed.barrier()
-    if env.is_main:
+    if env.is_main and resume_from is None:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=True))
+        (out / "config.yaml").write_text(
+            f"# fingerprint: {fp}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=True)
+        )
     torch.distributed.barrier()
     r0 = Rank0(env, out)
-    ckpt_root = out / "checkpoints"
 
     train = data.splits["train"]
     n_pos = float(train.label.sum())
@@ -273,61 +367,106 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     r0.print("train: sharding plan " + json.dumps({k: (v["sharding_type"], v["ranks"]) for k, v in sharding.items()}))
     pipeline = TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True)
 
-    best: dict[str, Any] = {"metric": -np.inf, "epoch": -1, "path": None, "losses": None}
-    step = 0
-    train_seconds = 0.0
-    train_examples = 0
-    bad_epochs = 0
-    for epoch in range(cfg.epochs):
+    prog = Progress()
+    if resume_from is not None:
+        prog = Progress.from_state(load_checkpoint(resume_from, dmp, optimizer))
+        prog.resumed_from.append(prog.step)
+        if env.is_main:
+            truncate_metrics(out / "metrics.jsonl", prog.step)
+        r0.print(f"train: resuming from {resume_from} (epoch {prog.epoch}, step {prog.step})")
+    n_steps = epoch_steps(train.n, cfg.batch_size, cfg.max_steps_per_epoch)
+
+    def checkpoint() -> Path:
+        best = {ckpt_root / prog.best_checkpoint} if prog.best_checkpoint else set()
+        state = {**asdict(prog), "fingerprint": fp}
+        path = save_checkpoint(ckpt_root, prog.step, dmp, optimizer, state, env.is_main)
+        prune_checkpoints(ckpt_root, cfg.keep_checkpoints, best, env.is_main)
+        return path
+
+    paused = False
+    start_epoch = prog.epoch + 1 if prog.epoch_done else prog.epoch
+    if prog.epoch_done and should_stop_early(prog, cfg):
+        start_epoch = cfg.epochs  # stopped early just before the interruption
+    for epoch in range(start_epoch, cfg.epochs):
+        if prog.epoch != epoch or prog.epoch_done:
+            prog.epoch, prog.epoch_step, prog.epoch_done = epoch, 0, False
+            prog.epoch_sums, prog.epoch_seconds = [], 0.0
         dmp.train()
         it = train_batches(
             data, cfg.batch_size, env.rank, env.world_size, epoch, cfg.seed,
-            cfg.positive_sampling == "top1", cfg.max_steps_per_epoch,
+            cfg.positive_sampling == "top1", cfg.max_steps_per_epoch, prog.epoch_step,
         )  # fmt: skip
-        sums = np.zeros(4)
-        t0 = time.time()
-        n_steps = 0
+        sums = my_row(prog.epoch_sums, env.rank, env.world_size)
+        t0 = time.time() - prog.epoch_seconds
         while True:
+            # dropout masks are a function of the step, so a resumed run draws the same ones
+            torch.manual_seed(step_seed(cfg.seed, epoch, prog.epoch_step, env.rank))
             try:
                 loss, _, _, _, parts = pipeline.progress(it)
             except StopIteration:
                 break
-            step += 1
-            n_steps += 1
+            prog.step += 1
+            prog.epoch_step += 1
             sums += np.array([float(loss), *parts.tolist()])
-            if cfg.log_every and step % cfg.log_every == 0:
-                r0.metrics({"kind": "step", "epoch": epoch, "step": step, "loss": float(loss),
+            if cfg.log_every and prog.step % cfg.log_every == 0:
+                r0.metrics({"kind": "step", "epoch": epoch, "step": prog.step, "loss": float(loss),
                             "rec": float(parts[0]), "item_item": float(parts[1]), "user_user": float(parts[2])})  # fmt: skip
+            if prog.epoch_step >= n_steps:
+                continue  # the epoch-end checkpoint follows
+            pause = cfg.stop_after_step == prog.step
+            if pause or (cfg.checkpoint_every_steps and prog.step % cfg.checkpoint_every_steps == 0):
+                t_save = time.time()
+                prog.epoch_sums, prog.epoch_seconds = rank_rows(sums), t_save - t0
+                checkpoint()
+                t0 += time.time() - t_save  # checkpoint time is not training time
+            if pause:
+                paused = True
+                break
         pipeline.detach()
+        if paused:
+            break
         dt = time.time() - t0
-        train_seconds += dt
-        train_examples += n_steps * cfg.batch_size
-        means = all_reduce_mean((sums / max(n_steps, 1)).tolist())
+        prog.epoch_done = True
+        prog.epoch_sums, prog.epoch_seconds = [], dt
+        prog.train_seconds += dt
+        prog.train_examples += prog.epoch_step * cfg.batch_size
+        means = all_reduce_mean((sums / max(prog.epoch_step, 1)).tolist())
         labels, probs = evaluate(dmp, data, "val", cfg, env)
         val = classification_report(labels, probs, 0.5)
         metric = val["auc"]
-        improved = metric > best["metric"]
+        improved = prog.best_metric is None or metric > prog.best_metric
         losses = {"loss": means[0], "rec": means[1], "item_item": means[2], "user_user": means[3]}
-        r0.metrics({"kind": "epoch", "epoch": epoch, "step": step, "train": losses, "val": val,
-                    "seconds": dt, "examples_per_s": n_steps * cfg.batch_size / max(dt, 1e-9)})  # fmt: skip
+        r0.metrics({"kind": "epoch", "epoch": epoch, "step": prog.step, "train": losses, "val": val,
+                    "seconds": dt, "examples_per_s": prog.epoch_step * cfg.batch_size / max(dt, 1e-9)})  # fmt: skip
         r0.print(
             f"epoch {epoch:3d}  loss {means[0]:.4f} (rec {means[1]:.4f} ii {means[2]:.4f} uu {means[3]:.4f})"
             f"  val auc {val['auc']:.4f} logloss {val['logloss']:.4f}  {dt:.1f}s" + ("  *" if improved else "")
         )
-        state = {"epoch": epoch, "step": step, "val_auc": metric, "best_epoch": best["epoch"]}
-        path = save_checkpoint(ckpt_root, step, dmp, state, env.is_main)
+        prog.val_auc = metric
         if improved:
-            best.update(metric=metric, epoch=epoch, path=path, losses=losses)
-            bad_epochs = 0
+            prog.best_metric, prog.best_epoch, prog.best_losses = metric, epoch, losses
+            prog.best_checkpoint = checkpoint_dir(ckpt_root, prog.step).name
+            prog.bad_epochs = 0
         else:
-            bad_epochs += 1
-        prune_checkpoints(ckpt_root, cfg.keep_checkpoints, {best["path"]}, env.is_main)
-        if epoch + 1 >= cfg.min_epochs and bad_epochs >= cfg.patience:
-            r0.print(f"train: early stop after epoch {epoch} (best epoch {best['epoch']})")
+            prog.bad_epochs += 1
+        checkpoint()
+        if should_stop_early(prog, cfg):
+            r0.print(f"train: early stop after epoch {epoch} (best epoch {prog.best_epoch})")
             break
+        if cfg.stop_after_epoch == epoch + 1 or cfg.stop_after_step == prog.step:
+            paused = epoch + 1 < cfg.epochs
+            if paused:
+                break
 
+    if paused:
+        r0.print(f"train: paused after step {prog.step} (epoch {prog.epoch}); rerun to resume")
+        torch.distributed.barrier()
+        return {"status": "paused", "epoch": prog.epoch, "step": prog.step, "fingerprint": fp}
+    if prog.best_checkpoint is None:
+        raise RuntimeError(f"{ckpt_root}: no epoch finished, so there is no model to report")
+    best_path = ckpt_root / prog.best_checkpoint
     # the best epoch by val AUC; threshold on val; test scored once
-    load_checkpoint(best["path"], dmp)
+    load_checkpoint(best_path, dmp, None)
     v_labels, v_probs = evaluate(dmp, data, "val", cfg, env)
     threshold = best_accuracy_threshold(v_labels, v_probs)
     val = classification_report(v_labels, v_probs, threshold)
@@ -340,21 +479,22 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "world_size": env.world_size,
         "device": str(env.device),
         "backend": env.backend,
-        "best_epoch": best["epoch"],
-        "best_checkpoint": str(best["path"]),
+        "best_epoch": prog.best_epoch,
+        "best_checkpoint": str(best_path),
         "selection_metric": f"val_{cfg.selection_metric}",
         "sharding_plan": sharding,
         "sparse_optimizer": sparse_opt,
         "val": val,
         "test": test,
-        "throughput": {"train_examples_per_s": train_examples / max(train_seconds, 1e-9)},
-        "losses": best["losses"],
+        "throughput": {"train_examples_per_s": prog.train_examples / max(prog.train_seconds, 1e-9)},
+        "losses": prog.best_losses,
         "variant": {
             "projection": cfg.projection,
             "contrastive": cfg.contrastive,
             "modalities": list(cfg.modalities),
         },
-        "steps": step,
+        "steps": prog.step,
+        "resumed_from": prog.resumed_from,
         "seconds": time.time() - t_start,
         "fingerprint": fp,
         "config": to_dict(cfg),
@@ -363,7 +503,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         write_plots(out, t_labels, t_probs, test["auc"])
         write_json_atomic(report_path, report)
         print(
-            f"train: best epoch {best['epoch']}  val auc {val['auc']:.4f}  "
+            f"train: best epoch {prog.best_epoch}  val auc {val['auc']:.4f}  "
             f"test auc {test['auc']:.4f} acc {test['accuracy']:.4f} fpr {test['fpr']:.4f}",
             flush=True,
         )

@@ -1,0 +1,117 @@
+"""Sharded checkpoint/resume on 2 real gloo ranks: a paused and resumed run equals an uninterrupted one."""
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+from dist_helpers import run_ranks
+from synthetic import make_run
+
+from trainer.config import TrainConfig
+
+# 4 epochs of 4 steps; dropout on so the per-step torch seeding is exercised
+CFG = {"epochs": 4, "batch_size": 256, "max_steps_per_epoch": 4, "dropout": 0.3, "patience": 10, "log_every": 1}
+
+
+def _runs(rank: int, runs: list[tuple[str, dict]]) -> list[dict]:
+    """Several `run()`s in one process (one process group), like back-to-back launches."""
+    import torch.distributed as dist
+
+    from trainer.main import run
+
+    dist.init_process_group("gloo")
+    try:
+        return [run(TrainConfig(run_dir=d, **o)) for d, o in runs]
+    finally:
+        dist.destroy_process_group()
+
+
+def _fresh(src: Path, dst: Path) -> str:
+    for stage in ("features", "similarity"):
+        shutil.copytree(src / stage, dst / stage)
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("synthetic") / "run")
+
+
+def test_paused_and_resumed_run_equals_uninterrupted(synthetic_run: Path, tmp_path: Path):
+    a = _fresh(synthetic_run, tmp_path / "a")
+    b = _fresh(synthetic_run, tmp_path / "b")
+    # launch 1: run A to the end; run B pauses mid-epoch 1 (step 6 of 4-step epochs),
+    # with step checkpoints every 3 steps
+    mid = {**CFG, "checkpoint_every_steps": 3, "stop_after_step": 6}
+    (full, paused), _ = run_ranks(_runs, 2, [(a, CFG), (b, mid)])
+    assert paused["status"] == "paused" and paused["step"] == 6 and paused["epoch"] == 1
+    ckpts = sorted(p.name for p in (Path(b) / "train" / "checkpoints").glob("step_*"))
+    assert "step_00000006" in ckpts and "step_00000004" in ckpts  # the pause point and the best so far
+    # launch 2: resume mid-epoch, pause after epoch 2 (3 epochs done)
+    (paused2,) = run_ranks(_runs, 2, [(b, {**CFG, "stop_after_epoch": 3})])[0]
+    assert paused2["status"] == "paused" and paused2["step"] == 12
+    # launch 3: resume at an epoch boundary and finish
+    (resumed,) = run_ranks(_runs, 2, [(b, CFG)])[0]
+
+    assert resumed["resumed_from"] == [6, 12] and full["resumed_from"] == []
+    assert resumed["fingerprint"] == full["fingerprint"]
+    assert resumed["best_epoch"] == full["best_epoch"]
+    assert resumed["val"] == full["val"]  # identical, not approximately equal
+    assert resumed["test"] == full["test"]
+    assert resumed["losses"] == full["losses"]
+    assert resumed["steps"] == full["steps"] == 16
+    # metrics.jsonl holds each step and epoch exactly once, with the same values
+    def records(run: str) -> list[dict]:
+        lines = (Path(run) / "train" / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "examples_per_s")} for x in lines]
+
+    assert records(b) == records(a)
+    # a finished run is reused, not resumed
+    (again,) = run_ranks(_runs, 1, [(b, CFG)])[0]
+    assert again == resumed
+
+
+def test_checkpoint_holds_tensors_only_and_refuses_pickled_objects(synthetic_run: Path, tmp_path: Path):
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from launch.config import ConfigError
+    from trainer.checkpoint import latest_checkpoint, read_metadata_safely
+
+    run = _fresh(synthetic_run, tmp_path / "run")
+    cfg = {**CFG, "epochs": 2, "max_steps_per_epoch": 2, "stop_after_epoch": 1}
+    (paused,) = run_ranks(_runs, 1, [(run, cfg)])[0]
+    assert paused["status"] == "paused"
+    ckpt = latest_checkpoint(Path(run) / "train" / "checkpoints")
+    assert ckpt is not None
+    md = read_metadata_safely(ckpt).state_dict_metadata
+    assert all(isinstance(v, TensorStorageMetadata) for v in md.values())
+    keys = set(md)
+    # both optimizers: the fused row-wise Adagrad state of the sharded tables and dense Adam
+    assert any(k.startswith("optim.") and "momentum1" in k for k in keys), sorted(keys)
+    assert any(k.startswith("optim.") and k.endswith(".exp_avg_sq") for k in keys), sorted(keys)
+    assert not any("param_groups" in k for k in keys)
+    assert any(k.startswith("model.") and "t_user_id" in k for k in keys)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["epoch"] == 0 and state["epoch_done"] and state["fingerprint"] == paused["fingerprint"]
+
+    # a .metadata that would run code is refused before anything is unpickled
+    class Evil:
+        def __reduce__(self):
+            return (shutil.rmtree, (str(tmp_path / "victim"),))
+
+    (tmp_path / "victim").mkdir()
+    (ckpt / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(pickle.UnpicklingError, match="shutil.rmtree"):
+        read_metadata_safely(ckpt)
+    assert (tmp_path / "victim").is_dir()
+    # and an unfinished run of another config is refused, not resumed or wiped
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        _single(run, {**cfg, "dropout": 0.1})
+
+
+def _single(run: str, overrides: dict) -> dict:
+    from trainer.main import run as run_train
+
+    return run_train(TrainConfig(run_dir=run, **overrides))
