@@ -14,7 +14,14 @@ class FeaturesConfig:
 
     Args:
         run_dir: run root; outputs go to `run_dir/features/`.
-        raw_dir: folder with the raw-reviews tables (`dlrrec data fetch` writes one).
+        raw_dir: folder with the input: the raw-reviews tables (`dlrrec data fetch`
+            writes one) for `source: raw`, else the source's own files.
+        source: the input format (features/sources/): raw | generic | yelp |
+            google_local | amazon2023 | movielens_udata.
+        files: {role: file name in raw_dir} overriding a source's default names,
+            e.g. {reviews: review.json}.
+        columns: source generic only: {raw-reviews column: source column}.
+        rating_range: [min, max] accepted ratings; null = the source's own scale.
         seed: seed of the random split.
         dataset: a name recorded in `_meta.json` and the report.
         split: `random` (seeded 80/10/10) or `temporal` (by timestamp).
@@ -28,6 +35,12 @@ class FeaturesConfig:
 
     run_dir: str
     raw_dir: str = "data/movielens-100k"
+    source: Literal["raw", "generic", "yelp", "google_local", "amazon2023", "movielens_udata"] = (
+        "raw"
+    )
+    files: dict[str, str] | None = None
+    columns: dict[str, str] | None = None
+    rating_range: list[float] | None = None
     seed: int = 0
     dataset: str = "movielens-100k"
     split: Literal["random", "temporal"] = "random"
@@ -48,3 +61,11 @@ class FeaturesConfig:
             raise ConfigError("features.zip_prefix_len: must be >= 1")
         if self.embed_batch_size < 1:
             raise ConfigError("features.embed_batch_size: must be >= 1")
+        rr = self.rating_range
+        if rr is not None and (len(rr) != 2 or not rr[0] <= rr[1]):
+            raise ConfigError(
+                f"features.rating_range: expected [min, max] with min <= max, got {rr}"
+            )
+        from features.sources import check_source_keys
+
+        check_source_keys(self.source, self.files, self.columns)

@@ -27,8 +27,9 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from features import examples, profiles, split, text
 from features.config import FeaturesConfig
 from features.dense import standardize
-from features.io import raw_input_hashes, read_raw_reviews, write_entities, write_examples
+from features.io import write_entities, write_examples
 from features.schema import DENSE_FEATURES, SPARSE_FEATURES
+from features.sources import read_source, source_input_hashes
 from features.vocab import entity_order, lookup
 from launch.artifacts import (
     SCHEMA_VERSION,
@@ -44,6 +45,7 @@ from launch.entry import run_job
 log = logging.getLogger("dlrrec.features")
 
 DEFAULT_FRACTIONS = [0.8, 0.1, 0.1]
+SOURCE_DEFAULTS = {"source": "raw", "files": None, "columns": None, "rating_range": None}
 DESCRIPTION = "raw reviews -> leakage-free examples and entity content tables"
 
 
@@ -57,6 +59,11 @@ def fingerprint_config(cfg: FeaturesConfig) -> dict[str, Any]:
     d = to_dict(cfg)
     for key in ("run_dir", "overwrite", "raw_dir"):
         d.pop(key)
+    # Source keys at their defaults are left out, so outputs built before they
+    # existed keep their fingerprint (and stay reusable).
+    for key, default in SOURCE_DEFAULTS.items():
+        if d.get(key) == default:
+            d.pop(key)
     d["split_fractions"] = cfg.split_fractions or DEFAULT_FRACTIONS
     return d
 
@@ -72,13 +79,14 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     """Build `cfg.run_dir/features/` (or reuse an identical one); returns its `_meta.json`."""
     start = time.time()
     final = Path(cfg.run_dir) / "features"
-    input_hashes = raw_input_hashes(cfg.raw_dir)
+    input_hashes = source_input_hashes(cfg.source, cfg.raw_dir, cfg.files)
     fingerprint = sha256_json({"config": fingerprint_config(cfg), "inputs": input_hashes})
     if existing_output(final, fingerprint, cfg.overwrite):
         log.info("features: reusing %s (same config and inputs)", final)
         return read_meta(final)
 
-    raw = read_raw_reviews(cfg.raw_dir)
+    rating_range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
+    raw = read_source(cfg.source, cfg.raw_dir, cfg.files, cfg.columns, rating_range)
     user_perm, user_order = entity_order(raw.users["user"].combine_chunks())
     item_perm, item_order = entity_order(raw.items["item"].combine_chunks())
     users = raw.users.take(user_perm)
@@ -95,7 +103,8 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     train = codes == split.TRAIN
     if not train.any():
         raise DataError(
-            f"{Path(cfg.raw_dir) / 'interactions.parquet'}: the {cfg.split} split leaves no "
+            f"{Path(cfg.raw_dir) / ('interactions.parquet' if cfg.source == 'raw' else '')}: "
+            f"the {cfg.split} split leaves no "
             f"training rows out of {len(codes)}; check split_fractions and the timestamps"
         )
     log.info("features: %d rows, %d users, %d items", len(codes), len(user_raw), len(item_raw))

@@ -8,6 +8,13 @@ reads; any dataset converted to it can go through the pipeline:
     items.parquet         item, title: string; categories: list<string>; year: int32 (nullable)
     users.parquet         user: string; age: int32; gender, occupation, zip: string
 
+Review sources (features/sources/) may add the OPTIONAL_COLUMNS, all nullable:
+
+    interactions          image_urls: list<string>   photos attached to the review
+    items                 price: float32 (currency units); price_tier: int32 (1..4 = $..$$$$);
+                          captions: list<string> (photo captions the source supplies);
+                          image_urls: list<string>
+
 The examples and entity tables are the contract with `trainer/` and `similarity/`
 (DESIGN.md "Artifacts"); `_meta.json` describes them.
 """
@@ -54,6 +61,17 @@ REQUIRED_COLUMNS = {
     "interactions.parquet": ("user", "item", "rating", "timestamp"),
     "items.parquet": ("item", "title", "categories", "year"),
     "users.parquet": ("user", "age", "gender", "occupation", "zip"),
+}
+
+OPTIONAL_COLUMNS = {
+    "interactions.parquet": (pa.field("image_urls", pa.list_(pa.string())),),
+    "items.parquet": (
+        pa.field("price", pa.float32()),
+        pa.field("price_tier", pa.int32()),
+        pa.field("captions", pa.list_(pa.string())),
+        pa.field("image_urls", pa.list_(pa.string())),
+    ),
+    "users.parquet": (),
 }
 
 # Sparse features: (name, multi_valued).  user_id/item_id index the entity tables.

@@ -1,0 +1,222 @@
+"""Read a source file into records and turn record fields into checked columns.
+
+Every problem is a one-line `DataError` naming the file, the column and the first
+bad row, e.g. `review.json: column 'stars' row 2 (line 3): expected a number, got 'five'`.
+Rows are counted from 0 over the data records; for line-based files the 1-based line
+is given too, which is what an editor shows.
+
+JSON Lines are parsed with the stdlib one line at a time so a broken line can be
+named exactly (pyarrow's reader reports a byte block, not a line).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from launch.config import DataError
+
+Kind = Literal["id", "str", "text", "num", "int", "seconds", "millis", "date", "str_list"]
+
+
+@dataclass
+class Records:
+    """A file's data records, with the line each came from (None for Parquet)."""
+
+    path: Path
+    rows: list[dict[str, Any]]
+    lines: list[int] | None
+
+    def where(self, row: int) -> str:
+        line = f" (line {self.lines[row]})" if self.lines is not None else ""
+        return f"row {row}{line}"
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")  # type: ignore[return-value]
+    return open(path, encoding="utf-8")  # noqa: SIM115 - the caller closes it
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open_text(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}: line {n} is not a JSON object")
+            yield n, obj
+
+
+def read_records(path: Path) -> Records:
+    """Records of a `.parquet`, `.csv`, `.tsv` or JSON Lines (`.json`, `.jsonl`, `.gz`) file.
+
+    Raises:
+        DataError: the file is missing, unreadable or holds no records.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".parquet"):
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowInvalid, OSError) as e:
+            msg = str(e).splitlines()[0]
+            raise DataError(f"{path}: not a readable Parquet file ({msg})") from None
+        out = Records(path, rows, None)
+    elif name.endswith((".csv", ".tsv")):
+        opts = pcsv.ParseOptions(delimiter="\t" if name.endswith(".tsv") else ",")
+        try:
+            rows = pcsv.read_csv(path, parse_options=opts).to_pylist()
+        except pa.ArrowInvalid as e:
+            if "Empty CSV file" in str(e):
+                raise DataError(f"{path}: the file is empty") from None
+            msg = str(e).splitlines()[0]
+            raise DataError(f"{path}: not a readable CSV file ({msg})") from None
+        out = Records(path, rows, list(range(2, len(rows) + 2)))  # line 1 is the header
+    else:
+        pairs = list(_json_lines(path))
+        out = Records(path, [r for _, r in pairs], [n for n, _ in pairs])
+    if not out.rows:
+        raise DataError(f"{path}: the file is empty (no records)")
+    return out
+
+
+def _bad(recs: Records, key: str, row: int, what: str, value: Any) -> DataError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return DataError(f"{recs.path}: column {key!r} {recs.where(row)}: {what}, got {shown}")
+
+
+def _convert(value: Any, kind: Kind) -> tuple[bool, Any]:
+    """(ok, converted value) for one non-null field."""
+    if kind == "id":
+        if isinstance(value, str) and value.strip():
+            return True, value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, str(value)
+        return False, None
+    if kind in ("str", "text"):
+        return isinstance(value, str), value
+    if kind == "num":
+        if isinstance(value, bool):
+            return False, None
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                return False, None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return True, float(value)
+        return False, None
+    if kind in ("int", "seconds", "millis"):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, value // 1000 if kind == "millis" else value
+        return False, None
+    if kind == "date":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if isinstance(value, dt.datetime):  # a CSV/Parquet column pyarrow parsed as timestamp
+            d = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+            return True, int(d.timestamp())
+        if isinstance(value, str):
+            try:
+                d = dt.datetime.fromisoformat(value)
+            except ValueError:
+                return False, None
+            if d.tzinfo is None:
+                d = d.replace(tzinfo=dt.UTC)
+            return True, int(d.timestamp())
+        return False, None
+    if kind == "str_list":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return True, value
+        return False, None
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+_EXPECTED = {
+    "id": "expected a non-empty string or integer id",
+    "str": "expected a string",
+    "text": "expected a non-empty string",
+    "num": "expected a finite number",
+    "int": "expected an integer",
+    "seconds": "expected unix seconds (an integer)",
+    "millis": "expected unix milliseconds (an integer)",
+    "date": "expected a date like 2016-03-09 00:44:35",
+    "str_list": "expected a list of strings",
+}
+
+
+def column(recs: Records, key: str, kind: Kind, required: bool = True) -> list[Any]:
+    """One field of every record, converted and checked; None where absent and optional.
+
+    A `text` field may be null (a rating without a review) but never blank: an empty
+    string is a broken export, not a missing review.
+
+    Raises:
+        DataError: the field is missing from the first record (and required), null
+            where required, or of the wrong type, naming the first bad row.
+    """
+    if required and key not in recs.rows[0]:
+        found = ", ".join(list(recs.rows[0])[:12])
+        raise DataError(f"{recs.path}: missing column {key!r} (first record has: {found})")
+    out: list[Any] = []
+    for i, rec in enumerate(recs.rows):
+        value = rec.get(key)
+        if value is None:
+            if required:
+                raise _bad(recs, key, i, "must be set", value)
+            out.append(None)
+            continue
+        ok, conv = _convert(value, kind)
+        if not ok:
+            raise _bad(recs, key, i, _EXPECTED[kind], value)
+        if kind == "text" and not conv.strip():
+            raise _bad(recs, key, i, "is empty; drop the field or set it to null", value)
+        out.append(conv)
+    return out
+
+
+def check_unique(recs: Records, key: str, values: list[Any]) -> None:
+    """Fail on the first row whose id repeats an earlier row's."""
+    seen: dict[Any, int] = {}
+    for i, v in enumerate(values):
+        if v in seen:
+            raise DataError(
+                f"{recs.path}: column {key!r} {recs.where(i)}: repeats the id {v!r} of "
+                f"{recs.where(seen[v])}; ids must be unique"
+            )
+        seen[v] = i
+
+
+def check_range(recs: Records, key: str, values: list[float], lo: float, hi: float) -> None:
+    for i, v in enumerate(values):
+        if not lo <= v <= hi:
+            raise _bad(recs, key, i, f"expected a rating in [{lo:g}, {hi:g}]", v)
+
+
+def check_known(recs: Records, key: str, values: list[str], known: set[str], where: Path) -> None:
+    for i, v in enumerate(values):
+        if v not in known:
+            raise DataError(
+                f"{recs.path}: column {key!r} {recs.where(i)}: names {v!r}, which is not in {where}"
+            )

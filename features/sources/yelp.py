@@ -1,0 +1,75 @@
+"""The Yelp Open Dataset -> raw reviews.
+
+Files (JSON Lines, https://www.yelp.com/dataset/documentation/main):
+
+    review.json    review_id, user_id, business_id, stars, date ("2016-03-09 00:44:35"), text
+    business.json  business_id, name, categories ("Pizza, Restaurants" or null),
+                   attributes.RestaurantsPriceRange2 ("1".."4", "None", or absent)
+    photos.json    photo_id, business_id, caption, label      (optional file)
+
+Photo captions are Yelp's own, used as they are (no captioning model needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from features.io import RawReviews
+from features.sources.records import column, read_records
+from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
+
+FILES = {"reviews": "review.json", "business": "business.json", "photos": "photos.json"}
+OPTIONAL_FILES = ("photos",)
+
+
+def split_categories(text: str | None) -> list[str] | None:
+    """`"Pizza, Restaurants"` -> `["Pizza", "Restaurants"]` (Yelp's comma-joined list)."""
+    if text is None:
+        return None
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def price_tier(attributes: Any) -> int | None:
+    """`attributes.RestaurantsPriceRange2` -> 1..4; None when absent or "None"."""
+    if not isinstance(attributes, dict):
+        return None
+    value = str(attributes.get("RestaurantsPriceRange2", "")).strip().strip("'\"")
+    return int(value) if value in ("1", "2", "3", "4") else None
+
+
+def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReviews:
+    reviews = read_records(paths["reviews"])
+    cols = ReviewColumns(
+        user=column(reviews, "user_id", "id"),
+        item=column(reviews, "business_id", "id"),
+        rating=column(reviews, "stars", "num"),
+        timestamp=column(reviews, "date", "date"),
+        review_id=column(reviews, "review_id", "id"),
+        text=column(reviews, "text", "text", required=False),
+    )
+    business = read_records(paths["business"])
+    ids = column(business, "business_id", "id")
+    captions: dict[str, list[str]] = {}
+    if paths["photos"].is_file():
+        photos = read_records(paths["photos"])
+        for b, c in zip(
+            column(photos, "business_id", "id"), column(photos, "caption", "str", False)
+        ):
+            if c and c.strip():
+                captions.setdefault(b, []).append(c.strip())
+    cats = column(business, "categories", "str", required=False)
+    attrs = [r.get("attributes") for r in business.rows]
+    items = ItemColumns(
+        item=ids,
+        title=column(business, "name", "str", required=False),
+        categories=[split_categories(c) for c in cats],
+        extras={
+            "price_tier": [price_tier(a) for a in attrs],
+            "captions": [captions.get(b) for b in ids],
+        },
+    )
+    keys = {"review_id": "review_id", "rating": "stars", "item": "business_id"}
+    return raw_reviews(
+        reviews, cols, {**keys, "item_key": "business_id"}, rating_range, (business, items)
+    )
