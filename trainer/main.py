@@ -271,7 +271,14 @@ def find_resume_point(out: Path, fp: str, cfg: TrainConfig) -> Path | None:
     latest = latest_checkpoint(out / "checkpoints")
     if latest is None:
         return None
-    if read_trainer_state(latest).get("fingerprint") != fp:
+    try:
+        saved = read_trainer_state(latest).get("fingerprint")
+    except ValueError as e:  # an older trainer's checkpoint (no optimizer state) or a corrupt file
+        raise ConfigError(
+            f"{latest}: cannot resume ({e}); pass overwrite=true to replace it, resume=false "
+            "to start over, or choose another run_dir"
+        ) from e
+    if saved != fp:
         raise ConfigError(
             f"{latest}: an unfinished run of a different config or input; pass overwrite=true "
             "to replace it, resume=false to start over, or choose another run_dir"

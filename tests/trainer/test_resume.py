@@ -109,6 +109,11 @@ def test_checkpoint_holds_tensors_only_and_refuses_pickled_objects(synthetic_run
     # and an unfinished run of another config is refused, not resumed or wiped
     with pytest.raises(ConfigError, match="overwrite=true"):
         _single(run, {**cfg, "dropout": 0.1})
+    # so is a checkpoint written by an older trainer (no version: no optimizer state)
+    del state["version"]
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="cannot resume"):
+        _single(run, cfg)
 
 
 def _single(run: str, overrides: dict) -> dict:
