@@ -30,6 +30,8 @@ class FeaturesConfig:
         zip_prefix_len: leading characters of the zip code kept as a sparse feature.
         text_model: sentence-transformers model folder; "" = the packaged all-MiniLM-L6-v2.
         embed_batch_size: texts per MiniLM batch.
+        embed_cache_dir: on-disk embedding cache (model + text -> float16 vector),
+            shared across runs; "" = none.
         overwrite: replace an existing output made from another config or input.
     """
 
@@ -49,6 +51,7 @@ class FeaturesConfig:
     zip_prefix_len: int = 1
     text_model: str = ""
     embed_batch_size: int = 256
+    embed_cache_dir: str = ""
     overwrite: bool = False
 
     def validate(self) -> None:

@@ -46,6 +46,8 @@ log = logging.getLogger("dlrrec.features")
 
 DEFAULT_FRACTIONS = [0.8, 0.1, 0.1]
 SOURCE_DEFAULTS = {"source": "raw", "files": None, "columns": None, "rating_range": None}
+# Keys that say where or how, never what: left out of the fingerprint.
+LOCATION_KEYS = ("run_dir", "overwrite", "raw_dir", "embed_cache_dir")
 DESCRIPTION = "raw reviews -> leakage-free examples and entity content tables"
 
 
@@ -57,7 +59,7 @@ def fingerprint_config(cfg: FeaturesConfig) -> dict[str, Any]:
     folder does not invalidate a finished output.
     """
     d = to_dict(cfg)
-    for key in ("run_dir", "overwrite", "raw_dir"):
+    for key in LOCATION_KEYS:
         d.pop(key)
     # Source keys at their defaults are left out, so outputs built before they
     # existed keep their fingerprint (and stay reusable).
@@ -115,7 +117,9 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     texts = text.item_texts(
         items["title"].to_pylist(), items["categories"].to_pylist(), items["year"].to_pylist()
     )
-    item_vecs = text.embed_texts(texts, model, cfg.embed_batch_size).astype(np.float16)
+    item_vecs = text.embed_texts(texts, model, cfg.embed_batch_size, cfg.embed_cache_dir).astype(
+        np.float16
+    )
     dim = item_vecs.shape[1]
     log.info("features: embedded %d item texts in %.1f s", len(texts), time.time() - t0)
 
