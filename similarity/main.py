@@ -45,6 +45,7 @@ from launch.artifacts import (
     write_json_atomic,
 )
 from launch.config import ConfigError, DlrrecError, to_dict
+from launch.elastic import init_process_group_from_env
 from launch.entry import run_job
 from similarity import swing
 from similarity.config import SwingConfig
@@ -87,7 +88,7 @@ class _Comm:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if backend == "nccl":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend=backend)
+            init_process_group_from_env(backend)
             self.owns_group = True
         if dist.is_initialized():
             self.rank, self.world = dist.get_rank(), dist.get_world_size()

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from launch.elastic import init_process_group_from_env
+
 
 @dataclass
 class DistEnv:
@@ -49,7 +51,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
     if dist.is_initialized():
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, False)
     if "WORLD_SIZE" in os.environ:
-        dist.init_process_group(backend=backend)
+        init_process_group_from_env(backend)
     else:
         dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, True)
