@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
+from dist_helpers import free_port
+from services import start_redis
 
 from launch.cli import main as cli_main
 from similarity.config import SwingConfig
@@ -31,34 +32,7 @@ from similarity.tables import read_pairs
 
 pytestmark = pytest.mark.redis
 
-SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(tmp: Path, *extra: str) -> tuple[subprocess.Popen, int]:
-    if SERVER is None:
-        pytest.skip("redis-server not installed (apt-get install -y redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp), *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
+start_server = start_redis
 
 
 @pytest.fixture
