@@ -81,7 +81,7 @@ def select_per_seed(rows: list[dict[str, Any]], variant: str) -> dict[int, dict[
 
 
 def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
-    per_cell = {}
+    per_cell: dict[tuple[str, float], dict[str, Any]] = {}
     for v in variants:
         for d in sorted({r["dropout"] for r in rows if r["variant"] == v}):
             cell = [r for r in rows if r["variant"] == v and r["dropout"] == d]
@@ -116,7 +116,8 @@ def format_markdown(summary: dict[str, Any], grid: GridConfig, meta: dict[str, A
     lines = [
         f"# Table 1 on {meta['dataset']} ({meta['split']} split)",
         "",
-        f"Mean ± std over seeds {grid.seeds} (training seeds; one data split). Every run selects its "
+        "Mean ± std over training seeds (one data split; `n` in the cell table counts the runs). "
+        "Every run selects its "
         "best epoch and threshold on val; test is scored once.",
         "",
         "## Per variant (dropout chosen per seed by val AUC)",
@@ -212,33 +213,67 @@ def run(grid_path: str, extra: list[str]) -> dict[str, Any]:
                 cfg = build_dataclass(TrainConfig, values, f"grid.variants.{name}")
                 print(f"[{k}/{total}] {name} dropout={dropout} seed={seed}", flush=True)
                 report = train(cfg)
-                rows.append(
-                    {
-                        "variant": name, "dropout": dropout, "seed": seed,
-                        "val_auc": report["val"]["auc"], "test_auc": report["test"]["auc"],
-                        "test_accuracy": report["test"]["accuracy"], "test_fpr": report["test"]["fpr"],
-                        "best_epoch": report["best_epoch"], "run_dir": str(run_dir),
-                    }
-                )  # fmt: skip
+                rows.append(row_of(name, dropout, seed, run_dir, report))
+    write_tables(rows, grid, root, out)
+    print(f"experiment: {total} runs in {time.time() - t0:.0f} s -> {out}", flush=True)
+    return summarise(rows, list(grid.variants))
+
+
+def row_of(name: str, dropout: float, seed: int, run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "variant": name, "dropout": dropout, "seed": seed,
+        "val_auc": report["val"]["auc"], "test_auc": report["test"]["auc"],
+        "test_accuracy": report["test"]["accuracy"], "test_fpr": report["test"]["fpr"],
+        "best_epoch": report["best_epoch"], "run_dir": str(run_dir),
+    }  # fmt: skip
+
+
+def collect(grid_path: str, extra: list[str]) -> dict[str, Any]:
+    """Tables from the grid's finished runs only (no training); missing runs are listed."""
+    grid = build_dataclass(GridConfig, read_yaml(grid_path), "grid")
+    root = Path(section_values(load_raw(grid.base, extra, None), "pipeline")["run_dir"])
+    out = Path(grid.out_dir)
+    rows, missing = [], []
+    for name in grid.variants:
+        for dropout in grid.dropouts:
+            for seed in grid.seeds:
+                run_dir = out / "runs" / f"{name}-d{dropout}-s{seed}"
+                p = run_dir / "train" / "report.json"
+                if p.is_file():
+                    rows.append(row_of(name, dropout, seed, run_dir, json.loads(p.read_text())))
+                else:
+                    missing.append(run_dir.name)
+    if not rows:
+        raise ConfigError(f"grid.out_dir: no finished runs under {out / 'runs'}")
+    write_tables(rows, grid, root, out, missing)
+    return summarise(rows, [v for v in grid.variants if any(r["variant"] == v for r in rows)])
+
+
+def write_tables(
+    rows: list[dict[str, Any]], grid: GridConfig, root: Path, out: Path, missing: list[str] | None = None
+) -> None:
     with open(out / "table1.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    summary = summarise(rows, list(grid.variants))
+    summary = summarise(rows, [v for v in grid.variants if any(r["variant"] == v for r in rows)])
     meta = json.loads((root / "features" / "_meta.json").read_text())
-    (out / "table1.md").write_text(format_markdown(summary, grid, meta))
+    text = format_markdown(summary, grid, meta)
+    if missing:
+        text += f"\n**Incomplete grid**: {len(missing)} runs not finished and not counted: {', '.join(missing)}.\n"
+    (out / "table1.md").write_text(text)
     plot(summary, out / "table1.png")
-    print((out / "table1.md").read_text(), flush=True)
-    print(f"experiment: {total} runs in {time.time() - t0:.0f} s -> {out}", flush=True)
-    return summary
+    print(text, flush=True)
 
 
 def main(argv: list[str] | None = None, prog: str = "dlrrec experiment") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    only_collect = "--collect" in argv
+    argv = [a for a in argv if a != "--collect"]
     if len(argv) < 2 or argv[0] != "--grid":
-        fail(prog, "usage: dlrrec experiment --grid GRID.yaml [section.key=value ...]")
+        fail(prog, "usage: dlrrec experiment --grid GRID.yaml [--collect] [section.key=value ...]")
     with user_errors(prog):
-        run(argv[1], argv[2:])
+        (collect if only_collect else run)(argv[1], argv[2:])
     return 0
 
 

@@ -34,3 +34,31 @@ def test_selection_uses_val_only_and_table_says_so():
     md = format_markdown(summary, GridConfig(base="b", out_dir="o", variants={"x": {}}, seeds=[0, 1, 2, 3]),
                          {"dataset": "d", "split": "random"})  # fmt: skip
     assert "| cotrained_contrastive |" in md and "larger than 2 standard errors" in md
+
+
+def test_collect_summarises_finished_runs_and_lists_missing(tmp_path):
+    import json
+
+    from launch.experiment import collect
+
+    root = tmp_path / "root"
+    (root / "features").mkdir(parents=True)
+    (root / "features" / "_meta.json").write_text(json.dumps({"dataset": "d", "split": "random"}))
+    base = tmp_path / "base.yaml"
+    base.write_text(f"run_dir: {root}\n")
+    grid = tmp_path / "grid.yaml"
+    out = tmp_path / "out"
+    grid.write_text(
+        f"base: {base}\nout_dir: {out}\nvariants:\n  a: {{}}\n  b: {{contrastive: false}}\n"
+        "dropouts: [0.1]\nseeds: [0, 1]\n"
+    )
+    m = {"auc": 0.8, "accuracy": 0.7, "fpr": 0.3}
+    for name in ("a-d0.1-s0", "a-d0.1-s1", "b-d0.1-s0"):
+        p = out / "runs" / name / "train"
+        p.mkdir(parents=True)
+        (p / "report.json").write_text(json.dumps({"val": m, "test": m, "best_epoch": 1}))
+    summary = collect(str(grid), [])
+    assert set(summary["variants"]) == {"a", "b"}
+    md = (out / "table1.md").read_text()
+    assert "Incomplete grid" in md and "b-d0.1-s1" in md
+    assert (out / "table1.csv").read_text().count("\n") == 4 and (out / "table1.png").is_file()
