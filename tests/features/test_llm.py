@@ -65,19 +65,18 @@ class Stub:
             step = self.script.pop(0) if self.script else ("default",)
             self.inflight += 1
             self.peak = max(self.peak, self.inflight)
+        # The reply is built first and sent only after `inflight` drops: a client that
+        # gets its answer may start its next request at once, and counting that overlap
+        # would make `peak` exceed the client's real concurrency.
         try:
             time.sleep(self.delay)
             if step[0] == "sleep":
                 time.sleep(step[1])
                 step = ("default",)
             if isinstance(step[0], int):
-                handler.send_response(step[0])
-                handler.send_header("Retry-After", "0")
-                handler.end_headers()
-                handler.wfile.write(b'{"error": {"message": "slow down"}}')
-                return
-            if step[0] == "garbage":
-                out = b"<html>gateway hiccup</html>"
+                status, extra, out = step[0], {"Retry-After": "0"}, b'{"error": {"message": "slow down"}}'
+            elif step[0] == "garbage":
+                status, extra, out = 200, {}, b"<html>gateway hiccup</html>"
             else:
                 content = (
                     step[1] if step[0] == "ok" else self.default(body["messages"][0]["content"])
@@ -101,14 +100,17 @@ class Stub:
                         },
                     }
                 ).encode()
-            handler.send_response(200)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(out)))
-            handler.end_headers()
-            handler.wfile.write(out)
+                status, extra = 200, {"Content-Type": "application/json"}
         finally:
             with self.lock:
                 self.inflight -= 1
+        handler.send_response(status)
+        for k, v in extra.items():
+            handler.send_header(k, v)
+        if status == 200:
+            handler.send_header("Content-Length", str(len(out)))
+        handler.end_headers()
+        handler.wfile.write(out)
 
 
 @pytest.fixture
