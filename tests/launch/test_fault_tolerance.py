@@ -88,8 +88,9 @@ def test_kill_9_one_rank_mid_epoch_restarts_and_matches(tmp_path: Path):
     code = finish(killed, 240)
     log = (tmp_path / "killed.log").read_text()
     assert code == 0, log[-3000:]
-    # torchelastic saw the SIGKILL; the group was restarted (resumed_from below)
-    assert "exitcode: -9" in log, log[-3000:]
+    # torchelastic saw a worker fail (rank 1's SIGKILL, or rank 0 losing its peer first,
+    # whichever the agent notices first); the group was restarted (resumed_from below)
+    assert "failed (exitcode: " in log, log[-3000:]
 
     a = json.loads((runs["clean"] / "train" / "report.json").read_text())
     b = json.loads((runs["killed"] / "train" / "report.json").read_text())
