@@ -1,0 +1,438 @@
+"""Image captions and the caption vectors pooled from them (dlrrec paper, section 4.3).
+
+Each image becomes one sentence, each sentence one MiniLM vector (features/text.py),
+and an entity's image vector is the mean of its sentences' vectors ("average-pooled").
+
+Where a sentence comes from:
+
+    source   a caption the source ships with the photo (Yelp `photos.json`), used as is
+    blip2    BLIP-2 unconditional captioning of a local image file (`Blip2Captioner`),
+             only when a model folder is configured; otherwise images without a source
+             caption are counted and left out
+
+An entity with no caption gets a zero vector and a False mask, never a made-up vector.
+
+Leakage: photos attached to a review belong to that review.  A training row's
+vectors leave its own review's photos out (`leave_out_means`), val/test rows and the
+entity tables use the photos of training reviews only; photos of the item itself
+(item metadata) are not tied to any review and always count.
+
+Shapes: N = interaction rows, E = entities, C = captions, D = content dim (384).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+import scipy.sparse as sp
+
+from launch.config import ConfigError, DataError
+
+log = logging.getLogger("dlrrec.features")
+
+# Rows per float64 temporary block (as in features/profiles.py): memory stays flat in N.
+_BLOCK_VALUES = 8 << 20
+
+
+@dataclass
+class CaptionStats:
+    """Counts for `_meta.json`: where the captions came from."""
+
+    source_captions: int = 0
+    images: int = 0
+    images_missing: int = 0
+    images_uncaptioned: int = 0
+    generated: int = 0
+    cache_hits: int = 0
+
+    def to_meta(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Captioner(Protocol):
+    name: str
+    stats: CaptionStats
+
+    def caption(self, paths: Sequence[Path]) -> list[str]: ...
+
+
+def image_key(model: str, max_new_tokens: int, data: bytes) -> str:
+    """Cache key: the model folder's id, the generation length and the image bytes."""
+    h = hashlib.sha256(f"{model}\0{max_new_tokens}\0".encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+class Blip2Captioner:
+    """BLIP-2 unconditional captions from a local model folder, batched and cached on disk.
+
+    The folder is what `Blip2ForConditionalGeneration.save_pretrained` and the
+    processor's `save_pretrained` write (e.g. a snapshot of Salesforce/blip2-opt-2.7b);
+    it is loaded offline on first use.
+
+    Args:
+        model_path: the model + processor folder.
+        batch_size: images per `generate` call.
+        max_new_tokens: caption length limit (greedy decoding, so captions are deterministic).
+        cache_dir: captions are stored as `<sha256(model id, max_new_tokens, image bytes)>.json`;
+            "" = no cache.
+        device: torch device for the model ("cpu", "cuda").
+
+    Example::
+
+        cap = Blip2Captioner("models/blip2-opt-2.7b", cache_dir="cache/captions")
+        cap.caption([Path("photos/p1.jpg")])  # -> ["a pizza on a wooden table"]
+    """
+
+    name = "blip2"
+
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int = 8,
+        max_new_tokens: int = 30,
+        cache_dir: str = "",
+        device: str = "cpu",
+    ) -> None:
+        if not Path(model_path).is_dir():
+            raise ConfigError(f"features.images.blip2_path: {model_path} is not a folder")
+        from features.embed_cache import model_id
+
+        self.model_path = model_path
+        self.model_id = model_id(model_path)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.cache = Path(cache_dir) if cache_dir else None
+        self.device = device
+        self.stats = CaptionStats()
+        self._model: Any = None
+        self._processor: Any = None
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoProcessor, Blip2ForConditionalGeneration
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            self._processor = AutoProcessor.from_pretrained(self.model_path)
+            model = Blip2ForConditionalGeneration.from_pretrained(self.model_path)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"features.images.blip2_path: cannot load BLIP-2 from {self.model_path} "
+                f"({str(e).splitlines()[0]})"
+            ) from None
+        self._model = model.to(self.device).eval()
+
+    def caption(self, paths: Sequence[Path]) -> list[str]:
+        """One caption per image file, in order (identical files are captioned once)."""
+        keys = []
+        for p in paths:
+            try:
+                keys.append(image_key(self.model_id, self.max_new_tokens, Path(p).read_bytes()))
+            except OSError as e:
+                raise DataError(f"{p}: cannot read the image ({e.strerror})") from None
+        out: dict[str, str] = {}
+        todo: dict[str, Path] = {}
+        for k, p in zip(keys, paths):
+            if k in out or k in todo:
+                continue
+            hit = self.cache / f"{k}.json" if self.cache else None
+            if hit is not None and hit.is_file():
+                out[k] = str(json.loads(hit.read_text())["caption"])
+                self.stats.cache_hits += 1
+            else:
+                todo[k] = Path(p)
+        items = list(todo.items())
+        for s in range(0, len(items), self.batch_size):
+            chunk = items[s : s + self.batch_size]
+            for (k, _), text in zip(chunk, self.generate([p for _, p in chunk])):
+                out[k] = text
+                self._store(k, text)
+        self.stats.generated += len(items)
+        return [out[k] for k in keys]
+
+    def generate(self, paths: Sequence[Path]) -> list[str]:
+        """Caption one batch with the model (no cache)."""
+        import torch
+        from PIL import Image, UnidentifiedImageError
+
+        self._load()
+        images = []
+        for p in paths:
+            try:
+                with Image.open(p) as im:
+                    images.append(im.convert("RGB"))
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError(f"{p}: not a readable image ({type(e).__name__})") from None
+        inputs = self._processor(images=images, return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            ids = self._model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False
+            )
+        texts = self._processor.batch_decode(ids, skip_special_tokens=True)
+        return [" ".join(t.split()) for t in texts]
+
+    def _store(self, key: str, text: str) -> None:
+        if self.cache is None:
+            return
+        self.cache.mkdir(parents=True, exist_ok=True)
+        path = self.cache / f"{key}.json"
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"model": self.model_path, "caption": text}))
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+
+
+def resolve_image(ref: str, image_dir: Path) -> Path:
+    """An image reference -> a local path (which may not exist).
+
+    `file://` URLs and absolute paths are used as they are, relative paths are taken
+    under `image_dir`, and http(s) URLs map to `image_dir/<file name in the URL>`:
+    the job never downloads (download the dump's images into one folder first).
+    """
+    url = urlparse(ref)
+    if url.scheme == "file":
+        return Path(url.path)
+    if url.scheme in ("http", "https"):
+        return image_dir / Path(url.path).name
+    p = Path(ref)
+    return p if p.is_absolute() else image_dir / p
+
+
+# ---- pooling (pure) ------------------------------------------------------------------
+
+
+def caption_sums(owner: np.ndarray, vecs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-owner float64 sums and int64 counts of caption vectors.
+
+    Float16 vectors summed in float64 lose no bits (see features/profiles.py), so a
+    mean does not depend on summation order and "unchanged" can be tested bit for bit.
+
+    Args:
+        owner: int64 [C] owner index of each caption (-1 = counted nowhere).
+        vecs: [C, D] caption vectors.
+        n: number of owners.
+
+    Returns:
+        (float64 [n, D], int64 [n]).
+    """
+    keep = owner >= 0
+    m = sp.csr_matrix(
+        (np.ones(int(keep.sum())), (owner[keep], np.nonzero(keep)[0])), shape=(n, len(owner))
+    )
+    sums = np.asarray(m @ vecs.astype(np.float64)).reshape(n, vecs.shape[1])
+    return sums, np.bincount(owner[keep], minlength=n).astype(np.int64)
+
+
+def leave_out_means(
+    row_entity: np.ndarray,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    own_sums: np.ndarray,
+    own_counts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sums[e] - own) / (counts[e] - own_count) per row; zero and False where nothing is left.
+
+    Args:
+        row_entity: int64 [N] entity of each row.
+        sums, counts: `caption_sums` per entity, [E, D] and [E].
+        own_sums, own_counts: each row's own contribution to its entity's sums, [N, D]
+            and [N] (zero for rows that are not in the sums: val/test rows).
+
+    Returns:
+        (float32 [N, D] means, bool [N] mask).
+    """
+    n, d = len(row_entity), sums.shape[1]
+    out = np.empty((n, d), dtype=np.float32)
+    den = counts[row_entity] - own_counts
+    step = max(1, _BLOCK_VALUES // max(d, 1))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        num = sums[row_entity[a:b]] - own_sums[a:b]
+        k = den[a:b]
+        out[a:b] = np.where(k[:, None] > 0, num / np.maximum(k, 1)[:, None], 0.0)
+    return out, den > 0
+
+
+def entity_means(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sums / counts per entity: (float32 [E, D], bool [E] mask)."""
+    den = np.maximum(counts, 1)[:, None]
+    return np.where(counts[:, None] > 0, sums / den, 0.0).astype(np.float32), counts > 0
+
+
+# ---- assembling the image vectors ------------------------------------------------------
+
+
+@dataclass
+class ImageVectors:
+    """Caption vectors per row (leakage-free) and per entity (training photos only)."""
+
+    user_rows: np.ndarray  # float32 [N, D]
+    user_rows_mask: np.ndarray  # bool [N]
+    item_rows: np.ndarray
+    item_rows_mask: np.ndarray
+    users: np.ndarray  # float32 [U, D]
+    users_mask: np.ndarray  # bool [U]
+    items: np.ndarray  # float32 [I, D]
+    items_mask: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _flatten(lists: Sequence[Sequence[str] | None]) -> tuple[np.ndarray, list[str]]:
+    owner, values = [], []
+    for i, lst in enumerate(lists):
+        for v in lst or ():
+            if v and v.strip():
+                owner.append(i)
+                values.append(v.strip())
+    return np.asarray(owner, dtype=np.int64), values
+
+
+def build_image_vectors(
+    item_captions: Sequence[Sequence[str] | None],
+    item_images: Sequence[Sequence[str] | None],
+    review_images: Sequence[Sequence[str] | None],
+    row_user: np.ndarray,
+    row_item: np.ndarray,
+    train: np.ndarray,
+    n_users: int,
+    n_items: int,
+    embed: Callable[[list[str]], np.ndarray],
+    captioner: Captioner | None,
+    image_dir: Path,
+    dim: int,
+) -> ImageVectors:
+    """Caption every image, embed every caption once, and pool.
+
+    Args:
+        item_captions: [I] the source's captions of each item's photos.
+        item_images: [I] image references of each item (item metadata).
+        review_images: [N] image references attached to each review row.
+        row_user, row_item: int64 [N]; train: bool [N].
+        embed: texts -> float16-exact vectors [len, D] (features.text.embed_texts).
+        captioner: BLIP-2 for images without a source caption; None = leave them out.
+        image_dir: where relative image references and downloaded URLs live.
+        dim: D (for the empty case).
+    """
+    stats = captioner.stats if captioner is not None else CaptionStats()
+    cap_item, cap_text = _flatten(item_captions)
+    stats.source_captions = len(cap_text)
+    img_item, img_refs = _flatten(item_images)
+    img_row, row_refs = _flatten(review_images)
+    refs = img_refs + row_refs
+    stats.images = len(refs)
+    texts: list[str | None] = [None] * len(refs)
+    if captioner is None:
+        stats.images_uncaptioned = len(refs)
+    elif refs:
+        paths = [resolve_image(r, image_dir) for r in refs]
+        found = [k for k, p in enumerate(paths) if p.is_file()]
+        stats.images_missing = len(refs) - len(found)
+        if stats.images_missing:
+            first = next(p for p in paths if not p.is_file())
+            log.warning(
+                "features: %d of %d images not found (first: %s); they are left out",
+                stats.images_missing,
+                len(refs),
+                first,
+            )
+        for k, text in zip(found, captioner.caption([paths[k] for k in found])):
+            texts[k] = text or None  # an empty caption is no caption
+    n_img_item = len(img_refs)
+    gen_item = [(int(img_item[k]), t) for k, t in enumerate(texts[:n_img_item]) if t]
+    gen_row = [(int(img_row[k]), t) for k, t in enumerate(texts[n_img_item:]) if t]
+
+    all_texts = cap_text + [t for _, t in gen_item] + [t for _, t in gen_row]
+    vecs = embed(all_texts) if all_texts else np.zeros((0, dim), np.float32)
+    d = dim
+    item_owner = np.concatenate([cap_item, np.asarray([i for i, _ in gen_item], np.int64)]).astype(
+        np.int64
+    )
+    n_item_level = len(item_owner)
+    item_level = vecs[:n_item_level]
+    review_vecs = vecs[n_item_level:]
+    caption_row = np.asarray([r for r, _ in gen_row], dtype=np.int64)
+
+    # Each review row's own caption sums, then only training reviews count anywhere.
+    own_sums, own_counts = caption_sums(caption_row, review_vecs, len(row_user))
+    own_counts = np.where(train, own_counts, 0)
+    own_sums[~train] = 0.0
+    in_train = train[caption_row] if len(caption_row) else np.zeros(0, bool)
+    u_owner = np.where(in_train, row_user[caption_row] if len(caption_row) else caption_row, -1)
+    i_owner = np.where(in_train, row_item[caption_row] if len(caption_row) else caption_row, -1)
+    u_sums, u_counts = caption_sums(u_owner, review_vecs.reshape(-1, d), n_users)
+    i_sums, i_counts = caption_sums(
+        np.concatenate([item_owner, i_owner]),
+        np.concatenate([item_level.reshape(-1, d), review_vecs.reshape(-1, d)]),
+        n_items,
+    )
+    user_rows, user_rows_mask = leave_out_means(row_user, u_sums, u_counts, own_sums, own_counts)
+    item_rows, item_rows_mask = leave_out_means(row_item, i_sums, i_counts, own_sums, own_counts)
+    users, users_mask = entity_means(u_sums, u_counts)
+    items, items_mask = entity_means(i_sums, i_counts)
+    meta = {
+        "provider": captioner.name if captioner is not None else "source",
+        "captions": len(all_texts),
+        "items_with_images": int(items_mask.sum()),
+        "users_with_images": int(users_mask.sum()),
+        **stats.to_meta(),
+    }
+    return ImageVectors(
+        user_rows,
+        user_rows_mask,
+        item_rows,
+        item_rows_mask,
+        users,
+        users_mask,
+        items,
+        items_mask,
+        meta,
+    )
+
+
+@dataclass
+class ImagesConfig:
+    """The `features.images` section: image caption vectors (modality `image`).
+
+    Args:
+        blip2_path: local BLIP-2 folder (model + processor); "" = source captions only.
+        image_dir: folder of the image files that references point to; "" = raw_dir.
+        batch_size: images per BLIP-2 `generate` call.
+        max_new_tokens: BLIP-2 caption length limit.
+        cache_dir: caption cache folder (model + image bytes -> caption); "" = none.
+        device: torch device for BLIP-2.
+    """
+
+    blip2_path: str = ""
+    image_dir: str = ""
+    batch_size: int = 8
+    max_new_tokens: int = 30
+    cache_dir: str = "cache/captions"
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("features.images.batch_size: must be >= 1")
+        if self.max_new_tokens < 1:
+            raise ConfigError("features.images.max_new_tokens: must be >= 1")
+
+
+def build_captioner(cfg: ImagesConfig) -> Captioner | None:
+    if not cfg.blip2_path:
+        return None
+    return Blip2Captioner(
+        cfg.blip2_path, cfg.batch_size, cfg.max_new_tokens, cfg.cache_dir, cfg.device
+    )
