@@ -1,0 +1,576 @@
+"""python benchmarks/train_bench.py [--cases a,b] [--steps 10] [--rounds 3] [--batch-size-b 4096]
+
+Our training step against a plain-PyTorch implementation of the same model, in one
+process, one run, on CPU:
+
+- ours: the real trainer (`trainer.main.build_model`): EmbeddingBagCollection built on
+  `meta`, the sparse optimizer fused into the backward (fbgemm's exact row-wise
+  Adagrad on CPU, `sparse_optimizer: auto`), planned and wrapped in
+  DistributedModelParallel on a 1-rank gloo group, dense Adam in a CombinedOptimizer,
+  stepped by TrainPipelineSparseDist exactly as the trainer's loop does;
+- plain: the same DLRREC dense/projection/interaction/over archs and the same
+  DLRRECTrain losses, with one `nn.EmbeddingBag(sparse=True)` per table and
+  `torch.optim.Adam` for the dense part. Sparse optimizer: `plain-rowwise` is
+  fbgemm's update rule (exact row-wise Adagrad, eps 1e-8) written in plain PyTorch on
+  the coalesced sparse gradient, i.e. the same math, checked below; `plain-adagrad`
+  is stock `torch.optim.Adagrad` (element-wise, the closest stock optimizer that takes
+  sparse gradients; different math and D-times more optimizer state).
+
+Cases:
+  (a) the ML-100K config (configs/movielens-100k.yaml: 7 tables, D = 32, two 384-d
+      text towers, InfoNCE on) on the real feature tables under
+      runs/movielens-100k/{features,similarity} when present, else a seeded synthetic
+      stand-in of the same shapes (the header says which);
+  (b) synthetic large tables: 8 tables x 1M rows x D = 64, 10 ids per sample and
+      table (power-law: Zipf-like rank**-1.05, ranks shuffled over rows, mean pooling),
+      13 dense features, no towers, BCE only.
+
+Batches are built with the trainer's own `train_batches` before timing (its rate is
+printed separately: the trainer's loop does not overlap it). Each round times
+`--steps` steps of every implementation back to back, after `--warmup` steps; the
+figure is the median step time over all rounds. Starting from identical weights,
+ours and plain-rowwise must follow the same loss trajectory (max |dloss| printed).
+
+Bytes moved per sample (embedding traffic only): the forward reads every id's row
+(D x 4 B), and the update reads and writes every distinct row of the batch once
+(2 x D x 4 B) plus its optimizer state (row-wise Adagrad: 2 x 4 B; element-wise
+Adagrad: 2 x D x 4 B). The gather bound is measured in the run: `F.embedding_bag`
+forward (sum) over the same tables and ids, rows read x D x 4 B per second.
+
+Timings are wall clock on whatever else the machine is doing; the load average and
+thread count are printed with them.  Never run as a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from launch.config import load_config  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.data import (  # noqa: E402
+    Batch,
+    Neighbors,
+    SplitArrays,
+    TrainingData,
+    read_training_data,
+    train_batches,
+)
+from trainer.distributed import DistEnv, init_distributed, shutdown  # noqa: E402
+from trainer.main import (  # noqa: E402
+    build_model,
+    build_tables,
+    quiet_known_warnings,
+    resolve_sparse_optimizer,
+)
+from trainer.model import DLRREC, DLRRECTrain  # noqa: E402
+
+# ---------------------------------------------------------------------------- data
+
+
+def zipf_ids(n: int, rows: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """n ids in [0, rows) with p(rank r) ~ r**-alpha, ranks shuffled over the rows."""
+    cdf = np.cumsum((np.arange(rows) + 1.0) ** -alpha)
+    ranks = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+    return rng.permutation(rows)[np.minimum(ranks, rows - 1)]
+
+
+def large_table_data(
+    n_rows: int, tables: int, rows: int, ids_per_sample: int, n_dense: int, alpha: float, seed: int
+) -> TrainingData:
+    """Config (b) as a TrainingData: multi-valued power-law features, no towers."""
+    rng = np.random.default_rng(seed)
+    names = [f"f{t}" for t in range(tables)]
+    offsets = np.arange(n_rows + 1, dtype=np.int64) * ids_per_sample
+    multi = {n: (offsets, zipf_ids(n_rows * ids_per_sample, rows, alpha, rng)) for n in names}
+    split = SplitArrays(
+        n=n_rows,
+        user_id=rng.integers(0, rows, n_rows),
+        item_id=rng.integers(0, rows, n_rows),
+        label=(rng.random(n_rows) < 0.3).astype(np.float32),
+        dense=rng.normal(size=(n_rows, n_dense)).astype(np.float32),
+        single={},
+        multi=multi,
+        user_content={},
+    )
+    meta = {
+        "dataset": "synthetic-large",
+        "sparse_features": {
+            n: {"vocab_size": rows, "multi_valued": True, "max_len": ids_per_sample} for n in names
+        },
+        "dense_features": [f"d{i}" for i in range(n_dense)],
+        "content_dim": 384,
+    }
+    return TrainingData(
+        features_meta=meta, similarity_meta=None, splits={"train": split}, sparse_names=names,
+        sparse_vocab={n: rows for n in names}, dense_names=list(meta["dense_features"]),
+        towers=[], entity_content={}, item_neighbors=None, user_neighbors=None,
+    )  # fmt: skip
+
+
+# ML-100K's feature shapes (runs/movielens-100k/features/_meta.json, random split)
+ML100K_SPARSE = {
+    "age_bucket": (8, 1), "categories": (20, 6), "gender": (3, 1), "item_id": (1682, 1),
+    "occupation": (22, 1), "user_id": (943, 1), "zip_prefix": (20, 1),
+}  # fmt: skip
+
+
+def ml100k_standin(n_rows: int, seed: int) -> TrainingData:
+    """A seeded synthetic TrainingData of ML-100K's shapes (tables, towers, SWING top-50)."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items, c = 943, 1682, 384
+    users, items = rng.integers(0, n_users, n_rows), rng.integers(0, n_items, n_rows)
+    single, multi = {}, {}
+    for name, (vocab, max_len) in ML100K_SPARSE.items():
+        if max_len > 1:
+            lengths = rng.integers(1, max_len + 1, n_items)[items]
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            multi[name] = (offsets, rng.integers(1, vocab, int(offsets[-1])))
+        elif name not in ("user_id", "item_id"):
+            single[name] = rng.integers(0, vocab, n_rows)
+    vec = {
+        e: rng.normal(size=(n, c)).astype(np.float16)
+        for e, n in (("user", n_users), ("item", n_items))
+    }
+
+    def neighbours(n: int) -> Neighbors:
+        k = 50
+        counts = np.full(n, k)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        cum = np.repeat(np.arange(n), k) + np.tile((np.arange(k) + 1.0) / k, n)
+        return Neighbors(offsets=offsets, ids=rng.integers(0, n, n * k), cum_probs=cum)
+
+    split = SplitArrays(
+        n=n_rows, user_id=users, item_id=items, label=(rng.random(n_rows) < 0.55).astype(np.float32),
+        dense=rng.normal(size=(n_rows, 2)).astype(np.float32), single=single, multi=multi,
+        user_content={"user_text": vec["user"][users]},
+    )  # fmt: skip
+    meta = {
+        "dataset": "movielens-100k (synthetic stand-in)",
+        "sparse_features": {
+            n: {"vocab_size": v, "multi_valued": m > 1, "max_len": m}
+            for n, (v, m) in ML100K_SPARSE.items()
+        },
+        "dense_features": ["year", "age"],
+        "content_dim": c,
+    }
+    return TrainingData(
+        features_meta=meta, similarity_meta=None, splits={"train": split},
+        sparse_names=list(ML100K_SPARSE), sparse_vocab={n: v for n, (v, _) in ML100K_SPARSE.items()},
+        dense_names=["year", "age"], towers=[("user", "user_text"), ("item", "item_text")],
+        entity_content={"user_text": vec["user"], "item_text": vec["item"]},
+        item_neighbors=neighbours(n_items), user_neighbors=neighbours(n_users),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- plain PyTorch
+
+
+class PlainSparseArch(nn.Module):
+    """One `nn.EmbeddingBag(sparse=True)` per table; input: per-feature (values, offsets).
+
+    Args:
+        tables: the EmbeddingBagConfigs of the trainer (one feature per table).
+
+    Example::
+
+        arch = PlainSparseArch(build_tables(data, 32))
+        emb = arch([(values, offsets), ...])  # [B, F, D]
+    """
+
+    def __init__(self, tables: list[Any]) -> None:
+        super().__init__()
+        self.bags = nn.ModuleDict(
+            {
+                t.name: nn.EmbeddingBag(
+                    t.num_embeddings, t.embedding_dim, mode=t.pooling.name.lower(), sparse=True
+                )
+                for t in tables
+            }
+        )
+
+    def forward(self, features: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Returns: [B, F, D]."""
+        return torch.stack([bag(v, o) for bag, (v, o) in zip(self.bags.values(), features)], dim=1)
+
+
+class PlainRowWiseAdagrad(torch.optim.Optimizer):
+    """fbgemm's EXACT_ROWWISE_ADAGRAD (no weight decay) on sparse gradients, in plain PyTorch.
+
+    Per distinct row r of the batch with summed gradient g_r:
+    state_r += mean(g_r ** 2);  w_r -= lr * g_r / (sqrt(state_r) + eps).
+    """
+
+    def __init__(self, params: Any, lr: float, eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "eps": eps})
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["sum"] = torch.zeros(p.shape[0], dtype=p.dtype)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.coalesce()
+                rows, values = g.indices()[0], g.values()
+                state = self.state[p]["sum"]
+                state.index_add_(0, rows, values.pow(2).mean(1))
+                scale = group["lr"] / (state.index_select(0, rows).sqrt() + group["eps"])
+                p.index_add_(0, rows, values * scale.neg().unsqueeze(1))
+
+
+def plain_batch(batch: Batch) -> Batch:
+    """The same batch with the KJT replaced by per-feature (values, offsets) tensors."""
+    kjt = batch.sparse
+    per_key = []
+    for values, lengths in zip(
+        kjt.values().split(kjt.length_per_key()), kjt.lengths().split(kjt.stride())
+    ):
+        offsets = torch.zeros(lengths.numel(), dtype=torch.int64)
+        offsets[1:] = torch.cumsum(lengths[:-1], 0)
+        per_key.append((values, offsets))
+    return dataclasses.replace(batch, sparse=per_key)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- runners
+
+
+class Runner:
+    """One implementation: `step()` trains on the next batch and returns its loss."""
+
+    name: str
+    opt_state_bytes_per_row: int
+
+    def step(self) -> float:
+        raise NotImplementedError
+
+
+class Ours(Runner):
+    def __init__(
+        self, cfg: TrainConfig, data: TrainingData, env: DistEnv, batches: list[Batch]
+    ) -> None:
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+        self.sparse_opt = resolve_sparse_optimizer(cfg.sparse_optimizer, env.device)
+        self.dmp, opt, self.plan = build_model(cfg, data, env, 1.0, self.sparse_opt)
+        self.pipeline = TrainPipelineSparseDist(self.dmp, opt, env.device, execute_all_batches=True)
+        self.it: Iterator[Batch] = itertools.cycle(batches)
+        self.name = f"ours (TorchRec, fused {self.sparse_opt})"
+        self.opt_state_bytes_per_row = 4  # one float per row
+        self.dmp.train()
+
+    def step(self) -> float:
+        loss = self.pipeline.progress(self.it)[0]
+        return float(loss)
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        """{table name: full weight} (1 rank: each table is one local shard)."""
+        out = {}
+        for key, value in self.dmp.state_dict().items():
+            if hasattr(value, "local_shards"):
+                shards = value.local_shards()
+                assert len(shards) == 1 and shards[0].tensor.shape == value.size(), key
+                out[key.split(".")[-2]] = shards[0].tensor
+        return out
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.dmp.state_dict().items() if not hasattr(v, "local_shards")}
+
+
+class Plain(Runner):
+    def __init__(
+        self, cfg: TrainConfig, data: TrainingData, batches: list[Batch], optimizer: str
+    ) -> None:
+        from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+        tables = build_tables(data, cfg.embedding_dim)
+        model = DLRREC(
+            EmbeddingBagCollection(tables=tables, device=torch.device("meta")),
+            dense_in=len(data.dense_names),
+            towers=len(data.towers),
+            content_dim=data.content_dim,
+            arch={"dense_arch": cfg.dense_arch, "over_arch": cfg.over_arch,
+                  "tower_hidden": cfg.tower_hidden, "dropout": cfg.dropout},
+        )  # fmt: skip
+        model.sparse_arch = PlainSparseArch(tables)
+        item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
+        user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
+        w_ii, w_uu = (cfg.w_item_item, cfg.w_user_user) if cfg.contrastive else (0.0, 0.0)
+        self.model = DLRRECTrain(
+            model, 1.0, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2
+        )
+        self.bag_params = list(model.sparse_arch.parameters())
+        ids = {id(p) for p in self.bag_params}
+        dense = [p for p in self.model.parameters() if id(p) not in ids]
+        self.dense_opt = torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if optimizer == "rowwise":
+            self.sparse_opt: torch.optim.Optimizer = PlainRowWiseAdagrad(
+                self.bag_params, lr=cfg.sparse_lr
+            )
+            self.opt_state_bytes_per_row = 4
+            self.name = "plain-rowwise (EmbeddingBag, row-wise Adagrad)"
+        else:
+            self.sparse_opt = torch.optim.Adagrad(self.bag_params, lr=cfg.sparse_lr, eps=1e-8)
+            self.opt_state_bytes_per_row = 4 * cfg.embedding_dim
+            self.name = "plain-adagrad (EmbeddingBag, torch Adagrad)"
+        self.it = itertools.cycle([plain_batch(b) for b in batches])
+        self.model.train()
+
+    def load_from(self, ours: Ours) -> None:
+        """Copy ours' weights (tables and dense) so both start from the same point."""
+        with torch.no_grad():
+            for name, w in ours.tables().items():
+                self.model.model.sparse_arch.bags[name].weight.copy_(w)
+            own = self.model.state_dict()
+            for k, v in ours.dense_state().items():
+                own[k].copy_(v)
+
+    def step(self) -> float:
+        batch = next(self.it)
+        self.dense_opt.zero_grad(set_to_none=True)
+        self.sparse_opt.zero_grad(set_to_none=True)
+        loss = self.model(batch)[0]
+        loss.backward()
+        self.sparse_opt.step()
+        self.dense_opt.step()
+        return float(loss.detach())
+
+
+# ---------------------------------------------------------------------------- measurement
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def embedding_traffic(batches: list[Batch], dim: int) -> tuple[float, float]:
+    """Mean (ids, distinct rows) per sample over `batches`, summed over tables."""
+    ids = uniq = 0.0
+    n = 0
+    for b in batches:
+        kjt = b.sparse
+        for values in kjt.values().split(kjt.length_per_key()):
+            ids += values.numel()
+            uniq += torch.unique(values).numel()
+        n += kjt.stride()
+    return ids / n, uniq / n
+
+
+def gather_bound(tables: dict[str, torch.Tensor], batches: list[Batch], rounds: int) -> float:
+    """Random-gather bandwidth (bytes/s): F.embedding_bag forward over the same tables and ids."""
+    plain = [plain_batch(b).sparse for b in batches]
+    weights = list(tables.values())
+    row_bytes = weights[0].shape[1] * weights[0].element_size()
+    n_ids = sum(v.numel() for feats in plain for v, _ in feats)
+
+    def sweep() -> None:
+        with torch.no_grad():
+            for feats in plain:
+                for w, (v, o) in zip(weights, feats):
+                    F.embedding_bag(v, w, o, mode="sum")
+
+    sweep()  # warm-up
+    best = min(timed(sweep) for _ in range(max(rounds, 2)))
+    return n_ids * row_bytes / best
+
+
+def load_avg() -> str:
+    return "load avg " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def run_case(
+    label: str,
+    source: str,
+    cfg: TrainConfig,
+    data: TrainingData,
+    env: DistEnv,
+    args: argparse.Namespace,
+) -> list[tuple[str, ...]]:
+    n_batches = args.warmup + args.steps
+    t0 = time.perf_counter()
+    batches = list(train_batches(data, cfg.batch_size, 0, 1, 0, cfg.seed, False, n_batches))
+    load_rate = len(batches) * cfg.batch_size / (time.perf_counter() - t0)
+    if len(batches) < n_batches:
+        raise SystemExit(
+            f"{label}: only {len(batches)} batches of {cfg.batch_size} rows; lower --steps"
+        )
+    ours = Ours(cfg, data, env, batches)
+    runners: list[Runner] = [ours]
+    for opt in args.baselines.split(","):
+        p = Plain(cfg, data, batches, opt)
+        p.load_from(ours)
+        runners.append(p)
+
+    # warm-up from identical weights: ours and plain-rowwise must agree step by step
+    losses: dict[str, list[float]] = {r.name: [] for r in runners}
+    for step in range(args.warmup):
+        for r in runners:
+            torch.manual_seed(step)  # the same dropout masks for every implementation
+            losses[r.name].append(r.step())
+    check = ""
+    for r in runners[1:]:
+        if isinstance(r, Plain) and isinstance(r.sparse_opt, PlainRowWiseAdagrad):
+            diff = max(abs(a - b) for a, b in zip(losses[ours.name], losses[r.name]))
+            check = (
+                f"max |loss ours - loss plain-rowwise| over {args.warmup} warm-up steps: {diff:.2e}"
+            )
+
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for _ in range(args.rounds):
+        for r in runners:
+            for _ in range(args.steps):
+                times[r.name].append(timed(r.step))
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for r in runners:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    r.step()
+            print(f"\n[{label}] {r.name}: torch.profiler, 3 steps, top ops by self CPU time")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+    ids_ps, uniq_ps = embedding_traffic(batches, cfg.embedding_dim)
+    bound = gather_bound(ours.tables(), batches, args.rounds)
+    d4 = cfg.embedding_dim * 4
+    b = cfg.batch_size
+    base = statistics.median(times[runners[1].name]) if len(runners) > 1 else None
+    rows = []
+    for r in runners:
+        med = statistics.median(times[r.name])
+        rate = b / med
+        bytes_ps = ids_ps * d4 + uniq_ps * (2 * d4 + 2 * r.opt_state_bytes_per_row)
+        ratio = f"{base / med:.2f}x" if base else "-"
+        rows.append((label, r.name, f"{rate:,.0f}", ratio, f"{bytes_ps / 1024:,.1f}",
+                     f"{rate * bytes_ps / 1e9:.2f}", f"{100 * rate * bytes_ps / bound:.0f}%"))  # fmt: skip
+    print(f"\n[{label}] {source}: batch {b}, {len(data.sparse_names)} tables "
+          f"({sum(data.sparse_vocab.values()):,} rows, D={cfg.embedding_dim}), towers {len(data.towers)}, "
+          f"InfoNCE {'on' if cfg.contrastive else 'off'}; plan kernels "
+          f"{sorted({p.compute_kernel for m in ours.plan.plan.values() for p in m.values()})}")  # fmt: skip
+    print(
+        f"  per sample: {ids_ps:.1f} ids, {uniq_ps:.1f} distinct rows (per batch, summed over tables)"
+    )
+    print(f"  gather bound (F.embedding_bag fwd, same tables and ids): {bound / 1e9:.2f} GB/s")
+    print(
+        f"  data loading (trainer.data.train_batches, not in the step times): {load_rate:,.0f} samples/s"
+    )
+    for r in runners:
+        ts = times[r.name]
+        print(f"  {r.name}: step median {1e3 * statistics.median(ts):.1f} ms "
+              f"(min {1e3 * min(ts):.1f}, max {1e3 * max(ts):.1f}, n={len(ts)})")  # fmt: skip
+    if check:
+        print("  " + check)
+    print(f"  {load_avg()}")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--cases", default="a,b", help="a = ML-100K config, b = large synthetic tables")
+    p.add_argument("--config", default=str(REPO / "configs" / "movielens-100k.yaml"))
+    p.add_argument(
+        "--run-dir", default=None, help="ML-100K run root (default: the config's run_dir)"
+    )
+    p.add_argument(
+        "--baselines", default="rowwise,adagrad", help="plain sparse optimizers: rowwise, adagrad"
+    )
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per implementation per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-size-b", type=int, default=4096)
+    p.add_argument("--rows-b", type=int, default=1_000_000)
+    p.add_argument("--tables-b", type=int, default=8)
+    p.add_argument("--dim-b", type=int, default=64)
+    p.add_argument("--ids-b", type=int, default=10)
+    p.add_argument("--alpha-b", type=float, default=1.05, help="power-law exponent of (b)'s ids")
+    p.add_argument("--profile", action="store_true", help="also print torch.profiler top ops")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet_known_warnings()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    env = init_distributed("cpu")
+    rows: list[tuple[str, ...]] = []
+    try:
+        print(f"train_bench: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{os.cpu_count()} cores, 1-rank gloo group, {load_avg()}")  # fmt: skip
+        if "a" in args.cases.split(","):
+            cfg = load_config(TrainConfig, args.config, [], "train")
+            if args.run_dir:
+                cfg = dataclasses.replace(cfg, run_dir=args.run_dir)
+            root = Path(cfg.run_dir)
+            if not root.is_absolute():
+                root = REPO / root
+            if (root / "features" / "_meta.json").is_file() and (
+                root / "similarity" / "_meta.json"
+            ).is_file():
+                data = read_training_data(root, cfg.modalities, cfg.contrastive)
+                source = f"ML-100K, the real feature tables under {root}"
+            else:
+                print(
+                    f"(a): no feature tables under {root}; using the synthetic stand-in of ML-100K's shapes"
+                )
+                data = ml100k_standin(80_000, cfg.seed)
+                source = "ML-100K shapes, SYNTHETIC stand-in (no feature tables found)"
+            rows += run_case("a", source, cfg, data, env, args)
+        if "b" in args.cases.split(","):
+            n_rows = args.batch_size_b * (args.warmup + args.steps)
+            data = large_table_data(
+                n_rows, args.tables_b, args.rows_b, args.ids_b, 13, args.alpha_b, 0
+            )
+            cfg = TrainConfig(
+                run_dir="", batch_size=args.batch_size_b, embedding_dim=args.dim_b,
+                modalities=[], contrastive=False, emb_l2=0.0, dropout=0.0,
+            )  # fmt: skip
+            source = (
+                f"synthetic large tables: {args.tables_b} x {args.rows_b:,} rows x D={args.dim_b}, "
+                f"{args.ids_b} ids/sample/table, power law alpha={args.alpha_b}"
+            )
+            rows += run_case("b", source, cfg, data, env, args)
+    finally:
+        shutdown(env)
+    head = (
+        "case",
+        "implementation",
+        "samples/s",
+        "vs plain",
+        "KiB/sample",
+        "GB/s",
+        "of gather bound",
+    )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print()
+    for r in [head, *rows]:
+        print(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+            )
+        )
+    print("vs plain = step time of the first plain baseline / this one's (medians).")
+
+
+if __name__ == "__main__":
+    main()
