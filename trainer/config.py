@@ -50,6 +50,12 @@ class TrainConfig:
             is written and a later run with `resume` continues. Not part of the fingerprint.
         stop_after_step: pause once this global step is done (0 = never), as above.
         device: `auto` (cuda when present), `cpu` or `cuda`.
+        variant: the model. `full` is DLRREC as configured by `projection`,
+            `contrastive` and `modalities`; the baselines go through the same data,
+            selection and report path: `dlrm_content` (towers, BCE only: ignores
+            `contrastive`), `dlrm` (ids, categorical and dense features, no content
+            vectors: ignores `modalities` too) and `biased_mf` (user . item + user,
+            item and global biases over the id tables only, BCE).
     """
 
     run_dir: str
@@ -90,6 +96,17 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = False
+    variant: Literal["full", "dlrm_content", "dlrm", "biased_mf"] = "full"
+
+    @property
+    def uses_content(self) -> bool:
+        """Whether the model has content towers (and reads the entity vectors)."""
+        return self.variant in ("full", "dlrm_content") and bool(self.modalities)
+
+    @property
+    def uses_contrastive(self) -> bool:
+        """Whether the SWING InfoNCE losses are on (and the pair tables are read)."""
+        return self.variant == "full" and self.contrastive and self.uses_content
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "embedding_dim", "patience"):
@@ -107,7 +124,7 @@ class TrainConfig:
             raise ConfigError(f"train.modalities: unknown modality {bad[0]!r} (known: text, image)")
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError("train.modalities: duplicates")
-        if self.projection == "two_step" and self.contrastive:
+        if self.projection == "two_step" and self.uses_contrastive:
             raise ConfigError(
                 "train.contrastive: two_step freezes the towers after pre-training, so the "
                 "contrastive losses would train nothing; set contrastive=false (the paper's V0 is BCE only)"

@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from launch.artifacts import sha256_json, write_json_atomic
-from launch.config import ConfigError, to_dict
+from launch.config import ConfigError, DataError, to_dict
 from launch.entry import run_job
 from trainer.checkpoint import (
     checkpoint_dir,
@@ -56,7 +56,7 @@ from trainer.config import TrainConfig
 from trainer.data import TrainingData, epoch_steps, eval_batches, read_training_data, train_batches
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
 from trainer.metrics import best_accuracy_threshold, classification_report
-from trainer.model import DLRREC, DLRRECTrain
+from trainer.model import DLRREC, BiasedMF, DLRRECTrain
 from trainer.plots import write_plots
 from trainer.pretrain import pretrain_towers_autoencoder
 
@@ -78,6 +78,21 @@ def resolve_sparse_optimizer(name: str, device: torch.device) -> str:
             "on CPU use rowwise_adagrad, adagrad or sgd (or auto)"
         )
     return name
+
+
+def read_variant_data(cfg: TrainConfig) -> TrainingData:
+    """The training data the configured variant uses (no content, pairs or side features it ignores)."""
+    data = read_training_data(
+        cfg.run_dir, cfg.modalities if cfg.uses_content else [], cfg.uses_contrastive
+    )
+    if cfg.variant == "biased_mf":
+        missing = [n for n in ("user_id", "item_id") if n not in data.sparse_names]
+        if missing:
+            raise DataError(
+                f"{cfg.run_dir}/features/_meta.json: variant biased_mf needs sparse feature {missing[0]!r}"
+            )
+        data = replace(data, sparse_names=["user_id", "item_id"], dense_names=[])
+    return data
 
 
 def build_tables(data: TrainingData, dim: int) -> list[EmbeddingBagConfig]:
@@ -111,8 +126,9 @@ def build_model(
     cfg: TrainConfig, data: TrainingData, env: DistEnv, pos_weight: float, sparse_opt: str
 ) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     torch.manual_seed(cfg.seed)
-    ebc = EmbeddingBagCollection(tables=build_tables(data, cfg.embedding_dim), device=torch.device("meta"))
-    model = DLRREC(
+    tables = build_tables(data, cfg.embedding_dim)
+    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
+    model: DLRREC | BiasedMF = BiasedMF(ebc) if cfg.variant == "biased_mf" else DLRREC(
         ebc,
         dense_in=len(data.dense_names),
         towers=len(data.towers),
@@ -124,7 +140,7 @@ def build_model(
             "dropout": cfg.dropout,
         },
     )
-    if cfg.projection == "two_step":
+    if cfg.projection == "two_step" and isinstance(model, DLRREC) and data.towers:
         # V0: towers fitted as autoencoders on the entity vectors, then frozen
         tables = []
         for _, col in data.towers:
@@ -133,8 +149,8 @@ def build_model(
         pretrain_towers_autoencoder(model.projection_arch, tables, cfg.pretrain_epochs, 1e-3, cfg.seed)
     item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
     user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
-    w_ii = cfg.w_item_item if cfg.contrastive else 0.0
-    w_uu = cfg.w_user_user if cfg.contrastive else 0.0
+    w_ii = cfg.w_item_item if cfg.uses_contrastive else 0.0
+    w_uu = cfg.w_user_user if cfg.uses_contrastive else 0.0
     train_model = DLRRECTrain(model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2)
     opt_kwargs: dict[str, Any] = {"lr": cfg.sparse_lr}
     if cfg.sparse_weight_decay:
@@ -150,10 +166,7 @@ def build_model(
     )
     # Shard, don't replicate: the point of the sparse arch is tables too big for one
     # host, so data_parallel is excluded even for the small MovieLens tables.
-    constraints = {
-        t.name: ParameterConstraints(sharding_types=["table_wise", "row_wise"])
-        for t in build_tables(data, cfg.embedding_dim)
-    }
+    constraints = {t.name: ParameterConstraints(sharding_types=["table_wise", "row_wise"]) for t in tables}
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=env.world_size, compute_device=env.device.type),
         constraints=constraints,
@@ -219,6 +232,8 @@ def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
     c = to_dict(cfg)
     for k in NOT_FINGERPRINTED:
         c.pop(k, None)
+    if c.get("variant") == "full":
+        c.pop("variant")  # the key is newer than the full model: its runs keep their fingerprints
     return sha256_json(
         {
             "config": c,
@@ -334,7 +349,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     t_start = time.time()
     out = Path(cfg.run_dir) / "train"
-    data = read_training_data(cfg.run_dir, cfg.modalities, cfg.contrastive)
+    data = read_variant_data(cfg)
     fp = fingerprint(cfg, data)
     report_path = out / "report.json"
     if report_path.is_file():
@@ -496,9 +511,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "throughput": {"train_examples_per_s": prog.train_examples / max(prog.train_seconds, 1e-9)},
         "losses": prog.best_losses,
         "variant": {
-            "projection": cfg.projection,
-            "contrastive": cfg.contrastive,
-            "modalities": list(cfg.modalities),
+            "model": cfg.variant,
+            "projection": cfg.projection if cfg.uses_content else None,
+            "contrastive": cfg.uses_contrastive,
+            "modalities": list(cfg.modalities) if cfg.uses_content else [],
         },
         "steps": prog.step,
         "resumed_from": prog.resumed_from,

@@ -8,7 +8,8 @@ C = content dim (384), Dd = dense features.
     content [B, T, C] --ProjectionArch (one batched op)--> [B, T, D]
 
 `DLRRECTrain` adds the loss: weighted BCE + w1 InfoNCE(item-item) + w2 InfoNCE(user-user)
-and returns what `TrainPipelineSparseDist` consumes.
+and returns what `TrainPipelineSparseDist` consumes. The baselines reuse it: a plain DLRM
+is `DLRREC` with no towers, and `BiasedMF` is p_u . q_i + b_u + b_i + g over the id tables.
 """
 
 from __future__ import annotations
@@ -242,11 +243,46 @@ class DLRREC(nn.Module):
         return self.over_arch(self.inter_arch(d, torch.cat([e, p], dim=1))), e
 
 
+class BiasedMF(nn.Module):
+    """The biased matrix-factorisation baseline: logit = p_u . q_i + b_u + b_i + g.
+
+    Each of the two id tables has D columns: D - 1 factor columns and, last, the bias,
+    so the biases are sharded and optimised with the factors by the same fused
+    optimizer (and D stays a multiple of 4, as fbgemm's kernels require).
+
+    Args:
+        ebc: EmbeddingBagCollection with exactly the `user_id` and `item_id` features,
+            both of dim D.
+
+    Example::
+
+        mf = BiasedMF(ebc)
+        logits, emb = mf(dense, kjt, content)  # [B], [B, 2, D]; dense and content unused
+    """
+
+    def __init__(self, ebc: EmbeddingBagCollection) -> None:
+        super().__init__()
+        self.sparse_arch = SparseArch(ebc)
+        if sorted(self.sparse_arch.feature_names) != ["item_id", "user_id"]:
+            raise ValueError(f"BiasedMF needs exactly user_id and item_id, got {self.sparse_arch.feature_names}")
+        self.user = self.sparse_arch.feature_names.index("user_id")
+        self.item = self.sparse_arch.feature_names.index("item_id")
+        self.global_bias = nn.Parameter(torch.zeros(()))
+
+    def forward(
+        self, dense: torch.Tensor, sparse: KeyedJaggedTensor, content: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns: logits [B] and the pooled id embeddings [B, 2, D] (for regularisers)."""
+        e = self.sparse_arch(sparse)
+        u, i = e[:, self.user], e[:, self.item]
+        return (u[:, :-1] * i[:, :-1]).sum(-1) + u[:, -1] + i[:, -1] + self.global_bias, e
+
+
 class DLRRECTrain(nn.Module):
     """DLRREC plus its loss: weighted BCE + w1 InfoNCE(item-item) + w2 InfoNCE(user-user).
 
     Args:
-        model: the DLRREC model.
+        model: the DLRREC model (or the BiasedMF baseline, which has no towers).
         pos_weight: weight of positive rows in the BCE (n_neg / n_pos for `balanced`).
         towers: (item_tower, user_tower) indices into the content towers, -1 if absent.
         w_item_item, w_user_user: the paper's w1, w2 (0 disables a term).
@@ -264,7 +300,7 @@ class DLRRECTrain(nn.Module):
 
     def __init__(
         self,
-        model: DLRREC,
+        model: DLRREC | BiasedMF,
         pos_weight: float,
         towers: tuple[int, int],
         w_item_item: float,
@@ -291,12 +327,15 @@ class DLRRECTrain(nn.Module):
         rec = (bce * w).sum() / batch.weights.sum().clamp_min(1.0)
         zero = logits.new_zeros(())
         ii = uu = zero
-        towers = self.model.projection_arch
         if self.w_item_item > 0 and self.item_tower >= 0:
+            assert isinstance(self.model, DLRREC)
+            towers = self.model.projection_arch
             anchor = towers.project_one(self.item_tower, batch.content[:, self.item_tower])
             pos = towers.project_one(self.item_tower, batch.ii_pos)
             ii = info_nce(anchor, pos, batch.item_ids, batch.ii_pos_ids, self.tau)
         if self.w_user_user > 0 and self.user_tower >= 0:
+            assert isinstance(self.model, DLRREC)
+            towers = self.model.projection_arch
             # anchors use the full train profile (the entity table), as positives do
             anchor = towers.project_one(self.user_tower, batch.uu_anchor)
             pos = towers.project_one(self.user_tower, batch.uu_pos)
