@@ -12,6 +12,14 @@ span hosts); rank 0 writes `_meta.json` after a barrier and renames the folder i
 `run_dir/similarity/`.  Part boundaries depend only on the graph and `parts`, never
 on the rank count, so 1 rank and N ranks write byte-identical files.
 
+Crash recovery: the temp folder is named after the job's fingerprint
+(`run_dir/.similarity.partial-<fp>`), every part file is renamed into it when
+complete, and a small record of its counts goes to `_progress/` after it.  A rerun of
+the same config and input (after a kill -9, a lost node, a TorchElastic restart) finds
+the folder, keeps every part that has a record and computes only the rest; the tables
+are byte-identical to an uninterrupted run.  `_meta.json` says how many parts were
+reused (`parts_reused`).
+
 Reads: `run_dir/features/` (train rows with label == 1) or `input=` (a plain
 `user`/`item` table, see `similarity.tables`).
 Writes: `run_dir/similarity/{item_item,user_user}/part-*.parquet`
@@ -22,11 +30,14 @@ Writes: `run_dir/similarity/{item_item,user_user}/part-*.parquet`
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +49,6 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from launch.artifacts import (
     SCHEMA_VERSION,
-    atomic_dir,
     existing_output,
     read_meta,
     sha256_json,
@@ -122,15 +132,62 @@ def log(comm: _Comm, msg: str) -> None:
         print(f"[swing] {msg}", file=sys.stderr, flush=True)
 
 
+PROGRESS = "_progress"
+
+
+def partial_dir(final: Path, fp: str) -> Path:
+    """The resumable temp folder of the job with fingerprint `fp`, beside `final`."""
+    return final.with_name(f".{final.name}.partial-{fp[:16]}")
+
+
 @contextlib.contextmanager
-def _shared_tmp(comm: _Comm, final: Path) -> Iterator[Path]:
-    """Rank 0 owns the atomic temp folder; the other ranks write into the same path."""
+def _shared_tmp(comm: _Comm, final: Path, fp: str) -> Iterator[Path]:
+    """The job's temp folder, shared by all ranks; renamed to `final` when complete.
+
+    Unlike `atomic_dir`, a failure leaves the folder in place: its finished parts are
+    valid for this fingerprint and a rerun reuses them.  Partial folders of other
+    fingerprints (an older config or input) are removed when a job starts.
+    """
+    tmp = partial_dir(final, fp)
     if comm.rank == 0:
-        with atomic_dir(final) as tmp:
-            comm.broadcast(str(tmp))
-            yield tmp
-    else:
-        yield Path(comm.broadcast(None))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.partial-*"):
+            if stale != tmp:
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(exist_ok=True)
+    comm.gather(None)  # the folder exists before any rank writes into it
+    yield tmp
+    if comm.rank == 0:
+        shutil.rmtree(tmp / PROGRESS, ignore_errors=True)
+        for leftover in tmp.rglob(".*.tmp-*"):  # writes cut short by an earlier crash
+            leftover.unlink(missing_ok=True)
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _done_part(tmp: Path, kind: str, p: int, lo: int, hi: int, fp: str) -> dict[str, Any] | None:
+    """The counts of part `p` when an earlier attempt finished it, else None."""
+    record_path = tmp / PROGRESS / f"{kind}-{p:05d}.json"
+    if not record_path.is_file() or not (tmp / kind / f"part-{p:05d}.parquet").is_file():
+        return None
+    try:
+        rec = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if rec.get("fingerprint") != fp or rec.get("bounds") != [lo, hi]:
+        return None
+    return rec
+
+
+def _write_part_atomic(path: Path, cols: tuple[np.ndarray, ...]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    write_pairs(tmp, *cols)
+    os.replace(tmp, path)
 
 
 def peak_rss_mb() -> float:
@@ -215,9 +272,16 @@ def _compute_part(
 
 
 def _write_kind(
-    comm: _Comm, cfg: SwingConfig, kind: str, g: dict[str, Any], pos: Positives, tmp: Path
+    comm: _Comm,
+    cfg: SwingConfig,
+    kind: str,
+    g: dict[str, Any],
+    pos: Positives,
+    tmp: Path,
+    fp: str,
 ) -> dict[str, Any]:
-    """This rank's part files of one table; returns its counts."""
+    """This rank's part files of one table (reusing the ones an earlier attempt
+    finished); returns its counts."""
     if kind == "item_item":
         a_ptr, a_idx, m_ptr, m_idx = g["iu_ptr"], g["iu_idx"], g["ui_ptr"], g["ui_idx"]
         n_anchors, ids = pos.n_items, pos.item_ids
@@ -232,17 +296,35 @@ def _write_kind(
     part_work[bounds[:-1] == bounds[1:]] = 0.0
     mine = swing.assign_parts(part_work, comm.world)[comm.rank]
     (tmp / kind).mkdir(parents=True, exist_ok=True)
-    counts: dict[str, Any] = {"pairs": 0, "anchors_with_neighbors": 0, "contributions": 0}
+    (tmp / PROGRESS).mkdir(exist_ok=True)
+    counts: dict[str, Any] = {
+        "pairs": 0,
+        "anchors_with_neighbors": 0,
+        "contributions": 0,
+        "parts_reused": 0,
+    }
     for p in mine:
-        (a, n, s, r), w = _compute_part(
-            a_ptr, a_idx, m_ptr, m_idx, weight, n_anchors, int(bounds[p]), int(bounds[p + 1]), cfg
-        )
-        counts["pairs"] += len(a)
-        counts["anchors_with_neighbors"] += int(np.count_nonzero(r == 0))
-        counts["contributions"] += w
-        if isinstance(ids, np.ndarray):  # integer input ids: write the originals back
-            a, n = ids[a], ids[n]
-        write_pairs(tmp / kind / f"part-{p:05d}.parquet", a, n, s, r)
+        lo, hi = int(bounds[p]), int(bounds[p + 1])
+        rec = _done_part(tmp, kind, p, lo, hi, fp)
+        if rec is None:
+            (a, n, s, r), w = _compute_part(
+                a_ptr, a_idx, m_ptr, m_idx, weight, n_anchors, lo, hi, cfg
+            )
+            if isinstance(ids, np.ndarray):  # integer input ids: write the originals back
+                a, n = ids[a], ids[n]
+            _write_part_atomic(tmp / kind / f"part-{p:05d}.parquet", (a, n, s, r))
+            rec = {
+                "fingerprint": fp,
+                "bounds": [lo, hi],
+                "pairs": len(a),
+                "anchors_with_neighbors": int(np.count_nonzero(r == 0)),
+                "contributions": int(w),
+            }
+            write_json_atomic(tmp / PROGRESS / f"{kind}-{p:05d}.json", rec)
+        else:
+            counts["parts_reused"] += 1
+        for key in ("pairs", "anchors_with_neighbors", "contributions"):
+            counts[key] += rec[key]
     counts["parts"] = parts
     counts["work_estimate"] = float(work.sum())
     return counts
@@ -277,11 +359,11 @@ def _run(cfg: SwingConfig, comm: _Comm, start: float) -> dict[str, Any]:
 
     g, graph_counts = _graph(cfg, pos)
     log(comm, f"{graph_counts['edges_after_caps']} edges after caps; {comm.world} rank(s)")
-    with _shared_tmp(comm, final) as tmp:
+    with _shared_tmp(comm, final, fp) as tmp:
         per_kind: dict[str, Any] = {}
         for kind in KINDS:
             t0 = time.perf_counter()
-            counts = _write_kind(comm, cfg, kind, g, pos, tmp)
+            counts = _write_kind(comm, cfg, kind, g, pos, tmp, fp)
             counts["seconds"] = time.perf_counter() - t0
             per_kind[kind] = comm.gather(counts)  # also the barrier: every part is written
             log(comm, f"{kind}: {sum(c['pairs'] for c in per_kind[kind])} pairs")
@@ -330,6 +412,7 @@ def _meta(
             "W": sum(c["contributions"] for c in ranks),
             "work_estimate": ranks[0]["work_estimate"],
             "parts": ranks[0]["parts"],
+            "parts_reused": sum(c["parts_reused"] for c in ranks),
             "rank_seconds": [round(c["seconds"], 3) for c in ranks],
         }
     return {
