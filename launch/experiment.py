@@ -34,6 +34,8 @@ class GridConfig:
         dropouts: the dropout values of the grid.
         seeds: training seeds (the data split stays the base config's).
         overrides: train-section overrides applied to every run (e.g. epochs).
+        variant_seeds: name -> seeds for that variant instead of `seeds` (e.g. 5 seeds
+            for the full model, 3 for the baselines).
     """
 
     base: str
@@ -42,12 +44,21 @@ class GridConfig:
     dropouts: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     overrides: dict[str, Any] = field(default_factory=dict)
+    variant_seeds: dict[str, list[int]] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.variants:
             raise ConfigError("grid.variants: at least one variant")
         if not self.dropouts or not self.seeds:
             raise ConfigError("grid.dropouts/seeds: must not be empty")
+        unknown = sorted(set(self.variant_seeds) - set(self.variants))
+        if unknown:
+            raise ConfigError(f"grid.variant_seeds: {unknown[0]!r} is not one of the grid's variants")
+        if any(not s for s in self.variant_seeds.values()):
+            raise ConfigError("grid.variant_seeds: a variant's seeds must not be empty")
+
+    def seeds_of(self, variant: str) -> list[int]:
+        return self.variant_seeds.get(variant, self.seeds)
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -89,13 +100,21 @@ def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
             per_cell[(v, d)]["n"] = len(cell)
     selected = {v: select_per_seed(rows, v) for v in variants}
     per_variant = {
-        v: {k: mean_std([r[k] for r in sel.values()]) for k in ("test_auc", "test_accuracy", "test_fpr")}
+        v: {
+            k: mean_std([r[k] for r in sel.values()])
+            for k in ("val_auc", "test_auc", "test_accuracy", "test_fpr")
+        }
+        | {"seeds": len(sel)}
         for v, sel in selected.items()
     }
     comparisons = {}
     pairs = [
         ("cotrained_bce", "v0_bce", "co-trained vs V0 (both BCE)"),
         ("cotrained_contrastive", "cotrained_bce", "contrastive vs BCE-only (co-trained)"),
+        # the baselines grids (train.variant)
+        ("dlrm_content", "dlrm", "DLRM + content vs plain DLRM"),
+        ("full", "dlrm_content", "+ SWING InfoNCE vs DLRM + content"),
+        ("full", "biased_mf", "full model vs biased MF"),
     ]
     for a, b, label in pairs:
         if a in selected and b in selected:
@@ -122,11 +141,14 @@ def format_markdown(summary: dict[str, Any], grid: GridConfig, meta: dict[str, A
         "",
         "## Per variant (dropout chosen per seed by val AUC)",
         "",
-        "| variant | test AUC | test accuracy | test FPR |",
-        "|---|---|---|---|",
+        "| variant | val AUC | test AUC | test accuracy | test FPR | seeds |",
+        "|---|---|---|---|---|---|",
     ]
     for v, m in summary["variants"].items():
-        lines.append(f"| {v} | {_pm(m['test_auc'])} | {_pm(m['test_accuracy'])} | {_pm(m['test_fpr'])} |")
+        lines.append(
+            f"| {v} | {_pm(m['val_auc'])} | {_pm(m['test_auc'])} | {_pm(m['test_accuracy'])} "
+            f"| {_pm(m['test_fpr'])} | {m['seeds']} |"
+        )
     lines += ["", "## Every cell", "", "| variant | dropout | val AUC | test AUC | test accuracy | test FPR | runs |", "|---|---|---|---|---|---|---|"]
     for (v, d), m in summary["cells"].items():
         lines.append(
@@ -196,12 +218,12 @@ def run(grid_path: str, extra: list[str]) -> dict[str, Any]:
     out = Path(grid.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    total = len(grid.variants) * len(grid.dropouts) * len(grid.seeds)
+    total = sum(len(grid.dropouts) * len(grid.seeds_of(v)) for v in grid.variants)
     k = 0
     t0 = time.time()
     for name, variant in grid.variants.items():
         for dropout in grid.dropouts:
-            for seed in grid.seeds:
+            for seed in grid.seeds_of(name):
                 k += 1
                 run_dir = out / "runs" / f"{name}-d{dropout}-s{seed}"
                 for stage in ("features", "similarity"):
@@ -236,7 +258,7 @@ def collect(grid_path: str, extra: list[str]) -> dict[str, Any]:
     rows, missing = [], []
     for name in grid.variants:
         for dropout in grid.dropouts:
-            for seed in grid.seeds:
+            for seed in grid.seeds_of(name):
                 run_dir = out / "runs" / f"{name}-d{dropout}-s{seed}"
                 p = run_dir / "train" / "report.json"
                 if p.is_file():

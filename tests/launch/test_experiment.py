@@ -62,3 +62,48 @@ def test_collect_summarises_finished_runs_and_lists_missing(tmp_path):
     md = (out / "table1.md").read_text()
     assert "Incomplete grid" in md and "b-d0.1-s1" in md
     assert (out / "table1.csv").read_text().count("\n") == 4 and (out / "table1.png").is_file()
+
+
+def test_variant_seeds_override_the_grid_seeds(tmp_path):
+    import json
+
+    import pytest
+
+    from launch.config import ConfigError, build_dataclass
+    from launch.experiment import collect
+
+    root = tmp_path / "root"
+    (root / "features").mkdir(parents=True)
+    (root / "features" / "_meta.json").write_text(json.dumps({"dataset": "d", "split": "temporal"}))
+    base = tmp_path / "base.yaml"
+    base.write_text(f"run_dir: {root}\n")
+    grid = tmp_path / "grid.yaml"
+    out = tmp_path / "out"
+    grid.write_text(
+        f"base: {base}\nout_dir: {out}\nvariants:\n  full: {{}}\n  dlrm_content: {{variant: dlrm_content}}\n"
+        "dropouts: [0.1]\nseeds: [0]\nvariant_seeds:\n  full: [0, 1, 2]\n"
+    )
+    for name, auc in (
+        ("full-d0.1-s0", 0.8),
+        ("full-d0.1-s1", 0.82),
+        ("full-d0.1-s2", 0.84),
+        ("dlrm_content-d0.1-s0", 0.7),
+    ):
+        p = out / "runs" / name / "train"
+        p.mkdir(parents=True)
+        m = {"auc": auc, "accuracy": 0.7, "fpr": 0.3}
+        (p / "report.json").write_text(json.dumps({"val": m, "test": m, "best_epoch": 1}))
+    summary = collect(str(grid), [])
+    assert summary["variants"]["full"]["seeds"] == 3
+    assert math.isclose(summary["variants"]["full"]["val_auc"][0], 0.82)
+    assert summary["variants"]["dlrm_content"]["seeds"] == 1
+    assert "Incomplete grid" not in (out / "table1.md").read_text()
+    assert "| full | 0.8200 ± 0.0200 |" in (out / "table1.md").read_text()
+    c = summary["comparisons"]["+ SWING InfoNCE vs DLRM + content"]["test_auc"]
+    assert c["n"] == 1 and math.isclose(c["mean"], 0.1)
+    with pytest.raises(ConfigError, match="grid.variant_seeds"):
+        build_dataclass(
+            GridConfig,
+            {"base": "b", "out_dir": "o", "variants": {"a": {}}, "variant_seeds": {"b": [0]}},
+            "grid",
+        )
