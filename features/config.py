@@ -32,6 +32,11 @@ class FeaturesConfig:
         embed_batch_size: texts per MiniLM batch.
         embed_cache_dir: on-disk embedding cache (model + text -> float16 vector),
             shared across runs; "" = none.
+        max_categories: keep at most this many categories per entity, in source
+            order (11 in the paper); longer lists are cut and counted in `_meta.json`.
+        on_bad_rows: `error` fails on the first bad review row (rating out of range
+            or not finite, blank text, repeated review id); `skip` drops such rows
+            and counts them per reason in `_meta.json` (`skipped_rows`).
         overwrite: replace an existing output made from another config or input.
     """
 
@@ -52,6 +57,8 @@ class FeaturesConfig:
     text_model: str = ""
     embed_batch_size: int = 256
     embed_cache_dir: str = ""
+    max_categories: int = 11
+    on_bad_rows: Literal["error", "skip"] = "error"
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -62,6 +69,8 @@ class FeaturesConfig:
             )
         if self.zip_prefix_len < 1:
             raise ConfigError("features.zip_prefix_len: must be >= 1")
+        if self.max_categories < 1:
+            raise ConfigError("features.max_categories: must be >= 1")
         if self.embed_batch_size < 1:
             raise ConfigError("features.embed_batch_size: must be >= 1")
         rr = self.rating_range

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from launch.config import DataError
+
 # SQLite's default limit on host parameters is 32766 (>= 3.32); stay well under it.
 _LOOKUP_CHUNK = 900
 
@@ -71,6 +73,13 @@ class EmbeddingCache:
                 vec = np.frombuffer(v, dtype=np.float16)
                 if vec.size != self.dim:
                     continue  # another model's length under a colliding id: recompute
+                if not np.isfinite(vec).all():
+                    # A vector we never write (encode output is finite): the file is
+                    # damaged, and averaging it into profiles would spread NaN silently.
+                    raise DataError(
+                        f"{self.path}: column 'v' of key {k.hex()} holds NaN/inf; the cache "
+                        "is damaged, delete the file (it is rebuilt on the next run)"
+                    )
                 out[pos[k]] = vec
                 found[pos[k]] = True
         return found, out

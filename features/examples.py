@@ -5,12 +5,15 @@ Shapes: N = interaction rows, U = users, I = items, D = content dim.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.schema import (
     AGE_BUCKET_NAMES,
+    DENSE_FEATURES,
     examples_schema,
     items_entity_schema,
     users_entity_schema,
@@ -34,6 +37,51 @@ def vectors(x: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
 
 
+def cap_lists(lists: pa.Array | pa.ChunkedArray, cap: int) -> tuple[pa.ListArray, int]:
+    """Drop null values, then keep the first `cap` values of each list (source order).
+
+    A null list becomes an empty one: "no categories" is a length-0 bag in the KJT,
+    never a pad id.
+
+    Returns:
+        (list<string> [n], number of lists that were cut).
+    """
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    lengths = _numpy(pc.fill_null(pc.list_value_length(lists), 0)).astype(np.int64)
+    flat = pc.list_flatten(lists)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    valid = _numpy(pc.is_valid(flat)).astype(bool)
+    owner, flat = owner[valid], flat.filter(pa.array(valid))
+    lengths = np.bincount(owner, minlength=len(lengths))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    keep = np.arange(len(owner)) - starts[owner] < cap
+    offsets = np.concatenate([[0], np.cumsum(np.minimum(lengths, cap))]).astype(np.int32)
+    capped = pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
+    return capped, int(np.sum(lengths > cap))
+
+
+def oov_counts(
+    sparse: dict[str, np.ndarray | pa.Array], codes: np.ndarray
+) -> dict[str, dict[str, int]]:
+    """Per sparse feature and split, how many ids are the OOV id 0.
+
+    Single-valued features count rows (id 0 = a value unseen in training, or missing);
+    `categories` counts list values (a missing list is empty, so only unseen values).
+    """
+    out: dict[str, dict[str, int]] = {}
+    for name, col in sparse.items():
+        if isinstance(col, pa.Array):  # list<int64>: count values per row, then per split
+            lengths = _numpy(pc.fill_null(pc.list_value_length(col), 0)).astype(np.int64)
+            zero = _numpy(pc.equal(pc.list_flatten(col), 0)).astype(np.int64)
+            owner = np.repeat(np.arange(len(lengths)), lengths)
+            per_row = np.bincount(owner, weights=zero, minlength=len(lengths))
+        else:
+            per_row = (np.asarray(col) == 0).astype(np.int64)
+        out[name] = {s: int(per_row[codes == c].sum()) for c, s in enumerate(SPLITS)}
+    return out
+
+
 def sparse_columns(
     users: pa.Table,
     items: pa.Table,
@@ -41,28 +89,34 @@ def sparse_columns(
     row_item: np.ndarray,
     train: np.ndarray,
     zip_prefix_len: int,
-) -> tuple[dict[str, np.ndarray | pa.Array], dict[str, list]]:
+    max_categories: int = 11,
+) -> tuple[dict[str, np.ndarray | pa.Array], dict[str, list], int]:
     """Vocab-encode the categorical attributes of each row's user and item.
 
-    Vocabularies hold the values of the entities in TRAINING rows only (sorted; id 0 =
-    unseen or missing), so nothing about val/test rows shapes the id space.
+    Vocabularies hold the values of the entities in TRAINING rows only (sorted), so
+    nothing about val/test rows shapes the id space.  Id 0 is every feature's OOV
+    bucket: a value not seen in training (or, single-valued, a missing one).
+    `categories` is multi-valued: each item keeps its first `max_categories` values
+    and the bag's length is the list's own length (no pad id).
 
     Args:
         users, items: entity tables in index order (RAW_USERS / RAW_ITEMS columns).
         row_user, row_item: int64 [N] entity indices.
         train: bool [N].
         zip_prefix_len: characters of the zip code kept.
+        max_categories: the cap on an item's categories.
 
     Returns:
         ({name: int64 [N] ids, or for `categories` a list<int64> array [N]},
-         {name: vocabulary values, id k+1 = values[k]}).
+         {name: vocabulary values, id k+1 = values[k]},
+         number of items whose category list was cut to `max_categories`).
     """
     train_users = np.unique(row_user[train])
     train_items = np.unique(row_item[train])
     cols: dict[str, np.ndarray | pa.Array] = {}
     vocabs: dict[str, list] = {}
 
-    cats = items["categories"].combine_chunks()
+    cats, truncated = cap_lists(items["categories"], max_categories)
     lengths = _numpy(pc.fill_null(pc.list_value_length(cats), 0)).astype(np.int64)
     flat = pc.list_flatten(cats)
     owner = np.repeat(np.arange(len(lengths)), lengths)
@@ -82,7 +136,7 @@ def sparse_columns(
         cols[name] = encode(values, vocab)[row_user]
         vocabs[name] = vocab.to_pylist()
     vocabs["age_bucket"] = [AGE_BUCKET_NAMES[b] for b in vocabs["age_bucket"]]
-    return cols, vocabs
+    return cols, vocabs, truncated
 
 
 def dense_inputs(
@@ -95,16 +149,20 @@ def dense_inputs(
 
 
 def example_tables(
-    codes: np.ndarray, columns: dict[str, np.ndarray | pa.Array], dim: int
+    codes: np.ndarray,
+    columns: dict[str, np.ndarray | pa.Array],
+    dim: int,
+    dense: Sequence[str] = DENSE_FEATURES,
 ) -> dict[str, pa.Table]:
     """Cut full-length columns into one table per split, rows in input order.
 
     Args:
         codes: int8 [N] split codes (0 train, 1 val, 2 test).
-        columns: every column of `examples_schema(dim)`, length N (`user_text` as
-            float16 [N, D]).
+        columns: every column of `examples_schema(dim, dense)`, length N (`user_text`
+            as float16 [N, D]).
+        dense: the dense column names.
     """
-    schema = examples_schema(dim)
+    schema = examples_schema(dim, dense)
     out = {}
     for code, split in enumerate(SPLITS):
         idx = np.nonzero(codes == code)[0]

@@ -6,14 +6,16 @@ the column (and the row or value where there is one), so a user can fix the tabl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.schema import RAW_FILES, REQUIRED_COLUMNS
+from features.bad_rows import BadRows, Policy, first_repeat, no_skips, repeated_rows, resolve
+from features.schema import OPTIONAL_COLUMNS, RAW_FILES, REQUIRED_COLUMNS
 from launch.artifacts import sha256_file
 from launch.config import DataError
 
@@ -22,12 +24,14 @@ from launch.config import DataError
 class RawReviews:
     """The three raw-reviews tables, cast to the schemas in features/schema.py.
 
-    Only the columns `dlrrec features build` reads are kept.
+    Only the raw schema's columns are kept (required ones, plus the optional ones a
+    file has); `skipped` counts the bad interaction rows dropped by `on_bad_rows: skip`.
     """
 
     interactions: pa.Table
     items: pa.Table
     users: pa.Table
+    skipped: dict[str, int] = field(default_factory=no_skips)
 
 
 def raw_paths(raw_dir: str | Path) -> dict[str, Path]:
@@ -63,30 +67,150 @@ def _accepts(actual: pa.DataType, expected: pa.DataType) -> bool:
     return actual == expected
 
 
-def _read_table(path: Path) -> pa.Table:
-    name = path.name
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    schema = RAW_FILES[name]
-    columns = []
+# Rows per pyarrow batch of the streaming scan: big enough that per-batch overhead
+# vanishes, small enough that a batch's temporaries stay a few hundred MB at most.
+SCAN_BATCH_ROWS = 1 << 18
+
+
+def _fields_to_read(path: Path, name: str, schema: pa.Schema) -> list[pa.Field]:
+    """The raw-schema fields to read from a file: every required column (it must be
+    there, with a castable type) and every optional column that is there."""
+    raw = RAW_FILES[name]
     for col in REQUIRED_COLUMNS[name]:
-        if col not in table.column_names:
+        if col not in schema.names:
             raise DataError(
                 f"{path}: missing column {col!r} (required: {', '.join(REQUIRED_COLUMNS[name])})"
             )
-        want = schema.field(col)
-        got = table.schema.field(col).type
+    optional = [f for f in raw if f.name not in REQUIRED_COLUMNS[name]]
+    optional += list(OPTIONAL_COLUMNS[name])
+    fields = [raw.field(c) for c in REQUIRED_COLUMNS[name]]
+    fields += [f for f in optional if f.name in schema.names]
+    for want in fields:
+        got = schema.field(want.name).type
         if not _accepts(got, want.type):
-            raise DataError(f"{path}: column {col!r} has type {got}, expected {want.type}")
-        array = table[col]
-        if not want.nullable and array.null_count:
-            row = pc.index(pc.is_null(array), True).as_py()
-            raise DataError(f"{path}: column {col!r} is null in row {row}; it must be set")
-        columns.append(pc.cast(array, want.type))
-    fields = [schema.field(c) for c in REQUIRED_COLUMNS[name]]
-    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+            raise DataError(f"{path}: column {want.name!r} has type {got}, expected {want.type}")
+    return fields
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _row_findings(
+    path: Path, batch: pa.RecordBatch, offset: int, rating_range: tuple[float, float] | None
+) -> list[BadRows]:
+    """Bad interaction rows of one batch (ratings, blank texts); rows numbered from the file start."""
+    out = []
+    rating = batch.column("rating")
+    ok = pc.is_finite(rating)
+    if rating_range is not None:
+        lo, hi = rating_range
+        ok = pc.and_(ok, pc.and_(pc.greater_equal(rating, lo), pc.less_equal(rating, hi)))
+    bad = ~np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
+    if bad.any():
+        i = int(np.argmax(bad))
+        value = rating[i].as_py()
+        what = (
+            f"expected a rating in [{rating_range[0]:g}, {rating_range[1]:g}]"
+            if rating_range is not None and np.isfinite(value)
+            else "expected a finite number"
+        )
+        out.append(
+            BadRows(
+                "rating_out_of_range",
+                bad,
+                f"{path}: column 'rating' row {offset + i}: {what}, got {_shown(value)}",
+            )
+        )
+    if "text" in batch.schema.names:
+        text = batch.column("text")
+        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+        mask = np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)
+        if mask.any():
+            i = int(np.argmax(mask))
+            out.append(
+                BadRows(
+                    "empty_text",
+                    mask,
+                    f"{path}: column 'text' row {offset + i}: is empty; drop the review text "
+                    f"or set it to null, got {_shown(text[i].as_py())}",
+                )
+            )
+    return out
+
+
+def scan_table(
+    path: Path,
+    rating_range: tuple[float, float] | None = None,
+    on_bad_rows: Policy = "error",
+    batch_rows: int = SCAN_BATCH_ROWS,
+) -> tuple[pa.Table, dict[str, int]]:
+    """Read one raw-reviews Parquet file in batches, checking each batch as it comes.
+
+    Only the schema's columns are read (a review dump's other columns never load),
+    each batch is cast to the raw schema and checked before the next is read, so a
+    bad row fails fast and temporaries stay one batch in size.  Interaction rows
+    get the bad-row checks of features/bad_rows.py.
+
+    Returns:
+        (the table with the raw schema's columns, {reason: rows skipped}).
+
+    Raises:
+        DataError: naming the file, the column and the first bad row.
+    """
+    name = path.name
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    if pf.metadata.num_rows == 0:
+        raise DataError(f"{path}: the file is empty (no rows)")
+    fields = _fields_to_read(path, name, pf.schema_arrow)
+    schema = pa.schema(fields)
+    skipped = no_skips()
+    batches = []
+    offset = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=[f.name for f in fields]):
+        arrays = []
+        for want in fields:
+            array = batch.column(want.name)
+            if not want.nullable and array.null_count:
+                row = offset + pc.index(pc.is_null(array), True).as_py()
+                raise DataError(
+                    f"{path}: column {want.name!r} is null in row {row}; it must be set"
+                )
+            arrays.append(pc.cast(array, want.type))
+        checked = pa.RecordBatch.from_arrays(arrays, schema=schema)
+        if name == "interactions.parquet":
+            findings = _row_findings(path, checked, offset, rating_range)
+            keep, counts = resolve(findings, checked.num_rows, on_bad_rows)
+            if keep is not None:
+                checked = checked.filter(pa.array(keep))
+                skipped = {r: skipped[r] + counts[r] for r in skipped}
+        batches.append(checked)
+        offset += batch.num_rows
+    table = pa.Table.from_batches(batches, schema=schema)
+    if name == "interactions.parquet" and "review_id" in schema.names:
+        table, skipped["duplicate_review_id"] = _drop_repeated_ids(path, table, on_bad_rows)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: on_bad_rows=skip dropped every row ({skipped})")
+    return table, skipped
+
+
+def _drop_repeated_ids(path: Path, table: pa.Table, on_bad_rows: Policy) -> tuple[pa.Table, int]:
+    ids = table["review_id"]
+    mask = repeated_rows(ids)
+    if not mask.any():
+        return table, 0
+    row, earlier, value = first_repeat(ids, mask)
+    message = (
+        f"{path}: column 'review_id' row {row}: repeats the id {_shown(value)} of row "
+        f"{earlier}; ids must be unique"
+    )
+    keep, counts = resolve([BadRows("duplicate_review_id", mask, message)], len(mask), on_bad_rows)
+    assert keep is not None
+    return table.filter(pa.array(keep)), counts["duplicate_review_id"]
 
 
 def _check_unique(path: Path, table: pa.Table, col: str) -> None:
@@ -108,35 +232,36 @@ def _check_known(
         )
 
 
-def read_raw_reviews(raw_dir: str | Path) -> RawReviews:
-    """Read and check `raw_dir/{interactions,items,users}.parquet`.
+def read_raw_reviews(
+    raw_dir: str | Path,
+    rating_range: tuple[float, float] | None = None,
+    on_bad_rows: Policy = "error",
+    batch_rows: int = SCAN_BATCH_ROWS,
+) -> RawReviews:
+    """Read and check `raw_dir/{interactions,items,users}.parquet`, streaming (`scan_table`).
 
-    Checks: files exist and are Parquet; required columns exist with castable types;
-    ids are set, entity ids are unique, every interaction names a known user and
-    item; ratings are finite; at least one interaction.
+    Checks: files exist, are Parquet and are not empty; required columns exist with
+    castable types (optional ones are type-checked when present); ids are set,
+    entity ids are unique, every interaction names a known user and item.  Bad
+    interaction rows (features/bad_rows.py): a rating that is not finite or outside
+    `rating_range`, a blank text, a repeated review id; `on_bad_rows` says whether
+    they fail or are dropped (counted in `RawReviews.skipped`).
 
     Raises:
         DataError: naming the file, the column and the row or value.
     """
     paths = raw_paths(raw_dir)
-    tables = {name: _read_table(path) for name, path in paths.items()}
-    inter, items, users = (
-        tables[n] for n in ("interactions.parquet", "items.parquet", "users.parquet")
-    )
     p_inter, p_items, p_users = (
         paths[n] for n in ("interactions.parquet", "items.parquet", "users.parquet")
     )
-    if inter.num_rows == 0:
-        raise DataError(f"{p_inter}: has no rows")
-    finite = pc.is_finite(inter["rating"])
-    if not pc.all(finite).as_py():
-        row = pc.index(finite, False).as_py()
-        raise DataError(f"{p_inter}: column 'rating' is not a finite number in row {row}")
+    inter, skipped = scan_table(p_inter, rating_range, on_bad_rows, batch_rows)
+    items, _ = scan_table(p_items, batch_rows=batch_rows)
+    users, _ = scan_table(p_users, batch_rows=batch_rows)
     _check_unique(p_items, items, "item")
     _check_unique(p_users, users, "user")
     _check_known(p_inter, inter, "user", users["user"], p_users)
     _check_known(p_inter, inter, "item", items["item"], p_items)
-    return RawReviews(interactions=inter, items=items, users=users)
+    return RawReviews(interactions=inter, items=items, users=users, skipped=skipped)
 
 
 def write_table(path: Path, table: pa.Table) -> None:

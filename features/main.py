@@ -26,7 +26,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from features import examples, profiles, split, text
 from features.config import FeaturesConfig
-from features.dense import standardize
+from features.dense import item_prices, price_features, standardize
 from features.io import write_entities, write_examples
 from features.schema import DENSE_FEATURES, SPARSE_FEATURES
 from features.sources import read_source, source_input_hashes
@@ -46,6 +46,8 @@ log = logging.getLogger("dlrrec.features")
 
 DEFAULT_FRACTIONS = [0.8, 0.1, 0.1]
 SOURCE_DEFAULTS = {"source": "raw", "files": None, "columns": None, "rating_range": None}
+# Keys added since, left out at their defaults for the same reason (see fingerprint_config).
+SOURCE_DEFAULTS.update(max_categories=11, on_bad_rows="error")
 # Keys that say where or how, never what: left out of the fingerprint.
 LOCATION_KEYS = ("run_dir", "overwrite", "raw_dir", "embed_cache_dir")
 DESCRIPTION = "raw reviews -> leakage-free examples and entity content tables"
@@ -88,7 +90,9 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         return read_meta(final)
 
     rating_range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
-    raw = read_source(cfg.source, cfg.raw_dir, cfg.files, cfg.columns, rating_range)
+    raw = read_source(
+        cfg.source, cfg.raw_dir, cfg.files, cfg.columns, rating_range, cfg.on_bad_rows
+    )
     user_perm, user_order = entity_order(raw.users["user"].combine_chunks())
     item_perm, item_order = entity_order(raw.items["item"].combine_chunks())
     users = raw.users.take(user_perm)
@@ -136,14 +140,18 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
             row_user, row_item, train_pos, sums, counts, vecs
         )
 
-    sparse, vocabs = examples.sparse_columns(
-        users, items, row_user, row_item, train, cfg.zip_prefix_len
+    sparse, vocabs, cats_truncated = examples.sparse_columns(
+        users, items, row_user, row_item, train, cfg.zip_prefix_len, cfg.max_categories
     )
     dense_raw = examples.dense_inputs(users, items, row_user, row_item)
     dense, dense_stats = {}, {}
     for name in DENSE_FEATURES:
         dense[name], mean, std = standardize(dense_raw[name], train)
         dense_stats[name] = {"mean": mean, "std": std}
+    price, price_info = price_features(*item_prices(items), row_item, train)
+    dense.update(price)
+    if price:
+        dense_stats["price"] = {"mean": price_info["mean"], "std": price_info["std"]}
 
     columns = {
         "user_id": row_user,
@@ -154,7 +162,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         **dense,
         "user_text": row_profiles,
     }
-    tables = examples.example_tables(codes, columns, dim)
+    tables = examples.example_tables(codes, columns, dim, list(dense))
     items_out = examples.items_table(
         item_raw, item_vecs, np.bincount(row_item[train_pos], minlength=len(item_raw))
     )
@@ -186,8 +194,13 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
             for name, multi in SPARSE_FEATURES
         },
         "vocab": vocabs,
-        "dense_features": list(DENSE_FEATURES),
+        # Id 0 of every vocabulary is the OOV bucket (features/vocab.py).
+        "sparse_oov": {"id": 0, "counts": examples.oov_counts(sparse, codes)},
+        "categories": {"max_categories": cfg.max_categories, "truncated_lists": cats_truncated},
+        "dense_features": list(dense),
         "dense_stats": dense_stats,
+        "price": price_info,
+        "skipped_rows": {"policy": cfg.on_bad_rows, **raw.skipped},
         "content": {"user": ["user_text"], "item": ["item_text"]},
         "content_dim": dim,
         "text_model": cfg.text_model or text.DEFAULT_TEXT_MODEL,

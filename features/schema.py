@@ -21,6 +21,8 @@ The examples and entity tables are the contract with `trainer/` and `similarity/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 RAW_INTERACTIONS = pa.schema(
@@ -84,7 +86,7 @@ SPARSE_FEATURES = (
     ("age_bucket", False),
     ("zip_prefix", False),
 )
-DENSE_FEATURES = ("year", "age")
+DENSE_FEATURES = ("year", "age")  # + price, has_price when items have prices
 
 # MovieLens' own age groups (the ML-1M README): <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+.
 AGE_BUCKET_EDGES = (18, 25, 35, 45, 50, 56)
@@ -96,8 +98,12 @@ def content_vector(dim: int) -> pa.DataType:
     return pa.list_(pa.float16(), dim)
 
 
-def examples_schema(dim: int) -> pa.Schema:
-    """One row per interaction; every column is a model input except `label`/`timestamp`."""
+def examples_schema(dim: int, dense: Sequence[str] = DENSE_FEATURES) -> pa.Schema:
+    """One row per interaction; every column is a model input except `label`/`timestamp`.
+
+    `dense` names the float32 dense columns (DENSE_FEATURES, plus `price` and
+    `has_price` when the dataset has prices); `_meta.json` lists them.
+    """
     return pa.schema(
         [
             pa.field("user_id", pa.int64(), nullable=False),
@@ -109,8 +115,7 @@ def examples_schema(dim: int) -> pa.Schema:
             pa.field("gender", pa.int64(), nullable=False),
             pa.field("age_bucket", pa.int64(), nullable=False),
             pa.field("zip_prefix", pa.int64(), nullable=False),
-            pa.field("year", pa.float32(), nullable=False),
-            pa.field("age", pa.float32(), nullable=False),
+            *(pa.field(name, pa.float32(), nullable=False) for name in dense),
             pa.field("user_text", content_vector(dim), nullable=False),
         ]
     )

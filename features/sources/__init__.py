@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+from features.bad_rows import Policy
 from features.io import RawReviews, raw_input_hashes, read_raw_reviews
 from features.sources import amazon2023, generic, google_local, movielens_udata, yelp
 from launch.artifacts import sha256_file
@@ -93,16 +94,20 @@ def read_source(
     files: dict[str, str] | None = None,
     columns: dict[str, str] | None = None,
     rating_range: tuple[float, float] | None = None,
+    on_bad_rows: Policy = "error",
 ) -> RawReviews:
     """Read and check one source as raw reviews.
+
+    Bad review rows (features/bad_rows.py) fail with `on_bad_rows: error` and are
+    dropped and counted in `RawReviews.skipped` with `skip`.
 
     Raises:
         DataError: one line naming the file, the column and the first bad row.
     """
     if source == "raw":
-        return read_raw_reviews(raw_dir)
+        return read_raw_reviews(raw_dir, rating_range, on_bad_rows)
     paths = source_paths(source, raw_dir, files)
     rng = rating_range or DEFAULT_RATING_RANGE[source] or (float("-inf"), float("inf"))
     if source == "generic":
-        return generic.read(paths, rng, columns or {})
-    return ADAPTERS[source].read(paths, rng)
+        return generic.read(paths, rng, columns or {}, on_bad_rows)
+    return ADAPTERS[source].read(paths, rng, on_bad_rows)

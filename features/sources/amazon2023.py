@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from features.bad_rows import Policy
 from features.io import RawReviews
 from features.sources.records import Records, column, read_records
 from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
@@ -45,7 +46,9 @@ def _prices(meta: Records) -> list[float | None]:
     return column(meta, "price", "num", required=False)
 
 
-def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReviews:
+def read(
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
+) -> RawReviews:
     reviews = read_records(paths["reviews"])
     user = column(reviews, "user_id", "id")
     item = column(reviews, "parent_asin", "id")
@@ -60,6 +63,7 @@ def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReview
         review_id=[f"{u}|{i}|{t}" for u, i, t in zip(user, item, ms)],
         # The review's headline is part of what the reviewer wrote.
         text=[". ".join(p for p in (h, b) if p) or None for h, b in zip(title, text)],
+        source_text=text,
         image_urls=[
             image_urls(r.get("images"), ("large_image_url", "medium_image_url"))
             for r in reviews.rows
@@ -81,5 +85,5 @@ def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReview
     )
     keys = {"review_id": "user_id+parent_asin+timestamp", "rating": "rating", "item": "parent_asin"}
     return raw_reviews(
-        reviews, cols, {**keys, "item_key": "parent_asin"}, rating_range, (meta, items)
+        reviews, cols, {**keys, "item_key": "parent_asin"}, rating_range, (meta, items), on_bad_rows
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from features.bad_rows import Policy
 from features.io import RawReviews
 from features.sources.records import column, read_records
 from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
@@ -42,7 +43,10 @@ def split_list(value: Any) -> Any:
 
 
 def read(
-    paths: dict[str, Path], rating_range: tuple[float, float], mapping: dict[str, str]
+    paths: dict[str, Path],
+    rating_range: tuple[float, float],
+    mapping: dict[str, str],
+    on_bad_rows: Policy = "error",
 ) -> RawReviews:
     name = {c: mapping.get(c, c) for c in COLUMNS}
     reviews = read_records(paths["reviews"])
@@ -62,9 +66,10 @@ def read(
         "rating": name["rating"],
         "item": name["item"],
         "item_key": name["item"],
+        "text": name["text"],
     }
     if not paths["items"].is_file():
-        return raw_reviews(reviews, cols, keys, rating_range, None)
+        return raw_reviews(reviews, cols, keys, rating_range, None, on_bad_rows)
     items = read_records(paths["items"])
     for rec in items.rows:
         if name["categories"] in rec:
@@ -76,4 +81,4 @@ def read(
         year=column(items, name["year"], "int", required=False),
         extras={"price": column(items, name["price"], "num", required=False)},
     )
-    return raw_reviews(reviews, cols, keys, rating_range, (items, item_cols))
+    return raw_reviews(reviews, cols, keys, rating_range, (items, item_cols), on_bad_rows)

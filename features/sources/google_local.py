@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from features.bad_rows import Policy
 from features.io import RawReviews
 from features.sources.records import column, read_records
 from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
@@ -39,7 +40,9 @@ def pic_urls(pics: Any) -> list[str] | None:
     return urls or None
 
 
-def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReviews:
+def read(
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
+) -> RawReviews:
     reviews = read_records(paths["reviews"])
     user = column(reviews, "user_id", "id")
     item = column(reviews, "gmap_id", "id")
@@ -61,4 +64,6 @@ def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReview
         extras={"price_tier": [dollar_tier(p) for p in column(meta, "price", "str", False)]},
     )
     keys = {"review_id": "user_id+gmap_id+time", "rating": "rating", "item": "gmap_id"}
-    return raw_reviews(reviews, cols, {**keys, "item_key": "gmap_id"}, rating_range, (meta, items))
+    return raw_reviews(
+        reviews, cols, {**keys, "item_key": "gmap_id"}, rating_range, (meta, items), on_bad_rows
+    )

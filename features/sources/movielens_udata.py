@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from features.bad_rows import Policy
 from features.io import RawReviews
 from features.sources.records import Records, column
 from features.sources.tables import ReviewColumns, raw_reviews
@@ -50,7 +51,9 @@ def read_ratings(path: Path) -> Records:
     return Records(path, rows, lines)
 
 
-def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReviews:
+def read(
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
+) -> RawReviews:
     recs = read_ratings(paths["ratings"])
     user = column(recs, "user_id", "id")
     item = column(recs, "item_id", "id")
@@ -63,4 +66,4 @@ def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReview
         review_id=[f"{u}_{i}" for u, i in zip(user, item)],
     )
     keys = {"review_id": "user_id+item_id", "rating": "rating", "item": "item_id"}
-    return raw_reviews(recs, cols, keys, rating_range, None)
+    return raw_reviews(recs, cols, keys, rating_range, None, on_bad_rows)

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from features.bad_rows import BadRows
 from launch.config import DataError
 
 Kind = Literal["id", "str", "text", "num", "int", "seconds", "millis", "date", "str_list"]
@@ -169,8 +171,8 @@ _EXPECTED = {
 def column(recs: Records, key: str, kind: Kind, required: bool = True) -> list[Any]:
     """One field of every record, converted and checked; None where absent and optional.
 
-    A `text` field may be null (a rating without a review) but never blank: an empty
-    string is a broken export, not a missing review.
+    A `text` field may be null (a rating without a review); a blank one is returned
+    as it is and flagged as a bad row by `tables.raw_reviews` (see `blank_rows`).
 
     Raises:
         DataError: the field is missing from the first record (and required), null
@@ -190,28 +192,69 @@ def column(recs: Records, key: str, kind: Kind, required: bool = True) -> list[A
         ok, conv = _convert(value, kind)
         if not ok:
             raise _bad(recs, key, i, _EXPECTED[kind], value)
-        if kind == "text" and not conv.strip():
-            raise _bad(recs, key, i, "is empty; drop the field or set it to null", value)
         out.append(conv)
     return out
 
 
+def blank_rows(recs: Records, key: str, values: list[str | None]) -> BadRows:
+    """Rows whose text is blank (null is fine: a rating without a review)."""
+    mask = np.array([v is not None and not v.strip() for v in values], dtype=bool)
+    i = int(np.argmax(mask)) if mask.any() else 0
+    msg = str(
+        _bad(
+            recs,
+            key,
+            i,
+            "is empty; drop the field or set it to null",
+            values[i] if mask.any() else None,
+        )
+    )
+    return BadRows("empty_text", mask, msg)
+
+
+def repeated_id_rows(recs: Records, key: str, values: list[Any], ignore: np.ndarray) -> BadRows:
+    """Rows whose id repeats an earlier, not ignored row's."""
+    seen: dict[Any, int] = {}
+    mask = np.zeros(len(values), dtype=bool)
+    msg = ""
+    for i, v in enumerate(values):
+        if ignore[i]:
+            continue
+        if v in seen:
+            if not mask.any():
+                msg = (
+                    f"{recs.path}: column {key!r} {recs.where(i)}: repeats the id {v!r} of "
+                    f"{recs.where(seen[v])}; ids must be unique"
+                )
+            mask[i] = True
+        else:
+            seen[v] = i
+    return BadRows("duplicate_review_id", mask, msg)
+
+
 def check_unique(recs: Records, key: str, values: list[Any]) -> None:
     """Fail on the first row whose id repeats an earlier row's."""
-    seen: dict[Any, int] = {}
-    for i, v in enumerate(values):
-        if v in seen:
-            raise DataError(
-                f"{recs.path}: column {key!r} {recs.where(i)}: repeats the id {v!r} of "
-                f"{recs.where(seen[v])}; ids must be unique"
-            )
-        seen[v] = i
+    found = repeated_id_rows(recs, key, values, np.zeros(len(values), dtype=bool))
+    if found.mask.any():
+        raise DataError(found.message)
 
 
-def check_range(recs: Records, key: str, values: list[float], lo: float, hi: float) -> None:
-    for i, v in enumerate(values):
-        if not lo <= v <= hi:
-            raise _bad(recs, key, i, f"expected a rating in [{lo:g}, {hi:g}]", v)
+def out_of_range_rows(
+    recs: Records, key: str, values: list[float], lo: float, hi: float
+) -> BadRows:
+    x = np.asarray(values, dtype=np.float64)
+    mask = ~((x >= lo) & (x <= hi))
+    i = int(np.argmax(mask)) if mask.any() else 0
+    msg = str(
+        _bad(
+            recs,
+            key,
+            i,
+            f"expected a rating in [{lo:g}, {hi:g}]",
+            values[i] if mask.any() else None,
+        )
+    )
+    return BadRows("rating_out_of_range", mask, msg)
 
 
 def check_known(recs: Records, key: str, values: list[str], known: set[str], where: Path) -> None:

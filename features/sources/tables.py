@@ -11,11 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
+from features.bad_rows import Policy, resolve
 from features.io import RawReviews
 from features.schema import OPTIONAL_COLUMNS, RAW_INTERACTIONS, RAW_ITEMS, RAW_USERS
-from features.sources.records import Records, check_known, check_range, check_unique
+from features.sources.records import (
+    Records,
+    blank_rows,
+    check_known,
+    check_unique,
+    out_of_range_rows,
+    repeated_id_rows,
+)
 
 
 @dataclass
@@ -29,6 +38,9 @@ class ReviewColumns:
     review_id: list[str]
     text: list[str | None] | None = None
     image_urls: list[list[str] | None] | None = None
+    # The text field as the source wrote it, when `text` is built from it (the
+    # blank-text check looks at this one).
+    source_text: list[str | None] | None = None
 
 
 @dataclass
@@ -94,17 +106,32 @@ def raw_reviews(
     keys: dict[str, str],
     rating_range: tuple[float, float],
     items: tuple[Records, ItemColumns] | None,
+    on_bad_rows: Policy = "error",
 ) -> RawReviews:
-    """Check and assemble.  `keys` maps review_id/rating/item to the source's field names.
+    """Check and assemble.  `keys` maps review_id/rating/item/text to the source's field names.
 
     Without an item file, the items are the distinct reviewed ids with no content.
+    Bad review rows (features/bad_rows.py: a rating out of range, a blank text, a
+    repeated review id) fail or are dropped, as `on_bad_rows` says.
 
     Raises:
-        DataError: a repeated review id, a rating out of range, an unknown item, a
-            repeated item id; naming the file, the source column and the row.
+        DataError: a bad row (with `error`), an unknown item, a repeated item id;
+            naming the file, the source column and the row.
     """
-    check_unique(reviews, keys["review_id"], cols.review_id)
-    check_range(reviews, keys["rating"], cols.rating, *rating_range)
+    text = cols.source_text if cols.source_text is not None else cols.text
+    found = [out_of_range_rows(reviews, keys["rating"], cols.rating, *rating_range)]
+    if text is not None:
+        found.append(blank_rows(reviews, keys.get("text", "text"), text))
+    # With skip, a duplicate is judged among the surviving rows (the first good copy
+    # is kept); with error, among all rows, so the message names the first repeat.
+    ignore = np.zeros(len(cols.user), dtype=bool)
+    if on_bad_rows == "skip":
+        for f in found:
+            ignore |= f.mask
+    found.append(repeated_id_rows(reviews, keys["review_id"], cols.review_id, ignore))
+    keep, skipped = resolve(found, len(cols.user), on_bad_rows)
+    if keep is not None:
+        cols = _take_rows(cols, np.nonzero(keep)[0])
     if items is None:
         item_cols = ItemColumns(item=sorted(set(cols.item)))
     else:
@@ -115,4 +142,20 @@ def raw_reviews(
         interactions=interactions_table(cols),
         items=items_table(item_cols),
         users=users_table(cols.user),
+        skipped=skipped,
+    )
+
+
+def _take_rows(cols: ReviewColumns, rows: np.ndarray) -> ReviewColumns:
+    def take(values: list[Any] | None) -> list[Any] | None:
+        return None if values is None else [values[i] for i in rows]
+
+    return ReviewColumns(
+        user=[cols.user[i] for i in rows],
+        item=[cols.item[i] for i in rows],
+        rating=[cols.rating[i] for i in rows],
+        timestamp=[cols.timestamp[i] for i in rows],
+        review_id=[cols.review_id[i] for i in rows],
+        text=take(cols.text),
+        image_urls=take(cols.image_urls),
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from features.bad_rows import Policy
 from features.io import RawReviews
 from features.sources.records import column, read_records
 from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
@@ -38,7 +39,9 @@ def price_tier(attributes: Any) -> int | None:
     return int(value) if value in ("1", "2", "3", "4") else None
 
 
-def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReviews:
+def read(
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
+) -> RawReviews:
     reviews = read_records(paths["reviews"])
     cols = ReviewColumns(
         user=column(reviews, "user_id", "id"),
@@ -69,7 +72,12 @@ def read(paths: dict[str, Path], rating_range: tuple[float, float]) -> RawReview
             "captions": [captions.get(b) for b in ids],
         },
     )
-    keys = {"review_id": "review_id", "rating": "stars", "item": "business_id"}
+    keys = {"review_id": "review_id", "rating": "stars", "item": "business_id", "text": "text"}
     return raw_reviews(
-        reviews, cols, {**keys, "item_key": "business_id"}, rating_range, (business, items)
+        reviews,
+        cols,
+        {**keys, "item_key": "business_id"},
+        rating_range,
+        (business, items),
+        on_bad_rows,
     )
