@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from features.captions import ImagesConfig
+from features.llm import LLMConfig
 from launch.config import ConfigError
 
 
@@ -37,6 +39,9 @@ class FeaturesConfig:
         on_bad_rows: `error` fails on the first bad review row (rating out of range
             or not finite, blank text, repeated review id); `skip` drops such rows
             and counts them per reason in `_meta.json` (`skipped_rows`).
+        llm: review summaries, price and types through an LLM (features/content.py);
+            null = off.  `llm: {}` = the offline provider.
+        images: image caption vectors (features/captions.py); null = off.
         overwrite: replace an existing output made from another config or input.
     """
 
@@ -59,6 +64,8 @@ class FeaturesConfig:
     embed_cache_dir: str = ""
     max_categories: int = 11
     on_bad_rows: Literal["error", "skip"] = "error"
+    llm: LLMConfig | None = None
+    images: ImagesConfig | None = None
     overwrite: bool = False
 
     def validate(self) -> None:

@@ -206,10 +206,16 @@ def tier_price(tier: int | None) -> str:
 # ---- providers ---------------------------------------------------------------------
 
 
+ALL_KINDS: tuple[PromptKind, ...] = ("summary", "price", "types")
+
+
 class Provider(Protocol):
+    name: str
     usage: Usage
 
-    def extract(self, entities: Sequence[EntityReviews]) -> list[Extraction]: ...
+    def extract(
+        self, entities: Sequence[EntityReviews], kinds: Sequence[PromptKind] = ALL_KINDS
+    ) -> list[Extraction]: ...
 
 
 class OfflineProvider:
@@ -220,12 +226,14 @@ class OfflineProvider:
     def __init__(self) -> None:
         self.usage = Usage()
 
-    def extract(self, entities: Sequence[EntityReviews]) -> list[Extraction]:
+    def extract(
+        self, entities: Sequence[EntityReviews], kinds: Sequence[PromptKind] = ALL_KINDS
+    ) -> list[Extraction]:
         return [
             Extraction(
-                summary=extractive_summary(e.texts),
-                price=tier_price(e.price_tier),
-                types=parse_types("\n".join(e.categories)),
+                summary=extractive_summary(e.texts) if "summary" in kinds else "",
+                price=tier_price(e.price_tier) if "price" in kinds else "none",
+                types=parse_types("\n".join(e.categories)) if "types" in kinds else [],
             )
             for e in entities
         ]
@@ -293,18 +301,26 @@ class ChatCompletionsProvider:
         self.max_input_chars = max_input_chars
         self.usage = Usage()
 
-    def extract(self, entities: Sequence[EntityReviews]) -> list[Extraction]:
-        jobs = [(e, k) for e in entities for k in ("summary", "price", "types")]
+    def extract(
+        self, entities: Sequence[EntityReviews], kinds: Sequence[PromptKind] = ALL_KINDS
+    ) -> list[Extraction]:
+        """The `kinds` prompts for each entity (the others answer "", "none", [])."""
+        jobs = [(e, k) for e in entities for k in kinds]
         with ThreadPoolExecutor(self.max_concurrency) as pool:
             answers = list(pool.map(lambda job: self._answer(*job), jobs))
         out = []
         for i, e in enumerate(entities):
-            summary, price, types = answers[3 * i : 3 * i + 3]
+            got = dict(zip(kinds, answers[len(kinds) * i : len(kinds) * (i + 1)]))
+            summary = (
+                parse_summary(got["summary"]) or extractive_summary(e.texts)
+                if "summary" in got
+                else ""
+            )
             out.append(
                 Extraction(
-                    summary=parse_summary(summary) or extractive_summary(e.texts),
-                    price=parse_price(price),
-                    types=parse_types(types),
+                    summary=summary,
+                    price=parse_price(got.get("price", "")),
+                    types=parse_types(got.get("types", "")),
                 )
             )
         return out
@@ -383,7 +399,7 @@ class ChatCompletionsProvider:
 
 @dataclass
 class LLMConfig:
-    """The `llm` keys a features build will take once extraction is wired in.
+    """The `features.llm` section: review summaries, price and types (features/summaries.py).
 
     Args:
         base_url: OpenAI-compatible endpoint; "" = the offline provider.
@@ -392,6 +408,8 @@ class LLMConfig:
         cache_dir: answer cache folder.
         max_concurrency, timeout_s, max_retries: see ChatCompletionsProvider.
         price_per_mtok: [input, output] USD per million tokens.
+        folds: K of the out-of-fold summaries (features/summaries.py): a training row in
+            fold k reads summaries of the other folds' reviews only.
     """
 
     base_url: str = ""
@@ -402,6 +420,11 @@ class LLMConfig:
     timeout_s: float = 60.0
     max_retries: int = 5
     price_per_mtok: list[float] | None = None
+    folds: int = 5
+
+    def validate(self) -> None:
+        if self.folds < 2:
+            raise ConfigError("features.llm.folds: must be >= 2 (out-of-fold summaries)")
 
 
 def build_provider(cfg: LLMConfig) -> Provider:

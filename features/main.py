@@ -26,7 +26,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from features import examples, profiles, split, text
 from features.config import FeaturesConfig
-from features.dense import item_prices, price_features, standardize
+from features.content import build_review_content
+from features.dense import price_features, standardize
 from features.io import write_entities, write_examples
 from features.schema import DENSE_FEATURES, SPARSE_FEATURES
 from features.sources import read_source, source_input_hashes
@@ -48,8 +49,15 @@ DEFAULT_FRACTIONS = [0.8, 0.1, 0.1]
 SOURCE_DEFAULTS = {"source": "raw", "files": None, "columns": None, "rating_range": None}
 # Keys added since, left out at their defaults for the same reason (see fingerprint_config).
 SOURCE_DEFAULTS.update(max_categories=11, on_bad_rows="error")
+SOURCE_DEFAULTS.update(llm=None, images=None)
 # Keys that say where or how, never what: left out of the fingerprint.
 LOCATION_KEYS = ("run_dir", "overwrite", "raw_dir", "embed_cache_dir")
+# ... and their like inside the llm/images sections (answers and captions are cached by
+# model and input, so the cache folder, concurrency or batch size change nothing).
+SECTION_HOW_KEYS = {
+    "llm": ("cache_dir", "api_key_env", "max_concurrency", "timeout_s", "max_retries"),
+    "images": ("cache_dir", "batch_size", "device"),
+}
 DESCRIPTION = "raw reviews -> leakage-free examples and entity content tables"
 
 
@@ -68,6 +76,9 @@ def fingerprint_config(cfg: FeaturesConfig) -> dict[str, Any]:
     for key, default in SOURCE_DEFAULTS.items():
         if d.get(key) == default:
             d.pop(key)
+    for section, keys in SECTION_HOW_KEYS.items():
+        for key in keys if d.get(section) else ():
+            d[section].pop(key)
     d["split_fractions"] = cfg.split_fractions or DEFAULT_FRACTIONS
     return d
 
@@ -140,15 +151,26 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
             row_user, row_item, train_pos, sums, counts, vecs
         )
 
+    # LLM summaries/price/types (out of fold) and image captions, when configured.
+    review = build_review_content(
+        cfg.llm, cfg.images, raw, items, user_raw.to_pylist(), row_user, row_item, train,
+        cfg.seed, cfg.raw_dir,
+        lambda t: text.embed_texts(t, model, cfg.embed_batch_size, cfg.embed_cache_dir), dim,
+    )  # fmt: skip
+
     sparse, vocabs, cats_truncated = examples.sparse_columns(
         users, items, row_user, row_item, train, cfg.zip_prefix_len, cfg.max_categories
     )
+    if review.row_types is not None:
+        sparse["categories"], vocabs["categories"], cats_truncated = review.categories(
+            train, cfg.max_categories
+        )
     dense_raw = examples.dense_inputs(users, items, row_user, row_item)
     dense, dense_stats = {}, {}
     for name in DENSE_FEATURES:
         dense[name], mean, std = standardize(dense_raw[name], train)
         dense_stats[name] = {"mean": mean, "std": std}
-    price, price_info = price_features(*item_prices(items), row_item, train)
+    price, price_info = price_features(*review.price_inputs(items, row_item), train)
     dense.update(price)
     if price:
         dense_stats["price"] = {"mean": price_info["mean"], "std": price_info["std"]}
@@ -167,6 +189,8 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         item_raw, item_vecs, np.bincount(row_item[train_pos], minlength=len(item_raw))
     )
     users_out = examples.users_table(user_raw, profiles.mean_profiles(sums, counts), counts)
+    tables = review.add_to_examples(tables, codes)
+    users_out, items_out = review.add_to_entities(users_out, items_out)
 
     cat_lengths = np.asarray(pc.list_value_length(sparse["categories"]).fill_null(0))
     sizes = {
@@ -201,7 +225,9 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         "dense_stats": dense_stats,
         "price": price_info,
         "skipped_rows": {"policy": cfg.on_bad_rows, **raw.skipped},
-        "content": {"user": ["user_text"], "item": ["item_text"]},
+        "content": review.content,
+        "row_content": review.row_content,
+        **review.meta,
         "content_dim": dim,
         "text_model": cfg.text_model or text.DEFAULT_TEXT_MODEL,
         "input_hashes": input_hashes,

@@ -239,7 +239,8 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
                     f"which this dataset lacks (has {sorted(available[entity])})"
                 )
             towers.append((entity, col))
-    user_cols = [c for e, c in towers if e == "user"]
+    # User vectors, and item vectors built from reviews (out of fold), are per row.
+    user_cols = [c for e, c in towers if e == "user" or c in meta.get("row_content", ())]
     splits = {s: read_split(root, s, meta, user_cols) for s in ("train", "val", "test")}
     entity_content: dict[str, np.ndarray] = {}
     for entity in ("user", "item"):
@@ -329,6 +330,9 @@ def make_batch(
         if entity == "user":
             content.append(split.user_content[col][rows])
             user_tower = t if user_tower < 0 else user_tower
+        elif col in split.user_content:  # per-row item vector (features `row_content`)
+            content.append(split.user_content[col][rows])
+            item_tower = t if item_tower < 0 else item_tower
         else:
             content.append(data.entity_content[col][items])
             item_tower = t if item_tower < 0 else item_tower

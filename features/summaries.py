@@ -1,0 +1,185 @@
+"""Out-of-fold review extraction: summaries, price and types that never read the row's own review.
+
+An LLM summary is not a sum, so it cannot leave one review out the way a mean can.
+Training reviews are therefore cut into K folds by a hash of (seed, review id), and
+
+    R(e, k) = entity e's training reviews outside fold k      (k < K)
+    R(e, K) = all of entity e's training reviews
+
+A training row in fold k reads R(user, k) and R(item, k); a val/test row reads
+R(user, K) and R(item, K); the entity tables hold R(e, K).  A row's own review is in
+its own fold, so nothing it says (text or rating) reaches its features, and val/test
+reviews reach nothing at all.  The fold of a review depends only on its id.
+
+Each distinct review set is sent to the provider once (features/llm.py: the
+OpenAI-compatible client or the offline one), and each distinct summary is embedded
+once with MiniLM (features/text.py).  Users get only the summary prompt; items get
+summary, price and types (the paper's prompts are about a restaurant).
+
+Shapes: N = interaction rows, E = entities, S = distinct review sets, D = 384.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from features.llm import EntityReviews, Provider
+
+
+def review_folds(review_ids: Sequence[str], k: int, seed: int) -> np.ndarray:
+    """int64 [N] fold of each review: sha256(seed, review id) mod k (no other input)."""
+    return np.asarray(
+        [
+            int.from_bytes(hashlib.sha256(f"{seed}\0{r}".encode()).digest()[:8], "little") % k
+            for r in review_ids
+        ],
+        dtype=np.int64,
+    )
+
+
+@dataclass
+class ReviewSets:
+    """The distinct review sets of one entity kind and who reads which.
+
+    sets: [S] (entity, sorted row indices of the reviews in the set).
+    row_set: int64 [N] the set each row reads (its entity's, out of the row's fold).
+    entity_set: int64 [E] each entity's all-training set.
+    """
+
+    sets: list[tuple[int, tuple[int, ...]]]
+    row_set: np.ndarray
+    entity_set: np.ndarray
+
+
+def out_of_fold_sets(
+    owner: np.ndarray, train: np.ndarray, folds: np.ndarray, k: int, n_entities: int
+) -> ReviewSets:
+    """R(e, k) for the (entity, fold) pairs some row or entity reads (pure).
+
+    Args:
+        owner: int64 [N] the entity of each row (its user, or its item).
+        train: bool [N]; folds: int64 [N] (only training rows' folds matter).
+        k: K.
+        n_entities: E.
+    """
+    by_entity: dict[int, list[int]] = {}
+    for r in np.nonzero(train)[0]:
+        by_entity.setdefault(int(owner[r]), []).append(int(r))
+    index: dict[tuple[int, tuple[int, ...]], int] = {}
+    sets: list[tuple[int, tuple[int, ...]]] = []
+
+    def set_id(e: int, fold: int) -> int:
+        rows = tuple(r for r in by_entity.get(e, ()) if fold == k or folds[r] != fold)
+        key = (e, rows)
+        if key not in index:
+            index[key] = len(sets)
+            sets.append(key)
+        return index[key]
+
+    row_set = np.asarray(
+        [set_id(int(e), int(f) if t else k) for e, f, t in zip(owner, folds, train)],
+        dtype=np.int64,
+    )
+    entity_set = np.asarray([set_id(e, k) for e in range(n_entities)], dtype=np.int64)
+    return ReviewSets(sets, row_set, entity_set)
+
+
+@dataclass
+class EntityExtraction:
+    """One entity kind's extraction, per row (out of fold) and per entity (all training)."""
+
+    row_vecs: np.ndarray  # float32 [N, D] summary vectors, 0 where no summary
+    row_mask: np.ndarray  # bool [N]
+    vecs: np.ndarray  # float32 [E, D]
+    mask: np.ndarray  # bool [E]
+    row_price: list[str]  # [N] "overpriced" | "fair" | "cheap" | "none"
+    row_types: list[list[str]]  # [N]
+    price: list[str]  # [E]
+    types: list[list[str]]  # [E]
+    n_sets: int
+
+
+def extract_out_of_fold(
+    provider: Provider,
+    kind: Literal["user", "item"],
+    entity_names: Sequence[str],
+    owner: np.ndarray,
+    texts: Sequence[str | None],
+    train: np.ndarray,
+    folds: np.ndarray,
+    k: int,
+    embed: Callable[[list[str]], np.ndarray],
+    dim: int,
+    price_tier: Sequence[int | None] | None = None,
+    categories: Sequence[Sequence[str] | None] | None = None,
+) -> EntityExtraction:
+    """Ask the provider about every distinct out-of-fold review set, embed the summaries.
+
+    Args:
+        provider: features/llm.py provider.
+        kind: "user" (summary only) or "item" (summary, price, types).
+        entity_names: [E] raw ids (for messages).
+        owner: int64 [N] the row's user or item.
+        texts: [N] review texts (None or blank = no text).
+        train, folds, k: see `out_of_fold_sets`.
+        embed: texts -> float16-exact vectors [len, D].
+        dim: D.
+        price_tier, categories: [E] metadata the offline provider falls back to.
+    """
+    rs = out_of_fold_sets(owner, train, folds, k, len(entity_names))
+    requests = []
+    for e, rows in rs.sets:
+        body = tuple(t.strip() for t in (texts[r] for r in rows) if t and t.strip())
+        requests.append(
+            EntityReviews(
+                entity=str(entity_names[e]),
+                kind=kind,
+                texts=body,
+                price_tier=price_tier[e] if price_tier is not None else None,
+                categories=tuple((categories[e] or ()) if categories is not None else ()),
+            )
+        )
+    kinds = ("summary",) if kind == "user" else ("summary", "price", "types")
+    answers = provider.extract(requests, kinds) if requests else []
+    summaries = [a.summary.strip() for a in answers]
+    distinct = sorted({s for s in summaries if s})
+    table = embed(distinct) if distinct else np.zeros((0, dim), np.float32)
+    at = {s: i for i, s in enumerate(distinct)}
+    set_vecs = np.zeros((len(summaries), dim), np.float32)
+    set_mask = np.zeros(len(summaries), bool)
+    for i, s in enumerate(summaries):
+        if s:
+            set_vecs[i] = table[at[s]]
+            set_mask[i] = True
+    price = [a.price for a in answers]
+    types = [list(a.types) for a in answers]
+    return EntityExtraction(
+        row_vecs=set_vecs[rs.row_set],
+        row_mask=set_mask[rs.row_set],
+        vecs=set_vecs[rs.entity_set],
+        mask=set_mask[rs.entity_set],
+        row_price=[price[s] for s in rs.row_set],
+        row_types=[types[s] for s in rs.row_set],
+        price=[price[s] for s in rs.entity_set],
+        types=[types[s] for s in rs.entity_set],
+        n_sets=len(rs.sets),
+    )
+
+
+def usage_meta(
+    provider: Provider, k: int, user: EntityExtraction, item: EntityExtraction
+) -> dict[str, Any]:
+    """The `llm` block of `_meta.json`: provider, model, folds, prompt counts, tokens, cost."""
+    meta: dict[str, Any] = {
+        "provider": provider.name,
+        "model": getattr(provider, "model", None),
+        "folds": k,
+        "review_sets": {"user": user.n_sets, "item": item.n_sets},
+        "usage": provider.usage.to_meta(),
+    }
+    return meta

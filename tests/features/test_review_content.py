@@ -1,0 +1,288 @@
+"""`dlrrec features build` with the llm and images sections, end to end.
+
+A generated Google Local dump, a local chat-completions stub (features/llm.py speaks
+to it over HTTP), a tiny random BLIP-2 and the real MiniLM.  The out-of-fold
+summaries are recomputed here independently from the raw records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from review_source import (
+    answering_stub,
+    image_names,
+    review_records,
+    stub_answer,
+    write_source,
+)
+from tiny_blip2 import save_tiny_blip2, write_images
+from tiny_reviews import read_outputs, vectors
+
+from features import text
+from features.captions import ImagesConfig
+from features.config import FeaturesConfig
+from features.llm import (
+    ABOUT,
+    PROMPTS,
+    LLMConfig,
+    parse_price,
+    parse_summary,
+    parse_types,
+    prompt_input,
+)
+from features.main import run
+from launch.config import ConfigError, load_config
+
+K = 3
+SEED = 1
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[Any]:
+    with answering_stub() as state:
+        yield state
+
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("review_content")
+    reviews, meta = review_records()
+    write_images(root / "images", image_names(reviews))
+    return {
+        "root": root,
+        "reviews": reviews,
+        "meta": meta,
+        "raw": write_source(root / "raw", reviews, meta),
+        "blip2": save_tiny_blip2(root / "blip2"),
+    }
+
+
+def content_config(
+    dump: dict[str, Any], url: str, run_dir: Path, raw: Path | None = None
+) -> FeaturesConfig:
+    return FeaturesConfig(
+        run_dir=str(run_dir),
+        raw_dir=str(raw or dump["raw"]),
+        source="google_local",
+        seed=SEED,
+        llm=LLMConfig(
+            base_url=url,
+            model="stub-model",
+            cache_dir=str(dump["root"] / "llm-cache"),
+            price_per_mtok=[1.0, 2.0],
+            folds=K,
+        ),
+        images=ImagesConfig(
+            blip2_path=str(dump["blip2"]),
+            image_dir=str(dump["root"] / "images"),
+            cache_dir=str(dump["root"] / "caption-cache"),
+            max_new_tokens=5,
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def built(
+    dump: dict[str, Any], stub: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    run_dir = tmp_path_factory.mktemp("run")
+    run(content_config(dump, stub.url, run_dir))
+    out = read_outputs(run_dir)
+    out["run_dir"] = run_dir
+    return out
+
+
+def reference_summary(texts: list[str], kind: str) -> str:
+    """What the pipeline must send for these reviews, answered by the stub's own rule."""
+    if not texts:
+        return ""
+    prompt = PROMPTS["summary"].format(about=ABOUT[kind])
+    return parse_summary(stub_answer(f"{prompt}\n\nReviews:\n{prompt_input(texts, 12000)}"))
+
+
+def test_meta_records_provider_usage_and_content(built: dict[str, Any], stub: Any) -> None:
+    meta = built["meta"]
+    assert meta["content"] == {
+        "user": ["user_text", "user_image"],
+        "item": ["item_text", "item_image"],
+    }
+    assert meta["row_content"] == ["item_text", "item_image"]
+    llm = meta["llm"]
+    assert (llm["provider"], llm["model"], llm["folds"]) == ("chat_completions", "stub-model", K)
+    usage = llm["usage"]
+    # Every request the stub saw is accounted, with its tokens and cost.
+    assert usage["requests"] == stub.requests > 0 and usage["retries"] == 0
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (
+        stub.prompt_tokens,
+        stub.completion_tokens,
+    )
+    assert usage["cost_usd"] == pytest.approx(
+        (stub.prompt_tokens + 2 * stub.completion_tokens) / 1e6
+    )
+    # Users get one prompt per distinct review set, items three.
+    sets = llm["review_sets"]
+    assert stub.requests == sets["user"] + 3 * sets["item"]
+    images = meta["images"]
+    assert images["provider"] == "blip2" and images["images_missing"] == 0
+    assert images["generated"] == images["images"] > 0
+    assert meta["price"]["source"] == "llm"
+
+
+def test_rebuild_hits_the_caches(
+    built: dict[str, Any], dump: dict[str, Any], stub: Any, tmp_path: Path
+) -> None:
+    before = stub.requests
+    meta = run(content_config(dump, stub.url, tmp_path))
+    assert stub.requests == before  # every answer came from the llm cache
+    assert meta["llm"]["usage"]["cache_hits"] == before and meta["llm"]["usage"]["requests"] == 0
+    assert (
+        meta["images"]["generated"] == 0
+        and meta["images"]["cache_hits"] == meta["images"]["images"]
+    )
+    again = read_outputs(tmp_path)
+    for split in ("train", "val", "test"):
+        assert again[split].equals(built[split])
+
+
+def rows_of(built: dict[str, Any], dump: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every example row with its raw review (matched by (user, item) names)."""
+    users = built["users"]["user"].to_pylist()
+    items = built["items"]["item"].to_pylist()
+    by_pair = {(r["user_id"], r["gmap_id"]): r for r in dump["reviews"]}
+    out = []
+    for split in ("train", "val", "test"):
+        t = built[split]
+        cols = {c: vectors(t, c) for c in ("user_text", "item_text", "user_image", "item_image")}
+        for k, r in enumerate(
+            t.select(["user_id", "item_id", "categories", "price", "has_price"]).to_pylist()
+        ):
+            rec = by_pair[(users[r["user_id"]], items[r["item_id"]])]
+            out.append({**r, **{c: v[k] for c, v in cols.items()}, "split": split, "review": rec})
+    return out
+
+
+def fold(rec: dict[str, Any]) -> int:
+    rid = f"{rec['user_id']}|{rec['gmap_id']}|{rec['time']}"
+    return int.from_bytes(hashlib.sha256(f"{SEED}\0{rid}".encode()).digest()[:8], "little") % K
+
+
+def test_out_of_fold_summaries_types_and_price_match_a_reference(
+    built: dict[str, Any], dump: dict[str, Any]
+) -> None:
+    """item_text / user_text / categories / price of every row, recomputed from the raw records."""
+    rows = rows_of(built, dump)
+    train_recs = [r["review"] for r in rows if r["split"] == "train"]
+    order = {id(r): n for n, r in enumerate(dump["reviews"])}
+    meta = built["meta"]
+    vocab = meta["vocab"]["categories"]
+    stats = meta["dense_stats"]["price"]
+    model = text.model_path("")
+    n_checked = {"train": 0, "other": 0}
+    wanted: list[tuple[np.ndarray, str]] = []  # (stored vector, reference summary)
+    for r in rows:
+        own = r["review"]
+        out_of_fold = [
+            t
+            for t in sorted(train_recs, key=lambda x: order[id(x)])
+            if r["split"] != "train" or fold(t) != fold(own)
+        ]
+        for kind, key, col in (("item", "gmap_id", "item_text"), ("user", "user_id", "user_text")):
+            texts = [t["text"] for t in out_of_fold if t[key] == own[key]]
+            want = reference_summary(texts, kind)
+            if want:
+                wanted.append((r[col], want))
+            else:
+                assert not r[col].any()
+        item_texts = [t["text"] for t in out_of_fold if t["gmap_id"] == own["gmap_id"]]
+        review_list = prompt_input(item_texts, 12000)
+        types = (
+            parse_types(stub_answer(f"{PROMPTS['types']}\n\nReviews:\n{review_list}"))
+            if item_texts
+            else []
+        )
+        assert [vocab[i - 1] if i else "<oov>" for i in r["categories"]] == [
+            t if t in vocab else "<oov>" for t in types
+        ]
+        price = (
+            parse_price(stub_answer(f"{PROMPTS['price']}\n\nReviews:\n{review_list}"))
+            if item_texts
+            else "none"
+        )
+        tier = {"cheap": 1.0, "fair": 2.0, "overpriced": 3.0}.get(price)
+        assert r["has_price"] == (tier is not None)
+        if tier is not None:
+            assert r["price"] * stats["std"] + stats["mean"] == pytest.approx(tier, abs=1e-5)
+        n_checked["train" if r["split"] == "train" else "other"] += 1
+    ref = text.embed_texts([w for _, w in wanted], model, 64, progress=False)
+    got = np.stack([v for v, _ in wanted]).astype(np.float32)
+    # (embedded in other batches than the build's: float16 rounding may differ by 1 ulp)
+    np.testing.assert_allclose(got, ref, atol=5e-4)
+    assert len({w for _, w in wanted}) > 5  # the summaries differ between rows
+    assert n_checked["train"] > 10 and n_checked["other"] > 3
+
+
+def test_image_vectors_are_masked_not_faked(built: dict[str, Any]) -> None:
+    items = built["items"]
+    has = items["has_item_image"].to_numpy(zero_copy_only=False)
+    vec = vectors(items, "item_image")
+    assert has.any() and not has.all()  # an item whose reviews have no photos exists
+    assert not vec[~has].any() and np.abs(vec[has]).sum(1).min() > 0
+    for split in ("train", "val", "test"):
+        t = built[split]
+        for kind in ("user", "item"):
+            m = t[f"has_{kind}_image"].to_numpy(zero_copy_only=False)
+            assert not vectors(t, f"{kind}_image")[~m].any()
+
+
+def test_trainer_reads_item_vectors_per_row(built: dict[str, Any]) -> None:
+    from trainer.data import make_batch, read_training_data
+
+    data = read_training_data(built["run_dir"], ["text", "image"], contrastive=False)
+    split = data.splits["train"]
+    assert set(split.user_content) == {"user_text", "user_image", "item_text", "item_image"}
+    rows = np.arange(split.n)
+    batch = make_batch(data, split, rows, np.ones(split.n, bool), np.random.default_rng(0), True)
+    towers = [c for _, c in data.towers]
+    got = batch.content[:, towers.index("item_text")].numpy()
+    np.testing.assert_array_equal(got, vectors(built["train"], "item_text").astype(np.float32))
+
+
+def test_offline_llm_section_keeps_metadata_price_and_categories(
+    dump: dict[str, Any], tmp_path: Path
+) -> None:
+    raw = dump["raw"]
+    run(FeaturesConfig(run_dir=str(tmp_path / "a"), raw_dir=str(raw), source="google_local"))
+    meta = run(
+        FeaturesConfig(
+            run_dir=str(tmp_path / "b"), raw_dir=str(raw), source="google_local", llm=LLMConfig()
+        )
+    )
+    a, b = read_outputs(tmp_path / "a"), read_outputs(tmp_path / "b")
+    assert meta["llm"]["provider"] == "offline" and meta["llm"]["usage"]["requests"] == 0
+    assert meta["price"]["source"] == "price_tier"
+    for split in ("train", "val", "test"):
+        for col in ("categories", "price", "has_price"):
+            assert a[split][col].equals(b[split][col])
+        # extractive summaries: real text vectors, different from the metadata profiles
+        assert vectors(b[split], "item_text").any()
+
+
+def test_config_sections_load_strictly(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        "run_dir: r\nfeatures:\n  source: google_local\n  llm: {folds: 4}\n  images: {blip2_path: ''}\n"
+    )
+    cfg = load_config(FeaturesConfig, cfg_file, [], "features")
+    assert cfg.llm is not None and cfg.llm.folds == 4 and cfg.images is not None
+    cfg_file.write_text("run_dir: r\nfeatures:\n  llm: {fold: 4}\n")
+    with pytest.raises(ConfigError, match=r"features.llm: unknown key 'fold'"):
+        load_config(FeaturesConfig, cfg_file, [], "features")
+    cfg_file.write_text("run_dir: r\nfeatures:\n  llm: {folds: 1}\n")
+    with pytest.raises(ConfigError, match=r"features.llm.folds: must be >= 2"):
+        load_config(FeaturesConfig, cfg_file, [], "features")
