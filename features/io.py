@@ -180,7 +180,13 @@ def scan_table(
                 raise DataError(
                     f"{path}: column {want.name!r} is null in row {row}; it must be set"
                 )
-            arrays.append(pc.cast(array, want.type))
+            try:
+                arrays.append(pc.cast(array, want.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise DataError(
+                    f"{path}: column {want.name!r} rows {offset}..{offset + batch.num_rows - 1}: "
+                    f"a value does not fit {want.type} ({str(e).splitlines()[0]})"
+                ) from None
         checked = pa.RecordBatch.from_arrays(arrays, schema=schema)
         if name == "interactions.parquet":
             findings = _row_findings(path, checked, offset, rating_range)

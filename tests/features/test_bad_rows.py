@@ -282,3 +282,16 @@ def test_damaged_embedding_cache(
         "the next run)"
     )
     assert not (tmp_path / "run2" / "features").exists()
+
+
+def test_value_that_does_not_fit_the_schema(
+    tmp_path: Path, tiny_tables: dict[str, pa.Table], capsys: pytest.CaptureFixture[str]
+) -> None:
+    items = tiny_tables["items.parquet"]
+    years = items["year"].to_pylist()
+    years[3] = 10**12
+    idx = items.schema.get_field_index("year")
+    bad = items.set_column(idx, "year", pa.array(years, pa.int64()))
+    raw = write_raw(tmp_path / "raw", dict(tiny_tables, **{"items.parquet": bad}))
+    err = fails([f"run_dir={tmp_path / 'run'}", f"raw_dir={raw}"], capsys)
+    assert f"{raw}/items.parquet: column 'year' rows 0..10: a value does not fit int32" in err
