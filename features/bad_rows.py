@@ -57,7 +57,7 @@ def resolve(
 
     Raises:
         DataError: with `error`, the message of the finding whose first bad row comes
-            first; with `skip`, when no row survives.
+            first.  (With `skip` the caller checks that some row survives the file.)
     """
     counts = no_skips()
     found = [f for f in findings if f.mask.any()]
@@ -71,8 +71,6 @@ def resolve(
         new = f.mask & ~drop
         counts[f.reason] += int(new.sum())
         drop |= new
-    if drop.all():
-        raise DataError(f"{found[0].message} (on_bad_rows=skip dropped every row: {counts})")
     return ~drop, counts
 
 

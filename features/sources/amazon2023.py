@@ -18,7 +18,7 @@ from typing import Any
 
 from features.bad_rows import Policy
 from features.io import RawReviews
-from features.sources.records import Records, column, read_records
+from features.sources.records import Records, column, iter_records, read_records
 from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
 
 FILES = {"reviews": "reviews.jsonl", "meta": "meta.jsonl"}
@@ -46,16 +46,13 @@ def _prices(meta: Records) -> list[float | None]:
     return column(meta, "price", "num", required=False)
 
 
-def read(
-    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
-) -> RawReviews:
-    reviews = read_records(paths["reviews"])
+def review_columns(reviews: Records) -> ReviewColumns:
     user = column(reviews, "user_id", "id")
     item = column(reviews, "parent_asin", "id")
     ms = column(reviews, "timestamp", "int")
     text = column(reviews, "text", "text", required=False)
     title = column(reviews, "title", "str", required=False)
-    cols = ReviewColumns(
+    return ReviewColumns(
         user=user,
         item=item,
         rating=column(reviews, "rating", "num"),
@@ -69,6 +66,11 @@ def read(
             for r in reviews.rows
         ],
     )
+
+
+def read(
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
+) -> RawReviews:
     meta = read_records(paths["meta"])
     cats = column(meta, "categories", "str_list", required=False)
     main = column(meta, "main_category", "str", required=False)
@@ -84,6 +86,7 @@ def read(
         },
     )
     keys = {"review_id": "user_id+parent_asin+timestamp", "rating": "rating", "item": "parent_asin"}
+    chunks = ((r, review_columns(r)) for r in iter_records(paths["reviews"]))
     return raw_reviews(
-        reviews, cols, {**keys, "item_key": "parent_asin"}, rating_range, (meta, items), on_bad_rows
+        chunks, {**keys, "item_key": "parent_asin"}, rating_range, (meta, items), on_bad_rows
     )

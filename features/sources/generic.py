@@ -16,8 +16,8 @@ from typing import Any
 
 from features.bad_rows import Policy
 from features.io import RawReviews
-from features.sources.records import column, read_records
-from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
+from features.sources.records import column, iter_records, read_records
+from features.sources.tables import ItemColumns, ReviewChunks, ReviewColumns, raw_reviews
 
 FILES = {"reviews": "reviews.parquet", "items": "items.parquet"}
 OPTIONAL_FILES = ("items",)
@@ -42,6 +42,28 @@ def split_list(value: Any) -> Any:
     return value
 
 
+def review_chunks(path: Path, name: dict[str, str]) -> ReviewChunks:
+    """The review file in chunks; without a review id column, the file row is the id."""
+    has_id = None
+    for reviews in iter_records(path):
+        if has_id is None:
+            has_id = name["review_id"] in reviews.rows[0]
+        n = len(reviews.rows)
+        yield (
+            reviews,
+            ReviewColumns(
+                user=column(reviews, name["user"], "id"),
+                item=column(reviews, name["item"], "id"),
+                rating=column(reviews, name["rating"], "num"),
+                timestamp=column(reviews, name["timestamp"], "date"),
+                review_id=column(reviews, name["review_id"], "id")
+                if has_id
+                else [str(reviews.start + i) for i in range(n)],
+                text=column(reviews, name["text"], "text", required=False),
+            ),
+        )
+
+
 def read(
     paths: dict[str, Path],
     rating_range: tuple[float, float],
@@ -49,18 +71,6 @@ def read(
     on_bad_rows: Policy = "error",
 ) -> RawReviews:
     name = {c: mapping.get(c, c) for c in COLUMNS}
-    reviews = read_records(paths["reviews"])
-    has_id = name["review_id"] in reviews.rows[0]
-    cols = ReviewColumns(
-        user=column(reviews, name["user"], "id"),
-        item=column(reviews, name["item"], "id"),
-        rating=column(reviews, name["rating"], "num"),
-        timestamp=column(reviews, name["timestamp"], "date"),
-        review_id=column(reviews, name["review_id"], "id")
-        if has_id
-        else [str(i) for i in range(len(reviews.rows))],
-        text=column(reviews, name["text"], "text", required=False),
-    )
     keys = {
         "review_id": name["review_id"],
         "rating": name["rating"],
@@ -68,8 +78,9 @@ def read(
         "item_key": name["item"],
         "text": name["text"],
     }
+    chunks = review_chunks(paths["reviews"], name)
     if not paths["items"].is_file():
-        return raw_reviews(reviews, cols, keys, rating_range, None, on_bad_rows)
+        return raw_reviews(chunks, keys, rating_range, None, on_bad_rows)
     items = read_records(paths["items"])
     for rec in items.rows:
         if name["categories"] in rec:
@@ -81,4 +92,4 @@ def read(
         year=column(items, name["year"], "int", required=False),
         extras={"price": column(items, name["price"], "num", required=False)},
     )
-    return raw_reviews(reviews, cols, keys, rating_range, (items, item_cols), on_bad_rows)
+    return raw_reviews(chunks, keys, rating_range, (items, item_cols), on_bad_rows)

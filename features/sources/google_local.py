@@ -18,7 +18,7 @@ from typing import Any
 
 from features.bad_rows import Policy
 from features.io import RawReviews
-from features.sources.records import column, read_records
+from features.sources.records import Records, column, iter_records, read_records
 from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
 
 FILES = {"reviews": "reviews.json", "meta": "meta.json"}
@@ -40,14 +40,11 @@ def pic_urls(pics: Any) -> list[str] | None:
     return urls or None
 
 
-def read(
-    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
-) -> RawReviews:
-    reviews = read_records(paths["reviews"])
+def review_columns(reviews: Records) -> ReviewColumns:
     user = column(reviews, "user_id", "id")
     item = column(reviews, "gmap_id", "id")
     ms = column(reviews, "time", "int")
-    cols = ReviewColumns(
+    return ReviewColumns(
         user=user,
         item=item,
         rating=column(reviews, "rating", "num"),
@@ -56,6 +53,11 @@ def read(
         text=column(reviews, "text", "text", required=False),
         image_urls=[pic_urls(r.get("pics")) for r in reviews.rows],
     )
+
+
+def read(
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
+) -> RawReviews:
     meta = read_records(paths["meta"])
     items = ItemColumns(
         item=column(meta, "gmap_id", "id"),
@@ -64,6 +66,7 @@ def read(
         extras={"price_tier": [dollar_tier(p) for p in column(meta, "price", "str", False)]},
     )
     keys = {"review_id": "user_id+gmap_id+time", "rating": "rating", "item": "gmap_id"}
+    chunks = ((r, review_columns(r)) for r in iter_records(paths["reviews"]))
     return raw_reviews(
-        reviews, cols, {**keys, "item_key": "gmap_id"}, rating_range, (meta, items), on_bad_rows
+        chunks, {**keys, "item_key": "gmap_id"}, rating_range, (meta, items), on_bad_rows
     )

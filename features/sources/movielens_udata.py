@@ -9,10 +9,13 @@ For ML-100K with titles, genres and demographics use `dlrrec data fetch` (source
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from features.bad_rows import Policy
 from features.io import RawReviews
+from features.sources import records
 from features.sources.records import Records, column
 from features.sources.tables import ReviewColumns, raw_reviews
 from launch.config import DataError
@@ -28,12 +31,15 @@ def default_ratings(raw_dir: Path) -> Path:
     return dat if not udata.is_file() and dat.is_file() else udata
 
 
-def read_ratings(path: Path) -> Records:
-    """u.data (tab) or ratings.dat (`::`) lines -> records of the four fields."""
+def iter_ratings(path: Path, chunk_rows: int | None = None) -> Iterator[Records]:
+    """u.data (tab) or ratings.dat (`::`) lines -> records of the four fields, in chunks."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     sep = "::" if path.name.endswith(".dat") else "\t"
-    rows, lines = [], []
+    chunk_rows = chunk_rows or records.CHUNK_ROWS
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    start = 0
     with open(path, encoding="latin-1") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -46,18 +52,21 @@ def read_ratings(path: Path) -> Records:
                 )
             rows.append(dict(zip(FIELDS, parts)))
             lines.append(n)
-    if not rows:
+            if len(rows) == chunk_rows:
+                yield Records(path, rows, lines, start)
+                start += len(rows)
+                rows, lines = [], []
+    if rows:
+        yield Records(path, rows, lines, start)
+        start += len(rows)
+    if start == 0:
         raise DataError(f"{path}: the file is empty (no records)")
-    return Records(path, rows, lines)
 
 
-def read(
-    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
-) -> RawReviews:
-    recs = read_ratings(paths["ratings"])
+def review_columns(recs: Records) -> ReviewColumns:
     user = column(recs, "user_id", "id")
     item = column(recs, "item_id", "id")
-    cols = ReviewColumns(
+    return ReviewColumns(
         user=user,
         item=item,
         rating=column(recs, "rating", "num"),
@@ -65,5 +74,11 @@ def read(
         # One rating per (user, movie) in MovieLens, so the pair is the review id.
         review_id=[f"{u}_{i}" for u, i in zip(user, item)],
     )
+
+
+def read(
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
+) -> RawReviews:
+    chunks = ((r, review_columns(r)) for r in iter_ratings(paths["ratings"]))
     keys = {"review_id": "user_id+item_id", "rating": "rating", "item": "item_id"}
-    return raw_reviews(recs, cols, keys, rating_range, None, on_bad_rows)
+    return raw_reviews(chunks, keys, rating_range, None, on_bad_rows)

@@ -32,17 +32,25 @@ from launch.config import DataError
 Kind = Literal["id", "str", "text", "num", "int", "seconds", "millis", "date", "str_list"]
 
 
+# Records per chunk when a review file is read in chunks (`iter_records`): Python
+# dicts cost ~1 KB a review, so a chunk stays ~100 MB whatever the file's size.
+CHUNK_ROWS = 100_000
+
+
 @dataclass
 class Records:
-    """A file's data records, with the line each came from (None for Parquet)."""
+    """A file's data records (or one chunk of them), with the line each came from
+    (None for Parquet).  `start` is the file row of `rows[0]`; `where(i)` names
+    local record i by its file row and line."""
 
     path: Path
     rows: list[dict[str, Any]]
     lines: list[int] | None
+    start: int = 0
 
     def where(self, row: int) -> str:
         line = f" (line {self.lines[row]})" if self.lines is not None else ""
-        return f"row {row}{line}"
+        return f"row {self.start + row}{line}"
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -65,8 +73,21 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield n, obj
 
 
-def read_records(path: Path) -> Records:
-    """Records of a `.parquet`, `.csv`, `.tsv` or JSON Lines (`.json`, `.jsonl`, `.gz`) file.
+def _parquet_batches(path: Path, chunk_rows: int) -> Iterator[list[dict[str, Any]]]:
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pylist()
+    except (pa.ArrowInvalid, OSError) as e:
+        msg = str(e).splitlines()[0]
+        raise DataError(f"{path}: not a readable Parquet file ({msg})") from None
+
+
+def iter_records(path: Path, chunk_rows: int | None = None) -> Iterator[Records]:
+    """The records of a `.parquet`, `.csv`, `.tsv` or JSON Lines (`.json`, `.jsonl`,
+    `.gz`) file, `chunk_rows` at a time, so a big review dump never sits in memory
+    as Python objects all at once.  Parquet is read in pyarrow batches, JSON Lines
+    line by line; a CSV is parsed by pyarrow in one go (its type inference needs the
+    whole file) and handed out in chunks.
 
     Raises:
         DataError: the file is missing, unreadable or holds no records.
@@ -74,29 +95,59 @@ def read_records(path: Path) -> Records:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     name = path.name.removesuffix(".gz")
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    start = 0
     if name.endswith(".parquet"):
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except (pa.ArrowInvalid, OSError) as e:
-            msg = str(e).splitlines()[0]
-            raise DataError(f"{path}: not a readable Parquet file ({msg})") from None
-        out = Records(path, rows, None)
+        for rows in _parquet_batches(path, chunk_rows):
+            yield Records(path, rows, None, start)
+            start += len(rows)
     elif name.endswith((".csv", ".tsv")):
         opts = pcsv.ParseOptions(delimiter="\t" if name.endswith(".tsv") else ",")
         try:
-            rows = pcsv.read_csv(path, parse_options=opts).to_pylist()
+            table = pcsv.read_csv(path, parse_options=opts)
         except pa.ArrowInvalid as e:
             if "Empty CSV file" in str(e):
                 raise DataError(f"{path}: the file is empty") from None
             msg = str(e).splitlines()[0]
             raise DataError(f"{path}: not a readable CSV file ({msg})") from None
-        out = Records(path, rows, list(range(2, len(rows) + 2)))  # line 1 is the header
+        for batch in table.to_batches(max_chunksize=chunk_rows):
+            rows = batch.to_pylist()
+            lines = list(range(start + 2, start + 2 + len(rows)))  # line 1 is the header
+            yield Records(path, rows, lines, start)
+            start += len(rows)
     else:
-        pairs = list(_json_lines(path))
-        out = Records(path, [r for _, r in pairs], [n for n, _ in pairs])
-    if not out.rows:
+        chunk: list[dict[str, Any]] = []
+        lines = []
+        for n, obj in _json_lines(path):
+            chunk.append(obj)
+            lines.append(n)
+            if len(chunk) == chunk_rows:
+                yield Records(path, chunk, lines, start)
+                start += len(chunk)
+                chunk, lines = [], []
+        if chunk:
+            yield Records(path, chunk, lines, start)
+            start += len(chunk)
+    if start == 0:
         raise DataError(f"{path}: the file is empty (no records)")
-    return out
+
+
+def read_records(path: Path) -> Records:
+    """All records of a (small: metadata, photos) file at once; see `iter_records`.
+
+    Raises:
+        DataError: the file is missing, unreadable or holds no records.
+    """
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    has_lines = True
+    for recs in iter_records(path):
+        rows += recs.rows
+        if recs.lines is None:
+            has_lines = False
+        else:
+            lines += recs.lines
+    return Records(path, rows, lines if has_lines else None)
 
 
 def _bad(recs: Records, key: str, row: int, what: str, value: Any) -> DataError:
@@ -178,7 +229,7 @@ def column(recs: Records, key: str, kind: Kind, required: bool = True) -> list[A
         DataError: the field is missing from the first record (and required), null
             where required, or of the wrong type, naming the first bad row.
     """
-    if required and key not in recs.rows[0]:
+    if required and recs.start == 0 and key not in recs.rows[0]:
         found = ", ".join(list(recs.rows[0])[:12])
         raise DataError(f"{recs.path}: missing column {key!r} (first record has: {found})")
     out: list[Any] = []
@@ -257,9 +308,17 @@ def out_of_range_rows(
     return BadRows("rating_out_of_range", mask, msg)
 
 
-def check_known(recs: Records, key: str, values: list[str], known: set[str], where: Path) -> None:
+def check_known(
+    recs: Records,
+    key: str,
+    values: list[str],
+    known: set[str],
+    where: Path,
+    keep: np.ndarray | None = None,
+) -> None:
+    """Fail on the first (kept) row whose id is not in `known`."""
     for i, v in enumerate(values):
-        if v not in known:
+        if v not in known and (keep is None or keep[i]):
             raise DataError(
                 f"{recs.path}: column {key!r} {recs.where(i)}: names {v!r}, which is not in {where}"
             )

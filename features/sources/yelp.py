@@ -17,7 +17,7 @@ from typing import Any
 
 from features.bad_rows import Policy
 from features.io import RawReviews
-from features.sources.records import column, read_records
+from features.sources.records import Records, column, iter_records, read_records
 from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
 
 FILES = {"reviews": "review.json", "business": "business.json", "photos": "photos.json"}
@@ -39,11 +39,8 @@ def price_tier(attributes: Any) -> int | None:
     return int(value) if value in ("1", "2", "3", "4") else None
 
 
-def read(
-    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
-) -> RawReviews:
-    reviews = read_records(paths["reviews"])
-    cols = ReviewColumns(
+def review_columns(reviews: Records) -> ReviewColumns:
+    return ReviewColumns(
         user=column(reviews, "user_id", "id"),
         item=column(reviews, "business_id", "id"),
         rating=column(reviews, "stars", "num"),
@@ -51,6 +48,11 @@ def read(
         review_id=column(reviews, "review_id", "id"),
         text=column(reviews, "text", "text", required=False),
     )
+
+
+def read(
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
+) -> RawReviews:
     business = read_records(paths["business"])
     ids = column(business, "business_id", "id")
     captions: dict[str, list[str]] = {}
@@ -73,9 +75,9 @@ def read(
         },
     )
     keys = {"review_id": "review_id", "rating": "stars", "item": "business_id", "text": "text"}
+    chunks = ((r, review_columns(r)) for r in iter_records(paths["reviews"]))
     return raw_reviews(
-        reviews,
-        cols,
+        chunks,
         {**keys, "item_key": "business_id"},
         rating_range,
         (business, items),

@@ -295,3 +295,54 @@ def test_value_that_does_not_fit_the_schema(
     raw = write_raw(tmp_path / "raw", dict(tiny_tables, **{"items.parquet": bad}))
     err = fails([f"run_dir={tmp_path / 'run'}", f"raw_dir={raw}"], capsys)
     assert f"{raw}/items.parquet: column 'year' rows 0..10: a value does not fit int32" in err
+
+
+SOURCE_KW: dict[str, dict[str, Any]] = {
+    "yelp": {},
+    "google_local": {},
+    "amazon2023": {},
+    "movielens_udata": {},
+    "generic": {
+        "files": {"reviews": "reviews.csv", "items": "products.jsonl"},
+        "columns": {
+            "user": "customer",
+            "item": "product",
+            "rating": "stars",
+            "timestamp": "reviewed_at",
+            "text": "body",
+            "title": "name",
+            "categories": "tags",
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_review_sources_read_in_chunks(
+    chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from features.sources import records
+
+    whole = {s: read_source(s, FIXTURES / s, **kw) for s, kw in SOURCE_KW.items()}
+    d = _yelp_with_bad_rows(tmp_path)
+    skipped_whole = read_source("yelp", d, on_bad_rows="skip")
+    monkeypatch.setattr(records, "CHUNK_ROWS", chunk)
+    for source, kw in SOURCE_KW.items():
+        raw = read_source(source, FIXTURES / source, **kw)
+        for part in ("interactions", "items", "users"):
+            assert getattr(raw, part).equals(getattr(whole[source], part)), (source, part)
+    # Errors in later chunks name the file row and line; duplicates are found across chunks.
+    with pytest.raises(DataError, match=r"'stars' row 3 \(line 4\): expected a rating in \[1, 5\]"):
+        read_source("yelp", d)
+    skipped = read_source("yelp", d, on_bad_rows="skip")
+    assert skipped.skipped == skipped_whole.skipped
+    assert skipped.interactions.equals(skipped_whole.interactions)
+    lines = (FIXTURES / "yelp" / "review.json").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    recs[9]["review_id"] = recs[2]["review_id"]
+    (d / "review.json").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(
+        DataError,
+        match=r"'review_id' row 9 \(line 10\): repeats the id 'r003' of row 2 \(line 3\); ids must",
+    ):
+        read_source("yelp", d)
