@@ -26,6 +26,7 @@ import numpy as np
 from features.llm import PROMPTS
 
 CUISINES = ["pizza", "sushi", "tacos", "ramen", "curry", "burgers"]
+RARE = ["dumplings"]  # understood by the stub, never generated: a perturbation's marker
 CHEAP = ["cheap", "bargain"]
 PRICEY = ["pricey", "expensive"]
 FILLER = ["service was slow", "staff were friendly", "great view", "long wait", "clean tables"]
@@ -39,9 +40,9 @@ def stub_answer(content: str) -> str:
         pricey = sum(w in PRICEY for w in words)
         return "Low price" if cheap > pricey else "Overpriced" if pricey > cheap else "Fair price"
     if content.startswith(PROMPTS["types"]):
-        found = sorted({w for w in words if w in CUISINES})
+        found = sorted({w for w in words if w in CUISINES + RARE})
         return ", ".join(f"'{w}'" for w in found) or "none"
-    found = sorted({w for w in words if w in CUISINES + CHEAP + PRICEY})
+    found = sorted({w for w in words if w in CUISINES + RARE + CHEAP + PRICEY})
     return "Reviews mention: " + ", ".join(found) + "."
 
 

@@ -6,13 +6,14 @@ bit-for-bit equal, not approximately equal.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from tiny_reviews import vectors, with_review, write_raw
+from tiny_reviews import read_outputs, vectors, with_review, write_raw
 
 
 def by_pair(out: dict[str, Any]) -> dict[tuple[int, int], dict[str, Any]]:
@@ -128,3 +129,150 @@ def test_changing_own_rating_and_text_leaves_row_features_unchanged(
         k for k in rows if k[0] == key[0] and k != key and not same_features(rows[k], after[k])
     ]
     assert changed
+
+
+# ---- review-derived profiles: LLM summaries, price, types, image captions -------------
+# A generated Google Local dump through the llm section (a local chat-completions stub
+# whose answers follow the reviews it is sent) and the images section (a tiny random
+# BLIP-2).  Every profile kind is checked: summary vectors (user_text, item_text),
+# caption vectors and masks (user_image, item_image, has_*), price/has_price and
+# categories learned from reviews, plus the ids and every other column.
+
+REVIEW_CONTENT = ("user_text", "item_text", "user_image", "item_image")
+NEW_TEXT = "The dumplings were a bargain, bargain, bargain. Cheap dumplings everywhere."
+
+
+@pytest.fixture(scope="module")
+def review_dump(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from review_source import answering_stub, image_names, review_records, write_source
+    from tiny_blip2 import save_tiny_blip2, write_images
+
+    root = tmp_path_factory.mktemp("leak_reviews")
+    reviews, meta = review_records(seed=2)
+    write_images(root / "images", [*image_names(reviews), "new.png"])
+    with answering_stub() as stub:
+        yield {
+            "root": root,
+            "reviews": reviews,
+            "meta": meta,
+            "raw": write_source(root / "raw", reviews, meta),
+            "blip2": save_tiny_blip2(root / "blip2"),
+            "url": stub.url,
+        }
+
+
+def build_reviews(dump: dict[str, Any], raw: Path, run_dir: Path) -> dict[str, Any]:
+    from features.captions import ImagesConfig
+    from features.config import FeaturesConfig
+    from features.llm import LLMConfig
+    from features.main import run
+
+    root = dump["root"]
+    run(
+        FeaturesConfig(
+            run_dir=str(run_dir),
+            raw_dir=str(raw),
+            source="google_local",
+            seed=5,
+            llm=LLMConfig(base_url=dump["url"], cache_dir=str(root / "llm"), folds=3),
+            images=ImagesConfig(
+                blip2_path=str(dump["blip2"]),
+                image_dir=str(root / "images"),
+                cache_dir=str(root / "captions"),
+                max_new_tokens=5,
+            ),
+        )
+    )
+    return read_outputs(run_dir)
+
+
+@pytest.fixture(scope="module")
+def review_base(
+    review_dump: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    return build_reviews(review_dump, review_dump["raw"], tmp_path_factory.mktemp("base"))
+
+
+def all_features(out: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every example row keyed by (user, item) names: split and every column as Python values.
+
+    Two columns are compared decoded: `categories` as the type strings and `price` as
+    the tier before standardisation.  Their ids and z-scores go through encodings
+    shared by all rows (the training vocabulary, the training mean/std), which any
+    training review may shift by adding a new type or moving the mean; that relabels
+    every row alike and says nothing about the row's own review.  Vectors, masks and
+    every other column are compared bit for bit.
+    """
+    users = out["users"]["user"].to_pylist()
+    items = out["items"]["item"].to_pylist()
+    vocab = out["meta"]["vocab"]["categories"]
+    stats = out["meta"]["dense_stats"]["price"]
+    rows = {}
+    for split in ("train", "val", "test"):
+        for r in out[split].to_pylist():
+            r["split"] = split
+            r["categories"] = [vocab[i - 1] if i else None for i in r["categories"]]
+            r["price"] = (
+                round(r["price"] * stats["std"] + stats["mean"], 4) if r["has_price"] else None
+            )
+            rows[(users[r["user_id"]], items[r["item_id"]])] = r
+    return rows
+
+
+def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [k for k in a if k != "label" and a[k] != b[k]]
+
+
+@pytest.mark.parametrize("which", ["train", "val_or_test"])
+def test_review_profiles_ignore_the_rows_own_review(
+    which: str, review_dump: dict[str, Any], review_base: dict[str, Any], tmp_path: Path
+) -> None:
+    """Change one row's text, rating and photo; rebuild; its features stay bit-identical.
+
+    A training row reads summaries/price/types of the other folds' reviews and leaves
+    its own photo out; a val/test row's review reaches no feature at all.
+    """
+    from review_source import write_source
+
+    base = all_features(review_base)
+    reviews = review_dump["reviews"]
+    splits = {k: r["split"] for k, r in base.items()}
+
+    def read_by_others(rec: dict[str, Any]) -> int:
+        """Val/test rows of the same user and of the same item (they read every training review)."""
+        others = [k for k, sp in splits.items() if sp != "train"]
+        return min(
+            sum(k[0] == rec["user_id"] for k in others), sum(k[1] == rec["gmap_id"] for k in others)
+        )
+
+    # A row with a photo of its own when there is one; the perturbation sets a new one.
+    candidates = [
+        n
+        for n, rec in enumerate(reviews)
+        if (splits[(rec["user_id"], rec["gmap_id"])] == "train") == (which == "train")
+    ]
+    n = max(candidates, key=lambda c: (read_by_others(reviews[c]), bool(reviews[c]["pics"])))
+    rec = reviews[n]
+    key = (rec["user_id"], rec["gmap_id"])
+    changed = dict(rec, text=NEW_TEXT, rating=1 if rec["rating"] >= 4 else 5)
+    changed["pics"] = [{"url": ["https://lh5.example/p/new.png"]}]
+    raw = write_source(
+        tmp_path / "raw", [*reviews[:n], changed, *reviews[n + 1 :]], review_dump["meta"]
+    )
+    after_out = build_reviews(review_dump, raw, tmp_path / "run")
+    after = all_features(after_out)
+
+    assert after[key]["label"] != base[key]["label"]
+    assert differing(base[key], after[key]) == []
+    moved = {k: differing(base[k], after[k]) for k in base if k != key}
+    if which == "train":
+        # ... while rows that may read this review do change, so the test can fail:
+        # summaries, caption vectors, and price or categories of the same user/item.
+        cols = {c for diff in moved.values() for c in diff}
+        assert {"user_text", "item_text", "user_image", "item_image"} <= cols, cols
+        assert cols & {"price", "categories"}, cols
+        assert all(k[0] == rec["user_id"] or k[1] == rec["gmap_id"] for k, d in moved.items() if d)
+    else:
+        assert not any(moved.values())  # nothing reads a val/test review
+        assert after_out["users"].equals(review_base["users"])
+        assert after_out["items"].equals(review_base["items"])
