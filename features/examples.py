@@ -71,14 +71,14 @@ def oov_counts(
     """
     out: dict[str, dict[str, int]] = {}
     for name, col in sparse.items():
-        if isinstance(col, pa.Array):  # list<int64>: count values per row, then per split
+        if isinstance(col, pa.Array):  # list<int64>: the split code of each value's row
             lengths = _numpy(pc.fill_null(pc.list_value_length(col), 0)).astype(np.int64)
-            zero = _numpy(pc.equal(pc.list_flatten(col), 0)).astype(np.int64)
-            owner = np.repeat(np.arange(len(lengths)), lengths)
-            per_row = np.bincount(owner, weights=zero, minlength=len(lengths))
+            zero = _numpy(pc.equal(pc.list_flatten(col), 0)).astype(bool)
+            value_codes = np.repeat(codes, lengths)
         else:
-            per_row = (np.asarray(col) == 0).astype(np.int64)
-        out[name] = {s: int(per_row[codes == c].sum()) for c, s in enumerate(SPLITS)}
+            zero, value_codes = np.asarray(col) == 0, codes
+        per_split = np.bincount(value_codes[zero], minlength=len(SPLITS))
+        out[name] = {s: int(per_split[c]) for c, s in enumerate(SPLITS)}
     return out
 
 

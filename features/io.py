@@ -234,7 +234,7 @@ def _check_known(
         row = pc.index(found, False).as_py()
         value = table[col][row].as_py()
         raise DataError(
-            f"{path}: column {col!r} row {row} names {value!r}, which is not in {where}"
+            f"{path}: column {col!r} row {row}: names {value!r}, which is not in {where}"
         )
 
 
