@@ -56,6 +56,9 @@ class TrainConfig:
             `contrastive`), `dlrm` (ids, categorical and dense features, no content
             vectors: ignores `modalities` too) and `biased_mf` (user . item + user,
             item and global biases over the id tables only, BCE).
+        id_dropout: cold-start ids (trainer/cold_start.py): > 0 gives the user_id and
+            item_id tables one learned "cold" row; each training row's id is replaced by it
+            with this probability, and ids absent from the training rows are scored with it.
     """
 
     run_dir: str
@@ -97,6 +100,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = False
     variant: Literal["full", "dlrm_content", "dlrm", "biased_mf"] = "full"
+    id_dropout: float = 0.0
 
     @property
     def uses_content(self) -> bool:
@@ -117,6 +121,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"train.dropout: must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ConfigError(f"train.id_dropout: must be in [0, 1), got {self.id_dropout}")
         if self.tau <= 0:
             raise ConfigError(f"train.tau: must be > 0, got {self.tau}")
         bad = [m for m in self.modalities if m not in MODALITIES]

@@ -52,6 +52,7 @@ from trainer.checkpoint import (
     save_checkpoint,
     step_seed,
 )
+from trainer.cold_start import ColdIds, build_cold_ids
 from trainer.config import TrainConfig
 from trainer.data import TrainingData, epoch_steps, eval_batches, read_training_data, train_batches
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
@@ -95,13 +96,15 @@ def read_variant_data(cfg: TrainConfig) -> TrainingData:
     return data
 
 
-def build_tables(data: TrainingData, dim: int) -> list[EmbeddingBagConfig]:
+def build_tables(data: TrainingData, dim: int, cold: ColdIds | None = None) -> list[EmbeddingBagConfig]:
+    """One table per sparse feature; with cold-start ids, the id tables get one extra row."""
     meta = data.features_meta["sparse_features"]
+    extra = cold.cold_id if cold is not None else {}
     return [
         EmbeddingBagConfig(
             name=f"t_{name}",
             embedding_dim=dim,
-            num_embeddings=max(int(meta[name]["vocab_size"]), 1),
+            num_embeddings=max(int(meta[name]["vocab_size"]), 1) + (1 if name in extra else 0),
             feature_names=[name],
             pooling=PoolingType.MEAN if meta[name].get("multi_valued") else PoolingType.SUM,
         )
@@ -123,10 +126,15 @@ def plan_summary(plan: ShardingPlan) -> dict[str, dict[str, Any]]:
 
 
 def build_model(
-    cfg: TrainConfig, data: TrainingData, env: DistEnv, pos_weight: float, sparse_opt: str
+    cfg: TrainConfig,
+    data: TrainingData,
+    env: DistEnv,
+    pos_weight: float,
+    sparse_opt: str,
+    cold: ColdIds | None = None,
 ) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     torch.manual_seed(cfg.seed)
-    tables = build_tables(data, cfg.embedding_dim)
+    tables = build_tables(data, cfg.embedding_dim, cold)
     ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
     model: DLRREC | BiasedMF = BiasedMF(ebc) if cfg.variant == "biased_mf" else DLRREC(
         ebc,
@@ -201,13 +209,23 @@ class Rank0:
 
 
 def evaluate(
-    dmp: DistributedModelParallel, data: TrainingData, split: str, cfg: TrainConfig, env: DistEnv
+    dmp: DistributedModelParallel,
+    data: TrainingData,
+    split: str,
+    cfg: TrainConfig,
+    env: DistEnv,
+    cold: ColdIds | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities for every row of `split`, identical on every rank, in row order."""
+    """Probabilities for every row of `split`, identical on every rank, in row order.
+
+    With cold-start ids, ids absent from the training rows are scored with the cold row.
+    """
     dmp.eval()
     ids_all, probs_all = [], []
     with torch.no_grad():
         for batch, ids in eval_batches(data, split, cfg.eval_batch_size, env.rank, env.world_size):
+            if cold is not None:
+                batch = cold.eval_batch(batch)
             _, (_, logits, _, _, _) = dmp(batch.to(env.device))
             ids_all.append(ids)
             probs_all.append(torch.sigmoid(logits.float()).cpu().numpy())
@@ -234,6 +252,8 @@ def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
         c.pop(k, None)
     if c.get("variant") == "full":
         c.pop("variant")  # the key is newer than the full model: its runs keep their fingerprints
+    if c.get("id_dropout") == 0.0:
+        c.pop("id_dropout")  # likewise
     return sha256_json(
         {
             "config": c,
@@ -383,7 +403,9 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         raise ConfigError(
             f"train.batch_size: {cfg.batch_size} is not divisible by world size {env.world_size}"
         )
-    dmp, optimizer, plan = build_model(cfg, data, env, pos_weight, sparse_opt)
+    train_ids = {"user_id": train.user_id, "item_id": train.item_id}
+    cold = build_cold_ids(cfg.id_dropout, data.sparse_names, data.sparse_vocab, train_ids)
+    dmp, optimizer, plan = build_model(cfg, data, env, pos_weight, sparse_opt, cold)
     sharding = plan_summary(plan)
     r0.print(f"train: world_size={env.world_size} device={env.device} sparse_optimizer={sparse_opt}")
     r0.print("train: sharding plan " + json.dumps({k: (v["sharding_type"], v["ranks"]) for k, v in sharding.items()}))
@@ -418,6 +440,11 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             data, cfg.batch_size, env.rank, env.world_size, epoch, cfg.seed,
             cfg.positive_sampling == "top1", cfg.max_steps_per_epoch, prog.epoch_step,
         )  # fmt: skip
+        if cold is not None:
+            it = (
+                cold.train_batch(b, cfg.seed, epoch, step, cfg.batch_size, env.rank, env.world_size)
+                for step, b in enumerate(it, start=prog.epoch_step)
+            )
         sums = my_row(prog.epoch_sums, env.rank, env.world_size)
         t0 = time.time() - prog.epoch_seconds
         while True:
@@ -453,7 +480,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         prog.train_seconds += dt
         prog.train_examples += prog.epoch_step * cfg.batch_size
         means = all_reduce_mean((sums / max(prog.epoch_step, 1)).tolist())
-        labels, probs = evaluate(dmp, data, "val", cfg, env)
+        labels, probs = evaluate(dmp, data, "val", cfg, env, cold)
         val = classification_report(labels, probs, 0.5)
         metric = val["auc"]
         improved = prog.best_metric is None or metric > prog.best_metric
@@ -489,10 +516,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     best_path = ckpt_root / prog.best_checkpoint
     # the best epoch by val AUC; threshold on val; test scored once
     load_checkpoint(best_path, dmp, None)
-    v_labels, v_probs = evaluate(dmp, data, "val", cfg, env)
+    v_labels, v_probs = evaluate(dmp, data, "val", cfg, env, cold)
     threshold = best_accuracy_threshold(v_labels, v_probs)
     val = classification_report(v_labels, v_probs, threshold)
-    t_labels, t_probs = evaluate(dmp, data, "test", cfg, env)
+    t_labels, t_probs = evaluate(dmp, data, "test", cfg, env, cold)
     test = classification_report(t_labels, t_probs, threshold)
     report = {
         "dataset": data.features_meta.get("dataset", cfg.dataset),
