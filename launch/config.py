@@ -183,12 +183,11 @@ def load_raw(config: str | Path | None, overrides: list[str], section: str | Non
         key, value = parse_override(text)
         if "." in key:
             sec, sub = key.split(".", 1)
+            if sec not in SECTIONS and section is not None:
+                sec, sub = section, key  # `llm.base_url=...`: a nested key of the section
             if sec not in SECTIONS:
                 raise ConfigError(f"override {text!r}: unknown section {sec!r}")
-            raw.setdefault(sec, {})
-            if raw[sec] is None:
-                raw[sec] = {}
-            raw[sec][sub] = value
+            _set_nested(raw, [sec, *sub.split(".")], value, text)
         elif key in COMMON_KEYS or section is None:
             raw[key] = value
         else:
@@ -197,6 +196,18 @@ def load_raw(config: str | Path | None, overrides: list[str], section: str | Non
                 raw[section] = {}
             raw[section][key] = value
     return raw
+
+
+def _set_nested(raw: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    """raw[a][b]...[z] = value, creating mappings on the way (`features.llm.folds=3`)."""
+    node = raw
+    for part in path[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"override {text!r}: {part!r} is not a section")
+        node = node[part]
+    node[path[-1]] = value
 
 
 def section_values(raw: dict[str, Any], section: str) -> dict[str, Any]:

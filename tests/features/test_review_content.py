@@ -280,9 +280,54 @@ def test_config_sections_load_strictly(tmp_path: Path) -> None:
     )
     cfg = load_config(FeaturesConfig, cfg_file, [], "features")
     assert cfg.llm is not None and cfg.llm.folds == 4 and cfg.images is not None
+    # Nested keys take overrides too, with or without the section name.
+    cfg = load_config(
+        FeaturesConfig, cfg_file, ["llm.folds=7", "features.images.max_new_tokens=9"], "features"
+    )
+    assert cfg.llm is not None and cfg.llm.folds == 7
+    assert cfg.images is not None and cfg.images.max_new_tokens == 9
+    cfg = load_config(FeaturesConfig, None, ["run_dir=r", "llm.base_url=http://h/v1"], "features")
+    assert cfg.llm is not None and cfg.llm.base_url == "http://h/v1" and cfg.llm.folds == 5
+    with pytest.raises(ConfigError, match=r"features.llm: unknown key 'fold'"):
+        load_config(FeaturesConfig, cfg_file, ["llm.fold=3"], "features")
     cfg_file.write_text("run_dir: r\nfeatures:\n  llm: {fold: 4}\n")
     with pytest.raises(ConfigError, match=r"features.llm: unknown key 'fold'"):
         load_config(FeaturesConfig, cfg_file, [], "features")
     cfg_file.write_text("run_dir: r\nfeatures:\n  llm: {folds: 1}\n")
     with pytest.raises(ConfigError, match=r"features.llm.folds: must be >= 2"):
         load_config(FeaturesConfig, cfg_file, [], "features")
+
+
+def test_yelp_source_captions_are_used_as_they_are(tmp_path: Path) -> None:
+    """No BLIP-2 configured: Yelp's photos.json captions, pooled per business, masks elsewhere."""
+    fixture = Path(__file__).parents[1] / "fixtures" / "yelp"
+    meta = run(
+        FeaturesConfig(
+            run_dir=str(tmp_path),
+            raw_dir=str(fixture),
+            source="yelp",
+            images=ImagesConfig(cache_dir=""),
+        )
+    )
+    assert meta["images"]["provider"] == "source"
+    assert (meta["images"]["source_captions"], meta["images"]["generated"]) == (3, 0)
+    out = read_outputs(tmp_path)
+    names = out["items"]["item"].to_pylist()
+    vec = vectors(out["items"], "item_image").astype(np.float64)
+    has = out["items"]["has_item_image"].to_pylist()
+    captions = ["Margherita pizza with basil", "Salmon nigiri on a wooden board", "Counter seating"]
+    ref = text.embed_texts(captions, text.model_path(""), 8, progress=False).astype(np.float64)
+    # (p2's empty caption is no caption; the fixture's photos carry no image files)
+    np.testing.assert_allclose(vec[names.index("b_pizza")], ref[0], atol=1e-6)
+    # the mean is stored as float16: within half a float16 ulp
+    np.testing.assert_allclose(vec[names.index("b_sushi")], (ref[1] + ref[2]) / 2, rtol=1e-3)
+    for b in ("b_taco", "b_dentist"):
+        assert not has[names.index(b)] and not vec[names.index(b)].any()
+    # Business photos belong to no review: every row of a business sees all of them.
+    for split in ("train", "val", "test"):
+        t = out[split]
+        item_ids = t["item_id"].to_numpy()
+        np.testing.assert_array_equal(
+            vectors(t, "item_image"), vectors(out["items"], "item_image")[item_ids]
+        )
+        assert not t["has_user_image"].to_numpy(zero_copy_only=False).any()  # no review photos
