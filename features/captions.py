@@ -129,13 +129,14 @@ class Blip2Captioner:
         hf_logging.disable_progress_bar()
         try:
             self._processor = AutoProcessor.from_pretrained(self.model_path)
-            model = Blip2ForConditionalGeneration.from_pretrained(self.model_path)
+            model: Any = Blip2ForConditionalGeneration.from_pretrained(self.model_path)
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"features.images.blip2_path: cannot load BLIP-2 from {self.model_path} "
                 f"({str(e).splitlines()[0]})"
             ) from None
-        self._model = model.to(self.device).eval()
+        model.to(self.device)  # (in place for a module)
+        self._model = model.eval()
 
     def caption(self, paths: Sequence[Path]) -> list[str]:
         """One caption per image file, in order (identical files are captioned once)."""

@@ -46,7 +46,12 @@ from launch.entry import run_job
 log = logging.getLogger("dlrrec.features")
 
 DEFAULT_FRACTIONS = [0.8, 0.1, 0.1]
-SOURCE_DEFAULTS = {"source": "raw", "files": None, "columns": None, "rating_range": None}
+SOURCE_DEFAULTS: dict[str, Any] = {
+    "source": "raw",
+    "files": None,
+    "columns": None,
+    "rating_range": None,
+}
 # Keys added since, left out at their defaults for the same reason (see fingerprint_config).
 SOURCE_DEFAULTS.update(max_categories=11, on_bad_rows="error")
 SOURCE_DEFAULTS.update(llm=None, images=None)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from features.llm import EntityReviews, Provider
+from features.llm import ALL_KINDS, EntityReviews, PromptKind, Provider
 
 
 def review_folds(review_ids: Sequence[str], k: int, seed: int) -> np.ndarray:
@@ -144,7 +144,7 @@ def extract_out_of_fold(
                 categories=tuple((categories[e] or ()) if categories is not None else ()),
             )
         )
-    kinds = ("summary",) if kind == "user" else ("summary", "price", "types")
+    kinds: tuple[PromptKind, ...] = ("summary",) if kind == "user" else ALL_KINDS
     answers = provider.extract(requests, kinds) if requests else []
     summaries = [a.summary.strip() for a in answers]
     distinct = sorted({s for s in summaries if s})
