@@ -28,6 +28,7 @@ from features import examples, profiles, split, text
 from features.config import FeaturesConfig
 from features.content import build_review_content
 from features.dense import price_features, standardize
+from features.embed_cache import model_id
 from features.io import write_entities, write_examples
 from features.schema import DENSE_FEATURES, SPARSE_FEATURES
 from features.sources import read_source, source_input_hashes
@@ -84,6 +85,9 @@ def fingerprint_config(cfg: FeaturesConfig) -> dict[str, Any]:
     for section, keys in SECTION_HOW_KEYS.items():
         for key in keys if d.get(section) else ():
             d[section].pop(key)
+    if cfg.images is not None and cfg.images.blip2_path:
+        # The model's identity (file names, sizes, configs), not just its folder's name.
+        d["images"]["blip2_model"] = model_id(cfg.images.blip2_path)
     d["split_fractions"] = cfg.split_fractions or DEFAULT_FRACTIONS
     return d
 

@@ -331,3 +331,29 @@ def test_yelp_source_captions_are_used_as_they_are(tmp_path: Path) -> None:
             vectors(t, "item_image"), vectors(out["items"], "item_image")[item_ids]
         )
         assert not t["has_user_image"].to_numpy(zero_copy_only=False).any()  # no review photos
+
+
+def test_fingerprint_ignores_how_keys_and_tracks_the_blip2_model(
+    dump: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+    from dataclasses import replace
+
+    from features.main import fingerprint_config
+
+    blip2 = tmp_path / "blip2"
+    shutil.copytree(dump["blip2"], blip2)
+    base = content_config(dump, "http://h/v1", tmp_path)
+    assert base.llm is not None and base.images is not None
+    base = replace(base, images=replace(base.images, blip2_path=str(blip2)))
+    fp = fingerprint_config(base)
+    how = replace(
+        base,
+        llm=replace(base.llm, cache_dir="elsewhere", max_concurrency=9, timeout_s=5.0),
+        images=replace(base.images, cache_dir="elsewhere", batch_size=2, device="cuda"),
+    )
+    assert fingerprint_config(how) == fp
+    assert fingerprint_config(replace(base, llm=replace(base.llm, folds=4))) != fp
+    assert fingerprint_config(replace(base, llm=replace(base.llm, model="m2"))) != fp
+    save_tiny_blip2(blip2, max_positions=32)  # another model in the same folder
+    assert fingerprint_config(base) != fp

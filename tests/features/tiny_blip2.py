@@ -20,7 +20,7 @@ WORDS = (
 NUM_QUERY_TOKENS = 2
 
 
-def save_tiny_blip2(path: Path, seed: int = 0) -> Path:
+def save_tiny_blip2(path: Path, seed: int = 0, max_positions: int = 64) -> Path:
     """Write a tiny BLIP-2 model + processor folder to `path` (about 40 KB)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
@@ -58,7 +58,7 @@ def save_tiny_blip2(path: Path, seed: int = 0) -> Path:
             "num_attention_heads": 2,
             "word_embed_proj_dim": 16,
             "vocab_size": len(WORDS),
-            "max_position_embeddings": 64,
+            "max_position_embeddings": max_positions,
             "bos_token_id": vocab["</s>"],
             "eos_token_id": vocab["</s>"],
             "pad_token_id": vocab["<pad>"],
