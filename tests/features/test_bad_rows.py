@@ -250,6 +250,7 @@ def test_repeated_rows_matches_a_loop() -> None:
         assert repeated_rows(pa.array(values)).tolist() == [
             v in values[:i] for i, v in enumerate(values)
         ]
+    assert repeated_rows(pa.array(["a", None, "b", None, "a"])).tolist() == [0, 0, 0, 0, 1]
 
 
 def test_damaged_embedding_cache(
