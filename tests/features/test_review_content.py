@@ -357,3 +357,37 @@ def test_fingerprint_ignores_how_keys_and_tracks_the_blip2_model(
     assert fingerprint_config(replace(base, llm=replace(base.llm, model="m2"))) != fp
     save_tiny_blip2(blip2, max_positions=32)  # another model in the same folder
     assert fingerprint_config(base) != fp
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["llm.base_url=http://127.0.0.1:9/v1", "llm.max_retries=0"],
+            "http://127.0.0.1:9/v1/chat/completions: connection failed",
+        ),
+        (
+            ["images.blip2_path=/nonexistent/blip2"],
+            "features.images.blip2_path: /nonexistent/blip2 is not a folder",
+        ),
+    ],
+    ids=["llm-unreachable", "blip2-missing"],
+)
+def test_bad_endpoint_or_model_is_one_line_and_no_output(
+    overrides: list[str],
+    message: str,
+    dump: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from features.main import main
+
+    argv = [f"run_dir={tmp_path}", f"raw_dir={dump['raw']}", "source=google_local", *overrides]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # (progress lines come before it)
+    assert last.startswith("dlrrec features build: error: ") and message in last, last
+    assert not (tmp_path / "features").exists()
