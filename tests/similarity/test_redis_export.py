@@ -239,3 +239,28 @@ def test_rediss_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_packed_transaction_matches_redis_py_and_raises_on_error_replies(server: str):
+    """The hand-packed DEL + ZADD commands store what redis-py's ZADD stores (scores
+    to the bit, non-ASCII members), and an error reply inside MULTI/EXEC raises without
+    poisoning the connection."""
+    from similarity.redis_export import _Transaction, _zadd_commands
+
+    client = connect(server)
+    scores = [0.1, 1 / 3, 2.5e-7, 7.0]
+    members = ["a", "b:c", "é€", "42"]
+    client.zadd("ref", dict(zip(members, scores)))
+    client.set("dst", "stale value of another type")  # DEL must clear it first
+    tx = _Transaction(client)
+    tx.add(_zadd_commands(b"dst", scores, [m.encode() for m in members]), 2)
+    tx.execute()
+    assert client.zrange("dst", 0, -1, withscores=True) == client.zrange(
+        "ref", 0, -1, withscores=True
+    )
+    client.set("plain", "x")
+    bad = b"*4\r\n$4\r\nZADD\r\n$5\r\nplain\r\n$1\r\n1\r\n$1\r\nm\r\n"  # WRONGTYPE
+    tx.add(bad, 1)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        tx.execute()
+    assert client.ping() and client.get("plain") == b"x"
