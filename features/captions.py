@@ -242,6 +242,7 @@ def leave_out_means(
     row_entity: np.ndarray,
     sums: np.ndarray,
     counts: np.ndarray,
+    own_rows: np.ndarray,
     own_sums: np.ndarray,
     own_counts: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -250,21 +251,26 @@ def leave_out_means(
     Args:
         row_entity: int64 [N] entity of each row.
         sums, counts: `caption_sums` per entity, [E, D] and [E].
-        own_sums, own_counts: each row's own contribution to its entity's sums, [N, D]
-            and [N] (zero for rows that are not in the sums: val/test rows).
+        own_rows: int64 [R] distinct rows that are themselves in the sums (training
+            reviews with captioned photos); only these R rows are corrected, so no
+            [N, D] float64 temporary is needed.
+        own_sums, own_counts: their own contribution, [R, D] and [R].
 
     Returns:
         (float32 [N, D] means, bool [N] mask).
     """
     n, d = len(row_entity), sums.shape[1]
     out = np.empty((n, d), dtype=np.float32)
-    den = counts[row_entity] - own_counts
+    den = counts[row_entity].copy()
+    den[own_rows] -= own_counts
     step = max(1, _BLOCK_VALUES // max(d, 1))
     for a in range(0, n, step):
         b = min(n, a + step)
-        num = sums[row_entity[a:b]] - own_sums[a:b]
         k = den[a:b]
-        out[a:b] = np.where(k[:, None] > 0, num / np.maximum(k, 1)[:, None], 0.0)
+        out[a:b] = np.where(k[:, None] > 0, sums[row_entity[a:b]] / np.maximum(k, 1)[:, None], 0.0)
+    k = den[own_rows]
+    num = sums[row_entity[own_rows]] - own_sums
+    out[own_rows] = np.where(k[:, None] > 0, num / np.maximum(k, 1)[:, None], 0.0)
     return out, den > 0
 
 
@@ -368,9 +374,14 @@ def build_image_vectors(
     caption_row = np.asarray([r for r, _ in gen_row], dtype=np.int64)
 
     # Each review row's own caption sums, then only training reviews count anywhere.
-    own_sums, own_counts = caption_sums(caption_row, review_vecs, len(row_user))
-    own_counts = np.where(train, own_counts, 0)
-    own_sums[~train] = 0.0
+    own_rows = np.unique(caption_row[train[caption_row]])
+    slot = np.searchsorted(own_rows, caption_row)
+    in_own = np.zeros(len(caption_row), bool)
+    if len(own_rows):
+        in_own = own_rows[np.minimum(slot, len(own_rows) - 1)] == caption_row
+    own_sums, own_counts = caption_sums(
+        np.where(in_own, slot, -1), review_vecs.reshape(-1, d), len(own_rows)
+    )
     in_train = train[caption_row] if len(caption_row) else np.zeros(0, bool)
     u_owner = np.where(in_train, row_user[caption_row] if len(caption_row) else caption_row, -1)
     i_owner = np.where(in_train, row_item[caption_row] if len(caption_row) else caption_row, -1)
@@ -380,8 +391,12 @@ def build_image_vectors(
         np.concatenate([item_level.reshape(-1, d), review_vecs.reshape(-1, d)]),
         n_items,
     )
-    user_rows, user_rows_mask = leave_out_means(row_user, u_sums, u_counts, own_sums, own_counts)
-    item_rows, item_rows_mask = leave_out_means(row_item, i_sums, i_counts, own_sums, own_counts)
+    user_rows, user_rows_mask = leave_out_means(
+        row_user, u_sums, u_counts, own_rows, own_sums, own_counts
+    )
+    item_rows, item_rows_mask = leave_out_means(
+        row_item, i_sums, i_counts, own_rows, own_sums, own_counts
+    )
     users, users_mask = entity_means(u_sums, u_counts)
     items, items_mask = entity_means(i_sums, i_counts)
     meta = {

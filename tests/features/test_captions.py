@@ -112,9 +112,10 @@ def test_pooling_matches_a_slow_reference() -> None:
     # Rows own some of their entity's captions; leaving them out = mean of the rest.
     row_entity = rng.integers(0, n_ent, n_rows)
     own = [np.nonzero(owner == row_entity[r])[0][: r % 3] for r in range(n_rows)]
-    own_sums = np.stack([vecs[o].astype(np.float64).sum(0) for o in own])
-    own_counts = np.array([len(o) for o in own])
-    means, mask = leave_out_means(row_entity, sums, counts, own_sums, own_counts)
+    own_rows = np.array([r for r in range(n_rows) if len(own[r])])
+    own_sums = np.stack([vecs[own[r]].astype(np.float64).sum(0) for r in own_rows])
+    own_counts = np.array([len(own[r]) for r in own_rows])
+    means, mask = leave_out_means(row_entity, sums, counts, own_rows, own_sums, own_counts)
     for r in range(n_rows):
         rest = [c for c in np.nonzero(owner == row_entity[r])[0] if c not in own[r]]
         assert mask[r] == bool(rest)
