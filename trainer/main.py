@@ -419,6 +419,18 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             truncate_metrics(out / "metrics.jsonl", prog.step)
         r0.print(f"train: resuming from {resume_from} (epoch {prog.epoch}, step {prog.step})")
     n_steps = epoch_steps(train.n, cfg.batch_size, cfg.max_steps_per_epoch)
+    for name in ("val", "test"):
+        labels = np.asarray(data.splits[name].label)
+        if labels.size == 0 or labels.min() == labels.max():
+            raise DataError(
+                f"{Path(cfg.run_dir) / 'features'}: the {name} split has {labels.size} rows "
+                "and not both classes, so AUC is undefined; use more data or another split"
+            )
+    if n_steps == 0:
+        raise ConfigError(
+            f"train.batch_size: {cfg.batch_size} is more than the {train.n} training rows "
+            "(an epoch is whole global batches); lower it"
+        )
 
     def checkpoint() -> Path:
         best = {ckpt_root / prog.best_checkpoint} if prog.best_checkpoint else set()
@@ -502,7 +514,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         if should_stop_early(prog, cfg):
             r0.print(f"train: early stop after epoch {epoch} (best epoch {prog.best_epoch})")
             break
-        if cfg.stop_after_epoch == epoch + 1 or cfg.stop_after_step == prog.step:
+        if cfg.stop_after_epoch == epoch + 1 or (cfg.stop_after_step and cfg.stop_after_step == prog.step):
             paused = epoch + 1 < cfg.epochs
             if paused:
                 break
