@@ -67,26 +67,29 @@ def out_of_fold_sets(
         k: K.
         n_entities: E.
     """
-    by_entity: dict[int, list[int]] = {}
-    for r in np.nonzero(train)[0]:
-        by_entity.setdefault(int(owner[r]), []).append(int(r))
-    index: dict[tuple[int, tuple[int, ...]], int] = {}
-    sets: list[tuple[int, tuple[int, ...]]] = []
-
-    def set_id(e: int, fold: int) -> int:
-        rows = tuple(r for r in by_entity.get(e, ()) if fold == k or folds[r] != fold)
-        key = (e, rows)
-        if key not in index:
-            index[key] = len(sets)
-            sets.append(key)
-        return index[key]
-
-    row_set = np.asarray(
-        [set_id(int(e), int(f) if t else k) for e, f, t in zip(owner, folds, train)],
-        dtype=np.int64,
+    n = len(owner)
+    folds = np.asarray(folds, dtype=np.int64)
+    # A training row reads (e, its fold); that set always differs from (e, K), since
+    # the row itself is in it.  Val/test rows and the entity tables read (e, K).
+    key = np.concatenate(
+        [
+            np.asarray(owner, dtype=np.int64) * (k + 1) + np.where(train, folds, k),
+            np.arange(n_entities, dtype=np.int64) * (k + 1) + k,
+        ]
     )
-    entity_set = np.asarray([set_id(e, k) for e in range(n_entities)], dtype=np.int64)
-    return ReviewSets(sets, row_set, entity_set)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    # Training rows grouped by entity, in row order (a stable sort keeps it).
+    tr = np.nonzero(train)[0]
+    tr = tr[np.argsort(owner[tr], kind="stable")]
+    bounds = np.searchsorted(owner[tr], np.arange(n_entities + 1))
+    sets: list[tuple[int, tuple[int, ...]]] = []
+    for u in uniq.tolist():
+        e, fold = divmod(u, k + 1)
+        rows = tr[bounds[e] : bounds[e + 1]]
+        if fold < k:
+            rows = rows[folds[rows] != fold]
+        sets.append((e, tuple(rows.tolist())))
+    return ReviewSets(sets, inverse[:n].astype(np.int64), inverse[n:].astype(np.int64))
 
 
 @dataclass
