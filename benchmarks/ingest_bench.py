@@ -105,7 +105,7 @@ def write_synthetic(raw: Path, n_rows: int, seed: int = 0) -> dict[str, int]:
                         "i", pc.cast(pa.array(item), pa.string()), ""
                     ),
                     "rating": pa.array(rng.integers(1, 6, n).astype(np.float32)),
-                    "timestamp": pa.array(rng.integers(1.2e9, 1.7e9, n)),
+                    "timestamp": pa.array(rng.integers(1_200_000_000, 1_700_000_000, n)),
                     "text": sentences.take(pa.array(text_idx, mask=rng.random(n) < 0.05)),
                     "review_id": pc.binary_join_element_wise("r", ids, ""),
                 },
@@ -137,7 +137,7 @@ def write_yelp(folder: Path, n_rows: int, seed: int = 0) -> None:
             words = rng.integers(0, len(WORDS), (n, 12))
             lines = []
             for i in range(n):
-                rec = {
+                review: dict[str, object] = {
                     "review_id": f"r{start + i}",
                     "user_id": f"u{users[i]}",
                     "business_id": f"b{items[i]}",
@@ -145,7 +145,7 @@ def write_yelp(folder: Path, n_rows: int, seed: int = 0) -> None:
                     "text": " ".join(WORDS[w] for w in words[i]) + ".",
                     "date": "2019-02-11 12:01:00",
                 }
-                lines.append(json.dumps(rec))
+                lines.append(json.dumps(review))
             f.write("\n".join(lines) + "\n")
 
 
