@@ -7,7 +7,12 @@ exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
+import re
 import sys
+import textwrap
+import typing
 from collections.abc import Callable
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -26,10 +31,67 @@ def fail(prog: str, message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description=description)
+def _arg_docs(cls: type) -> dict[str, str]:
+    """`name: text` entries of a Google-style `Args:` docstring section (continuation
+    lines joined; `a, b: text` documents both)."""
+    doc = inspect.getdoc(cls) or ""
+    m = re.search(r"^Args:\n((?:[ \t]+.*\n?|\n)*)", doc, re.MULTILINE)
+    if not m:
+        return {}
+    out: dict[str, str] = {}
+    names: list[str] = []
+    for line in m.group(1).splitlines():
+        entry = re.match(r"^    ([A-Za-z_][\w, ]*):\s*(.*)$", line)
+        if entry:
+            names = [n.strip() for n in entry.group(1).split(",")]
+            for n in names:
+                out[n] = entry.group(2).strip()
+        elif line.strip() and names:
+            for n in names:
+                out[n] += " " + line.strip()
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "|".join(str(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def config_reference(cfg_cls: type, section: str) -> str:
+    """Every key of a config dataclass: type, default and its docstring text."""
+    docs = _arg_docs(cfg_cls)
+    hints = typing.get_type_hints(cfg_cls)
+    lines = [
+        f"config keys of section `{section}:` (override with {section}.KEY=VALUE; "
+        "the stage's own job also takes KEY=VALUE):"
+    ]
+    for f in dataclasses.fields(cfg_cls):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "required"
+        lines.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default})")
+        if docs.get(f.name):
+            lines += textwrap.wrap(
+                docs[f.name], 88, initial_indent=" " * 6, subsequent_indent=" " * 6
+            )
+    return "\n".join(lines)
+
+
+def job_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML config (optional when overrides give every required key)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3 or train.epochs=3")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. epochs=3 or train.epochs=3"
+    )
     return p
 
 
@@ -42,7 +104,7 @@ def run_job(
     argv: list[str] | None,
 ) -> int:
     """Parse `--config` + overrides into `cfg_cls` and call `run(cfg)`."""
-    args = job_parser(prog, description).parse_args(argv)
+    args = job_parser(prog, description, config_reference(cfg_cls, section)).parse_args(argv)
     with user_errors(prog):
         cfg = load_config(cfg_cls, args.config, args.overrides, section)
         run(cfg)

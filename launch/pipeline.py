@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from launch.config import ConfigError, DataError, build_dataclass, load_raw, section_values
-from launch.entry import job_parser, user_errors
+from launch.entry import config_reference, job_parser, user_errors
 
 
 @dataclass
@@ -131,7 +131,20 @@ def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None, prog: str = "dlrrec pipeline") -> int:
-    args = job_parser(prog, __doc__ or "").parse_args(argv)
+    from features.config import FeaturesConfig
+    from similarity.config import SwingConfig
+    from trainer.config import TrainConfig
+
+    epilog = "\n\n".join(
+        config_reference(cls, section)
+        for cls, section in (
+            (PipelineConfig, "pipeline"),
+            (FeaturesConfig, "features"),
+            (SwingConfig, "similarity"),
+            (TrainConfig, "train"),
+        )
+    )
+    args = job_parser(prog, __doc__ or "", epilog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with user_errors(prog):
         run(args.config, args.overrides)
