@@ -14,7 +14,8 @@ Two optional `features` sections turn it on:
 Where the vectors go (DESIGN.md "Artifacts"; trainer/data.py reads them):
 
     examples/*  per row, leakage-free: user_text, item_text (summaries), user_image,
-                item_image and the has_* masks; `_meta.json` `row_content` lists the
+                item_image and their has_* masks (False: no review text / no captioned
+                photo, and a zero vector); `_meta.json` `row_content` lists the
                 item columns, which the trainer then reads per row instead of from
                 the entity table
     entities/*  per entity, from training reviews only: the same columns and masks
@@ -179,9 +180,14 @@ def build_review_content(
         i = summaries.extract_out_of_fold(
             provider, "item", item_names, row_item, texts, train, folds, k, embed, dim, tiers, cats
         )
-        out.row_columns.update(user_text=u.row_vecs, item_text=i.row_vecs)
-        out.user_columns["user_text"] = u.vecs
-        out.item_columns["item_text"] = i.vecs
+        out.row_columns.update(
+            user_text=u.row_vecs,
+            has_user_text=u.row_mask,
+            item_text=i.row_vecs,
+            has_item_text=i.row_mask,
+        )
+        out.user_columns.update(user_text=u.vecs, has_user_text=u.mask)
+        out.item_columns.update(item_text=i.vecs, has_item_text=i.mask)
         if llm_cfg.base_url:  # offline: price and categories stay the metadata's
             out.row_price = np.asarray(
                 [PRICE_CATEGORY_TIER.get(p, np.nan) for p in i.row_price], dtype=np.float64

@@ -227,7 +227,7 @@ def test_out_of_fold_summaries_types_and_price_match_a_reference(
     assert n_checked["train"] > 10 and n_checked["other"] > 3
 
 
-def test_image_vectors_are_masked_not_faked(built: dict[str, Any]) -> None:
+def test_vectors_are_masked_not_faked(built: dict[str, Any]) -> None:
     items = built["items"]
     has = items["has_item_image"].to_numpy(zero_copy_only=False)
     vec = vectors(items, "item_image")
@@ -235,9 +235,10 @@ def test_image_vectors_are_masked_not_faked(built: dict[str, Any]) -> None:
     assert not vec[~has].any() and np.abs(vec[has]).sum(1).min() > 0
     for split in ("train", "val", "test"):
         t = built[split]
-        for kind in ("user", "item"):
-            m = t[f"has_{kind}_image"].to_numpy(zero_copy_only=False)
-            assert not vectors(t, f"{kind}_image")[~m].any()
+        for col in ("user_image", "item_image", "user_text", "item_text"):
+            m = t[f"has_{col}"].to_numpy(zero_copy_only=False)
+            v = vectors(t, col)
+            assert not v[~m].any() and (np.abs(v[m]).sum(1) > 0).all()
 
 
 def test_trainer_reads_item_vectors_per_row(built: dict[str, Any]) -> None:
