@@ -39,9 +39,19 @@ class TrainConfig:
         w_item_item, w_user_user: the paper's w1, w2.
         tau: InfoNCE temperature.
         positive_sampling: `score` samples a SWING neighbour with p ~ score; `top1` takes the best.
+        extra_negatives: M entities per InfoNCE term drawn uniformly from the catalogue
+            each step and added to the in-batch negatives (mixed negative sampling; 0 = off).
+        logq_correction: subtract the log sampling probability of each InfoNCE candidate
+            (estimated exactly from the positive sampler over the training rows).
+        infonce_chunk_size: rows per block of the chunked InfoNCE (0 = one piece); same
+            loss and gradients, less memory and time at large batches.
         patience: epochs without a better val AUC before stopping.
         min_epochs: epochs before early stopping may trigger.
-        selection_metric: `auc` (val AUC).
+        selection_metric: `auc` (maximise val AUC) or `fpr_at_recall:R` (minimise the val
+            false-positive rate at the highest threshold whose val recall is >= R, 0 < R <= 1;
+            the recall floor stops an all-negative model from winning on FPR alone).
+        tensorboard: also write the step/epoch scalars to TensorBoard under `train/tensorboard/`.
+        progress_bar: a rank-0 tqdm bar per epoch (only when stderr is a terminal).
         keep_checkpoints: last K checkpoints kept (the best is always kept).
         checkpoint_every_steps: also checkpoint every N global steps (0 = only at epoch ends).
         resume: continue from the newest checkpoint in `train/` when it holds an unfinished
@@ -87,9 +97,14 @@ class TrainConfig:
     w_user_user: float = 0.1
     tau: float = 0.2
     positive_sampling: Literal["score", "top1"] = "score"
+    extra_negatives: int = 0
+    logq_correction: bool = False
+    infonce_chunk_size: int = 128
     patience: int = 3
     min_epochs: int = 1
-    selection_metric: Literal["auc"] = "auc"
+    selection_metric: str = "auc"
+    tensorboard: bool = True
+    progress_bar: bool = True
     keep_checkpoints: int = 2
     checkpoint_every_steps: int = 0
     resume: bool = True
@@ -119,6 +134,10 @@ class TrainConfig:
         for name in ("keep_checkpoints", "checkpoint_every_steps", "stop_after_epoch", "stop_after_step"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("extra_negatives", "infonce_chunk_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        parse_selection_metric(self.selection_metric)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"train.dropout: must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.id_dropout < 1.0:
@@ -137,3 +156,25 @@ class TrainConfig:
             )
         if self.lr <= 0 or self.sparse_lr <= 0:
             raise ConfigError("train.lr/sparse_lr: must be > 0")
+
+
+def parse_selection_metric(spec: str) -> tuple[str, float]:
+    """`auc` -> ("auc", 0); `fpr_at_recall:R` -> ("fpr_at_recall", R) with 0 < R <= 1.
+
+    Raises:
+        ConfigError: naming `train.selection_metric` and the accepted forms.
+    """
+    if spec == "auc":
+        return "auc", 0.0
+    name, _, value = spec.partition(":")
+    if name == "fpr_at_recall":
+        try:
+            r = float(value)
+        except ValueError:
+            r = float("nan")
+        if 0.0 < r <= 1.0:
+            return name, r
+    raise ConfigError(
+        f"train.selection_metric: {spec!r} is not `auc` or `fpr_at_recall:R` with 0 < R <= 1 "
+        "(e.g. fpr_at_recall:0.5)"
+    )

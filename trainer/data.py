@@ -12,7 +12,7 @@ rows have weight 0) because the sharded embedding all-to-all wants equal batches
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,11 @@ class Batch(Pipelineable):
     """One local batch. Shapes: dense [B, Dd], content [B, T, C], the rest [B] or [B, C].
 
     `ii_*` / `uu_*` are the item-item / user-user InfoNCE inputs: the anchor's SWING
-    positive (its content vector and id; id -1 and mask 0 when it has no neighbour).
+    positive (its content vector and id; id -1 and mask 0 when it has no neighbour)
+    and `*_pos_q`, the probability that one draw of the positive sampler gives that
+    entity (for logQ correction); `*_neg*` are M extra negatives drawn uniformly from
+    the catalogue, shared by every row of the global batch: content [M, C], ids [M]
+    and their positive-sampler probabilities [M] (M = 0 without mixed negatives).
     """
 
     dense: torch.Tensor
@@ -55,11 +59,21 @@ class Batch(Pipelineable):
     uu_pos_ids: torch.Tensor
     item_tower: int
     user_tower: int
+    ii_pos_q: torch.Tensor
+    ii_neg: torch.Tensor
+    ii_neg_ids: torch.Tensor
+    ii_neg_q: torch.Tensor
+    uu_pos_q: torch.Tensor
+    uu_neg: torch.Tensor
+    uu_neg_ids: torch.Tensor
+    uu_neg_q: torch.Tensor
 
     def _tensors(self) -> list[str]:
         return [
             "dense", "content", "labels", "weights", "item_ids", "user_ids",
             "ii_pos", "ii_pos_ids", "uu_anchor", "uu_pos", "uu_pos_ids",
+            "ii_pos_q", "ii_neg", "ii_neg_ids", "ii_neg_q",
+            "uu_pos_q", "uu_neg", "uu_neg_ids", "uu_neg_q",
         ]  # fmt: skip
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
@@ -118,6 +132,32 @@ class Neighbors:
         out[has] = self.ids[np.clip(j, start[has], end[has] - 1)]
         return out
 
+    def marginal(self, anchor_counts: np.ndarray, top1: bool) -> np.ndarray:
+        """q(j): the probability that one sampled positive is entity j, over the training rows.
+
+        Each training row's anchor i (occurring `anchor_counts[i]` times) yields one
+        positive j with probability p(j | i) (score-proportional, or 1 for the top-1);
+        anchors without neighbours yield none. So q(j) = sum_i counts_i p(j | i) / the
+        rows whose anchor has neighbours: the exact expected frequency of j among the
+        sampled positives, i.e. the sampling probability of an in-batch candidate.
+
+        Returns: [n] float64, summing to 1 (zeros when no anchor has a neighbour).
+        """
+        n = self.offsets.size - 1
+        counts = np.diff(self.offsets)
+        first = self.offsets[:-1][counts > 0]
+        if top1:
+            p = np.zeros(self.ids.size)
+            p[first] = 1.0
+        else:
+            frac = self.cum_probs - np.repeat(np.arange(n), counts)  # within-anchor cumulative
+            p = np.diff(frac, prepend=0.0)
+            p[first] = frac[first]
+        mass = np.repeat(anchor_counts[:n].astype(np.float64), counts) * p
+        q = np.bincount(self.ids, weights=mass, minlength=n)[:n] if self.ids.size else np.zeros(n)
+        total = float(anchor_counts[:n][counts > 0].sum())
+        return q / total if total > 0 else q
+
 
 @dataclass
 class TrainingData:
@@ -133,10 +173,29 @@ class TrainingData:
     entity_content: dict[str, np.ndarray]  # column -> [n_entities, C] float16
     item_neighbors: Neighbors | None
     user_neighbors: Neighbors | None
+    _sampler_cache: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def content_dim(self) -> int:
         return int(self.features_meta["content_dim"])
+
+    def sampler_tables(self, entity: str, top1: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(q, catalogue) of `entity`'s InfoNCE: q [n] is the positive sampler's marginal
+        (`Neighbors.marginal` over the train rows' anchors), catalogue the ids of the
+        entities that have a content vector (the uniform extra-negative pool)."""
+        key = (entity, top1)
+        if key not in self._sampler_cache:
+            nb = self.item_neighbors if entity == "item" else self.user_neighbors
+            col = next(c for e, c in self.towers if e == entity)
+            content = self.entity_content[col]
+            anchors = self.splits["train"].item_id if entity == "item" else self.splits["train"].user_id
+            n = content.shape[0]
+            q = nb.marginal(np.bincount(anchors, minlength=n), top1) if nb is not None else np.zeros(n)
+            catalogue = np.flatnonzero(np.abs(content).max(axis=1) > 0)
+            self._sampler_cache[key] = (q, catalogue)
+        return self._sampler_cache[key]
 
 
 def _fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, where: str) -> np.ndarray:
@@ -299,8 +358,13 @@ def make_batch(
     valid: np.ndarray,
     rng: np.random.Generator,
     top1: bool,
+    extra_negatives: int = 0,
 ) -> Batch:
-    """Assemble one local batch from split rows (row ids repeat for padding; `valid` masks them)."""
+    """Assemble one batch from split rows (row ids repeat for padding; `valid` masks them).
+
+    `extra_negatives` M entities per InfoNCE are drawn uniformly from the catalogue
+    after the positives, so M = 0 leaves the random stream (and any run) unchanged.
+    """
     lengths, values = [], []
     for name in data.sparse_names:
         if name == "user_id":
@@ -353,6 +417,21 @@ def make_batch(
         uu_pos = data.entity_content[col][np.maximum(uu_pos_ids, 0)]
     ii_pos_ids = np.where(valid, ii_pos_ids, -1)
     uu_pos_ids = np.where(valid, uu_pos_ids, -1)
+    neg: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    for entity, tower, nbs, pos_ids in (
+        ("item", item_tower, data.item_neighbors, ii_pos_ids),
+        ("user", user_tower, data.user_neighbors, uu_pos_ids),
+    ):
+        pos_q, neg_ids = np.zeros(b), np.zeros(0, np.int64)
+        neg_vec, neg_q = np.zeros((0, c_dim), np.float16), np.zeros(0)
+        if nbs is not None and tower >= 0:
+            q, catalogue = data.sampler_tables(entity, top1)
+            pos_q = np.where(pos_ids >= 0, q[np.maximum(pos_ids, 0)], 0.0)
+            if extra_negatives > 0 and catalogue.size:
+                neg_ids = catalogue[rng.integers(0, catalogue.size, extra_negatives)]
+                neg_vec = data.entity_content[data.towers[tower][1]][neg_ids]
+                neg_q = q[neg_ids]
+        neg[entity] = (pos_q, neg_vec, neg_ids, neg_q)
     content_arr = np.stack(content, 1) if content else np.zeros((b, 0, c_dim), np.float16)
     return Batch(
         dense=torch.from_numpy(split.dense[rows]),
@@ -369,7 +448,15 @@ def make_batch(
         uu_pos_ids=torch.from_numpy(uu_pos_ids),
         item_tower=item_tower,
         user_tower=user_tower,
+        **{
+            f"{p}_{name}": torch.from_numpy(arr.astype(dtype))
+            for p, entity in (("ii", "item"), ("uu", "user"))
+            for name, arr, dtype in zip(("pos_q", "neg", "neg_ids", "neg_q"), neg[entity], _NEG_DTYPES)
+        },
     )
+
+
+_NEG_DTYPES = (np.float32, np.float32, np.int64, np.float32)
 
 
 def epoch_steps(n_rows: int, global_batch: int, max_steps: int = 0) -> int:
@@ -388,6 +475,7 @@ def train_batches(
     top1: bool,
     max_steps: int = 0,
     start_step: int = 0,
+    extra_negatives: int = 0,
 ) -> Iterator[Batch]:
     """This rank's slices of the epoch's global batches (last partial batch dropped).
 
@@ -403,7 +491,7 @@ def train_batches(
         rows = perm[step * global_batch : (step + 1) * global_batch]
         # positives are drawn for the whole global batch, then sliced: rank-count invariant
         rng = np.random.default_rng([seed, epoch, step])
-        full = make_batch(data, split, rows, np.ones(rows.size, bool), rng, top1)
+        full = make_batch(data, split, rows, np.ones(rows.size, bool), rng, top1, extra_negatives)
         yield full if world_size == 1 else slice_batch(full, data.sparse_names, rank * local, local)
 
 
@@ -416,6 +504,10 @@ def slice_batch(full: Batch, keys: list[str], offset: int, size: int) -> Batch:
         user_ids=full.user_ids[sl], ii_pos=full.ii_pos[sl], ii_pos_ids=full.ii_pos_ids[sl],
         uu_anchor=full.uu_anchor[sl], uu_pos=full.uu_pos[sl], uu_pos_ids=full.uu_pos_ids[sl],
         item_tower=full.item_tower, user_tower=full.user_tower,
+        ii_pos_q=full.ii_pos_q[sl], uu_pos_q=full.uu_pos_q[sl],
+        # the extra negatives are shared by the whole global batch: every rank keeps them all
+        ii_neg=full.ii_neg, ii_neg_ids=full.ii_neg_ids, ii_neg_q=full.ii_neg_q,
+        uu_neg=full.uu_neg, uu_neg_ids=full.uu_neg_ids, uu_neg_q=full.uu_neg_q,
     )  # fmt: skip
 
 

@@ -1,14 +1,43 @@
-"""InfoNCE with in-batch negatives over SWING positives (pure tensor math).
+"""InfoNCE over SWING positives with in-batch and extra negatives (pure tensor math).
 
-Shape legend: B = batch size, D = projection dim.
+Shape legend: B = batch size (anchors), M = extra negatives, N = B + M candidates,
+D = projection dim.
+
+Row i scores anchor i against every candidate: the B in-batch positives (column i is
+its own target) followed by the M extra negatives shared by the batch. Two equal
+computations are offered: one piece (`chunk_size=0`) builds the masked [B, N] logits
+at once and hands them to `F.cross_entropy` (the plain formulation, and the autograd
+reference); chunked (`chunk_size > 0`) is a custom autograd function that walks B in
+row blocks, finds the false negatives by binary search instead of a dense [B, N]
+mask, and computes each block's gradient contribution right after its softmax, so no
+[B, N] buffer exists and every logit is exponentiated once (`benchmarks/infonce_bench.py`
+measures both).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
 _NEG = -1e9  # a finite "minus infinity": masked logits stay NaN-free under autograd
+
+
+@dataclass(frozen=True)
+class InfoNCEOptions:
+    """How a model computes its InfoNCE terms (the arguments of `info_nce` fixed per run).
+
+    Args:
+        log_q: subtract the log sampling probability of each candidate (logQ correction).
+        uniform_p: (item, user) probability of one catalogue entity under the uniform
+            extra-negative sampler (1 / catalogue size; 0 without extra negatives).
+        chunk_size: rows per block of the chunked computation (0 = one piece).
+    """
+
+    log_q: bool = False
+    uniform_p: tuple[float, float] = (0.0, 0.0)
+    chunk_size: int = 0
 
 
 def info_nce(
@@ -17,15 +46,24 @@ def info_nce(
     anchor_ids: torch.Tensor,
     positive_ids: torch.Tensor,
     tau: float,
+    negatives: torch.Tensor | None = None,
+    negative_ids: torch.Tensor | None = None,
+    candidate_q: torch.Tensor | None = None,
+    uniform_p: float = 0.0,
+    chunk_size: int = 0,
 ) -> torch.Tensor:
     """Mean InfoNCE over anchors that have a positive.
 
-    Row i scores anchor i against every in-batch positive; its own positive is the
-    target and the other anchors' positives are the negatives. Anchors without a
-    SWING neighbour (`positive_ids == -1`) are masked out of the mean and their
-    (absent) positives are never used as negatives. A candidate is also not a
-    negative when it is the same entity as the anchor or as the anchor's positive
-    (false-negative masking).
+    Anchors without a SWING neighbour (`positive_ids == -1`) are masked out of the
+    mean and their (absent) positives are never used as negatives. A candidate is
+    not a negative for anchor i (false-negative masking) when it is the same entity
+    as anchor i or as anchor i's positive; this holds for in-batch candidates and
+    extra negatives alike. Extra negatives with id -1 are ignored.
+
+    With `candidate_q` (logQ correction, Yi et al. 2019) every logit, the target's
+    included, has the log of its candidate's sampling probability subtracted (the
+    mixed in-batch + uniform proposal of `mixed_log_q`), so frequently sampled
+    (popular) candidates are not over-penalised as negatives.
 
     Args:
         anchor: [B, D] projections of the anchors.
@@ -33,22 +71,183 @@ def info_nce(
         anchor_ids: [B] entity ids of the anchors.
         positive_ids: [B] entity ids of the positives, -1 where there is none.
         tau: temperature.
+        negatives: [M, D] projections of extra negatives (mixed negative sampling).
+        negative_ids: [M] their entity ids (-1 = unused).
+        candidate_q: [N] probability that one draw of the positive sampler gives each
+            candidate (None = no logQ correction).
+        uniform_p: probability of each catalogue entity under the uniform extra-negative
+            sampler (1 / catalogue size).
+        chunk_size: rows per block of the chunked computation; 0 = one piece.
 
     Returns:
         A scalar; 0 (with a graph) when no anchor has a positive.
     """
     a = F.normalize(anchor, dim=-1)
-    p = F.normalize(positive, dim=-1)
-    logits = a @ p.t() / tau  # [B, B]
+    cand = F.normalize(positive, dim=-1)
+    cand_ids = positive_ids
+    if negatives is not None and negatives.shape[0] > 0:
+        assert negative_ids is not None
+        cand = torch.cat([cand, F.normalize(negatives, dim=-1)])
+        cand_ids = torch.cat([positive_ids, negative_ids])
     valid = positive_ids >= 0
-    b = anchor.shape[0]
-    eye = torch.eye(b, dtype=torch.bool, device=anchor.device)
-    false_neg = (positive_ids.unsqueeze(0) == positive_ids.unsqueeze(1)) | (
-        positive_ids.unsqueeze(0) == anchor_ids.unsqueeze(1)
-    )
-    masked = (~valid.unsqueeze(0) | false_neg) & ~eye
-    logits = logits.masked_fill(masked, _NEG)
-    targets = torch.arange(b, device=anchor.device)
+    w = valid.to(a.dtype) / valid.sum().clamp_min(1).to(a.dtype)
+    b = a.shape[0]
+    # per-candidate additive term: -log q (logQ) and "minus infinity" for absent candidates
+    bias = a.new_zeros(cand.shape[0])
+    if candidate_q is not None:
+        bias = -mixed_log_q(candidate_q, b, cand.shape[0] - b, uniform_p).to(a.dtype)
+    bias = bias.masked_fill(cand_ids < 0, _NEG)
+    a = a / tau
+    if 0 < chunk_size < b:
+        return _ChunkedInfoNCE.apply(a, cand, anchor_ids, positive_ids, cand_ids, bias, w, chunk_size)
+    logits = candidate_logits(a, cand, anchor_ids, positive_ids, cand_ids, bias, 0)
+    targets = torch.arange(b, device=a.device)
     per_row = F.cross_entropy(logits, targets, reduction="none")
-    w = valid.to(per_row.dtype)
-    return (per_row * w).sum() / w.sum().clamp_min(1.0)
+    return (per_row * w).sum()
+
+
+def candidate_logits(
+    a: torch.Tensor,
+    cand: torch.Tensor,
+    anchor_ids: torch.Tensor,
+    positive_ids: torch.Tensor,
+    cand_ids: torch.Tensor,
+    bias: torch.Tensor,
+    start: int,
+) -> torch.Tensor:
+    """Masked logits of anchor rows [start, start + k) against all N candidates.
+
+    Args:
+        a: [k, D] normalised anchors divided by tau (rows start.. of the batch).
+        cand: [N, D] normalised candidates.
+        anchor_ids, positive_ids: [k] ids of those rows.
+        cand_ids: [N] candidate ids.
+        bias: [N] added to every row (-log q; -1e9 for absent candidates).
+        start: index of the first row (its target is column start).
+
+    Returns:
+        [k, N]; false negatives are -1e9, the target column never is.
+    """
+    logits = torch.addmm(bias.unsqueeze(0), a, cand.t())
+    c = cand_ids.unsqueeze(0)
+    false_neg = (c == anchor_ids.unsqueeze(1)) | (c == positive_ids.unsqueeze(1))
+    false_neg.diagonal(offset=start).fill_(False)
+    return logits.masked_fill(false_neg, _NEG)
+
+
+def false_negative_pairs(
+    anchor_ids: torch.Tensor, positive_ids: torch.Tensor, cand_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every false negative, sorted by row: the sparse form of the mask.
+
+    Row i's false negatives are the candidates whose id equals anchor i's id or its
+    positive's id (-1 keys match nothing), the target column i excepted. Found by
+    binary search in the sorted candidate ids, so the cost is O(N log N + pairs), not
+    O(B x N); with popularity-skewed ids the pairs are a few percent of B x N.
+
+    Returns:
+        rows [P], cols [P] (int64).
+    """
+    sorted_ids, order = torch.sort(cand_ids)
+    b = anchor_ids.shape[0]
+    everyone = torch.arange(b, device=cand_ids.device)
+    rows, cols = [], []
+    for keys in (anchor_ids, positive_ids):
+        lo = torch.searchsorted(sorted_ids, keys, side="left")
+        n = torch.searchsorted(sorted_ids, keys, side="right") - lo
+        n = n.masked_fill(keys < 0, 0)
+        r = torch.repeat_interleave(everyone, n)
+        # position of each match: its run's start in the sorted ids + its index within the run
+        within = torch.arange(r.numel(), device=r.device) - torch.repeat_interleave(n.cumsum(0) - n, n)
+        rows.append(r)
+        cols.append(order[torch.repeat_interleave(lo, n) + within])
+    r, c = torch.cat(rows), torch.cat(cols)
+    keep = c != r
+    r, c = r[keep], c[keep]
+    r, idx = torch.sort(r, stable=True)
+    return r, c[idx]
+
+
+class _ChunkedInfoNCE(torch.autograd.Function):
+    """sum_i w_i (logsumexp_j L_ij - L_ii), walked in row blocks, gradients fused in.
+
+    The loss is a scalar, so its gradient is the upstream scalar times a fixed
+    tensor: each block's softmax, once computed for the log-sum-exp, immediately
+    yields that block's contribution to dL/da and dL/dcand, and backward only scales
+    them. A block's logits are one GEMM with the bias riding on it, the false
+    negatives are written in sparsely (`false_negative_pairs`) and everything after
+    is in place, so the block is touched a few times while in cache and every logit
+    is exponentiated once. Nothing of size B x N outlives its block.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        a: torch.Tensor,
+        cand: torch.Tensor,
+        anchor_ids: torch.Tensor,
+        positive_ids: torch.Tensor,
+        cand_ids: torch.Tensor,
+        bias: torch.Tensor,
+        w: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
+        b, n = a.shape[0], cand.shape[0]
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]  # type: ignore[attr-defined]
+        rows, cols = false_negative_pairs(anchor_ids, positive_ids, cand_ids)
+        starts = list(range(0, b, chunk))
+        bounds = torch.searchsorted(rows, torch.tensor([*starts, b], device=rows.device)).tolist()
+        total = a.new_zeros(())
+        ga = torch.empty_like(a) if want_grad else None
+        gc = torch.zeros_like(cand) if want_grad else None
+        for k, s in enumerate(starts):
+            e = min(s + chunk, b)
+            logits = torch.addmm(bias.unsqueeze(0), a[s:e], cand.t())
+            lo, hi = bounds[k], bounds[k + 1]
+            if hi > lo:
+                logits.view(-1).index_fill_(0, (rows[lo:hi] - s) * n + cols[lo:hi], _NEG)
+            target = logits.diagonal(offset=s).clone()
+            m = logits.amax(dim=1, keepdim=True)
+            p = torch.exp_(logits.sub_(m))  # unnormalised softmax, in place
+            z = p.sum(dim=1)
+            wb = w[s:e]
+            total += ((z.log() + m.squeeze(1) - target) * wb).sum()
+            if ga is not None and gc is not None:
+                # d loss / d L_ij = w_i (softmax_ij - [j == i])
+                p.mul_((wb / z).unsqueeze(1))
+                p.diagonal(offset=s).sub_(wb)
+                torch.mm(p, cand, out=ga[s:e])
+                gc.addmm_(p.t(), a[s:e])
+        if ga is not None and gc is not None:
+            ctx.save_for_backward(ga, gc)
+        return total
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        ga, gc = ctx.saved_tensors  # type: ignore[attr-defined]
+        return ga * grad, gc * grad, None, None, None, None, None, None
+
+
+def mixed_log_q(cand_q: torch.Tensor, n_batch: int, n_extra: int, uniform_p: float) -> torch.Tensor:
+    """Log sampling probability of each candidate under the mixed proposal.
+
+    In-batch candidates are `n_batch` draws from the positive sampler (marginal
+    probability `cand_q`), extra negatives `n_extra` uniform draws (`uniform_p` each),
+    so a candidate's expected share of the N slots is
+    (n_batch * q + n_extra * uniform_p) / N. The same formula holds for a candidate
+    whichever stream drew it, so duplicates across streams are consistent.
+
+    Args:
+        cand_q: [N] marginal probability of each candidate under the positive sampler.
+        n_batch: B.
+        n_extra: M.
+        uniform_p: 1 / catalogue size (0 without extra negatives).
+
+    Returns:
+        [N] log probabilities (floored at 1e-12 to stay finite).
+    """
+    n = n_batch + n_extra
+    r = (n_batch * cand_q.double() + n_extra * uniform_p) / max(n, 1)
+    return torch.log(r.clamp_min(1e-12)).to(cand_q.dtype)

@@ -39,6 +39,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+from tqdm import tqdm
 
 from launch.artifacts import sha256_json, write_json_atomic
 from launch.config import ConfigError, DataError, to_dict
@@ -53,10 +54,16 @@ from trainer.checkpoint import (
     step_seed,
 )
 from trainer.cold_start import ColdIds, build_cold_ids
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, parse_selection_metric
 from trainer.data import TrainingData, epoch_steps, eval_batches, read_training_data, train_batches
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
-from trainer.metrics import best_accuracy_threshold, classification_report
+from trainer.loss import InfoNCEOptions
+from trainer.metrics import (
+    best_accuracy_threshold,
+    classification_report,
+    fpr_at_recall,
+    selection_value,
+)
 from trainer.model import DLRREC, BiasedMF, DLRRECTrain
 from trainer.plots import write_plots
 from trainer.pretrain import pretrain_towers_autoencoder
@@ -159,7 +166,9 @@ def build_model(
     user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
     w_ii = cfg.w_item_item if cfg.uses_contrastive else 0.0
     w_uu = cfg.w_user_user if cfg.uses_contrastive else 0.0
-    train_model = DLRRECTrain(model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2)
+    train_model = DLRRECTrain(
+        model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, build_infonce_options(cfg, data)
+    )
     opt_kwargs: dict[str, Any] = {"lr": cfg.sparse_lr}
     if cfg.sparse_weight_decay:
         # fbgemm applies weight_decay only with an explicit mode (L2 = added to the gradient)
@@ -191,12 +200,62 @@ def build_model(
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan
 
 
-class Rank0:
-    """Side effects on rank 0 only: stdout and the files under `train/`."""
+def build_infonce_options(cfg: TrainConfig, data: TrainingData) -> InfoNCEOptions:
+    """logQ flag, uniform extra-negative probabilities (1 / catalogue size) and chunking."""
+    uniform = [0.0, 0.0]
+    for k, (entity, nbs) in enumerate((("item", data.item_neighbors), ("user", data.user_neighbors))):
+        if cfg.extra_negatives and nbs is not None and any(e == entity for e, _ in data.towers):
+            size = data.sampler_tables(entity, cfg.positive_sampling == "top1")[1].size
+            uniform[k] = 1.0 / size if size else 0.0
+    return InfoNCEOptions(cfg.logq_correction, (uniform[0], uniform[1]), cfg.infonce_chunk_size)
 
-    def __init__(self, env: DistEnv, out: Path) -> None:
+
+def require_tensorboard() -> None:
+    """Fail every rank up front, with the fix, when TensorBoard logging cannot work."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            f"train.tensorboard: cannot import TensorBoard ({e}); install the pinned "
+            "`tensorboard` from requirements.txt or pass tensorboard=false"
+        ) from e
+
+
+class Rank0:
+    """Side effects on rank 0 only: stdout, the files under `train/`, TensorBoard and the bar.
+
+    TensorBoard events go to `train/tensorboard/`; a resumed run purges the events
+    after its checkpoint's step, which it logs again.
+    """
+
+    def __init__(self, env: DistEnv, out: Path, tensorboard: bool = False, progress_bar: bool = False) -> None:
         self.env = env
         self.out = out
+        self.tb: Any = None
+        self.tensorboard = tensorboard and env.is_main
+        # a bar in a log file is noise: only on a terminal
+        self.progress_bar = progress_bar and env.is_main and sys.stderr.isatty()
+
+    def open_tensorboard(self, resumed_step: int | None) -> None:
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resumed_step is None else resumed_step + 1
+            self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=purge)
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.tb is not None:
+            for name, value in values.items():
+                self.tb.add_scalar(f"{prefix}/{name}", value, step)
+            self.tb.flush()
+
+    def bar(self, total: int, initial: int, desc: str) -> tqdm:
+        return tqdm(total=total, initial=initial, desc=desc, disable=not self.progress_bar, dynamic_ncols=True)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
     def print(self, *args: Any) -> None:
         if self.env.is_main:
@@ -243,13 +302,20 @@ def evaluate(
 NOT_FINGERPRINTED = (
     "run_dir", "overwrite", "device", "log_every",
     "resume", "checkpoint_every_steps", "stop_after_epoch", "stop_after_step",
+    "tensorboard", "progress_bar",
 )  # fmt: skip
+# keys newer than their runs: left out of the fingerprint at their defaults so those
+# runs keep their fingerprints (the chunked InfoNCE equals the one-piece one)
+NEWER_DEFAULTS = {"extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128}
 
 
 def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
     c = to_dict(cfg)
     for k in NOT_FINGERPRINTED:
         c.pop(k, None)
+    for k, default in NEWER_DEFAULTS.items():
+        if c.get(k) == default:
+            c.pop(k)
     if c.get("variant") == "full":
         c.pop("variant")  # the key is newer than the full model: its runs keep their fingerprints
     if c.get("id_dropout") == 0.0:
@@ -368,6 +434,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     t_start = time.time()
+    if cfg.tensorboard:
+        require_tensorboard()  # before anything is written
     out = Path(cfg.run_dir) / "train"
     data = read_variant_data(cfg)
     fp = fingerprint(cfg, data)
@@ -393,7 +461,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             f"# fingerprint: {fp}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=True)
         )
     torch.distributed.barrier()
-    r0 = Rank0(env, out)
+    selection, min_recall = parse_selection_metric(cfg.selection_metric)
+    r0 = Rank0(env, out, cfg.tensorboard, cfg.progress_bar)
 
     train = data.splits["train"]
     n_pos = float(train.label.sum())
@@ -418,6 +487,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         if env.is_main:
             truncate_metrics(out / "metrics.jsonl", prog.step)
         r0.print(f"train: resuming from {resume_from} (epoch {prog.epoch}, step {prog.step})")
+    r0.open_tensorboard(prog.step if resume_from is not None else None)
     n_steps = epoch_steps(train.n, cfg.batch_size, cfg.max_steps_per_epoch)
     for name in ("val", "test"):
         labels = np.asarray(data.splits[name].label)
@@ -450,13 +520,14 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         dmp.train()
         it = train_batches(
             data, cfg.batch_size, env.rank, env.world_size, epoch, cfg.seed,
-            cfg.positive_sampling == "top1", cfg.max_steps_per_epoch, prog.epoch_step,
+            cfg.positive_sampling == "top1", cfg.max_steps_per_epoch, prog.epoch_step, cfg.extra_negatives,
         )  # fmt: skip
         if cold is not None:
             it = (
                 cold.train_batch(b, cfg.seed, epoch, step, cfg.batch_size, env.rank, env.world_size)
                 for step, b in enumerate(it, start=prog.epoch_step)
             )
+        bar = r0.bar(n_steps, prog.epoch_step, f"epoch {epoch}")
         sums = my_row(prog.epoch_sums, env.rank, env.world_size)
         t0 = time.time() - prog.epoch_seconds
         while True:
@@ -469,9 +540,13 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             prog.step += 1
             prog.epoch_step += 1
             sums += np.array([float(loss), *parts.tolist()])
+            bar.update(1)
             if cfg.log_every and prog.step % cfg.log_every == 0:
-                r0.metrics({"kind": "step", "epoch": epoch, "step": prog.step, "loss": float(loss),
-                            "rec": float(parts[0]), "item_item": float(parts[1]), "user_user": float(parts[2])})  # fmt: skip
+                step_losses = {"loss": float(loss), "rec": float(parts[0]),
+                               "item_item": float(parts[1]), "user_user": float(parts[2])}  # fmt: skip
+                r0.metrics({"kind": "step", "epoch": epoch, "step": prog.step, **step_losses})
+                r0.scalars("step", step_losses, prog.step)
+                bar.set_postfix(loss=f"{float(loss):.4f}")
             if prog.epoch_step >= n_steps:
                 continue  # the epoch-end checkpoint follows
             pause = cfg.stop_after_step == prog.step
@@ -484,6 +559,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 paused = True
                 break
         pipeline.detach()
+        bar.close()
         if paused:
             break
         dt = time.time() - t0
@@ -494,16 +570,22 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         means = all_reduce_mean((sums / max(prog.epoch_step, 1)).tolist())
         labels, probs = evaluate(dmp, data, "val", cfg, env, cold)
         val = classification_report(labels, probs, 0.5)
-        metric = val["auc"]
+        metric = selection_value(labels, probs, selection, min_recall)  # larger is better
         improved = prog.best_metric is None or metric > prog.best_metric
+        if selection == "fpr_at_recall":
+            val["fpr_at_recall"] = -metric
         losses = {"loss": means[0], "rec": means[1], "item_item": means[2], "user_user": means[3]}
         r0.metrics({"kind": "epoch", "epoch": epoch, "step": prog.step, "train": losses, "val": val,
                     "seconds": dt, "examples_per_s": prog.epoch_step * cfg.batch_size / max(dt, 1e-9)})  # fmt: skip
+        examples_per_s = prog.epoch_step * cfg.batch_size / max(dt, 1e-9)
+        r0.scalars("epoch", {**{f"train_{k}": v for k, v in losses.items()},
+                             **{f"val_{k}": float(v) for k, v in val.items() if k != "n"},
+                             "examples_per_s": examples_per_s}, epoch)  # fmt: skip
         r0.print(
             f"epoch {epoch:3d}  loss {means[0]:.4f} (rec {means[1]:.4f} ii {means[2]:.4f} uu {means[3]:.4f})"
             f"  val auc {val['auc']:.4f} logloss {val['logloss']:.4f}  {dt:.1f}s" + ("  *" if improved else "")
         )
-        prog.val_auc = metric
+        prog.val_auc = val["auc"]
         if improved:
             prog.best_metric, prog.best_epoch, prog.best_losses = metric, epoch, losses
             prog.best_checkpoint = checkpoint_dir(ckpt_root, prog.step).name
@@ -521,15 +603,20 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
     if paused:
         r0.print(f"train: paused after step {prog.step} (epoch {prog.epoch}); rerun to resume")
+        r0.close()
         torch.distributed.barrier()
         return {"status": "paused", "epoch": prog.epoch, "step": prog.step, "fingerprint": fp}
+    r0.close()
     if prog.best_checkpoint is None:
         raise RuntimeError(f"{ckpt_root}: no epoch finished, so there is no model to report")
     best_path = ckpt_root / prog.best_checkpoint
-    # the best epoch by val AUC; threshold on val; test scored once
+    # the best epoch by the selection metric; threshold on val; test scored once
     load_checkpoint(best_path, dmp, None)
     v_labels, v_probs = evaluate(dmp, data, "val", cfg, env, cold)
-    threshold = best_accuracy_threshold(v_labels, v_probs)
+    if selection == "fpr_at_recall":  # the operating point the selection asked for
+        threshold = fpr_at_recall(v_labels, v_probs, min_recall)[1]
+    else:
+        threshold = best_accuracy_threshold(v_labels, v_probs)
     val = classification_report(v_labels, v_probs, threshold)
     t_labels, t_probs = evaluate(dmp, data, "test", cfg, env, cold)
     test = classification_report(t_labels, t_probs, threshold)

@@ -108,3 +108,44 @@ def classification_report(
     }
     out.update(confusion_at(labels, probs, threshold))
     return out
+
+
+def fpr_at_recall(labels: np.ndarray, probs: np.ndarray, min_recall: float) -> tuple[float, float]:
+    """The lowest false-positive rate whose recall is still >= `min_recall`, and its threshold.
+
+    Predicting positive at p >= t, both recall and FPR fall as t rises, so the answer
+    is the highest threshold (a distinct score) whose recall reaches `min_recall`.
+    FPR alone would be won by a model that predicts nothing positive; the recall
+    floor rules that out.
+
+    Returns:
+        (fpr, threshold); (nan, nan) when a class is missing.
+    """
+    y = np.asarray(labels).astype(bool)
+    p = np.asarray(probs, dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan"), float("nan")
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    # cuts after position k (top k predicted positive), only between distinct scores
+    last_of_run = np.ones(ps.size, dtype=bool)
+    last_of_run[:-1] = ps[1:] != ps[:-1]
+    tp = np.cumsum(ys)[last_of_run]
+    fp = np.cumsum(~ys)[last_of_run]
+    k = int(np.argmax(tp / n_pos >= min_recall))  # recall reaches 1 at the last cut
+    return float(fp[k] / n_neg), float(ps[last_of_run][k])
+
+
+def selection_value(labels: np.ndarray, probs: np.ndarray, metric: str, min_recall: float) -> float:
+    """The validation number that selects the epoch, oriented so that larger is better.
+
+    `auc` -> AUC; `fpr_at_recall` -> minus the FPR at recall >= `min_recall`. NaN
+    (a one-class split) never counts as an improvement.
+    """
+    if metric == "auc":
+        return roc_auc(labels, probs)
+    if metric == "fpr_at_recall":
+        return -fpr_at_recall(labels, probs, min_recall)[0]
+    raise ValueError(f"unknown selection metric {metric!r}")

@@ -22,7 +22,11 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.data import Batch
-from trainer.loss import info_nce
+from trainer.loss import InfoNCEOptions, info_nce
+
+# InfoNCE loops over row blocks by shape; keep it one opaque call when
+# TrainPipelineSparseDist fx-traces the forward to find the sharded modules.
+torch.fx.wrap("info_nce")
 
 
 def mlp(sizes: list[int], dropout: float, last_activation: bool) -> nn.Sequential:
@@ -288,6 +292,7 @@ class DLRRECTrain(nn.Module):
         w_item_item, w_user_user: the paper's w1, w2 (0 disables a term).
         tau: InfoNCE temperature.
         emb_l2: L2 penalty on the batch's pooled embeddings (works with any fused optimizer).
+        nce: logQ correction, extra-negative catalogue sizes and chunking of InfoNCE.
 
     Returns (forward): `(loss, (loss, logits, labels, weights, parts))`, all detached but
     the first; `parts` is [3] = (rec, item_item, user_user).
@@ -307,9 +312,11 @@ class DLRRECTrain(nn.Module):
         w_user_user: float,
         tau: float,
         emb_l2: float = 0.0,
+        nce: InfoNCEOptions | None = None,
     ) -> None:
         super().__init__()
         self.emb_l2 = emb_l2
+        self.nce = nce or InfoNCEOptions()
         self.model = model
         self.pos_weight = pos_weight
         # fixed per run (not read from the batch) so the forward stays fx-traceable
@@ -332,14 +339,24 @@ class DLRRECTrain(nn.Module):
             towers = self.model.projection_arch
             anchor = towers.project_one(self.item_tower, batch.content[:, self.item_tower])
             pos = towers.project_one(self.item_tower, batch.ii_pos)
-            ii = info_nce(anchor, pos, batch.item_ids, batch.ii_pos_ids, self.tau)
+            neg = towers.project_one(self.item_tower, batch.ii_neg)
+            q = torch.cat([batch.ii_pos_q, batch.ii_neg_q]) if self.nce.log_q else None
+            ii = info_nce(
+                anchor, pos, batch.item_ids, batch.ii_pos_ids, self.tau,
+                neg, batch.ii_neg_ids, q, self.nce.uniform_p[0], self.nce.chunk_size,
+            )  # fmt: skip
         if self.w_user_user > 0 and self.user_tower >= 0:
             assert isinstance(self.model, DLRREC)
             towers = self.model.projection_arch
             # anchors use the full train profile (the entity table), as positives do
             anchor = towers.project_one(self.user_tower, batch.uu_anchor)
             pos = towers.project_one(self.user_tower, batch.uu_pos)
-            uu = info_nce(anchor, pos, batch.user_ids, batch.uu_pos_ids, self.tau)
+            neg = towers.project_one(self.user_tower, batch.uu_neg)
+            q = torch.cat([batch.uu_pos_q, batch.uu_neg_q]) if self.nce.log_q else None
+            uu = info_nce(
+                anchor, pos, batch.user_ids, batch.uu_pos_ids, self.tau,
+                neg, batch.uu_neg_ids, q, self.nce.uniform_p[1], self.nce.chunk_size,
+            )  # fmt: skip
         loss = rec + self.w_item_item * ii + self.w_user_user * uu
         if self.emb_l2 > 0:
             sq = emb.pow(2).sum(dim=(1, 2))

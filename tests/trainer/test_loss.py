@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from trainer.loss import info_nce
+from trainer.loss import false_negative_pairs, info_nce, mixed_log_q
 
 
 def info_nce_reference(a, p, aid, pid, tau):
@@ -48,3 +49,144 @@ def test_perfect_alignment_has_low_loss():
     x = torch.eye(6) * 5
     loss = info_nce(x, x, torch.arange(6) + 100, torch.arange(6), 0.05)
     assert float(loss) < 1e-6
+
+
+def info_nce_mixed_reference(a, p, aid, pid, tau, neg=None, nid=None, q=None, u=0.0):
+    """Plain loops over in-batch + extra candidates, with the logQ term written out."""
+    a = torch.nn.functional.normalize(a.double(), dim=-1)
+    cands = [torch.nn.functional.normalize(p.double(), dim=-1)]
+    cids = [int(x) for x in pid]
+    if neg is not None:
+        cands.append(torch.nn.functional.normalize(neg.double(), dim=-1))
+        cids += [int(x) for x in nid]
+    c = torch.cat(cands)
+    b, n = len(a), len(c)
+
+    def logit(i, j):
+        s = float(a[i] @ c[j]) / tau
+        if q is not None:
+            s -= math.log(max((b * float(q[j]) + (n - b) * u) / n, 1e-12))
+        return s
+
+    losses = []
+    for i in range(b):
+        if pid[i] < 0:
+            continue
+        terms = [logit(i, i)]
+        for j in range(n):
+            if j == i or cids[j] < 0 or cids[j] == int(pid[i]) or cids[j] == int(aid[i]):
+                continue
+            terms.append(logit(i, j))
+        top = max(terms)
+        lse = top + math.log(sum(math.exp(t - top) for t in terms))
+        losses.append(lse - terms[0])
+    return sum(losses) / max(len(losses), 1)
+
+
+def _case(seed, b=24, m=6, d=8, ids=10):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(b, d, generator=g, dtype=torch.float64)
+    p = torch.randn(b, d, generator=g, dtype=torch.float64)
+    n = torch.randn(m, d, generator=g, dtype=torch.float64)
+    aid = torch.randint(0, ids, (b,), generator=g)
+    pid = torch.randint(-1, ids, (b,), generator=g)
+    nid = torch.randint(-1, ids, (m,), generator=g)
+    q = torch.rand(b + m, generator=g, dtype=torch.float64) / ids
+    return a, p, n, aid, pid, nid, q
+
+
+def test_mixed_negatives_and_logq_match_loop_reference_one_piece_and_chunked():
+    for seed in range(10):
+        a, p, n, aid, pid, nid, q = _case(seed)
+        for args in [(None, None, None, 0.0), (n, nid, None, 0.0), (n, nid, q, 0.02), (None, None, q[:24], 0.0)]:
+            ref = info_nce_mixed_reference(a, p, aid, pid, 0.3, *args)
+            for chunk in (0, 1, 5, 24, 100):
+                got = float(info_nce(a, p, aid, pid, 0.3, *args, chunk_size=chunk))
+                assert abs(got - ref) < 1e-9, (seed, chunk, got, ref)
+
+
+def test_chunked_gradients_equal_one_piece():
+    for seed in range(5):
+        a, p, n, aid, pid, nid, q = _case(seed, b=40, m=9)
+        grads = []
+        for chunk in (0, 7, 16):
+            xs = [t.clone().requires_grad_(True) for t in (a, p, n)]
+            loss = info_nce(xs[0], xs[1], aid, pid, 0.2, xs[2], nid, q, 0.01, chunk_size=chunk)
+            grads.append(torch.autograd.grad(loss, xs))
+        for other in grads[1:]:
+            for g0, g1 in zip(grads[0], other):
+                torch.testing.assert_close(g1, g0, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_passes_gradcheck():
+    a, p, n, aid, pid, nid, q = _case(3, b=9, m=3, d=4, ids=5)
+    xs = tuple(t.clone().requires_grad_(True) for t in (a, p, n))
+    assert torch.autograd.gradcheck(
+        lambda x, y, z: info_nce(x, y, aid, pid, 0.5, z, nid, q, 0.1, chunk_size=4), xs
+    )
+
+
+def test_chunked_float32_close_to_one_piece_at_scale():
+    g = torch.Generator().manual_seed(0)
+    b, m, d = 1024, 256, 32
+    a, p, n = (torch.randn(k, d, generator=g) for k in (b, b, m))
+    aid = torch.randint(0, 300, (b,), generator=g)
+    pid = torch.randint(-1, 300, (b,), generator=g)
+    nid = torch.randint(0, 300, (m,), generator=g)
+    out = []
+    for chunk in (0, 128):
+        xs = [t.clone().requires_grad_(True) for t in (a, p, n)]
+        loss = info_nce(xs[0], xs[1], aid, pid, 0.2, xs[2], nid, chunk_size=chunk)
+        out.append((loss.detach(), torch.autograd.grad(loss, xs)))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-6)
+    for g0, g1 in zip(out[0][1], out[1][1]):
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-7)
+
+
+def test_extra_negative_equal_to_anchor_or_positive_is_not_a_negative():
+    a, p, n, aid, pid, nid, _ = _case(1, b=6, m=0)
+    pid = torch.arange(6) + 10  # every anchor has a positive
+    base = float(info_nce(a, p, aid, pid, 0.3))
+    extra = torch.randn(2, a.shape[1], dtype=torch.float64)
+    for chunk in (0, 2):
+        # candidate 0 is anchor 0's own entity, candidate 1 its positive: both masked for row 0
+        only_row0 = torch.tensor([int(aid[0]), int(pid[0])])
+        got = info_nce(a, p, aid, pid, 0.3, extra, only_row0, chunk_size=chunk)
+        row_terms = [info_nce(a[i : i + 1], p[i : i + 1], aid[i : i + 1], pid[i : i + 1], 0.3) for i in range(6)]
+        assert float(got) > base  # other rows do get the extra negatives
+        # row 0 alone with those extras masked equals row 0 with none
+        alone = info_nce(a[:1], p[:1], aid[:1], pid[:1], 0.3, extra, only_row0, chunk_size=chunk)
+        assert float(alone) == float(row_terms[0])
+    unused = info_nce(a, p, aid, pid, 0.3, extra, torch.tensor([-1, -1]))
+    assert float(unused) == base
+
+
+def test_uniform_logq_cancels_without_extra_negatives():
+    a, p, n, aid, pid, nid, _ = _case(2)
+    q = torch.full((a.shape[0],), 0.05, dtype=torch.float64)
+    assert float(info_nce(a, p, aid, pid, 0.3, candidate_q=q)) == pytest.approx(
+        float(info_nce(a, p, aid, pid, 0.3)), abs=1e-12
+    )
+
+
+def test_mixed_log_q_is_the_expected_share_of_slots():
+    q = torch.tensor([0.5, 0.25, 0.0], dtype=torch.float64)
+    got = mixed_log_q(q, n_batch=4, n_extra=2, uniform_p=0.1)
+    want = torch.log(torch.tensor([(4 * 0.5 + 0.2) / 6, (4 * 0.25 + 0.2) / 6, 0.2 / 6], dtype=torch.float64))
+    torch.testing.assert_close(got, want)
+
+
+def test_false_negative_pairs_equal_the_dense_mask():
+    g = torch.Generator().manual_seed(5)
+    for _ in range(10):
+        b, m = 30, 7
+        aid = torch.randint(0, 8, (b,), generator=g)
+        pid = torch.randint(-1, 8, (b,), generator=g)
+        cid = torch.cat([pid, torch.randint(-1, 8, (m,), generator=g)])
+        rows, cols = false_negative_pairs(aid, pid, cid)
+        assert torch.all(rows[1:] >= rows[:-1])
+        dense = (cid[None] == aid[:, None]) | ((cid[None] == pid[:, None]) & (pid[:, None] >= 0))
+        dense.fill_diagonal_(False)
+        got = torch.zeros_like(dense)
+        got[rows, cols] = True
+        assert torch.equal(got, dense)

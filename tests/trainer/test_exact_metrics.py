@@ -1,0 +1,112 @@
+"""Split metrics are exact across ranks: 2 real gloo ranks report what 1 process does.
+
+Each rank scores its share of the split in padded eval batches (`trainer.main.evaluate`),
+the predictions are all-gathered by row id, and every metric is computed on the whole
+split. The scorer is a fixed per-row function, so any difference could only come from
+the distribution (row assignment, padding, gathering), which is what is under test.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dist_helpers import run_ranks
+from synthetic import make_run
+from torch import nn
+
+SPLITS = ("val", "test")
+
+
+class RowScorer(nn.Module):
+    """Logit from elementwise ops on one row's own inputs (no batch-size-dependent kernels);
+    rounded to create many tied scores."""
+
+    def forward(self, batch):  # noqa: ANN001 - a Batch, as DLRRECTrain gets
+        u, i = batch.content[:, 0], batch.content[:, 1]  # user profile, item vector
+        # the planted preference lives in the first 4 content dims (tests/trainer/synthetic.py)
+        x = 40.0 * (u[:, 0] * i[:, 0] + u[:, 1] * i[:, 1] + u[:, 2] * i[:, 2] + u[:, 3] * i[:, 3])
+        x = x + 0.1 * batch.dense[:, 0] + 0.01 * (batch.user_ids % 7).to(x.dtype)
+        logits = torch.round(x * 4) / 4
+        return logits, (logits, logits, batch.labels, batch.weights, logits)
+
+
+def _metrics(rank: int, run_dir: str) -> dict:
+    from trainer.config import TrainConfig
+    from trainer.data import read_training_data
+    from trainer.distributed import init_distributed, shutdown
+    from trainer.main import evaluate
+    from trainer.metrics import best_accuracy_threshold, classification_report, fpr_at_recall
+
+    env = init_distributed("cpu")
+    try:
+        data = read_training_data(run_dir, ["text"], contrastive=False)
+        # Local eval batches of 128 (1 rank) and 64 (2 ranks): multiples of every SIMD width
+        # x unroll, so each row takes the vectorised path of torch's elementwise kernels;
+        # a row in a kernel's scalar tail loop gets a sigmoid that differs in the last bit.
+        # The splits' row counts are not multiples of 128, so padding is still exercised.
+        cfg = TrainConfig(run_dir=run_dir, eval_batch_size=128)
+        out = {}
+        scorer = RowScorer()
+        v_labels, v_probs = evaluate(scorer, data, "val", cfg, env)  # type: ignore[arg-type]
+        threshold = best_accuracy_threshold(v_labels, v_probs)
+        for split in SPLITS:
+            labels, probs = evaluate(scorer, data, split, cfg, env)  # type: ignore[arg-type]
+            out[split] = {
+                **classification_report(labels, probs, threshold),
+                "fpr_at_recall_0.5": fpr_at_recall(labels, probs, 0.5),
+                "probs": probs.tolist(),
+            }
+        return out
+    finally:
+        shutdown(env)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("synthetic") / "run", n_rows=3001)
+
+
+@pytest.fixture(scope="module")
+def one(run_dir: Path) -> dict:
+    return run_ranks(_metrics, 1, str(run_dir))[0]
+
+
+@pytest.mark.slow  # ~70 s on the loaded 2-core machine (3 spawned ranks), ~20 s when idle
+def test_two_ranks_give_the_metrics_of_one_process(run_dir: Path, one: dict):
+    two = run_ranks(_metrics, 2, str(run_dir))
+    assert two[0] == two[1]  # every rank holds the same numbers
+    for split in SPLITS:
+        got, want = two[0][split], one[split]
+        for key in ("auc", "logloss", "ne", "accuracy", "fpr", "precision", "recall", "calibration",
+                    "threshold", "n", "fpr_at_recall_0.5", "probs"):  # fmt: skip
+            assert got[key] == want[key], (split, key, got[key], want[key])
+        assert 0.5 < want["auc"] < 1 and 0 < want["fpr"] < 1
+
+
+@pytest.mark.slow  # ~40 s on the loaded 2-core machine (1 spawned rank; shares it with the test above)
+def test_split_metrics_agree_with_torchmetrics(run_dir: Path, one: dict):
+    """An independent implementation (torchmetrics' AUROC, direct counts) on the gathered predictions."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    from trainer.data import read_training_data
+
+    data = read_training_data(run_dir, ["text"], contrastive=False)
+    for split in SPLITS:
+        labels = torch.from_numpy(data.splits[split].label).long()
+        probs = torch.tensor(one[split]["probs"], dtype=torch.float64)
+        assert one[split]["auc"] == pytest.approx(float(binary_auroc(probs, labels)), abs=1e-6)
+        eps = 1e-7
+        p = probs.clamp(eps, 1 - eps)
+        ll = float(-(labels * p.log() + (1 - labels) * (1 - p).log()).mean())
+        assert one[split]["logloss"] == pytest.approx(ll, rel=1e-12)
+        pred = probs >= one[split]["threshold"]
+        y = labels.bool()
+        tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+        tn, fn = int((~pred & ~y).sum()), int((~pred & y).sum())
+        assert one[split]["accuracy"] == (tp + tn) / len(y)
+        assert one[split]["fpr"] == fp / (fp + tn)
+        assert one[split]["precision"] == tp / (tp + fp)
+        assert one[split]["recall"] == tp / (tp + fn)
+        assert one[split]["calibration"] == pytest.approx(float(probs.mean() / y.double().mean()), rel=1e-12)
+        assert np.isfinite(one[split]["ne"])
