@@ -64,13 +64,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from launch.config import load_config  # noqa: E402
+from trainer import main as trainer_main  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import (  # noqa: E402
     Batch,
     Neighbors,
     SplitArrays,
     TrainingData,
-    read_training_data,
     train_batches,
 )
 from trainer.distributed import DistEnv, init_distributed, shutdown  # noqa: E402
@@ -78,6 +78,7 @@ from trainer.main import (  # noqa: E402
     build_model,
     build_tables,
     quiet_known_warnings,
+    read_variant_data,
     resolve_sparse_optimizer,
 )
 from trainer.model import DLRREC, DLRRECTrain  # noqa: E402
@@ -333,9 +334,12 @@ class Plain(Runner):
             model.sparse_arch = PlainSparseArch(tables)
         item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
         user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
-        w_ii, w_uu = (cfg.w_item_item, cfg.w_user_user) if cfg.contrastive else (0.0, 0.0)
+        w_ii, w_uu = (cfg.w_item_item, cfg.w_user_user) if cfg.uses_contrastive else (0.0, 0.0)
+        # the trainer's InfoNCE options (chunking, logQ, extra negatives) where it has them
+        nce = getattr(trainer_main, "build_infonce_options", None)
+        extra = (nce(cfg, data),) if nce else ()
         self.model = DLRRECTrain(
-            model, 1.0, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2
+            model, 1.0, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, *extra
         )
         self.bag_params = list(model.sparse_arch.parameters())
         ids = {id(p) for p in self.bag_params}
@@ -504,7 +508,7 @@ def run_case(
                      f"{rate * bytes_ps / 1e9:.2f}", f"{100 * rate * bytes_ps / bound:.0f}%"))  # fmt: skip
     print(f"\n[{label}] {source}: batch {b}, {len(data.sparse_names)} tables "
           f"({sum(data.sparse_vocab.values()):,} rows, D={cfg.embedding_dim}), towers {len(data.towers)}, "
-          f"InfoNCE {'on' if cfg.contrastive else 'off'}; plan kernels "
+          f"InfoNCE {'on' if cfg.uses_contrastive else 'off'}; plan kernels "
           f"{sorted({p.compute_kernel for m in ours.plan.plan.values() for p in m.values()})}")  # fmt: skip
     print(
         f"  per sample: {ids_ps:.1f} ids, {uniq_ps:.1f} distinct rows (per batch, summed over tables)"
@@ -570,7 +574,8 @@ def main() -> None:
             if (root / "features" / "_meta.json").is_file() and (
                 root / "similarity" / "_meta.json"
             ).is_file():
-                data = read_training_data(root, cfg.modalities, cfg.contrastive)
+                cfg = dataclasses.replace(cfg, run_dir=str(root))
+                data = read_variant_data(cfg)
                 source = f"ML-100K, the real feature tables under {root}"
             else:
                 print(
