@@ -54,6 +54,8 @@ def raw_input_hashes(raw_dir: str | Path) -> dict[str, str]:
 
 def _accepts(actual: pa.DataType, expected: pa.DataType) -> bool:
     """Whether a column of type `actual` may be cast to `expected` without surprises."""
+    if pa.types.is_dictionary(actual):  # pandas `category` columns arrive dictionary-encoded
+        return _accepts(actual.value_type, expected)
     if pa.types.is_string(expected):
         return pa.types.is_string(actual) or pa.types.is_large_string(actual)
     if pa.types.is_floating(expected):

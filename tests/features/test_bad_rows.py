@@ -347,3 +347,15 @@ def test_review_sources_read_in_chunks(
         match=r"'review_id' row 9 \(line 10\): repeats the id 'r003' of row 2 \(line 3\); ids must",
     ):
         read_source("yelp", d)
+
+
+def test_dictionary_encoded_columns_are_read(
+    tmp_path: Path, tiny_tables: dict[str, pa.Table]
+) -> None:
+    users = tiny_tables["users.parquet"]
+    idx = users.schema.get_field_index("occupation")
+    encoded = users.set_column(idx, "occupation", users["occupation"].dictionary_encode())
+    raw = write_raw(tmp_path / "raw", dict(tiny_tables, **{"users.parquet": encoded}))
+    got = read_raw_reviews(raw).users
+    assert got["occupation"].type == pa.string()
+    assert got["occupation"].to_pylist() == users["occupation"].to_pylist()
