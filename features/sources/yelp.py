@@ -7,7 +7,9 @@ Files (JSON Lines, https://www.yelp.com/dataset/documentation/main):
                    attributes.RestaurantsPriceRange2 ("1".."4", "None", or absent)
     photos.json    photo_id, business_id, caption, label      (optional file)
 
-Photo captions are Yelp's own, used as they are (no captioning model needed).
+Photo captions are Yelp's own, used as they are (no captioning model needed); a
+photo without one is listed as `photos/<photo_id>.jpg` (the photo archive's layout)
+in the item's `image_urls`, for BLIP-2 to caption when `images.blip2_path` is set.
 """
 
 from __future__ import annotations
@@ -56,13 +58,18 @@ def read(
     business = read_records(paths["business"])
     ids = column(business, "business_id", "id")
     captions: dict[str, list[str]] = {}
+    uncaptioned: dict[str, list[str]] = {}
     if paths["photos"].is_file():
         photos = read_records(paths["photos"])
-        for b, c in zip(
-            column(photos, "business_id", "id"), column(photos, "caption", "str", False)
+        for b, p, c in zip(
+            column(photos, "business_id", "id"),
+            column(photos, "photo_id", "str", False),
+            column(photos, "caption", "str", False),
         ):
             if c and c.strip():
                 captions.setdefault(b, []).append(c.strip())
+            elif p:  # the dump's photo archive: photos/<photo_id>.jpg (BLIP-2 may caption it)
+                uncaptioned.setdefault(b, []).append(f"photos/{p}.jpg")
     cats = column(business, "categories", "str", required=False)
     attrs = [r.get("attributes") for r in business.rows]
     items = ItemColumns(
@@ -72,6 +79,7 @@ def read(
         extras={
             "price_tier": [price_tier(a) for a in attrs],
             "captions": [captions.get(b) for b in ids],
+            "image_urls": [uncaptioned.get(b) for b in ids],
         },
     )
     keys = {"review_id": "review_id", "rating": "stars", "item": "business_id", "text": "text"}

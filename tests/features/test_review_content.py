@@ -312,6 +312,8 @@ def test_yelp_source_captions_are_used_as_they_are(tmp_path: Path) -> None:
     )
     assert meta["images"]["provider"] == "source"
     assert (meta["images"]["source_captions"], meta["images"]["generated"]) == (3, 0)
+    # p2 has no caption and no BLIP-2 is configured: counted, left out
+    assert (meta["images"]["images"], meta["images"]["images_uncaptioned"]) == (1, 1)
     out = read_outputs(tmp_path)
     names = out["items"]["item"].to_pylist()
     vec = vectors(out["items"], "item_image").astype(np.float64)
@@ -392,3 +394,33 @@ def test_bad_endpoint_or_model_is_one_line_and_no_output(
     last = err.strip().splitlines()[-1]  # (progress lines come before it)
     assert last.startswith("dlrrec features build: error: ") and message in last, last
     assert not (tmp_path / "features").exists()
+
+
+def test_yelp_photos_without_a_caption_get_a_blip2_one(
+    dump: dict[str, Any], tmp_path: Path
+) -> None:
+    """photos.json p2 (b_pizza) has an empty caption: BLIP-2 captions photos/p2.jpg."""
+    import shutil
+
+    from features.captions import Blip2Captioner
+
+    raw = tmp_path / "yelp"
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "yelp", raw)
+    (p2,) = write_images(raw / "photos", ["p2.jpg"])
+    meta = run(
+        FeaturesConfig(
+            run_dir=str(tmp_path / "run"),
+            raw_dir=str(raw),
+            source="yelp",
+            images=ImagesConfig(blip2_path=str(dump["blip2"]), cache_dir="", max_new_tokens=5),
+        )
+    )
+    assert (meta["images"]["source_captions"], meta["images"]["generated"]) == (3, 1)
+    caption = Blip2Captioner(str(dump["blip2"]), max_new_tokens=5).caption([p2])[0]
+    out = read_outputs(tmp_path / "run")
+    names = out["items"]["item"].to_pylist()
+    got = vectors(out["items"], "item_image")[names.index("b_pizza")].astype(np.float64)
+    ref = text.embed_texts(
+        ["Margherita pizza with basil", caption], text.model_path(""), 8, progress=False
+    )
+    np.testing.assert_allclose(got, ref.astype(np.float64).mean(0), rtol=1e-3, atol=1e-4)
