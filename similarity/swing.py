@@ -345,12 +345,16 @@ def swing_scores(
     out_a = _scratch("out_a", n_out_max, np.int64)
     out_n = _scratch("out_n", n_out_max, np.int64)
     out_s = _scratch("out_s", n_out_max, np.float64)
+    # Overlaps never exceed the largest member degree: uint16 when that fits, so the
+    # triangle of a 1000-member anchor is 1 MB and stays in cache.
+    max_degree = int(np.diff(member_ptr).max()) if len(member_ptr) > 1 else 0
+    ov_type = np.uint16 if max_degree < (1 << 16) - 1 else np.int32
     n_out, w = swing_block(
         anchor_ptr, anchor_members, member_ptr, member_targets, weight, float(alpha2),
         int(lo), int(hi),
         _scratch("cnt", n_targets, np.int32, zeroed=True),
-        _scratch("start", n_targets, np.int64),
-        _scratch("overlap", max_n * max_n, np.int32, zeroed=True),
+        _scratch("start", n_targets, np.int32 if max_ent < (1 << 31) - 2 else np.int64),
+        _scratch("overlap", max_n * (max_n - 1) // 2, ov_type, zeroed=True),
         _scratch("touched", max_ent, np.int64),
         _scratch("groups", max_ent, np.int64),
         _scratch("bucket", max_ent + 1, np.int32, exact=True),
@@ -374,6 +378,7 @@ def _scratch(
     `zeroed` arrays are created zero and must be handed back zero (the kernel resets
     what it touches).
     """
+    name = f"{name}:{np.dtype(dtype).name}"
     have = _SCRATCH.get(name)
     if have is None or len(have) < size:
         grown = max(size, int(1.5 * len(have)) if have is not None else size, 16)

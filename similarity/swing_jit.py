@@ -6,7 +6,7 @@ It walks one anchor at a time with dense scratch arrays instead of listing every
 
 1. count each target's members inside the anchor (`cnt`), skipping the anchor itself;
 2. bucket the members of every target with >= 2 of them (members stay in order);
-3. count the overlaps of the anchor's member pairs in an n x n matrix, one per shared
+3. count the overlaps of the anchor's member pairs in a packed triangle, one per shared
    target (the anchor's own target is the "+1" added later);
 4. sum w_p * w_q / (alpha2 + overlap + 1) over each bucket's pairs in row-major
    (p, q) order -- the reference's order, so the floats are the same bits.
@@ -20,6 +20,13 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tri_row(x: int, n: int) -> int:
+    """Offset of row x of the strict upper triangle of an n x n matrix, packed row by
+    row, minus x + 1: entry (x, y), y > x, lives at _tri_row(x, n) + y."""
+    return x * n - x * (x + 1) // 2 - x - 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -46,10 +53,12 @@ def swing_block(
     """Scores of anchors [lo, hi) into out_a / out_n / out_s.
 
     Scratch (reused across calls; fresh pages cost more than the math on small blocks):
-    cnt int32 (n_targets,) all zero, start int64 (n_targets,), overlap int32
-    (>= max |M_a|**2,) all zero -- both are left zero again -- and touched, groups
-    int64, bucket int32, bucket_w float64 with room for the largest anchor's entries
-    plus one.  out_* need room for half the block's entries.
+    cnt int32 (n_targets,) all zero, start int32/int64 (n_targets,), overlap
+    (>= max |M_a| * (max |M_a| - 1) / 2,) all zero, the strict upper triangle of the
+    member-pair overlaps packed row by row, in any integer type that holds the largest
+    member degree (uint16 keeps it in cache) -- cnt and overlap are left zero again --
+    and touched, groups int64, bucket int32, bucket_w float64 with room for the
+    largest anchor's entries plus one.  out_* need room for half the block's entries.
 
     Returns (n_out, contributions W); out rows [0, n_out) are grouped by anchor in
     ascending order.
@@ -107,7 +116,7 @@ def swing_block(
             b0 = start[j] - c
             contributions += c * (c - 1) // 2
             for p in range(b0, b0 + c):
-                row = bucket[p] * n
+                row = _tri_row(bucket[p], n)
                 for q in range(p + 1, b0 + c):
                     overlap[row + bucket[q]] += 1
         # 4. scores
@@ -118,7 +127,7 @@ def swing_block(
             total = 0.0
             for p in range(b0, b0 + c):
                 wp = bucket_w[p]
-                row = bucket[p] * n
+                row = _tri_row(bucket[p], n)
                 for q in range(p + 1, b0 + c):
                     denom = float(overlap[row + bucket[q]] + 1) + alpha2
                     total += wp * bucket_w[q] / denom
@@ -129,7 +138,7 @@ def swing_block(
         # reset the scratch for the next anchor
         for k in range(n_touched):
             cnt[touched[k]] = 0
-        overlap[: n * n] = 0
+        overlap[: n * (n - 1) // 2] = 0
     return n_out, contributions
 
 
