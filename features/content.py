@@ -196,6 +196,8 @@ def build_review_content(
         out.meta["llm"] = {
             **summaries.usage_meta(provider, k, u, i),
             "base_url": llm_cfg.base_url or None,
+            # (also under split: temporal: a training row may read later training reviews)
+            "rows_read": "training reviews of other folds (train rows); all training reviews (val/test)",
             "rows_with_summary": {"user": int(u.row_mask.sum()), "item": int(i.row_mask.sum())},
             "entities_with_summary": {"user": int(u.mask.sum()), "item": int(i.mask.sum())},
         }
@@ -224,6 +226,9 @@ def build_review_content(
         )
         out.user_columns.update(user_image=iv.users, has_user_image=iv.users_mask)
         out.item_columns.update(item_image=iv.items, has_item_image=iv.items_mask)
-        out.meta["images"] = iv.meta
+        out.meta["images"] = {
+            **iv.meta,
+            "rows_read": "photos of training reviews except the row's own, and item photos",
+        }
         log.info("features: image captions %s", iv.meta)
     return out
