@@ -406,7 +406,10 @@ class LLMConfig:
         model: model name (paper: gpt-3.5-turbo-1106).
         api_key_env: environment variable holding the key (never in a config file).
         cache_dir: answer cache folder.
-        max_concurrency, timeout_s, max_retries: see ChatCompletionsProvider.
+        max_concurrency: requests in flight at once.
+        timeout_s: seconds per request attempt.
+        max_retries: retries of a 429, 5xx, timeout or malformed answer (backoff 1 s,
+            doubling, or the server's Retry-After).
         price_per_mtok: [input, output] USD per million tokens.
         folds: K of the out-of-fold summaries (features/summaries.py): a training row in
             fold k reads summaries of the other folds' reviews only.

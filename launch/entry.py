@@ -60,12 +60,17 @@ def _type_name(tp: Any) -> str:
 
 def config_reference(cfg_cls: type, section: str) -> str:
     """Every key of a config dataclass: type, default and its docstring text."""
-    docs = _arg_docs(cfg_cls)
-    hints = typing.get_type_hints(cfg_cls)
     lines = [
         f"config keys of section `{section}:` (override with {section}.KEY=VALUE; "
         "the stage's own job also takes KEY=VALUE):"
     ]
+    _key_lines(cfg_cls, "", lines)
+    return "\n".join(lines)
+
+
+def _key_lines(cfg_cls: type, prefix: str, lines: list[str]) -> None:
+    docs = _arg_docs(cfg_cls)
+    hints = typing.get_type_hints(cfg_cls)
     for f in dataclasses.fields(cfg_cls):
         if f.default is not dataclasses.MISSING:
             default = repr(f.default)
@@ -73,12 +78,15 @@ def config_reference(cfg_cls: type, section: str) -> str:
             default = repr(f.default_factory())
         else:
             default = "required"
-        lines.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default})")
+        lines.append(f"  {prefix}{f.name} ({_type_name(hints[f.name])}, default {default})")
         if docs.get(f.name):
             lines += textwrap.wrap(
                 docs[f.name], 88, initial_indent=" " * 6, subsequent_indent=" " * 6
             )
-    return "\n".join(lines)
+        # A nested section (e.g. features.llm): its keys, as `llm.KEY`.
+        for arg in typing.get_args(hints[f.name]) or (hints[f.name],):
+            if dataclasses.is_dataclass(arg) and isinstance(arg, type):
+                _key_lines(arg, f"{prefix}{f.name}.", lines)
 
 
 def job_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:

@@ -52,3 +52,14 @@ def test_help_shows_type_default_and_doc(capsys):
     assert "  top_k (int, default 50)\n      neighbours kept per anchor." in out
     assert "  kernel (auto|numba|numpy, default 'auto')" in out
     assert "  run_dir (str, default required)" in out
+
+
+def test_help_lists_nested_section_keys(capsys):
+    from features.captions import ImagesConfig
+    from features.llm import LLMConfig
+
+    out = help_text(["features", "build"], capsys)
+    for cls, name in ((LLMConfig, "llm"), (ImagesConfig, "images")):
+        for f in dataclasses.fields(cls):
+            assert f"\n  {name}.{f.name} (" in out, (name, f.name)
+    assert "  llm.folds (int, default 5)\n      K of the out-of-fold summaries" in out
