@@ -93,3 +93,20 @@ def test_missing_tensorboard_is_a_one_line_error(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "train.tensorboard" in err and "tensorboard=false" in err, err
     assert not (run / "train").exists()
+
+
+def test_progress_bar_only_on_rank_0_at_a_terminal(monkeypatch, tmp_path):
+    import torch
+
+    from trainer.distributed import DistEnv
+    from trainer.main import Rank0
+
+    def env(rank: int) -> DistEnv:
+        return DistEnv(rank, 2, rank, torch.device("cpu"), "gloo", False)
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert not Rank0(env(0), tmp_path, progress_bar=True).bar(10, 0, "epoch 0").disable
+    assert Rank0(env(1), tmp_path, progress_bar=True).bar(10, 0, "epoch 0").disable
+    assert Rank0(env(0), tmp_path, progress_bar=False).bar(10, 0, "epoch 0").disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file, TorchX, CI
+    assert Rank0(env(0), tmp_path, progress_bar=True).bar(10, 0, "epoch 0").disable
