@@ -274,6 +274,47 @@ def leave_out_means(
     return out, den > 0
 
 
+def earlier_means(
+    row_entity: np.ndarray,
+    timestamps: np.ndarray,
+    caption_row: np.ndarray,
+    caption_vecs: np.ndarray,
+    always_owner: np.ndarray | None = None,
+    always_vecs: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the mean caption vector of its entity's reviews strictly before the row.
+
+    Built on `profiles.strictly_earlier_profiles` with one query row per review
+    (weight 0) and one row per caption (weight 1, at its review's time); entity-level
+    captions (`always_*`) are placed before every review.  Ties with the row's own
+    time, its own photos included, are left out.
+
+    Args:
+        row_entity, timestamps: int64 [N].
+        caption_row: int64 [C] the review row of each caption; caption_vecs: [C, D].
+        always_owner: int64 [A] entity of each entity-level caption; always_vecs: [A, D].
+
+    Returns:
+        (float32 [N, D], bool [N] mask).
+    """
+    from features.profiles import strictly_earlier_profiles
+
+    n, d = len(row_entity), caption_vecs.shape[1]
+    a_owner = always_owner if always_owner is not None else np.zeros(0, np.int64)
+    a_vecs = always_vecs if always_vecs is not None else np.zeros((0, d))
+    first = int(timestamps.min(initial=0)) - 1
+    owners = np.concatenate([row_entity, row_entity[caption_row], a_owner]).astype(np.int64)
+    times = np.concatenate(
+        [timestamps, timestamps[caption_row], np.full(len(a_owner), first)]
+    ).astype(np.int64)
+    # "items" of the pseudo rows: index 0 is a zero vector for the query rows.
+    vecs = np.concatenate([np.zeros((1, d)), caption_vecs, a_vecs]).astype(np.float32)
+    index = np.concatenate([np.zeros(n), np.arange(1, len(vecs))]).astype(np.int64)
+    weight = np.concatenate([np.zeros(n), np.ones(len(vecs) - 1)])
+    out, counts = strictly_earlier_profiles(owners, times, index, weight, vecs)
+    return out[:n], counts[:n] > 0
+
+
 def entity_means(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """sums / counts per entity: (float32 [E, D], bool [E] mask)."""
     den = np.maximum(counts, 1)[:, None]
@@ -321,6 +362,7 @@ def build_image_vectors(
     captioner: Captioner | None,
     image_dir: Path,
     dim: int,
+    timestamps: np.ndarray | None = None,
 ) -> ImageVectors:
     """Caption every image, embed every caption once, and pool.
 
@@ -333,6 +375,9 @@ def build_image_vectors(
         captioner: BLIP-2 for images without a source caption; None = leave them out.
         image_dir: where relative image references and downloaded URLs live.
         dim: D (for the empty case).
+        timestamps: int64 [N] for a temporal split: a row's vectors then pool the
+            photos of reviews strictly earlier than the row, in any split (DESIGN.md),
+            plus the item's own photos; None: training reviews but the row's own.
     """
     stats = captioner.stats if captioner is not None else CaptionStats()
     cap_item, cap_text = _flatten(item_captions)
@@ -391,12 +436,21 @@ def build_image_vectors(
         np.concatenate([item_level.reshape(-1, d), review_vecs.reshape(-1, d)]),
         n_items,
     )
-    user_rows, user_rows_mask = leave_out_means(
-        row_user, u_sums, u_counts, own_rows, own_sums, own_counts
-    )
-    item_rows, item_rows_mask = leave_out_means(
-        row_item, i_sums, i_counts, own_rows, own_sums, own_counts
-    )
+    if timestamps is None:
+        user_rows, user_rows_mask = leave_out_means(
+            row_user, u_sums, u_counts, own_rows, own_sums, own_counts
+        )
+        item_rows, item_rows_mask = leave_out_means(
+            row_item, i_sums, i_counts, own_rows, own_sums, own_counts
+        )
+    else:
+        user_rows, user_rows_mask = earlier_means(
+            row_user, timestamps, caption_row, review_vecs.reshape(-1, d)
+        )
+        item_rows, item_rows_mask = earlier_means(
+            row_item, timestamps, caption_row, review_vecs.reshape(-1, d),
+            item_owner, item_level.reshape(-1, d),
+        )  # fmt: skip
     users, users_mask = entity_means(u_sums, u_counts)
     items, items_mask = entity_means(i_sums, i_counts)
     meta = {

@@ -137,6 +137,8 @@ def build_review_content(
     row_user: np.ndarray,
     row_item: np.ndarray,
     train: np.ndarray,
+    timestamps: np.ndarray,
+    temporal: bool,
     seed: int,
     raw_dir: str,
     embed: Callable[[list[str]], np.ndarray],
@@ -151,6 +153,9 @@ def build_review_content(
             price_tier).
         user_names: [U] raw user ids in index order.
         row_user, row_item: int64 [N]; train: bool [N].
+        timestamps: int64 [N].
+        temporal: the split is temporal: summaries read strictly earlier time blocks
+            (features/summaries.py), caption vectors strictly earlier photos.
         seed: the fold hash seed.
         raw_dir: default folder of image files.
         embed: texts -> float16-exact vectors [len, D].
@@ -169,17 +174,31 @@ def build_review_content(
                 inter["user"].to_pylist(), inter["item"].to_pylist(), inter["timestamp"].to_pylist()
             )
         ]
-        folds = summaries.review_folds(review_ids, k, seed)
+        if temporal:
+            folds = summaries.time_blocks(timestamps, train, k)
+        else:
+            folds = summaries.review_folds(review_ids, k, seed)
         texts = _column(inter, "text") or [None] * len(review_ids)
         tiers = _column(items, "price_tier")
         cats = _column(items, "categories")
         item_names = items["item"].to_pylist()
         u = summaries.extract_out_of_fold(
-            provider, "user", user_names, row_user, texts, train, folds, k, embed, dim
+            provider,
+            "user",
+            user_names,
+            row_user,
+            texts,
+            train,
+            folds,
+            k,
+            embed,
+            dim,
+            earlier=temporal,
         )
         i = summaries.extract_out_of_fold(
-            provider, "item", item_names, row_item, texts, train, folds, k, embed, dim, tiers, cats
-        )
+            provider, "item", item_names, row_item, texts, train, folds, k, embed, dim, tiers,
+            cats, earlier=temporal,
+        )  # fmt: skip
         out.row_columns.update(
             user_text=u.row_vecs,
             has_user_text=u.row_mask,
@@ -196,8 +215,12 @@ def build_review_content(
         out.meta["llm"] = {
             **summaries.usage_meta(provider, k, u, i),
             "base_url": llm_cfg.base_url or None,
-            # (also under split: temporal: a training row may read later training reviews)
-            "rows_read": "training reviews of other folds (train rows); all training reviews (val/test)",
+            "rows_read": (
+                "training reviews of earlier time blocks (train rows)"
+                if temporal
+                else "training reviews of other folds (train rows)"
+            )
+            + "; all training reviews (val/test rows, entities)",
             "rows_with_summary": {"user": int(u.row_mask.sum()), "item": int(i.row_mask.sum())},
             "entities_with_summary": {"user": int(u.mask.sum()), "item": int(i.mask.sum())},
         }
@@ -217,6 +240,7 @@ def build_review_content(
             captioner=captions.build_captioner(images_cfg),
             image_dir=Path(images_cfg.image_dir or raw_dir),
             dim=dim,
+            timestamps=timestamps if temporal else None,
         )
         out.row_columns.update(
             user_image=iv.user_rows,
@@ -228,7 +252,12 @@ def build_review_content(
         out.item_columns.update(item_image=iv.items, has_item_image=iv.items_mask)
         out.meta["images"] = {
             **iv.meta,
-            "rows_read": "photos of training reviews except the row's own, and item photos",
+            "rows_read": (
+                "photos of reviews strictly earlier than the row (any split)"
+                if temporal
+                else "photos of training reviews except the row's own"
+            )
+            + ", and the item's own photos",
         }
         log.info("features: image captions %s", iv.meta)
     return out

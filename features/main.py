@@ -163,7 +163,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     # LLM summaries/price/types (out of fold) and image captions, when configured.
     review = build_review_content(
         cfg.llm, cfg.images, raw, items, user_raw.to_pylist(), row_user, row_item, train,
-        cfg.seed, cfg.raw_dir,
+        timestamps, cfg.split == "temporal", cfg.seed, cfg.raw_dir,
         lambda t: text.embed_texts(t, model, cfg.embed_batch_size, cfg.embed_cache_dir), dim,
     )  # fmt: skip
 

@@ -6,10 +6,15 @@ Training reviews are therefore cut into K folds by a hash of (seed, review id), 
     R(e, k) = entity e's training reviews outside fold k      (k < K)
     R(e, K) = all of entity e's training reviews
 
+Under a temporal split the folds are K time blocks of the training reviews instead
+and R(e, k) holds blocks < k only, so a training row reads strictly earlier reviews
+(forward chaining); val/test rows come after every training review anyway.
+
 A training row in fold k reads R(user, k) and R(item, k); a val/test row reads
 R(user, K) and R(item, K); the entity tables hold R(e, K).  A row's own review is in
 its own fold, so nothing it says (text or rating) reaches its features, and val/test
-reviews reach nothing at all.  The fold of a review depends only on its id.
+reviews reach nothing at all.  The fold of a review depends only on its id (temporal:
+on its timestamp), never on its text or rating.
 
 Each distinct review set is sent to the provider once (features/llm.py: the
 OpenAI-compatible client or the offline one), and each distinct summary is embedded
@@ -42,6 +47,20 @@ def review_folds(review_ids: Sequence[str], k: int, seed: int) -> np.ndarray:
     )
 
 
+def time_blocks(timestamps: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:
+    """int64 [N] block 0..k-1 of each row by time: k near-equal shares of the training rows.
+
+    Cut-offs are training timestamps, so equal timestamps share a block and every
+    review in a lower block is strictly earlier than every review in a higher one.
+    The temporal split's folds (`out_of_fold_sets(..., earlier=True)`).
+    """
+    ordered = np.sort(timestamps[train])
+    if not len(ordered):
+        return np.zeros(len(timestamps), dtype=np.int64)
+    cuts = ordered[[min(round(j * len(ordered) / k), len(ordered) - 1) for j in range(1, k)]]
+    return np.searchsorted(cuts, timestamps, side="right").astype(np.int64)
+
+
 @dataclass
 class ReviewSets:
     """The distinct review sets of one entity kind and who reads which.
@@ -57,7 +76,12 @@ class ReviewSets:
 
 
 def out_of_fold_sets(
-    owner: np.ndarray, train: np.ndarray, folds: np.ndarray, k: int, n_entities: int
+    owner: np.ndarray,
+    train: np.ndarray,
+    folds: np.ndarray,
+    k: int,
+    n_entities: int,
+    earlier: bool = False,
 ) -> ReviewSets:
     """R(e, k) for the (entity, fold) pairs some row or entity reads (pure).
 
@@ -66,6 +90,8 @@ def out_of_fold_sets(
         train: bool [N]; folds: int64 [N] (only training rows' folds matter).
         k: K.
         n_entities: E.
+        earlier: folds are `time_blocks` and a training row in block k reads blocks
+            < k only (temporal split: strictly earlier reviews), not every other fold.
     """
     n = len(owner)
     folds = np.asarray(folds, dtype=np.int64)
@@ -87,9 +113,13 @@ def out_of_fold_sets(
         e, fold = divmod(u, k + 1)
         rows = tr[bounds[e] : bounds[e + 1]]
         if fold < k:
-            rows = rows[folds[rows] != fold]
+            rows = rows[folds[rows] < fold] if earlier else rows[folds[rows] != fold]
         sets.append((e, tuple(rows.tolist())))
-    return ReviewSets(sets, inverse[:n].astype(np.int64), inverse[n:].astype(np.int64))
+    # Blocks without reviews of e give equal sets: ask about each distinct one once.
+    first: dict[tuple[int, tuple[int, ...]], int] = {}
+    remap = np.asarray([first.setdefault(st, len(first)) for st in sets], dtype=np.int64)
+    inverse = remap[inverse]
+    return ReviewSets(list(first), inverse[:n].astype(np.int64), inverse[n:].astype(np.int64))
 
 
 @dataclass
@@ -120,6 +150,7 @@ def extract_out_of_fold(
     dim: int,
     price_tier: Sequence[int | None] | None = None,
     categories: Sequence[Sequence[str] | None] | None = None,
+    earlier: bool = False,
 ) -> EntityExtraction:
     """Ask the provider about every distinct out-of-fold review set, embed the summaries.
 
@@ -133,8 +164,9 @@ def extract_out_of_fold(
         embed: texts -> float16-exact vectors [len, D].
         dim: D.
         price_tier, categories: [E] metadata the offline provider falls back to.
+        earlier: see `out_of_fold_sets` (temporal split).
     """
-    rs = out_of_fold_sets(owner, train, folds, k, len(entity_names))
+    rs = out_of_fold_sets(owner, train, folds, k, len(entity_names), earlier)
     requests = []
     for e, rows in rs.sets:
         body = tuple(t.strip() for t in (texts[r] for r in rows) if t and t.strip())

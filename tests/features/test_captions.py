@@ -182,3 +182,25 @@ def test_build_image_vectors_pools_real_caption_vectors(
     # The test row sees its user's training photos, not its own.
     np.testing.assert_allclose(iv.user_rows[3], v["p2"], atol=2e-4)
     assert not iv.item_rows_mask[3]
+
+
+def test_earlier_means_match_a_slow_reference() -> None:
+    """Temporal split: photos of strictly earlier reviews of the entity, plus its own photos."""
+    from features.captions import earlier_means
+
+    rng = np.random.default_rng(1)
+    n, n_ent, d = 30, 4, 6
+    row_entity = rng.integers(0, n_ent, n)
+    ts = rng.integers(0, 6, n) * 10  # many ties
+    caption_row = rng.integers(0, n, 25)
+    vecs = rng.uniform(-1, 1, (25, d)).astype(np.float16).astype(np.float32)
+    a_owner = np.array([0, 0, 2])
+    a_vecs = rng.uniform(-1, 1, (3, d)).astype(np.float16).astype(np.float32)
+    got, mask = earlier_means(row_entity, ts, caption_row, vecs, a_owner, a_vecs)
+    for r in range(n):
+        use = [vecs[c] for c in range(25) if row_entity[caption_row[c]] == row_entity[r]
+               and ts[caption_row[c]] < ts[r]]  # fmt: skip
+        use += [a_vecs[j] for j in range(3) if a_owner[j] == row_entity[r]]
+        assert mask[r] == bool(use)
+        want = np.mean(np.asarray(use, np.float64), 0) if use else np.zeros(d)
+        np.testing.assert_allclose(got[r], want, rtol=1e-6, atol=1e-7)

@@ -138,7 +138,7 @@ def test_changing_own_rating_and_text_leaves_row_features_unchanged(
 # caption vectors and masks (user_image, item_image, has_*), price/has_price and
 # categories learned from reviews, plus the ids and every other column.
 
-REVIEW_CONTENT = ("user_text", "item_text", "user_image", "item_image")
+IMAGE_COLUMNS = {"user_image", "item_image", "has_user_image", "has_item_image"}
 NEW_TEXT = "The dumplings were a bargain, bargain, bargain. Cheap dumplings everywhere."
 
 
@@ -161,7 +161,7 @@ def review_dump(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         }
 
 
-def build_reviews(dump: dict[str, Any], raw: Path, run_dir: Path) -> dict[str, Any]:
+def build_reviews(dump: dict[str, Any], raw: Path, run_dir: Path, split: str) -> dict[str, Any]:
     from features.captions import ImagesConfig
     from features.config import FeaturesConfig
     from features.llm import LLMConfig
@@ -174,6 +174,7 @@ def build_reviews(dump: dict[str, Any], raw: Path, run_dir: Path) -> dict[str, A
             raw_dir=str(raw),
             source="google_local",
             seed=5,
+            split=split,  # type: ignore[arg-type]
             llm=LLMConfig(base_url=dump["url"], cache_dir=str(root / "llm"), folds=3),
             images=ImagesConfig(
                 blip2_path=str(dump["blip2"]),
@@ -187,10 +188,13 @@ def build_reviews(dump: dict[str, Any], raw: Path, run_dir: Path) -> dict[str, A
 
 
 @pytest.fixture(scope="module")
-def review_base(
+def review_bases(
     review_dump: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
-    return build_reviews(review_dump, review_dump["raw"], tmp_path_factory.mktemp("base"))
+) -> dict[str, dict[str, Any]]:
+    return {
+        split: build_reviews(review_dump, review_dump["raw"], tmp_path_factory.mktemp(split), split)
+        for split in ("random", "temporal")
+    }
 
 
 def all_features(out: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -223,15 +227,23 @@ def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [k for k in a if k != "label" and a[k] != b[k]]
 
 
+@pytest.mark.parametrize("split", ["random", "temporal"])
 @pytest.mark.parametrize("which", ["train", "val_or_test"])
 def test_review_profiles_ignore_the_rows_own_review(
-    which: str, review_dump: dict[str, Any], review_base: dict[str, Any], tmp_path: Path
+    which: str,
+    split: str,
+    review_dump: dict[str, Any],
+    review_bases: dict[str, dict[str, Any]],
+    tmp_path: Path,
 ) -> None:
     """Change one row's text, rating and photo; rebuild; its features stay bit-identical.
 
-    A training row reads summaries/price/types of the other folds' reviews and leaves
-    its own photo out; a val/test row's review reaches no feature at all.
+    A training row reads summaries/price/types of the other folds' reviews (temporal:
+    of earlier time blocks) and leaves its own photo out (temporal: reads strictly
+    earlier photos); a val/test row's review reaches no feature at all (temporal: no
+    feature of an earlier row).
     """
+    review_base = review_bases[split]
     from review_source import write_source
 
     base = all_features(review_base)
@@ -259,7 +271,7 @@ def test_review_profiles_ignore_the_rows_own_review(
     raw = write_source(
         tmp_path / "raw", [*reviews[:n], changed, *reviews[n + 1 :]], review_dump["meta"]
     )
-    after_out = build_reviews(review_dump, raw, tmp_path / "run")
+    after_out = build_reviews(review_dump, raw, tmp_path / "run", split)
     after = all_features(after_out)
 
     assert after[key]["label"] != base[key]["label"]
@@ -273,6 +285,14 @@ def test_review_profiles_ignore_the_rows_own_review(
         assert cols & {"price", "categories"}, cols
         assert all(k[0] == rec["user_id"] or k[1] == rec["gmap_id"] for k, d in moved.items() if d)
     else:
-        assert not any(moved.values())  # nothing reads a val/test review
+        # Nothing reads a val/test review, but (temporal) later rows' photo vectors.
+        for k, d in moved.items():
+            assert not d or (split == "temporal" and set(d) <= IMAGE_COLUMNS), (k, d)
+    if split == "temporal":  # only later rows of the same user or item may move
+        for k, d in moved.items():
+            if d:
+                assert base[k]["timestamp"] > base[key]["timestamp"], (k, d)
+                assert k[0] == rec["user_id"] or k[1] == rec["gmap_id"]
+    if which != "train":
         assert after_out["users"].equals(review_base["users"])
         assert after_out["items"].equals(review_base["items"])

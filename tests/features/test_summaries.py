@@ -41,3 +41,27 @@ def test_out_of_fold_sets_match_a_slow_reference() -> None:
     assert len(set(rs.sets)) == len(rs.sets)
     used = set(rs.row_set.tolist()) | set(rs.entity_set.tolist())
     assert used == set(range(len(rs.sets)))
+
+
+def test_temporal_blocks_read_strictly_earlier_reviews() -> None:
+    from features.summaries import time_blocks
+
+    rng = np.random.default_rng(1)
+    n, n_ent, k = 300, 11, 4
+    owner = rng.integers(0, n_ent, n)
+    ts = rng.integers(0, 40, n)  # ties
+    train = ts < 30
+    blocks = time_blocks(ts, train, k)
+    assert set(blocks[train].tolist()) == set(range(k))
+    for b in range(k - 1):  # every review of a lower block is strictly earlier
+        assert ts[train & (blocks == b)].max() < ts[train & (blocks == b + 1)].min()
+    rs = out_of_fold_sets(owner, train, blocks, k, n_ent, earlier=True)
+    for r in range(n):
+        e = int(owner[r])
+        want = tuple(
+            q for q in range(n) if train[q] and owner[q] == e and (not train[r] or ts[q] < ts[r])
+            and (not train[r] or blocks[q] < blocks[r])
+        )  # fmt: skip
+        assert rs.sets[rs.row_set[r]] == (e, want)
+        assert all(ts[q] < ts[r] for q in want)  # strictly earlier, own review excluded
+    assert len(set(rs.sets)) == len(rs.sets)  # equal sets (empty blocks) merged
