@@ -29,6 +29,41 @@ from trainer.loss import InfoNCEOptions, info_nce
 torch.fx.wrap("info_nce")
 
 
+class _PairwiseDots(torch.autograd.Function):
+    """Upper-triangle Gram entries per sample; the backward is one bmm instead of two.
+
+    x is both operands of x @ x^T, so autograd's backward runs two bmm (plus an
+    index_put for the triangle). On CPU a bmm over B tiny N x N products is bound by
+    per-matrix overhead, and `benchmarks/train_bench.py --profile` showed the
+    interaction's bmm as half the dense step; one bmm on (G + G^T) halves it.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, pairs: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, pairs)
+        return torch.bmm(x, x.transpose(1, 2)).flatten(1).index_select(1, pairs)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
+        x, pairs = ctx.saved_tensors  # type: ignore[attr-defined]
+        n = x.shape[1]
+        g = grad.new_zeros(grad.shape[0], n * n).index_copy_(1, pairs, grad).view(-1, n, n)
+        return torch.bmm(g + g.transpose(1, 2), x), None
+
+
+def pairwise_dots(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """x: [B, N, D], pairs: flat indices i * N + j (i < j). Returns: [B, P] of x_i . x_j."""
+    return _PairwiseDots.apply(x, pairs)
+
+
+# a custom autograd function: one opaque call for TrainPipelineSparseDist's fx tracer
+torch.fx.wrap("pairwise_dots")
+
+
 def mlp(sizes: list[int], dropout: float, last_activation: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
@@ -159,18 +194,15 @@ class InteractionArch(nn.Module):
 
     def __init__(self, num_vectors: int) -> None:
         super().__init__()
-        self.rows: torch.Tensor
-        self.cols: torch.Tensor
+        self.pairs: torch.Tensor
         rows, cols = torch.triu_indices(num_vectors, num_vectors, offset=1)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
+        self.register_buffer("pairs", rows * num_vectors + cols, persistent=False)
         self.num_pairs = int(rows.numel())
 
     def forward(self, dense: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
         """dense: [B, D], others: [B, F + T, D]. Returns: [B, D + pairs]."""
         x = torch.cat([dense.unsqueeze(1), others], dim=1)
-        z = torch.bmm(x, x.transpose(1, 2))
-        return torch.cat([dense, z[:, self.rows, self.cols]], dim=1)
+        return torch.cat([dense, pairwise_dots(x, self.pairs)], dim=1)
 
 
 class OverArch(nn.Module):
