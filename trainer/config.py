@@ -41,6 +41,8 @@ class TrainConfig:
         positive_sampling: `score` samples a SWING neighbour with p ~ score; `top1` takes the best.
         extra_negatives: M entities per InfoNCE term drawn uniformly from the catalogue
             each step and added to the in-batch negatives (mixed negative sampling; 0 = off).
+        mask_positive_set: a candidate anywhere in the anchor's SWING top-K list is not a
+            negative (default: only the anchor itself and its sampled positive are masked).
         logq_correction: subtract the log sampling probability of each InfoNCE candidate
             (estimated exactly from the positive sampler over the training rows).
         infonce_chunk_size: rows per block of the chunked InfoNCE (0 = one piece); same
@@ -99,6 +101,7 @@ class TrainConfig:
     positive_sampling: Literal["score", "top1"] = "score"
     extra_negatives: int = 0
     logq_correction: bool = False
+    mask_positive_set: bool = False
     infonce_chunk_size: int = 128
     patience: int = 3
     min_epochs: int = 1

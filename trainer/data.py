@@ -43,6 +43,8 @@ class Batch(Pipelineable):
     entity (for logQ correction); `*_neg*` are M extra negatives drawn uniformly from
     the catalogue, shared by every row of the global batch: content [M, C], ids [M]
     and their positive-sampler probabilities [M] (M = 0 without mixed negatives).
+    `*_set_lengths` [B] / `*_set_ids` hold each anchor's whole SWING list as CSR rows
+    (all lengths 0 unless positive-set masking is on).
     """
 
     dense: torch.Tensor
@@ -67,6 +69,10 @@ class Batch(Pipelineable):
     uu_neg: torch.Tensor
     uu_neg_ids: torch.Tensor
     uu_neg_q: torch.Tensor
+    ii_set_lengths: torch.Tensor
+    ii_set_ids: torch.Tensor
+    uu_set_lengths: torch.Tensor
+    uu_set_ids: torch.Tensor
 
     def _tensors(self) -> list[str]:
         return [
@@ -74,6 +80,7 @@ class Batch(Pipelineable):
             "ii_pos", "ii_pos_ids", "uu_anchor", "uu_pos", "uu_pos_ids",
             "ii_pos_q", "ii_neg", "ii_neg_ids", "ii_neg_q",
             "uu_pos_q", "uu_neg", "uu_neg_ids", "uu_neg_q",
+            "ii_set_lengths", "ii_set_ids", "uu_set_lengths", "uu_set_ids",
         ]  # fmt: skip
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
@@ -359,11 +366,13 @@ def make_batch(
     rng: np.random.Generator,
     top1: bool,
     extra_negatives: int = 0,
+    positive_sets: bool = False,
 ) -> Batch:
     """Assemble one batch from split rows (row ids repeat for padding; `valid` masks them).
 
     `extra_negatives` M entities per InfoNCE are drawn uniformly from the catalogue
     after the positives, so M = 0 leaves the random stream (and any run) unchanged.
+    `positive_sets` adds each anchor's SWING list, for masking all of it as negatives.
     """
     lengths, values = [], []
     for name in data.sparse_names:
@@ -432,6 +441,15 @@ def make_batch(
                 neg_vec = data.entity_content[data.towers[tower][1]][neg_ids]
                 neg_q = q[neg_ids]
         neg[entity] = (pos_q, neg_vec, neg_ids, neg_q)
+    sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for entity, tower, nbs, anchors in (
+        ("item", item_tower, data.item_neighbors, items),
+        ("user", user_tower, data.user_neighbors, users),
+    ):
+        if positive_sets and nbs is not None and tower >= 0:
+            sets[entity] = _gather_csr(nbs.offsets, nbs.ids, anchors)
+        else:
+            sets[entity] = (np.zeros(b, np.int64), np.zeros(0, np.int64))
     content_arr = np.stack(content, 1) if content else np.zeros((b, 0, c_dim), np.float16)
     return Batch(
         dense=torch.from_numpy(split.dense[rows]),
@@ -452,6 +470,11 @@ def make_batch(
             f"{p}_{name}": torch.from_numpy(arr.astype(dtype))
             for p, entity in (("ii", "item"), ("uu", "user"))
             for name, arr, dtype in zip(("pos_q", "neg", "neg_ids", "neg_q"), neg[entity], _NEG_DTYPES)
+        },
+        **{
+            f"{p}_set_{name}": torch.from_numpy(arr.astype(np.int64))
+            for p, entity in (("ii", "item"), ("uu", "user"))
+            for name, arr in zip(("lengths", "ids"), sets[entity])
         },
     )
 
@@ -476,6 +499,7 @@ def train_batches(
     max_steps: int = 0,
     start_step: int = 0,
     extra_negatives: int = 0,
+    positive_sets: bool = False,
 ) -> Iterator[Batch]:
     """This rank's slices of the epoch's global batches (last partial batch dropped).
 
@@ -491,7 +515,7 @@ def train_batches(
         rows = perm[step * global_batch : (step + 1) * global_batch]
         # positives are drawn for the whole global batch, then sliced: rank-count invariant
         rng = np.random.default_rng([seed, epoch, step])
-        full = make_batch(data, split, rows, np.ones(rows.size, bool), rng, top1, extra_negatives)
+        full = make_batch(data, split, rows, np.ones(rows.size, bool), rng, top1, extra_negatives, positive_sets)
         yield full if world_size == 1 else slice_batch(full, data.sparse_names, rank * local, local)
 
 
@@ -508,7 +532,14 @@ def slice_batch(full: Batch, keys: list[str], offset: int, size: int) -> Batch:
         # the extra negatives are shared by the whole global batch: every rank keeps them all
         ii_neg=full.ii_neg, ii_neg_ids=full.ii_neg_ids, ii_neg_q=full.ii_neg_q,
         uu_neg=full.uu_neg, uu_neg_ids=full.uu_neg_ids, uu_neg_q=full.uu_neg_q,
+        **_slice_csr("ii_set", full.ii_set_lengths, full.ii_set_ids, sl),
+        **_slice_csr("uu_set", full.uu_set_lengths, full.uu_set_ids, sl),
     )  # fmt: skip
+
+
+def _slice_csr(prefix: str, lengths: torch.Tensor, ids: torch.Tensor, sl: slice) -> dict[str, torch.Tensor]:
+    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    return {f"{prefix}_lengths": lengths[sl], f"{prefix}_ids": ids[int(offsets[sl.start]) : int(offsets[sl.stop])]}
 
 
 def _slice_kjt(kjt: KeyedJaggedTensor, keys: list[str], sl: slice) -> KeyedJaggedTensor:

@@ -51,6 +51,7 @@ def info_nce(
     candidate_q: torch.Tensor | None = None,
     uniform_p: float = 0.0,
     chunk_size: int = 0,
+    anchor_sets: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mean InfoNCE over anchors that have a positive.
 
@@ -58,7 +59,9 @@ def info_nce(
     mean and their (absent) positives are never used as negatives. A candidate is
     not a negative for anchor i (false-negative masking) when it is the same entity
     as anchor i or as anchor i's positive; this holds for in-batch candidates and
-    extra negatives alike. Extra negatives with id -1 are ignored.
+    extra negatives alike. With `anchor_sets`, a candidate anywhere in anchor i's
+    positive set (its SWING top-K list) is not a negative either. Extra negatives
+    with id -1 are ignored.
 
     With `candidate_q` (logQ correction, Yi et al. 2019) every logit, the target's
     included, has the log of its candidate's sampling probability subtracted (the
@@ -78,6 +81,7 @@ def info_nce(
         uniform_p: probability of each catalogue entity under the uniform extra-negative
             sampler (1 / catalogue size).
         chunk_size: rows per block of the chunked computation; 0 = one piece.
+        anchor_sets: (lengths [B], ids [S]): each anchor's positive set as CSR rows.
 
     Returns:
         A scalar; 0 (with a graph) when no anchor has a positive.
@@ -99,8 +103,13 @@ def info_nce(
     bias = bias.masked_fill(cand_ids < 0, _NEG)
     a = a / tau
     if 0 < chunk_size < b:
-        return _ChunkedInfoNCE.apply(a, cand, anchor_ids, positive_ids, cand_ids, bias, w, chunk_size)
+        return _ChunkedInfoNCE.apply(
+            a, cand, anchor_ids, positive_ids, cand_ids, bias, w, chunk_size, anchor_sets
+        )
     logits = candidate_logits(a, cand, anchor_ids, positive_ids, cand_ids, bias, 0)
+    if anchor_sets is not None:
+        rows, cols = set_pairs(anchor_sets[0], anchor_sets[1], cand_ids)
+        logits = logits.index_put((rows, cols), logits.new_tensor(_NEG))
     targets = torch.arange(b, device=a.device)
     per_row = F.cross_entropy(logits, targets, reduction="none")
     return (per_row * w).sum()
@@ -136,12 +145,16 @@ def candidate_logits(
 
 
 def false_negative_pairs(
-    anchor_ids: torch.Tensor, positive_ids: torch.Tensor, cand_ids: torch.Tensor
+    anchor_ids: torch.Tensor,
+    positive_ids: torch.Tensor,
+    cand_ids: torch.Tensor,
+    anchor_sets: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, column) of every false negative, sorted by row: the sparse form of the mask.
 
     Row i's false negatives are the candidates whose id equals anchor i's id or its
-    positive's id (-1 keys match nothing), the target column i excepted. Found by
+    positive's id (-1 keys match nothing), or with `anchor_sets` (lengths [B], ids)
+    any id of anchor i's positive set, the target column i excepted. Found by
     binary search in the sorted candidate ids, so the cost is O(N log N + pairs), not
     O(B x N); with popularity-skewed ids the pairs are a few percent of B x N.
 
@@ -149,23 +162,33 @@ def false_negative_pairs(
         rows [P], cols [P] (int64).
     """
     sorted_ids, order = torch.sort(cand_ids)
-    b = anchor_ids.shape[0]
-    everyone = torch.arange(b, device=cand_ids.device)
+    everyone = torch.arange(anchor_ids.shape[0], device=cand_ids.device)
+    groups = [(everyone, anchor_ids), (everyone, positive_ids)]
+    if anchor_sets is not None:
+        groups.append((torch.repeat_interleave(everyone, anchor_sets[0]), anchor_sets[1]))
     rows, cols = [], []
-    for keys in (anchor_ids, positive_ids):
+    for key_rows, keys in groups:
         lo = torch.searchsorted(sorted_ids, keys, side="left")
         n = torch.searchsorted(sorted_ids, keys, side="right") - lo
         n = n.masked_fill(keys < 0, 0)
-        r = torch.repeat_interleave(everyone, n)
+        rows.append(torch.repeat_interleave(key_rows, n))
         # position of each match: its run's start in the sorted ids + its index within the run
-        within = torch.arange(r.numel(), device=r.device) - torch.repeat_interleave(n.cumsum(0) - n, n)
-        rows.append(r)
+        within = torch.arange(int(n.sum()), device=n.device) - torch.repeat_interleave(n.cumsum(0) - n, n)
         cols.append(order[torch.repeat_interleave(lo, n) + within])
     r, c = torch.cat(rows), torch.cat(cols)
     keep = c != r
     r, c = r[keep], c[keep]
     r, idx = torch.sort(r, stable=True)
     return r, c[idx]
+
+
+def set_pairs(
+    lengths: torch.Tensor, ids: torch.Tensor, cand_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) where a candidate is in row i's positive set, the target column excepted."""
+    b = lengths.shape[0]
+    none = torch.full((b,), -1, dtype=cand_ids.dtype, device=cand_ids.device)
+    return false_negative_pairs(none, none, cand_ids, (lengths, ids))
 
 
 class _ChunkedInfoNCE(torch.autograd.Function):
@@ -191,10 +214,11 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         bias: torch.Tensor,
         w: torch.Tensor,
         chunk: int,
+        anchor_sets: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
         b, n = a.shape[0], cand.shape[0]
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]  # type: ignore[attr-defined]
-        rows, cols = false_negative_pairs(anchor_ids, positive_ids, cand_ids)
+        rows, cols = false_negative_pairs(anchor_ids, positive_ids, cand_ids, anchor_sets)
         starts = list(range(0, b, chunk))
         bounds = torch.searchsorted(rows, torch.tensor([*starts, b], device=rows.device)).tolist()
         total = a.new_zeros(())
@@ -227,7 +251,7 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         ga, gc = ctx.saved_tensors  # type: ignore[attr-defined]
-        return ga * grad, gc * grad, None, None, None, None, None, None
+        return ga * grad, gc * grad, None, None, None, None, None, None, None
 
 
 def mixed_log_q(cand_q: torch.Tensor, n_batch: int, n_extra: int, uniform_p: float) -> torch.Tensor:

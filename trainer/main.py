@@ -306,7 +306,9 @@ NOT_FINGERPRINTED = (
 )  # fmt: skip
 # keys newer than their runs: left out of the fingerprint at their defaults so those
 # runs keep their fingerprints (the chunked InfoNCE equals the one-piece one)
-NEWER_DEFAULTS = {"extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128}
+NEWER_DEFAULTS = {
+    "extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128, "mask_positive_set": False,
+}  # fmt: skip
 
 
 def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
@@ -521,6 +523,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         it = train_batches(
             data, cfg.batch_size, env.rank, env.world_size, epoch, cfg.seed,
             cfg.positive_sampling == "top1", cfg.max_steps_per_epoch, prog.epoch_step, cfg.extra_negatives,
+            cfg.mask_positive_set,
         )  # fmt: skip
         if cold is not None:
             it = (

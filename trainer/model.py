@@ -376,6 +376,7 @@ class DLRRECTrain(nn.Module):
             ii = info_nce(
                 anchor, pos, batch.item_ids, batch.ii_pos_ids, self.tau,
                 neg, batch.ii_neg_ids, q, self.nce.uniform_p[0], self.nce.chunk_size,
+                (batch.ii_set_lengths, batch.ii_set_ids),
             )  # fmt: skip
         if self.w_user_user > 0 and self.user_tower >= 0:
             assert isinstance(self.model, DLRREC)
@@ -388,6 +389,7 @@ class DLRRECTrain(nn.Module):
             uu = info_nce(
                 anchor, pos, batch.user_ids, batch.uu_pos_ids, self.tau,
                 neg, batch.uu_neg_ids, q, self.nce.uniform_p[1], self.nce.chunk_size,
+                (batch.uu_set_lengths, batch.uu_set_ids),
             )  # fmt: skip
         loss = rec + self.w_item_item * ii + self.w_user_user * uu
         if self.emb_l2 > 0:

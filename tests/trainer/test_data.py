@@ -95,3 +95,23 @@ def test_ranks_share_the_global_batch_extra_negatives(data):
         sl = slice(32 * r, 32 * (r + 1))
         assert np.array_equal(part.ii_pos_q.numpy(), full.ii_pos_q[sl].numpy())
         assert np.array_equal(part.uu_pos_ids.numpy(), full.uu_pos_ids[sl].numpy())
+
+
+def test_positive_sets_are_the_anchors_swing_lists_and_slice_per_rank(data):
+    kw = {"global_batch": 64, "epoch": 1, "seed": 0, "top1": False, "max_steps": 1}
+    plain = next(train_batches(data, rank=0, world_size=1, **kw))
+    assert plain.ii_set_lengths.sum() == 0 and plain.ii_set_ids.numel() == 0
+    full = next(train_batches(data, rank=0, world_size=1, positive_sets=True, **kw))
+    assert np.array_equal(full.ii_pos_ids.numpy(), plain.ii_pos_ids.numpy())  # same stream
+    for prefix, ids, nb in (("ii", full.item_ids, data.item_neighbors), ("uu", full.user_ids, data.user_neighbors)):
+        lengths = getattr(full, f"{prefix}_set_lengths").numpy()
+        flat = getattr(full, f"{prefix}_set_ids").numpy()
+        ends = np.cumsum(lengths)
+        for r, anchor in enumerate(ids.numpy()):
+            want = nb.ids[nb.offsets[anchor] : nb.offsets[anchor + 1]]
+            assert np.array_equal(flat[ends[r] - lengths[r] : ends[r]], want)
+        parts = [next(train_batches(data, rank=k, world_size=2, positive_sets=True, **kw)) for k in (0, 1)]
+        assert np.array_equal(
+            np.concatenate([getattr(x, f"{prefix}_set_lengths").numpy() for x in parts]), lengths
+        )
+        assert np.array_equal(np.concatenate([getattr(x, f"{prefix}_set_ids").numpy() for x in parts]), flat)

@@ -190,3 +190,37 @@ def test_false_negative_pairs_equal_the_dense_mask():
         got = torch.zeros_like(dense)
         got[rows, cols] = True
         assert torch.equal(got, dense)
+
+
+def test_anchor_positive_sets_are_not_negatives():
+    """With each anchor's whole SWING list given, no candidate in it is a negative."""
+    for seed in range(6):
+        a, p, n, aid, pid, nid, q = _case(seed)
+        g = torch.Generator().manual_seed(seed)
+        b = a.shape[0]
+        lengths = torch.randint(0, 4, (b,), generator=g)
+        ids = torch.randint(0, 10, (int(lengths.sum()),), generator=g)
+        sets = [ids[o - k : o].tolist() for o, k in zip(lengths.cumsum(0).tolist(), lengths.tolist())]
+        cand_ids = torch.cat([pid, nid]).tolist()
+        cands = torch.nn.functional.normalize(torch.cat([p, n]), dim=-1)
+        an = torch.nn.functional.normalize(a, dim=-1)
+        losses = []
+        for i in range(b):  # the loop reference
+            if pid[i] < 0:
+                continue
+            terms = [float(an[i] @ cands[i]) / 0.3]
+            for j, cj in enumerate(cand_ids):
+                if j != i and cj >= 0 and cj not in (int(pid[i]), int(aid[i])) and cj not in sets[i]:
+                    terms.append(float(an[i] @ cands[j]) / 0.3)
+            losses.append(math.log(sum(math.exp(t) for t in terms)) - terms[0])
+        ref = sum(losses) / max(len(losses), 1)
+        for chunk in (0, 5):
+            got = info_nce(a, p, aid, pid, 0.3, n, nid, chunk_size=chunk, anchor_sets=(lengths, ids))
+            assert abs(float(got) - ref) < 1e-9, (seed, chunk)
+        xs = [t.clone().requires_grad_(True) for t in (a, p, n)]
+        g0 = torch.autograd.grad(info_nce(*xs[:2], aid, pid, 0.3, xs[2], nid, anchor_sets=(lengths, ids)), xs)
+        g1 = torch.autograd.grad(
+            info_nce(*xs[:2], aid, pid, 0.3, xs[2], nid, chunk_size=5, anchor_sets=(lengths, ids)), xs
+        )
+        for x0, x1 in zip(g0, g1):
+            torch.testing.assert_close(x1, x0, rtol=1e-10, atol=1e-12)

@@ -15,7 +15,7 @@ from trainer.config import TrainConfig
 CFG = {
     "epochs": 3, "batch_size": 256, "max_steps_per_epoch": 4, "log_every": 1, "patience": 10,
     "selection_metric": "fpr_at_recall:0.6", "extra_negatives": 16, "logq_correction": True,
-    "infonce_chunk_size": 64, "tensorboard": True,
+    "infonce_chunk_size": 64, "mask_positive_set": True, "tensorboard": True,
 }  # fmt: skip
 
 
