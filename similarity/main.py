@@ -133,6 +133,7 @@ def log(comm: _Comm, msg: str) -> None:
 
 
 PROGRESS = "_progress"
+_PHASES: dict[str, float] = {}
 
 
 def partial_dir(final: Path, fp: str) -> Path:
@@ -334,6 +335,8 @@ def run(cfg: SwingConfig) -> dict[str, Any]:
     """Compute both SWING tables into `run_dir/similarity/` and return its `_meta.json`."""
     start = time.perf_counter()
     comm = _Comm()
+    _PHASES.clear()
+    _PHASES["group_init"] = time.perf_counter() - start
     try:
         return _run(cfg, comm, start)
     finally:
@@ -342,7 +345,9 @@ def run(cfg: SwingConfig) -> dict[str, Any]:
 
 def _run(cfg: SwingConfig, comm: _Comm, start: float) -> dict[str, Any]:
     final = Path(cfg.run_dir) / "similarity"
+    t = time.perf_counter()
     pos = read_positives(cfg.run_dir, cfg.input)
+    _PHASES["read_input"] = time.perf_counter() - t
     fp = fingerprint(cfg, pos.fingerprint)
     decision = None
     if comm.rank == 0:
@@ -357,7 +362,9 @@ def _run(cfg: SwingConfig, comm: _Comm, start: float) -> dict[str, Any]:
         log(comm, f"reusing {final} (same config and input)")
         return read_meta(final)
 
+    t = time.perf_counter()
     g, graph_counts = _graph(cfg, pos)
+    _PHASES["graph"] = time.perf_counter() - t
     log(comm, f"{graph_counts['edges_after_caps']} edges after caps; {comm.world} rank(s)")
     with _shared_tmp(comm, final, fp) as tmp:
         per_kind: dict[str, Any] = {}
@@ -440,6 +447,9 @@ def _meta(
         "W": sum(t["W"] for t in tables.values()),
         "world_size": comm.world,
         "seconds": time.perf_counter() - start,
+        # rank 0's wall seconds per phase; group_init includes waiting for the other
+        # ranks to start (their imports), tables the slowest rank of each table
+        "phase_seconds": {k: round(v, 3) for k, v in _PHASES.items()},
     }
 
 
