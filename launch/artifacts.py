@@ -109,6 +109,12 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    publish_dir(tmp, final)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move the complete folder `tmp` to `final`, replacing what was there (two renames;
+    the old folder is deleted only once the new one is in place)."""
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")

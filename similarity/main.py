@@ -50,6 +50,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from launch.artifacts import (
     SCHEMA_VERSION,
     existing_output,
+    publish_dir,
     read_meta,
     sha256_json,
     write_json_atomic,
@@ -162,13 +163,7 @@ def _shared_tmp(comm: _Comm, final: Path, fp: str) -> Iterator[Path]:
         shutil.rmtree(tmp / PROGRESS, ignore_errors=True)
         for leftover in tmp.rglob(".*.tmp-*"):  # writes cut short by an earlier crash
             leftover.unlink(missing_ok=True)
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, final)
 
 
 def _done_part(tmp: Path, kind: str, p: int, lo: int, hi: int, fp: str) -> dict[str, Any] | None:

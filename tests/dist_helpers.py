@@ -20,8 +20,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rank_main(fn: Callable[..., Any], rank: int, world: int, port: int, q: Any, args: tuple) -> None:
-    os.environ.update(
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """The environment torchrun gives rank `rank` of `world` on one loopback host."""
+    return dict(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         RANK=str(rank),
@@ -30,6 +31,10 @@ def _rank_main(fn: Callable[..., Any], rank: int, world: int, port: int, q: Any,
         LOCAL_WORLD_SIZE=str(world),
         OMP_NUM_THREADS="1",
     )
+
+
+def _rank_main(fn: Callable[..., Any], rank: int, world: int, port: int, q: Any, args: tuple) -> None:
+    os.environ.update(rank_env(rank, world, port))
     try:
         q.put((rank, "ok", fn(rank, *args)))
     except BaseException:

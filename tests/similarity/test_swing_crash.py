@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dist_helpers import free_port
+from dist_helpers import free_port, rank_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,16 +41,7 @@ def start_ranks(world: int, args: list[str], capture: bool = False) -> list[subp
     port = free_port()
     procs = []
     for rank in range(world):
-        env = dict(
-            os.environ,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_WORLD_SIZE=str(world),
-            OMP_NUM_THREADS="1",
-        )
+        env = {**os.environ, **rank_env(rank, world, port)}
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "similarity.main", *args],
