@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny_reviews import write_raw
+from tiny_reviews import fails, write_raw
 
 from features.bad_rows import repeated_rows
 from features.io import read_raw_reviews
@@ -24,16 +24,6 @@ from features.sources import read_source
 from launch.config import DataError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-
-
-def fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("dlrrec features build: error: ")
-    return err
 
 
 def edit_interactions(tables: dict[str, pa.Table], **columns: list[Any]) -> dict[str, pa.Table]:

@@ -7,19 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny_reviews import write_raw
+from tiny_reviews import fails, write_raw
 
 from features.main import main
-
-
-def fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("dlrrec features build: error: ")
-    return err
 
 
 def test_missing_raw_file(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from features.schema import RAW_INTERACTIONS, RAW_ITEMS, RAW_USERS
 
@@ -109,3 +110,16 @@ def vectors(table: pa.Table, column: str) -> np.ndarray:
     """A fixed_size_list<float16> column -> float16 [n, D]."""
     col = table[column].combine_chunks()
     return col.flatten().to_numpy().reshape(len(col), col.type.list_size)
+
+
+def fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run `dlrrec features build ARGV`; assert exit 2 and one error line; return it."""
+    from features.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("dlrrec features build: error: ")
+    return err
