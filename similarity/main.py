@@ -205,9 +205,9 @@ def auto_parts(total_work: float) -> int:
 
 def _graph(cfg: SwingConfig, pos: Positives) -> tuple[dict[str, Any], dict[str, int]]:
     """CSR both ways of the capped graph, member weights and cap counts."""
-    u, i = swing.capped_edges(
-        pos.user,
-        pos.item,
+    code = swing.distinct_codes(pos.user, pos.item, pos.n_items)
+    u, i = swing.capped_codes(
+        code,
         pos.n_users,
         pos.n_items,
         cfg.min_user_items,
@@ -215,13 +215,12 @@ def _graph(cfg: SwingConfig, pos: Positives) -> tuple[dict[str, Any], dict[str, 
         cfg.max_users_per_item,
         cfg.seed,
     )
-    ui_ptr, ui_idx = swing.to_csr(u, i, pos.n_users, pos.n_items)
+    ui_ptr, ui_idx = swing.csr_of_sorted(u, i, pos.n_users)  # capped_codes sorts by (u, i)
     iu_ptr, iu_idx = swing.to_csr(i, u, pos.n_items, pos.n_users)
     g = {"ui_ptr": ui_ptr, "ui_idx": ui_idx, "iu_ptr": iu_ptr, "iu_idx": iu_idx}
-    distinct = len(swing.distinct_codes(pos.user, pos.item, pos.n_items))
     counts = {
         "positives": len(pos.user),
-        "distinct_positives": distinct,
+        "distinct_positives": len(code),
         "edges_after_caps": len(u),
         "users_kept": int((np.diff(ui_ptr) > 0).sum()),
         "items_kept": int((np.diff(iu_ptr) > 0).sum()),
@@ -267,62 +266,95 @@ def _compute_part(
     return cols, contributions
 
 
-def _write_kind(
-    comm: _Comm,
-    cfg: SwingConfig,
-    kind: str,
-    g: dict[str, Any],
-    pos: Positives,
-    tmp: Path,
-    fp: str,
-) -> dict[str, Any]:
-    """This rank's part files of one table (reusing the ones an earlier attempt
-    finished); returns its counts."""
+def _plan_kind(cfg: SwingConfig, kind: str, g: dict[str, Any], pos: Positives) -> dict[str, Any]:
+    """One table's CSR views, member weights, part bounds and per-part work estimates
+    (from the graph alone, never the rank count)."""
     if kind == "item_item":
         a_ptr, a_idx, m_ptr, m_idx = g["iu_ptr"], g["iu_idx"], g["ui_ptr"], g["ui_idx"]
         n_anchors, ids = pos.n_items, pos.item_ids
     else:
         a_ptr, a_idx, m_ptr, m_idx = g["ui_ptr"], g["ui_idx"], g["iu_ptr"], g["iu_idx"]
         n_anchors, ids = pos.n_users, pos.user_ids
-    weight = swing.member_weights(np.diff(m_ptr), cfg.alpha1, cfg.beta)
     work = swing.work_estimate(a_ptr, a_idx, m_ptr)
     parts = cfg.parts or auto_parts(float(work.sum()))
     bounds = swing.split_by_work(work, parts)
     part_work = np.add.reduceat(np.append(work, 0.0), bounds[:-1]) if len(work) else np.zeros(parts)
     part_work[bounds[:-1] == bounds[1:]] = 0.0
-    mine = swing.assign_parts(part_work, comm.world)[comm.rank]
-    (tmp / kind).mkdir(parents=True, exist_ok=True)
-    (tmp / PROGRESS).mkdir(exist_ok=True)
-    counts: dict[str, Any] = {
-        "pairs": 0,
-        "anchors_with_neighbors": 0,
-        "contributions": 0,
-        "parts_reused": 0,
+    return {
+        "csr": (a_ptr, a_idx, m_ptr, m_idx),
+        "weight": swing.member_weights(np.diff(m_ptr), cfg.alpha1, cfg.beta),
+        "n_anchors": n_anchors,
+        "ids": ids,
+        "parts": parts,
+        "bounds": bounds,
+        "part_work": part_work,
+        "work": float(work.sum()),
     }
-    for p in mine:
-        lo, hi = int(bounds[p]), int(bounds[p + 1])
-        rec = _done_part(tmp, kind, p, lo, hi, fp)
-        if rec is None:
-            (a, n, s, r), w = _compute_part(
-                a_ptr, a_idx, m_ptr, m_idx, weight, n_anchors, lo, hi, cfg
-            )
-            if isinstance(ids, np.ndarray):  # integer input ids: write the originals back
-                a, n = ids[a], ids[n]
-            _write_part_atomic(tmp / kind / f"part-{p:05d}.parquet", (a, n, s, r))
-            rec = {
-                "fingerprint": fp,
-                "bounds": [lo, hi],
-                "pairs": len(a),
-                "anchors_with_neighbors": int(np.count_nonzero(r == 0)),
-                "contributions": int(w),
-            }
-            write_json_atomic(tmp / PROGRESS / f"{kind}-{p:05d}.json", rec)
-        else:
-            counts["parts_reused"] += 1
+
+
+def _write_part(
+    cfg: SwingConfig, kind: str, plan: dict[str, Any], p: int, tmp: Path, fp: str
+) -> tuple[dict[str, Any], bool]:
+    """Part p of one table, computed and written (or reused from an earlier attempt);
+    returns its progress record and whether it was reused."""
+    lo, hi = int(plan["bounds"][p]), int(plan["bounds"][p + 1])
+    rec = _done_part(tmp, kind, p, lo, hi, fp)
+    if rec is not None:
+        return rec, True
+    a_ptr, a_idx, m_ptr, m_idx = plan["csr"]
+    (a, n, s, r), w = _compute_part(
+        a_ptr, a_idx, m_ptr, m_idx, plan["weight"], plan["n_anchors"], lo, hi, cfg
+    )
+    ids = plan["ids"]
+    if isinstance(ids, np.ndarray):  # integer input ids: write the originals back
+        a, n = ids[a], ids[n]
+    _write_part_atomic(tmp / kind / f"part-{p:05d}.parquet", (a, n, s, r))
+    rec = {
+        "fingerprint": fp,
+        "bounds": [lo, hi],
+        "pairs": len(a),
+        "anchors_with_neighbors": int(np.count_nonzero(r == 0)),
+        "contributions": int(w),
+    }
+    write_json_atomic(tmp / PROGRESS / f"{kind}-{p:05d}.json", rec)
+    return rec, False
+
+
+def _write_tables(
+    comm: _Comm, cfg: SwingConfig, g: dict[str, Any], pos: Positives, tmp: Path, fp: str
+) -> dict[str, dict[str, Any]]:
+    """This rank's part files of both tables (reusing the ones an earlier attempt
+    finished); returns its counts per table.
+
+    The parts of both tables are dealt to the ranks together, longest first, so a
+    rank that drew less of one table takes more of the other and nobody waits at a
+    barrier between the tables.
+    """
+    plans = {kind: _plan_kind(cfg, kind, g, pos) for kind in KINDS}
+    jobs = [(kind, p) for kind in KINDS for p in range(plans[kind]["parts"])]
+    work = np.array([plans[kind]["part_work"][p] for kind, p in jobs], dtype=np.float64)
+    mine = [jobs[j] for j in swing.assign_parts(work, comm.world)[comm.rank]]
+    (tmp / PROGRESS).mkdir(parents=True, exist_ok=True)
+    counts: dict[str, dict[str, Any]] = {}
+    for kind in KINDS:
+        (tmp / kind).mkdir(exist_ok=True)
+        counts[kind] = {
+            "pairs": 0,
+            "anchors_with_neighbors": 0,
+            "contributions": 0,
+            "parts_reused": 0,
+            "seconds": 0.0,
+            "parts": plans[kind]["parts"],
+            "work_estimate": plans[kind]["work"],
+        }
+    for kind, p in mine:
+        t0 = time.perf_counter()
+        rec, reused = _write_part(cfg, kind, plans[kind], p, tmp, fp)
+        c = counts[kind]
+        c["parts_reused"] += int(reused)
         for key in ("pairs", "anchors_with_neighbors", "contributions"):
-            counts[key] += rec[key]
-    counts["parts"] = parts
-    counts["work_estimate"] = float(work.sum())
+            c[key] += rec[key]
+        c["seconds"] += time.perf_counter() - t0
     return counts
 
 
@@ -362,12 +394,11 @@ def _run(cfg: SwingConfig, comm: _Comm, start: float) -> dict[str, Any]:
     _PHASES["graph"] = time.perf_counter() - t
     log(comm, f"{graph_counts['edges_after_caps']} edges after caps; {comm.world} rank(s)")
     with _shared_tmp(comm, final, fp) as tmp:
-        per_kind: dict[str, Any] = {}
+        t = time.perf_counter()
+        ranks = comm.gather(_write_tables(comm, cfg, g, pos, tmp, fp))  # also the barrier
+        _PHASES["tables"] = time.perf_counter() - t
+        per_kind = {kind: [r[kind] for r in ranks] for kind in KINDS}
         for kind in KINDS:
-            t0 = time.perf_counter()
-            counts = _write_kind(comm, cfg, kind, g, pos, tmp, fp)
-            counts["seconds"] = time.perf_counter() - t0
-            per_kind[kind] = comm.gather(counts)  # also the barrier: every part is written
             log(comm, f"{kind}: {sum(c['pairs'] for c in per_kind[kind])} pairs")
         # ru_maxrss is in KiB on Linux.
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -443,7 +474,7 @@ def _meta(
         "world_size": comm.world,
         "seconds": time.perf_counter() - start,
         # rank 0's wall seconds per phase; group_init includes waiting for the other
-        # ranks to start (their imports), tables the slowest rank of each table
+        # ranks to start (their imports), tables waiting for the slowest rank
         "phase_seconds": {k: round(v, 3) for k, v in _PHASES.items()},
     }
 

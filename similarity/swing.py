@@ -110,7 +110,23 @@ def capped_edges(
     Returns:
         (user, item): int64, shape (E',), sorted by user then item.
     """
-    code = distinct_codes(user, item, n_items)
+    return capped_codes(
+        distinct_codes(user, item, n_items),
+        n_users, n_items, min_user_items, max_user_items, max_users_per_item, seed,
+    )  # fmt: skip
+
+
+def capped_codes(
+    code: np.ndarray,
+    n_users: int,
+    n_items: int,
+    min_user_items: int,
+    max_user_items: int,
+    max_users_per_item: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`capped_edges` from `distinct_codes` already computed (the job needs their
+    count too, and the sort is the costliest step)."""
     u, i = code // n_items, code % n_items
     deg = np.bincount(u, minlength=n_users)
     keep = (deg[u] >= min_user_items) & (deg[u] <= max_user_items)
@@ -119,7 +135,10 @@ def capped_edges(
     if len(i) and users_per_item.max() > max_users_per_item:
         big = users_per_item[i] > max_users_per_item
         bu, bi = u[big], i[big]
-        order = np.lexsort((bu, sample_keys(seed, bi, bu), bi))
+        # (item, key, user) order: the entries arrive sorted by user, so a stable sort
+        # by key and then a stable sort by item is that lexsort, in 2/3 of its time.
+        order = np.argsort(sample_keys(seed, bi, bu), kind="stable")
+        order = order[np.argsort(bi[order], kind="stable")]
         bi_sorted = bi[order]
         starts = np.searchsorted(bi_sorted, bi_sorted, side="left")
         rank_in_item = np.arange(len(order)) - starts
@@ -142,6 +161,13 @@ def to_csr(
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(key // n_cols, minlength=n_rows), out=indptr[1:])
     return indptr, key % n_cols
+
+
+def csr_of_sorted(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """`to_csr` of distinct pairs already sorted by (row, col): no sort needed."""
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    return indptr, cols.astype(np.int64, copy=False)
 
 
 def member_weights(degree: np.ndarray, alpha1: float, beta: float) -> np.ndarray:
@@ -349,16 +375,17 @@ def swing_scores(
     # triangle of a 1000-member anchor is 1 MB and stays in cache.
     max_degree = int(np.diff(member_ptr).max()) if len(member_ptr) > 1 else 0
     ov_type = np.uint16 if max_degree < (1 << 16) - 1 else np.int32
+    id_type = np.int32 if n_targets < (1 << 31) else np.int64
     n_out, w = swing_block(
         anchor_ptr, anchor_members, member_ptr, member_targets, weight, float(alpha2),
         int(lo), int(hi),
         _scratch("cnt", n_targets, np.int32, zeroed=True),
         _scratch("start", n_targets, np.int32 if max_ent < (1 << 31) - 2 else np.int64),
         _scratch("overlap", max_n * (max_n - 1) // 2, ov_type, zeroed=True),
-        _scratch("touched", max_ent, np.int64),
-        _scratch("groups", max_ent, np.int64),
+        _scratch("touched", max_ent, id_type),
+        _scratch("groups", max_ent, id_type),
         _scratch("bucket", max_ent + 1, np.int32, exact=True),
-        _scratch("bucket_w", max_ent + 1, np.float64, exact=True),
+        _scratch("wx", max_n, np.float64),
         out_a, out_n, out_s,
     )  # fmt: skip
     return out_a[:n_out].copy(), out_n[:n_out].copy(), out_s[:n_out].copy(), int(w)

@@ -45,7 +45,7 @@ def swing_block(
     touched: np.ndarray,
     groups: np.ndarray,
     bucket: np.ndarray,
-    bucket_w: np.ndarray,
+    wx: np.ndarray,
     out_a: np.ndarray,
     out_n: np.ndarray,
     out_s: np.ndarray,
@@ -57,8 +57,10 @@ def swing_block(
     (>= max |M_a| * (max |M_a| - 1) / 2,) all zero, the strict upper triangle of the
     member-pair overlaps packed row by row, in any integer type that holds the largest
     member degree (uint16 keeps it in cache) -- cnt and overlap are left zero again --
-    and touched, groups int64, bucket int32, bucket_w float64 with room for the
-    largest anchor's entries plus one.  out_* need room for half the block's entries.
+    touched, groups (int32 when the target ids fit, else int64) with room for the largest
+    anchor's entries, bucket int32 with room for them plus one, and wx float64 with
+    room for the largest anchor's members (their weights: kept per anchor rather than
+    per bucket slot, so the buckets take a third of the memory).  out_* need room for half the block's entries.
 
     Returns (n_out, contributions W); out rows [0, n_out) are grouped by anchor in
     ascending order.
@@ -102,12 +104,11 @@ def swing_block(
             pos += cnt[j]
         for x in range(n):
             m = anchor_members[base + x]
-            wm = weight[m]
+            wx[x] = weight[m]
             for t in range(member_ptr[m], member_ptr[m + 1]):
                 j = member_targets[t]
                 slot = start[j]
                 bucket[slot] = x
-                bucket_w[slot] = wm
                 start[j] = slot + (slot != dummy)
         # 3. overlaps (start[j] now points one past its bucket)
         for k in range(n_groups):
@@ -126,11 +127,13 @@ def swing_block(
             b0 = start[j] - c
             total = 0.0
             for p in range(b0, b0 + c):
-                wp = bucket_w[p]
-                row = _tri_row(bucket[p], n)
+                xp = bucket[p]
+                wp = wx[xp]
+                row = _tri_row(xp, n)
                 for q in range(p + 1, b0 + c):
-                    denom = float(overlap[row + bucket[q]] + 1) + alpha2
-                    total += wp * bucket_w[q] / denom
+                    xq = bucket[q]
+                    denom = float(overlap[row + xq] + 1) + alpha2
+                    total += wp * wx[xq] / denom
             out_a[n_out] = a
             out_n[n_out] = j
             out_s[n_out] = total
