@@ -5,12 +5,15 @@ command runs as one process or under torchrun / TorchX with N ranks:
 
     torchrun --standalone --nproc_per_node 2 -m similarity.main --config C
 
-Ranks split the anchors by estimated work (sum of |U_i|**2 after the caps, plus the
-entries the kernel lists; `swing.work_estimate`) and each
-writes its own part files into one temp folder (on a shared filesystem when ranks
-span hosts); rank 0 writes `_meta.json` after a barrier and renames the folder into
-`run_dir/similarity/`.  Part boundaries depend only on the graph and `parts`, never
-on the rank count, so 1 rank and N ranks write byte-identical files.
+Each table's anchors are cut into parts of about equal estimated work (sum of
+|U_i|**2 after the caps, plus the entries the kernel lists; `swing.work_estimate`),
+not equal counts.  The parts of both tables form one queue, longest first; a rank
+takes the next part from an atomic counter in the process group's store whenever it
+finishes one, and writes its part files into one temp folder (on a shared filesystem
+when ranks span hosts).  Rank 0 writes `_meta.json` after a barrier and renames the
+folder into `run_dir/similarity/`.  Part boundaries depend only on the graph and
+`parts`, never on the rank count or on which rank took a part, so 1 rank and N ranks
+write byte-identical files.
 
 Crash recovery: the temp folder is named after the job's fingerprint
 (`run_dir/.similarity.partial-<fp>`), every part file is renamed into it when
@@ -122,6 +125,22 @@ class _Comm:
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
+    def work_queue(self, n_jobs: int) -> Iterator[int]:
+        """Job indices [0, n_jobs) dealt out on demand: each rank takes the next one when
+        it finishes its last, from an atomic counter in the group's key-value store.
+
+        Which rank runs a job never changes what it writes, so the dynamic order keeps
+        the outputs identical while absorbing both the work estimate's errors and
+        ranks that run slower (a busy host, a noisy neighbour).
+        """
+        if self.world == 1:
+            yield from range(n_jobs)
+            return
+        key = "dlrrec/swing/next/" + self.broadcast(uuid.uuid4().hex)
+        store = dist.distributed_c10d._get_default_store()
+        while (j := int(store.add(key, 1)) - 1) < n_jobs:
+            yield j
+
     def close(self) -> None:
         if self.owns_group:
             dist.destroy_process_group()
@@ -215,7 +234,7 @@ def _graph(cfg: SwingConfig, pos: Positives) -> tuple[dict[str, Any], dict[str, 
         cfg.max_users_per_item,
         cfg.seed,
     )
-    ui_ptr, ui_idx = swing.csr_of_sorted(u, i, pos.n_users)  # capped_codes sorts by (u, i)
+    ui_ptr, ui_idx = swing.csr_of_sorted(u, i, pos.n_users, pos.n_items)  # capped_codes sorts by (u, i)
     iu_ptr, iu_idx = swing.to_csr(i, u, pos.n_items, pos.n_users)
     g = {"ui_ptr": ui_ptr, "ui_idx": ui_idx, "iu_ptr": iu_ptr, "iu_idx": iu_idx}
     counts = {
@@ -326,14 +345,13 @@ def _write_tables(
     """This rank's part files of both tables (reusing the ones an earlier attempt
     finished); returns its counts per table.
 
-    The parts of both tables are dealt to the ranks together, longest first, so a
-    rank that drew less of one table takes more of the other and nobody waits at a
-    barrier between the tables.
+    The parts of both tables form one queue, longest (estimated) first, and a rank
+    takes the next part whenever it finishes one (`_Comm.work_queue`): nobody waits at
+    a barrier between the tables, and the last parts to go are the small ones.
     """
     plans = {kind: _plan_kind(cfg, kind, g, pos) for kind in KINDS}
     jobs = [(kind, p) for kind in KINDS for p in range(plans[kind]["parts"])]
-    work = np.array([plans[kind]["part_work"][p] for kind, p in jobs], dtype=np.float64)
-    mine = [jobs[j] for j in swing.assign_parts(work, comm.world)[comm.rank]]
+    jobs.sort(key=lambda kp: (-plans[kp[0]]["part_work"][kp[1]], KINDS.index(kp[0]), kp[1]))
     (tmp / PROGRESS).mkdir(parents=True, exist_ok=True)
     counts: dict[str, dict[str, Any]] = {}
     for kind in KINDS:
@@ -347,7 +365,8 @@ def _write_tables(
             "parts": plans[kind]["parts"],
             "work_estimate": plans[kind]["work"],
         }
-    for kind, p in mine:
+    for j in comm.work_queue(len(jobs)):
+        kind, p = jobs[j]
         t0 = time.perf_counter()
         rec, reused = _write_part(cfg, kind, plans[kind], p, tmp, fp)
         c = counts[kind]

@@ -153,21 +153,29 @@ def capped_codes(
 def to_csr(
     rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr int64 (n_rows+1,), indices int64) of distinct pairs, columns sorted per row.
+    """(indptr int64 (n_rows+1,), indices `index_dtype(n_cols)`) of distinct pairs,
+    columns sorted per row.
 
     One sort of row * n_cols + col (NumPy's SIMD sort) instead of a lexsort.
     """
     key = np.sort(rows.astype(np.int64) * n_cols + cols.astype(np.int64))
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(key // n_cols, minlength=n_rows), out=indptr[1:])
-    return indptr, key % n_cols
+    return indptr, (key % n_cols).astype(index_dtype(n_cols))
 
 
-def csr_of_sorted(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def index_dtype(n: int) -> type:
+    """int32 for ids below 2**31 (half the bytes the kernel walks through), else int64."""
+    return np.int32 if n < (1 << 31) else np.int64
+
+
+def csr_of_sorted(
+    rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int
+) -> tuple[np.ndarray, np.ndarray]:
     """`to_csr` of distinct pairs already sorted by (row, col): no sort needed."""
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    return indptr, cols.astype(np.int64, copy=False)
+    return indptr, cols.astype(index_dtype(n_cols))
 
 
 def member_weights(degree: np.ndarray, alpha1: float, beta: float) -> np.ndarray:
@@ -205,17 +213,6 @@ def split_by_work(work: np.ndarray, parts: int) -> np.ndarray:
     inner = np.searchsorted(cum, targets, side="left") + 1
     bounds = np.concatenate([[0], np.minimum(inner, len(work)), [len(work)]])
     return np.maximum.accumulate(bounds).astype(np.int64)
-
-
-def assign_parts(part_work: np.ndarray, world_size: int) -> list[list[int]]:
-    """Greedy longest-first assignment of parts to ranks; the rank lists are sorted."""
-    load = [0.0] * world_size
-    owned: list[list[int]] = [[] for _ in range(world_size)]
-    for p in sorted(range(len(part_work)), key=lambda p: (-part_work[p], p)):
-        r = min(range(world_size), key=lambda r: (load[r], r))
-        owned[r].append(p)
-        load[r] += float(part_work[p])
-    return [sorted(o) for o in owned]
 
 
 def block_plan(

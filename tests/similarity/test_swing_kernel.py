@@ -174,15 +174,12 @@ def test_top_k_ties_by_ascending_neighbor(backend: str) -> None:
     assert tr.tolist() == [0, 0, 1, 2]
 
 
-def test_split_by_work_and_assign() -> None:
+def test_split_by_work() -> None:
     work = np.array([100.0, 1, 1, 1, 1, 1, 1, 100, 1, 1])
     b = swing.split_by_work(work, 4)
     assert b[0] == 0 and b[-1] == len(work) and np.all(np.diff(b) >= 0)
     part_work = np.array([work[x:y].sum() for x, y in zip(b[:-1], b[1:])])
-    owned = swing.assign_parts(part_work, 2)
-    assert sorted(p for o in owned for p in o) == list(range(4))
-    loads = [part_work[o].sum() for o in owned]
-    assert max(loads) <= 110
+    assert part_work.sum() == work.sum() and part_work.max() <= 106
     assert swing.split_by_work(np.zeros(3), 2).tolist() == [0, 1, 3]
 
 
