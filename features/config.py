@@ -42,6 +42,11 @@ class FeaturesConfig:
         llm: review summaries, price and types through an LLM (features/content.py);
             null = off.  `llm: {}` = the offline provider.
         images: image caption vectors (features/captions.py); null = off.
+        rating_stats: add the dense columns of features/stats.py: per user and per
+            item, the count, mean rating and positive share of the interactions the row
+            may read (random split: training rows of the other `rating_stats_folds`
+            folds; temporal: strictly earlier interactions of any split).
+        rating_stats_folds: K of the random split's out-of-fold statistics (>= 2).
         overwrite: replace an existing output made from another config or input.
     """
 
@@ -66,6 +71,8 @@ class FeaturesConfig:
     on_bad_rows: Literal["error", "skip"] = "error"
     llm: LLMConfig | None = None
     images: ImagesConfig | None = None
+    rating_stats: bool = False
+    rating_stats_folds: int = 5
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -78,6 +85,10 @@ class FeaturesConfig:
             raise ConfigError("features.zip_prefix_len: must be >= 1")
         if self.max_categories < 1:
             raise ConfigError("features.max_categories: must be >= 1")
+        if self.rating_stats_folds < 2:
+            raise ConfigError(
+                f"features.rating_stats_folds: must be >= 2, got {self.rating_stats_folds}"
+            )
         if self.embed_batch_size < 1:
             raise ConfigError("features.embed_batch_size: must be >= 1")
         rr = self.rating_range

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.compute as pc
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from features import examples, profiles, split, text
+from features import examples, profiles, split, stats, text
 from features.config import FeaturesConfig
 from features.content import build_review_content
 from features.dense import price_features, standardize
@@ -56,6 +56,7 @@ SOURCE_DEFAULTS: dict[str, Any] = {
 # Keys added since, left out at their defaults for the same reason (see fingerprint_config).
 SOURCE_DEFAULTS.update(max_categories=11, on_bad_rows="error")
 SOURCE_DEFAULTS.update(llm=None, images=None)
+SOURCE_DEFAULTS.update(rating_stats=False, rating_stats_folds=5)
 # Keys that say where or how, never what: left out of the fingerprint.
 LOCATION_KEYS = ("run_dir", "overwrite", "raw_dir", "embed_cache_dir")
 # ... and their like inside the llm/images sections (answers and captions are cached by
@@ -183,6 +184,25 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     dense.update(price)
     if price:
         dense_stats["price"] = {"mean": price_info["mean"], "std": price_info["std"]}
+    if cfg.rating_stats:
+        folds = stats.row_folds(
+            inter["user"].to_pylist(), inter["item"].to_pylist(), timestamps,
+            cfg.rating_stats_folds, cfg.seed,
+        )  # fmt: skip
+        dense.update(
+            stats.rating_stats(
+                row_user,
+                row_item,
+                inter["rating"].to_numpy(),
+                label,
+                timestamps,
+                train,
+                cfg.split == "temporal",
+                folds,
+                cfg.rating_stats_folds,
+                cfg.positive_min_rating,
+            )  # fmt: skip
+        )
 
     columns = {
         "user_id": row_user,

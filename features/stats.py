@@ -1,0 +1,142 @@
+"""Leakage-free rating statistics per user and per item, as dense features (pure).
+
+For each row and each of its two entities (its user, its item) the row reads a set of
+other interactions of that entity and gets three dense columns, `{user,item}_hist_n`,
+`{user,item}_hist_rating`, `{user,item}_hist_pos`:
+
+    n     = |set|                                  -> hist_n      = log1p(n) / 5
+    mean  = mean rating over the set               -> hist_rating = mean - (t - 0.5)
+    share = share of label-positive rows in it     -> hist_pos    = share - 0.5
+
+(t = `positive_min_rating`; an empty set gives 0 for the last two, the neutral value,
+and hist_n 0 tells the model so.)  The transforms are fixed, not fitted: a z-score with
+training statistics would let a row's own rating reach its features through the mean
+and std of the other rows' features.
+
+Which set a row reads (the same rules as features/summaries.py):
+
+- `random` split: training rows are cut into K folds by a hash of (seed, user, item,
+  timestamp), never of the rating.  A training row in fold k reads its entity's training
+  rows outside fold k; a val/test row reads all of its entity's training rows.  Val/test
+  ratings reach nothing.
+- `temporal` split: every row, in any split, reads its entity's interactions with a
+  strictly earlier timestamp, in any split: what a serving system knows "now".  Earlier
+  val/test interactions ARE inputs of later rows (never a row's own rating, nor one at
+  the same timestamp); this is stated wherever results that use it are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+ENTITIES = ("user", "item")
+STAT_FEATURES = tuple(f"{e}_hist_{s}" for e in ENTITIES for s in ("n", "rating", "pos"))
+
+
+def row_folds(
+    users: list[str], items: list[str], timestamps: np.ndarray, k: int, seed: int
+) -> np.ndarray:
+    """int64 [N] fold of each row: sha256(seed, user, item, timestamp) mod k."""
+    return np.asarray(
+        [
+            int.from_bytes(hashlib.sha256(f"{seed}\0{u}\0{i}\0{t}".encode()).digest()[:8], "little")
+            % k
+            for u, i, t in zip(users, items, timestamps.tolist(), strict=True)
+        ],
+        dtype=np.int64,
+    )
+
+
+def out_of_fold_sums(
+    owner: np.ndarray,
+    values: np.ndarray,
+    train: np.ndarray,
+    folds: np.ndarray,
+    k: int,
+    n_owner: int,
+) -> np.ndarray:
+    """float64 [N] sum of `values` over the owner's training rows outside the row's fold
+    (training rows), or over all of the owner's training rows (val/test rows).
+
+    The other folds' sums are added up (never "total minus own fold"), so a row's own
+    value does not even reach its result through rounding.
+    """
+    per_fold = np.bincount(
+        owner[train] * k + folds[train], weights=values[train], minlength=n_owner * k
+    ).reshape(n_owner, k)
+    out = np.zeros(len(owner))
+    for j in range(k):
+        out += np.where(train & (folds == j), 0.0, per_fold[owner, j])
+    return out
+
+
+def earlier_sums(owner: np.ndarray, timestamps: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """float64 [N] sum of `values` over the owner's rows with a strictly earlier timestamp.
+
+    Prefix sums restart at each owner, so a value reaches no other owner's rows and no
+    row of its own owner at the same or an earlier timestamp, not even through rounding.
+    """
+    order = np.lexsort((timestamps, owner))
+    o, t, v = owner[order], timestamps[order], values[order]
+    n = len(o)
+    idx = np.arange(n)
+    new_owner = np.ones(n, dtype=bool)
+    new_owner[1:] = o[1:] != o[:-1]
+    new_time = new_owner.copy()
+    new_time[1:] |= t[1:] != t[:-1]
+    time_start = np.maximum.accumulate(np.where(new_time, idx, 0))
+    starts = np.append(np.nonzero(new_owner)[0], n)
+    sorted_out = np.empty(n)
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        prefix = np.concatenate([[0.0], np.cumsum(v[a:b])])
+        sorted_out[a:b] = prefix[time_start[a:b] - a]
+    out = np.empty(n)
+    out[order] = sorted_out
+    return out
+
+
+def rating_stats(
+    row_user: np.ndarray,
+    row_item: np.ndarray,
+    rating: np.ndarray,
+    label: np.ndarray,
+    timestamps: np.ndarray,
+    train: np.ndarray,
+    temporal: bool,
+    folds: np.ndarray,
+    k: int,
+    positive_min_rating: float,
+) -> dict[str, np.ndarray]:
+    """The six STAT_FEATURES, float32 [N] each (see the module docstring).
+
+    Args:
+        row_user, row_item: int64 [N] entity indices.
+        rating: float [N]; label: bool [N]; timestamps: int64 [N]; train: bool [N].
+        temporal: strictly-earlier sets (any split) instead of out-of-fold training sets.
+        folds: int64 [N] from `row_folds` (ignored when temporal); k: number of folds.
+        positive_min_rating: the label threshold t.
+    """
+    rating = np.asarray(rating, dtype=np.float64)
+    label = np.asarray(label, dtype=np.float64)
+    ones = np.ones(len(rating))
+    out: dict[str, np.ndarray] = {}
+    for name, owner in (("user", row_user), ("item", row_item)):
+        owner = np.asarray(owner, dtype=np.int64)
+        if temporal:
+            n, s, p = (earlier_sums(owner, timestamps, v) for v in (ones, rating, label))
+        else:
+            size = int(owner.max(initial=-1)) + 1
+            n, s, p = (
+                out_of_fold_sums(owner, v, train, folds, k, size) for v in (ones, rating, label)
+            )
+        n = np.rint(n)
+        has = n > 0
+        safe = np.where(has, n, 1.0)
+        out[f"{name}_hist_n"] = (np.log1p(n) / 5.0).astype(np.float32)
+        out[f"{name}_hist_rating"] = np.where(
+            has, s / safe - (positive_min_rating - 0.5), 0.0
+        ).astype(np.float32)
+        out[f"{name}_hist_pos"] = np.where(has, p / safe - 0.5, 0.0).astype(np.float32)
+    return out

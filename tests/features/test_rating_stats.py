@@ -1,0 +1,172 @@
+"""features/stats.py: the rating statistics against a slow loop, and their leakage rules.
+
+The perturbation tests build the tiny dataset twice through `dlrrec features build`
+with `rating_stats: true`, the second time with one training row's rating flipped, and
+compare every column of every row bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_features_leakage import by_pair, same_features
+from tiny_reviews import fails, with_review, write_raw
+
+from features.stats import STAT_FEATURES, earlier_sums, out_of_fold_sums, rating_stats, row_folds
+
+rows = st.integers(1, 40).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.integers(0, 3), min_size=n, max_size=n),  # users
+        st.lists(st.integers(0, 4), min_size=n, max_size=n),  # items
+        st.lists(st.integers(0, 5), min_size=n, max_size=n),  # timestamps (many ties)
+        st.lists(st.integers(1, 5), min_size=n, max_size=n),  # ratings
+        st.lists(st.booleans(), min_size=n, max_size=n),  # in train
+        st.lists(st.integers(0, 2), min_size=n, max_size=n),  # folds (k = 3)
+    )
+)
+
+
+def reference(user, item, ts, rating, train, folds, temporal, t=4.0) -> dict[str, list[float]]:
+    """One row at a time: the set it may read, then n, mean rating and positive share."""
+    out: dict[str, list[float]] = {name: [] for name in STAT_FEATURES}
+    for r in range(len(user)):
+        for name, owner in (("user", user), ("item", item)):
+            if temporal:
+                read = [s for s in range(len(user)) if owner[s] == owner[r] and ts[s] < ts[r]]
+            else:
+                read = [
+                    s
+                    for s in range(len(user))
+                    if owner[s] == owner[r] and train[s] and not (train[r] and folds[s] == folds[r])
+                ]
+            ratings = [rating[s] for s in read]
+            n = len(read)
+            out[f"{name}_hist_n"].append(np.log1p(n) / 5.0)
+            out[f"{name}_hist_rating"].append(np.mean(ratings) - (t - 0.5) if n else 0.0)
+            out[f"{name}_hist_pos"].append(np.mean([x >= t for x in ratings]) - 0.5 if n else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+@settings(max_examples=60, deadline=None)
+@given(rows)
+def test_rating_stats_match_a_loop(temporal: bool, data: tuple) -> None:
+    user, item, ts, rating, train, folds = (np.asarray(x) for x in data)
+    train = train.astype(bool)
+    got = rating_stats(user, item, rating, rating >= 4, ts, train, temporal, folds, 3, 4.0)
+    want = reference(user, item, ts, rating, train, folds, temporal)
+    assert set(got) == set(STAT_FEATURES)
+    for name in STAT_FEATURES:
+        assert got[name].dtype == np.float32
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_sums_never_see_the_rows_own_value_even_through_rounding() -> None:
+    """Fractional values whose float sums round: own value changed -> own sum bit-identical."""
+    rng = np.random.default_rng(0)
+    n = 500
+    owner, ts = rng.integers(0, 7, n), rng.integers(0, 50, n)
+    train, folds = rng.random(n) < 0.8, rng.integers(0, 5, n)
+    v = rng.random(n) * 1e3
+    r = int(np.nonzero(train)[0][0])
+    w = v.copy()
+    w[r] = 1e-7
+    assert (
+        out_of_fold_sums(owner, v, train, folds, 5, 7)[r]
+        == out_of_fold_sums(owner, w, train, folds, 5, 7)[r]
+    )
+    not_later = ~((owner == owner[r]) & (ts > ts[r]))
+    assert np.array_equal(
+        earlier_sums(owner, ts, v)[not_later], earlier_sums(owner, ts, w)[not_later]
+    )
+
+
+def test_row_folds_depend_on_identity_only() -> None:
+    a = row_folds(["u1", "u2", "u1"], ["i1", "i1", "i2"], np.array([5, 5, 6]), 5, 0)
+    assert (
+        a.tolist()
+        == row_folds(["u1", "u2", "u1"], ["i1", "i1", "i2"], np.array([5, 5, 6]), 5, 0).tolist()
+    )
+    assert ((a >= 0) & (a < 5)).all()
+    spread = row_folds([f"u{j}" for j in range(200)], ["i"] * 200, np.zeros(200, np.int64), 5, 0)
+    assert np.bincount(spread, minlength=5).min() > 20  # the hash spreads rows over folds
+
+
+@pytest.fixture(scope="module")
+def built_stats(build: Any, tiny_raw: Path) -> dict[str, dict[str, Any]]:
+    return {
+        "random": build(tiny_raw, split="random", seed=3, rating_stats=True, rating_stats_folds=3),
+        "temporal": build(tiny_raw, split="temporal", rating_stats=True),
+    }
+
+
+def test_stats_columns_are_dense_features(built_stats: dict[str, dict[str, Any]]) -> None:
+    for out in built_stats.values():
+        assert set(STAT_FEATURES) <= set(out["meta"]["dense_features"])
+        for split in ("train", "val", "test"):
+            for name in STAT_FEATURES:
+                col = out[split][name].to_numpy()
+                assert col.dtype == np.float32 and np.isfinite(col).all()
+        assert np.any(out["train"]["user_hist_n"].to_numpy() > 0)
+
+
+@pytest.mark.parametrize("split", ["random", "temporal"])
+@pytest.mark.parametrize("was_positive", [True, False])
+def test_own_rating_never_reaches_own_stats(
+    split: str,
+    was_positive: bool,
+    build: Any,
+    built_stats: dict[str, dict[str, Any]],
+    tiny_tables: dict[str, pa.Table],
+    tmp_path: Path,
+) -> None:
+    """Flip a training row's rating: its own row (and, temporal, every row of the same
+    user or item at the same or an earlier time) keeps every column bit-identical;
+    rows that may read it change, so the test can fail."""
+    base = built_stats[split]
+    config: dict[str, Any] = {"split": split, "rating_stats": True}
+    config.update({"seed": 3, "rating_stats_folds": 3} if split == "random" else {})
+    rows = by_pair(base)
+    users, items = base["users"]["user"].to_pylist(), base["items"]["item"].to_pylist()
+    inter = tiny_tables["interactions.parquet"].to_pylist()
+    key = next(
+        k
+        for k, r in rows.items()
+        if r["split"] == "train"
+        and (r["label"] == 1.0) == was_positive
+        and sum(s["user_id"] == k[0] and s["timestamp"] > r["timestamp"] for s in rows.values())
+        >= 2
+    )
+    row = next(
+        n for n, x in enumerate(inter) if (x["user"], x["item"]) == (users[key[0]], items[key[1]])
+    )
+    flipped = with_review(tiny_tables, row, 1.0 if was_positive else 5.0, "A review of my own.")
+    out = build(write_raw(tmp_path / "raw", flipped), **config)
+    after = by_pair(out)
+    assert after[key]["label"] != rows[key]["label"]
+    assert same_features(rows[key], after[key])
+    t0 = rows[key]["timestamp"]
+    for k, r in rows.items():
+        if split == "temporal" and (k[0] == key[0] or k[1] == key[1]) and r["timestamp"] <= t0:
+            assert same_features(r, after[k]), k
+        if split == "random" and r["split"] != "train" and k[0] != key[0] and k[1] != key[1]:
+            assert same_features(r, after[k]), k
+    changed = [k for k in rows if k != key and not same_features(rows[k], after[k])]
+    assert changed
+    assert all(k[0] == key[0] or k[1] == key[1] for k in changed)
+
+
+def test_rating_stats_folds_below_two_exits_2(
+    tiny_raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = fails(
+        [f"run_dir={tmp_path}", f"features.raw_dir={tiny_raw}", "features.rating_stats_folds=1"],
+        capsys,
+    )
+    assert "features.rating_stats_folds" in err
