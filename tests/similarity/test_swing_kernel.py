@@ -220,3 +220,22 @@ def test_backends_same_bits_on_a_power_law_graph() -> None:
     assert np.array_equal(a, a2[order]) and np.array_equal(n, n2[order])
     assert np.array_equal(s, s2[order]) and w == w2
     assert out["numba"][3] > 100_000
+
+
+@backends
+def test_overlaps_past_one_byte(backend: str) -> None:
+    # Overlaps past one byte: members here share up to 599 targets besides the anchor,
+    # others only a few, side by side in one anchor's triangle of counters (which must
+    # be reset between anchors: every anchor is scored in one block).
+    rng = np.random.default_rng(7)
+    items_of = {m: set(range(600)) for m in range(3)}  # 3 heavy members: overlap 599
+    items_of[3] = set(range(300, 600))  # overlaps 299 with the heavy ones
+    for m in range(4, 40):
+        items_of[m] = set(rng.choice(600, 5, replace=False).tolist())
+    items_of[40] = {0, 1}
+    users_of = transpose(items_of)
+    for graph, n_members, n_targets in ((items_of, 41, 600), (users_of, 600, 41)):
+        got, _ = kernel_scores(graph, n_members, n_targets, 5.0, 0.5, 0.3, backend=backend)
+        want = reference_swing(graph, 5.0, 0.5, 0.3)
+        assert got.keys() == want.keys()
+        assert all(got[k] == want[k] for k in want)  # bit for bit
