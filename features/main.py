@@ -208,6 +208,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         "user_id": row_user,
         "item_id": row_item,
         "label": label.astype(np.float32),
+        "rating": inter["rating"].to_numpy().astype(np.float32),
         "timestamp": timestamps,
         **sparse,
         **dense,

@@ -99,7 +99,9 @@ def content_vector(dim: int) -> pa.DataType:
 
 
 def examples_schema(dim: int, dense: Sequence[str] = DENSE_FEATURES) -> pa.Schema:
-    """One row per interaction; every column is a model input except `label`/`timestamp`.
+    """One row per interaction; every column is a model input except `label`, `rating`
+    (the raw rating `label` is cut from: a training target of the rating head, never an
+    input) and `timestamp`.
 
     `dense` names the float32 dense columns (DENSE_FEATURES, plus `price` and
     `has_price` when the dataset has prices); `_meta.json` lists them.
@@ -109,6 +111,7 @@ def examples_schema(dim: int, dense: Sequence[str] = DENSE_FEATURES) -> pa.Schem
             pa.field("user_id", pa.int64(), nullable=False),
             pa.field("item_id", pa.int64(), nullable=False),
             pa.field("label", pa.float32(), nullable=False),
+            pa.field("rating", pa.float32(), nullable=False),
             pa.field("timestamp", pa.int64(), nullable=False),
             pa.field("categories", pa.list_(pa.int64()), nullable=False),
             pa.field("occupation", pa.int64(), nullable=False),

@@ -21,6 +21,7 @@ EXAMPLE_COLUMNS = [
     ("user_id", pa.int64()),
     ("item_id", pa.int64()),
     ("label", pa.float32()),
+    ("rating", pa.float32()),
     ("timestamp", pa.int64()),
     ("categories", pa.list_(pa.int64())),
     ("occupation", pa.int64()),
@@ -128,6 +129,7 @@ def test_entity_indices_cover_every_entity(
             src = raw[(r["user"], r["item"])]
             assert r["timestamp"] == src["timestamp"]
             assert r["label"] == (1.0 if src["rating"] >= 4.0 else 0.0)
+            assert r["rating"] == src["rating"]  # kept as a training target (the rating head)
             seen.add((r["user"], r["item"]))
     assert seen == set(raw)
 
