@@ -71,6 +71,9 @@ class TrainConfig:
         id_dropout: cold-start ids (trainer/cold_start.py): > 0 gives the user_id and
             item_id tables one learned "cold" row; each training row's id is replaced by it
             with this probability, and ids absent from the training rows are scored with it.
+        rating_weight: weight of the rating head's loss (0 = off): an affine map of each
+            training row's logit regresses its standardised 1-5 rating (the label keeps
+            only rating >= 4); val/test ratings are never read.
     """
 
     run_dir: str
@@ -119,6 +122,7 @@ class TrainConfig:
     overwrite: bool = False
     variant: Literal["full", "dlrm_content", "dlrm", "biased_mf"] = "full"
     id_dropout: float = 0.0
+    rating_weight: float = 0.0
 
     @property
     def uses_content(self) -> bool:
@@ -145,6 +149,8 @@ class TrainConfig:
             raise ConfigError(f"train.dropout: must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ConfigError(f"train.id_dropout: must be in [0, 1), got {self.id_dropout}")
+        if not self.rating_weight >= 0:
+            raise ConfigError(f"train.rating_weight: must be >= 0, got {self.rating_weight}")
         if self.tau <= 0:
             raise ConfigError(f"train.tau: must be > 0, got {self.tau}")
         bad = [m for m in self.modalities if m not in MODALITIES]

@@ -52,6 +52,7 @@ class Batch(Pipelineable):
     content: torch.Tensor
     labels: torch.Tensor
     weights: torch.Tensor
+    ratings: torch.Tensor
     item_ids: torch.Tensor
     user_ids: torch.Tensor
     ii_pos: torch.Tensor
@@ -76,7 +77,7 @@ class Batch(Pipelineable):
 
     def _tensors(self) -> list[str]:
         return [
-            "dense", "content", "labels", "weights", "item_ids", "user_ids",
+            "dense", "content", "labels", "weights", "ratings", "item_ids", "user_ids",
             "ii_pos", "ii_pos_ids", "uu_anchor", "uu_pos", "uu_pos_ids",
             "ii_pos_q", "ii_neg", "ii_neg_ids", "ii_neg_q",
             "uu_pos_q", "uu_neg", "uu_neg_ids", "uu_neg_q",
@@ -114,6 +115,8 @@ class SplitArrays:
     single: dict[str, np.ndarray]  # name -> [n] int64
     multi: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (offsets [n+1], values)
     user_content: dict[str, np.ndarray]  # column -> [n, C] float16 (per-row, leakage-free)
+    # the training rows' 1-5 rating (the rating head's target); None for val/test: never read
+    rating: np.ndarray | None = None
 
 
 @dataclass
@@ -256,6 +259,11 @@ def read_split(root: Path, split: str, meta: dict[str, Any], content_cols: list[
         single=single,
         multi=multi,
         user_content={c: _fixed_list_to_numpy(table.column(c), f"{where}:{c}") for c in content_cols},
+        rating=(
+            table.column("rating").to_numpy().astype(np.float32)
+            if split == "train" and "rating" in names
+            else None
+        ),
     )
 
 
@@ -457,6 +465,9 @@ def make_batch(
         content=torch.from_numpy(content_arr.astype(np.float32)),
         labels=torch.from_numpy(split.label[rows]),
         weights=torch.from_numpy(valid.astype(np.float32)),
+        ratings=torch.from_numpy(
+            split.rating[rows] if split.rating is not None else np.zeros(rows.size, np.float32)
+        ),
         item_ids=torch.from_numpy(items),
         user_ids=torch.from_numpy(users),
         ii_pos=torch.from_numpy(ii_pos.astype(np.float32)),
@@ -524,7 +535,7 @@ def slice_batch(full: Batch, keys: list[str], offset: int, size: int) -> Batch:
     sl = slice(offset, offset + size)
     return Batch(
         dense=full.dense[sl], sparse=_slice_kjt(full.sparse, keys, sl), content=full.content[sl],
-        labels=full.labels[sl], weights=full.weights[sl], item_ids=full.item_ids[sl],
+        labels=full.labels[sl], weights=full.weights[sl], ratings=full.ratings[sl], item_ids=full.item_ids[sl],
         user_ids=full.user_ids[sl], ii_pos=full.ii_pos[sl], ii_pos_ids=full.ii_pos_ids[sl],
         uu_anchor=full.uu_anchor[sl], uu_pos=full.uu_pos[sl], uu_pos_ids=full.uu_pos_ids[sl],
         item_tower=full.item_tower, user_tower=full.user_tower,

@@ -275,3 +275,19 @@ def mixed_log_q(cand_q: torch.Tensor, n_batch: int, n_extra: int, uniform_p: flo
     n = n_batch + n_extra
     r = (n_batch * cand_q.double() + n_extra * uniform_p) / max(n, 1)
     return torch.log(r.clamp_min(1e-12)).to(cand_q.dtype)
+    r = (n_batch * cand_q.double() + n_extra * uniform_p) / max(n, 1)
+    return torch.log(r.clamp_min(1e-12)).to(cand_q.dtype)
+
+
+def rating_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The rating head's auxiliary loss: weighted mean squared error.
+
+    Args:
+        pred: [B] the head's output (an affine map of the row's logit).
+        target: [B] the row's rating, standardised with the training ratings' mean and std.
+        weights: [B] 1 for real rows, 0 for padding.
+
+    Returns:
+        sum(w * (pred - target)^2) / max(sum(w), 1), a scalar.
+    """
+    return (weights * (pred - target).pow(2)).sum() / weights.sum().clamp_min(1.0)

@@ -132,6 +132,24 @@ def plan_summary(plan: ShardingPlan) -> dict[str, dict[str, Any]]:
     return out
 
 
+def rating_head_args(cfg: TrainConfig, data: TrainingData) -> tuple[float, float, float]:
+    """(weight, mean, std) of the rating head over the training rows' ratings.
+
+    Raises:
+        DataError: `rating_weight > 0` but the examples have no `rating` column.
+    """
+    if cfg.rating_weight <= 0:
+        return 0.0, 0.0, 1.0
+    r = data.splits["train"].rating
+    if r is None:
+        raise DataError(
+            f"{Path(cfg.run_dir) / 'features' / 'examples' / 'train'}: no 'rating' column "
+            "(train.rating_weight > 0 needs features built after it was added)"
+        )
+    std = float(r.std())
+    return float(cfg.rating_weight), float(r.mean()), std if std > 0 else 1.0
+
+
 def build_model(
     cfg: TrainConfig,
     data: TrainingData,
@@ -167,7 +185,8 @@ def build_model(
     w_ii = cfg.w_item_item if cfg.uses_contrastive else 0.0
     w_uu = cfg.w_user_user if cfg.uses_contrastive else 0.0
     train_model = DLRRECTrain(
-        model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, build_infonce_options(cfg, data)
+        model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, build_infonce_options(cfg, data),
+        rating=rating_head_args(cfg, data),
     )
     opt_kwargs: dict[str, Any] = {"lr": cfg.sparse_lr}
     if cfg.sparse_weight_decay:
@@ -309,6 +328,7 @@ NOT_FINGERPRINTED = (
 NEWER_DEFAULTS = {
     "extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128, "mask_positive_set": False,
 }  # fmt: skip
+NEWER_DEFAULTS["rating_weight"] = 0.0
 
 
 def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:

@@ -22,7 +22,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.data import Batch
-from trainer.loss import InfoNCEOptions, info_nce
+from trainer.loss import InfoNCEOptions, info_nce, rating_loss
 
 # InfoNCE loops over row blocks by shape; keep it one opaque call when
 # TrainPipelineSparseDist fx-traces the forward to find the sharded modules.
@@ -345,8 +345,15 @@ class DLRRECTrain(nn.Module):
         tau: float,
         emb_l2: float = 0.0,
         nce: InfoNCEOptions | None = None,
+        rating: tuple[float, float, float] = (0.0, 0.0, 1.0),
     ) -> None:
         super().__init__()
+        # the rating head (trainer/loss.py rating_loss): (weight, train mean, train std)
+        self.rating_weight, self.rating_mean, self.rating_std = rating
+        if self.rating_weight > 0:
+            self.rating_head = nn.Linear(1, 1)
+            nn.init.ones_(self.rating_head.weight)
+            nn.init.zeros_(self.rating_head.bias)
         self.emb_l2 = emb_l2
         self.nce = nce or InfoNCEOptions()
         self.model = model
@@ -392,6 +399,11 @@ class DLRRECTrain(nn.Module):
                 (batch.uu_set_lengths, batch.uu_set_ids),
             )  # fmt: skip
         loss = rec + self.w_item_item * ii + self.w_user_user * uu
+        if self.rating_weight > 0:
+            # an affine map of the logit regresses the standardised rating of training rows
+            pred = self.rating_head(logits.unsqueeze(1)).squeeze(1)
+            target = (batch.ratings - self.rating_mean) / self.rating_std
+            loss = loss + self.rating_weight * rating_loss(pred, target, batch.weights)
         if self.emb_l2 > 0:
             sq = emb.pow(2).sum(dim=(1, 2))
             loss = loss + self.emb_l2 * (sq * batch.weights).sum() / batch.weights.sum().clamp_min(1.0)
