@@ -225,16 +225,19 @@ def auto_parts(total_work: float) -> int:
 def _graph(cfg: SwingConfig, pos: Positives) -> tuple[dict[str, Any], dict[str, int]]:
     """CSR both ways of the capped graph, member weights and cap counts."""
     code = swing.distinct_codes(pos.user, pos.item, pos.n_items)
-    u, i = swing.capped_codes(
-        code,
+    u, i = swing.capped_edges(
+        pos.user,
+        pos.item,
         pos.n_users,
         pos.n_items,
         cfg.min_user_items,
         cfg.max_user_items,
         cfg.max_users_per_item,
         cfg.seed,
+        code=code,
     )
-    ui_ptr, ui_idx = swing.csr_of_sorted(u, i, pos.n_users, pos.n_items)  # capped_codes sorts by (u, i)
+    # capped_edges returns the edges sorted by (u, i): that CSR needs no sort
+    ui_ptr, ui_idx = swing.csr_of_sorted(u, i, pos.n_users, pos.n_items)
     iu_ptr, iu_idx = swing.to_csr(i, u, pos.n_items, pos.n_users)
     g = {"ui_ptr": ui_ptr, "ui_idx": ui_idx, "iu_ptr": iu_ptr, "iu_idx": iu_idx}
     counts = {

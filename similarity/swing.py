@@ -95,6 +95,7 @@ def capped_edges(
     max_user_items: int,
     max_users_per_item: int,
     seed: int,
+    code: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (user, item) positives after SWING's caps, sorted by (user, item).
 
@@ -106,27 +107,14 @@ def capped_edges(
         max_users_per_item: an item with more remaining users keeps the ones with the
             smallest `sample_keys(seed, item, user)`.
         seed: sample seed.
+        code: `distinct_codes(user, item, n_items)` when the caller already has them
+            (the sort is the costliest step); `user` and `item` are then not read.
 
     Returns:
         (user, item): int64, shape (E',), sorted by user then item.
     """
-    return capped_codes(
-        distinct_codes(user, item, n_items),
-        n_users, n_items, min_user_items, max_user_items, max_users_per_item, seed,
-    )  # fmt: skip
-
-
-def capped_codes(
-    code: np.ndarray,
-    n_users: int,
-    n_items: int,
-    min_user_items: int,
-    max_user_items: int,
-    max_users_per_item: int,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`capped_edges` from `distinct_codes` already computed (the job needs their
-    count too, and the sort is the costliest step)."""
+    if code is None:
+        code = distinct_codes(user, item, n_items)
     u, i = code // n_items, code % n_items
     deg = np.bincount(u, minlength=n_users)
     keep = (deg[u] >= min_user_items) & (deg[u] <= max_user_items)
