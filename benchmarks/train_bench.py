@@ -71,6 +71,7 @@ sys.path.insert(0, str(REPO))
 from launch.config import load_config  # noqa: E402
 from trainer import main as trainer_main  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
+from trainer.content_tables import ArrayColumn, ContentTables, fill_content_tables  # noqa: E402
 from trainer.data import (  # noqa: E402
     Batch,
     Neighbors,
@@ -127,7 +128,7 @@ def large_table_data(
     return TrainingData(
         features_meta=meta, similarity_meta=None, splits={"train": split}, sparse_names=names,
         sparse_vocab={n: rows for n in names}, dense_names=list(meta["dense_features"]),
-        towers=[], entity_content={}, item_neighbors=None, user_neighbors=None,
+        towers=[], entity_columns={}, entity_tables=[], item_neighbors=None, user_neighbors=None,
     )  # fmt: skip
 
 
@@ -181,7 +182,8 @@ def ml100k_standin(n_rows: int, seed: int) -> TrainingData:
         features_meta=meta, similarity_meta=None, splits={"train": split},
         sparse_names=list(ML100K_SPARSE), sparse_vocab={n: v for n, (v, _) in ML100K_SPARSE.items()},
         dense_names=["year", "age"], towers=[("user", "user_text"), ("item", "item_text")],
-        entity_content={"user_text": vec["user"], "item_text": vec["item"]},
+        entity_columns={"user_text": ArrayColumn(vec["user"]), "item_text": ArrayColumn(vec["item"])},
+        entity_tables=["user_text", "item_text"],
         item_neighbors=neighbours(n_items), user_neighbors=neighbours(n_users),
     )  # fmt: skip
 
@@ -308,7 +310,7 @@ class Ours(Runner):
         """{table name: full weight} (1 rank: each table is one local shard)."""
         out = {}
         for key, value in self.dmp.state_dict().items():
-            if hasattr(value, "local_shards"):
+            if hasattr(value, "local_shards") and "content_tables." not in key:
                 shards = value.local_shards()
                 assert len(shards) == 1 and shards[0].tensor.shape == value.size(), key
                 out[key.split(".")[-2]] = shards[0].tensor
@@ -343,9 +345,16 @@ class Plain(Runner):
         # the trainer's InfoNCE options (chunking, logQ, extra negatives) where it has them
         nce = getattr(trainer_main, "build_infonce_options", None)
         extra = (nce(cfg, data),) if nce else ()
+        # the frozen entity vectors: the same FP16 tables, unsharded (nn.Embedding)
+        content = None
+        if data.entity_tables:
+            sizes = {c: data.entity_columns[c].n for c in data.entity_tables}
+            content = ContentTables(sizes, data.content_dim).requires_grad_(False)
+            fill_content_tables(content, {c: data.entity_columns[c] for c in sizes})
         self.model = DLRRECTrain(
-            model, 1.0, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, *extra
-        )
+            model, 1.0, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, *extra,
+            content_tables=content, tower_spec=data.tower_spec(),
+        )  # fmt: skip
         self.bag_params = list(model.sparse_arch.parameters())
         ids = {id(p) for p in self.bag_params}
         dense = [p for p in self.model.parameters() if id(p) not in ids]

@@ -1,7 +1,12 @@
 """Training data: the features/similarity artifacts in memory, and rank-sharded batches.
 
-Shape legend: B = local batch size, F = sparse features, T = towers (content
-vectors), C = content dim (384), Dd = dense features.
+Shape legend: B = local batch size, F = sparse features, R = towers whose vector is
+per row (user profiles, `row_content` item vectors), C = content dim (384), Dd = dense
+features, M = extra negatives.
+
+Entity vectors (the item tower's input and every InfoNCE vector) are not loaded here:
+the batch carries their ids (`Batch.entity`) and the model looks them up in frozen
+sharded tables (`trainer/content_tables.py`).
 
 Every rank sees the same seeded global permutation of the split each epoch and takes
 its own contiguous slice of each global batch, so 1 rank and N ranks walk the data in
@@ -25,6 +30,14 @@ from torchrec.streamable import Pipelineable
 
 from launch.artifacts import read_meta
 from launch.config import DataError
+from trainer.content_tables import (
+    EntityColumn,
+    ParquetColumn,
+    entity_kjt,
+    feature_key,
+    fixed_list_to_numpy,
+    slice_entity_kjt,
+)
 
 # Towers in a fixed order: (modality, entity, column)
 TOWER_COLUMNS = {
@@ -35,39 +48,38 @@ TOWER_COLUMNS = {
 
 @dataclass
 class Batch(Pipelineable):
-    """One local batch. Shapes: dense [B, Dd], content [B, T, C], the rest [B] or [B, C].
+    """One local batch. Shapes: dense [B, Dd], content [B, R, C] (the per-row tower
+    vectors), the rest [B] unless stated.
 
-    `ii_*` / `uu_*` are the item-item / user-user InfoNCE inputs: the anchor's SWING
-    positive (its content vector and id; id -1 and mask 0 when it has no neighbour)
-    and `*_pos_q`, the probability that one draw of the positive sampler gives that
-    entity (for logQ correction); `*_neg*` are M extra negatives drawn uniformly from
-    the catalogue, shared by every row of the global batch: content [M, C], ids [M]
-    and their positive-sampler probabilities [M] (M = 0 without mixed negatives).
+    `entity` is the KJT of entity-table lookups (`trainer.content_tables.entity_kjt`):
+    the rows' items (and users), the sampled positives and the extra negatives.
+    `ii_*` / `uu_*` are the item-item / user-user InfoNCE inputs: the id of the anchor's
+    SWING positive (-1 when it has no neighbour) and `*_pos_q`, the probability that one
+    draw of the positive sampler gives that entity (for logQ correction); `*_neg*` are
+    M extra negatives drawn uniformly from the catalogue, shared by every row of the
+    global batch: ids [M] and their positive-sampler probabilities [M] (M = 0 without
+    mixed negatives).
     `*_set_lengths` [B] / `*_set_ids` hold each anchor's whole SWING list as CSR rows
     (all lengths 0 unless positive-set masking is on).
     """
 
     dense: torch.Tensor
     sparse: KeyedJaggedTensor
+    entity: KeyedJaggedTensor
     content: torch.Tensor
     labels: torch.Tensor
     weights: torch.Tensor
     ratings: torch.Tensor
     item_ids: torch.Tensor
     user_ids: torch.Tensor
-    ii_pos: torch.Tensor
     ii_pos_ids: torch.Tensor
-    uu_anchor: torch.Tensor
-    uu_pos: torch.Tensor
     uu_pos_ids: torch.Tensor
     item_tower: int
     user_tower: int
     ii_pos_q: torch.Tensor
-    ii_neg: torch.Tensor
     ii_neg_ids: torch.Tensor
     ii_neg_q: torch.Tensor
     uu_pos_q: torch.Tensor
-    uu_neg: torch.Tensor
     uu_neg_ids: torch.Tensor
     uu_neg_q: torch.Tensor
     ii_set_lengths: torch.Tensor
@@ -78,9 +90,9 @@ class Batch(Pipelineable):
     def _tensors(self) -> list[str]:
         return [
             "dense", "content", "labels", "weights", "ratings", "item_ids", "user_ids",
-            "ii_pos", "ii_pos_ids", "uu_anchor", "uu_pos", "uu_pos_ids",
-            "ii_pos_q", "ii_neg", "ii_neg_ids", "ii_neg_q",
-            "uu_pos_q", "uu_neg", "uu_neg_ids", "uu_neg_q",
+            "ii_pos_ids", "uu_pos_ids",
+            "ii_pos_q", "ii_neg_ids", "ii_neg_q",
+            "uu_pos_q", "uu_neg_ids", "uu_neg_q",
             "ii_set_lengths", "ii_set_ids", "uu_set_lengths", "uu_set_ids",
         ]  # fmt: skip
 
@@ -90,16 +102,19 @@ class Batch(Pipelineable):
             for n in self._tensors()
         }
         kw["sparse"] = self.sparse.to(device=device, non_blocking=non_blocking)
+        kw["entity"] = self.entity.to(device=device, non_blocking=non_blocking)
         return Batch(**kw, item_tower=self.item_tower, user_tower=self.user_tower)
 
     def record_stream(self, stream: torch.Stream) -> None:
         for n in self._tensors():
             getattr(self, n).record_stream(stream)
         self.sparse.record_stream(stream)
+        self.entity.record_stream(stream)
 
     def pin_memory(self) -> Batch:
         kw: dict[str, Any] = {n: getattr(self, n).pin_memory() for n in self._tensors()}
         kw["sparse"] = self.sparse.pin_memory()
+        kw["entity"] = self.entity.pin_memory()
         return Batch(**kw, item_tower=self.item_tower, user_tower=self.user_tower)
 
 
@@ -180,7 +195,8 @@ class TrainingData:
     sparse_vocab: dict[str, int]
     dense_names: list[str]
     towers: list[tuple[str, str]]  # (entity, column)
-    entity_content: dict[str, np.ndarray]  # column -> [n_entities, C] float16
+    entity_columns: dict[str, EntityColumn]  # every tower column's vectors, read by row range
+    entity_tables: list[str]  # the columns the model looks up in frozen sharded tables
     item_neighbors: Neighbors | None
     user_neighbors: Neighbors | None
     _sampler_cache: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = field(
@@ -191,6 +207,14 @@ class TrainingData:
     def content_dim(self) -> int:
         return int(self.features_meta["content_dim"])
 
+    def per_row(self, col: str) -> bool:
+        """Whether tower column `col` is read per row from the examples (else from its table)."""
+        return col in self.splits["train"].user_content
+
+    def tower_spec(self) -> list[tuple[str, bool]]:
+        """(column, per row) of each tower, in tower order (what `DLRRECTrain` assembles)."""
+        return [(c, self.per_row(c)) for _, c in self.towers]
+
     def sampler_tables(self, entity: str, top1: bool) -> tuple[np.ndarray, np.ndarray]:
         """(q, catalogue) of `entity`'s InfoNCE: q [n] is the positive sampler's marginal
         (`Neighbors.marginal` over the train rows' anchors), catalogue the ids of the
@@ -199,25 +223,13 @@ class TrainingData:
         if key not in self._sampler_cache:
             nb = self.item_neighbors if entity == "item" else self.user_neighbors
             col = next(c for e, c in self.towers if e == entity)
-            content = self.entity_content[col]
+            has_content = self.entity_columns[col].has_content
             anchors = self.splits["train"].item_id if entity == "item" else self.splits["train"].user_id
-            n = content.shape[0]
+            n = has_content.size
             q = nb.marginal(np.bincount(anchors, minlength=n), top1) if nb is not None else np.zeros(n)
-            catalogue = np.flatnonzero(np.abs(content).max(axis=1) > 0)
+            catalogue = np.flatnonzero(has_content)
             self._sampler_cache[key] = (q, catalogue)
         return self._sampler_cache[key]
-
-
-def _fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, where: str) -> np.ndarray:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if not pa.types.is_fixed_size_list(arr.type):
-        raise DataError(f"{where}: expected a fixed-size list of floats, got {arr.type}")
-    width = arr.type.list_size
-    flat = arr.flatten().to_numpy(zero_copy_only=False)
-    out = flat.reshape(len(arr), width).astype(np.float16, copy=False)
-    if not np.isfinite(out).all():
-        raise DataError(f"{where}: NaN or inf in content vectors")
-    return out
 
 
 def read_split(root: Path, split: str, meta: dict[str, Any], content_cols: list[str]) -> SplitArrays:
@@ -258,7 +270,7 @@ def read_split(root: Path, split: str, meta: dict[str, Any], content_cols: list[
         dense=dense,
         single=single,
         multi=multi,
-        user_content={c: _fixed_list_to_numpy(table.column(c), f"{where}:{c}") for c in content_cols},
+        user_content={c: fixed_list_to_numpy(table.column(c), f"{where}:{c}") for c in content_cols},
         rating=(
             table.column("rating").to_numpy().astype(np.float32)
             if split == "train" and "rating" in names
@@ -316,21 +328,19 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
     # User vectors, and item vectors built from reviews (out of fold), are per row.
     user_cols = [c for e, c in towers if e == "user" or c in meta.get("row_content", ())]
     splits = {s: read_split(root, s, meta, user_cols) for s in ("train", "val", "test")}
-    entity_content: dict[str, np.ndarray] = {}
+    # Entity vectors are scanned (ids, values, which entities have one), not kept: the
+    # model reads each table shard's rows when it is built (trainer/content_tables.py).
+    entity_columns: dict[str, EntityColumn] = {}
     for entity in ("user", "item"):
         path = root / "entities" / f"{entity}s.parquet"
         if not path.is_file():
             raise DataError(f"{path}: missing; run `dlrrec features build` first")
-        cols = [c for e, c in towers if e == entity]
-        t = pq.read_table(path)
-        for c in cols:
-            if c not in t.column_names:
-                raise DataError(f"{path}: missing column {c!r}")
-            ids = t.column(f"{entity}_id").to_numpy()
-            vec = _fixed_list_to_numpy(t.column(c), f"{path}:{c}")
-            full = np.zeros((int(meta[f"n_{entity}s"]), vec.shape[1]), np.float16)
-            full[ids] = vec
-            entity_content[c] = full
+        for c in [c for e, c in towers if e == entity]:
+            n = int(meta[f"n_{entity}s"])
+            entity_columns[c] = ParquetColumn.scan(path, entity, c, n, int(meta["content_dim"]))
+    # tables: towers whose vector is not per row, and each entity's InfoNCE column
+    first = {e: next((c for x, c in towers if x == e), None) for e in ("user", "item")}
+    entity_tables = [c for e, c in towers if c not in user_cols or (contrastive and c == first[e])]
     sim_meta = None
     item_nb = user_nb = None
     if contrastive:
@@ -347,7 +357,8 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
         sparse_vocab={n: int(s["vocab_size"]) for n, s in meta["sparse_features"].items()},
         dense_names=list(meta["dense_features"]),
         towers=towers,
-        entity_content=entity_content,
+        entity_columns=entity_columns,
+        entity_tables=entity_tables,
         item_neighbors=item_nb,
         user_neighbors=user_nb,
     )
@@ -405,50 +416,43 @@ def make_batch(
     )
     users = split.user_id[rows]
     items = split.item_id[rows]
-    content = []
-    user_tower = item_tower = -1
-    for t, (entity, col) in enumerate(data.towers):
-        if entity == "user":
-            content.append(split.user_content[col][rows])
-            user_tower = t if user_tower < 0 else user_tower
-        elif col in split.user_content:  # per-row item vector (features `row_content`)
-            content.append(split.user_content[col][rows])
-            item_tower = t if item_tower < 0 else item_tower
-        else:
-            content.append(data.entity_content[col][items])
-            item_tower = t if item_tower < 0 else item_tower
+    # per-row tower vectors; the others are looked up by id in the model's tables
+    content = [split.user_content[col][rows] for _, col in data.towers if data.per_row(col)]
+    item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
+    user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
+    lookups: dict[str, np.ndarray] = {}
+    entity_of = {c: e for e, c in data.towers}
+    for col in data.entity_tables:
+        if not data.per_row(col):  # a tower input: the row's own entity
+            lookups[feature_key(col, "row")] = items if entity_of[col] == "item" else users
     c_dim = data.content_dim
     b = rows.size
-    zeros = np.zeros((b, c_dim), np.float16)
     ii_pos_ids = np.full(b, -1, np.int64)
     uu_pos_ids = np.full(b, -1, np.int64)
-    ii_pos = uu_anchor = uu_pos = zeros
     if data.item_neighbors is not None and item_tower >= 0:
         ii_pos_ids = data.item_neighbors.sample(items, rng, top1)
-        col = data.towers[item_tower][1]
-        ii_pos = data.entity_content[col][np.maximum(ii_pos_ids, 0)]
+        lookups[feature_key(data.towers[item_tower][1], "pos")] = np.maximum(ii_pos_ids, 0)
     if data.user_neighbors is not None and user_tower >= 0:
         uu_pos_ids = data.user_neighbors.sample(users, rng, top1)
         col = data.towers[user_tower][1]
-        uu_anchor = data.entity_content[col][users]
-        uu_pos = data.entity_content[col][np.maximum(uu_pos_ids, 0)]
+        lookups[feature_key(col, "row")] = users  # the anchor: the user's full train profile
+        lookups[feature_key(col, "pos")] = np.maximum(uu_pos_ids, 0)
     ii_pos_ids = np.where(valid, ii_pos_ids, -1)
     uu_pos_ids = np.where(valid, uu_pos_ids, -1)
-    neg: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    neg: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for entity, tower, nbs, pos_ids in (
         ("item", item_tower, data.item_neighbors, ii_pos_ids),
         ("user", user_tower, data.user_neighbors, uu_pos_ids),
     ):
-        pos_q, neg_ids = np.zeros(b), np.zeros(0, np.int64)
-        neg_vec, neg_q = np.zeros((0, c_dim), np.float16), np.zeros(0)
+        pos_q, neg_ids, neg_q = np.zeros(b), np.zeros(0, np.int64), np.zeros(0)
         if nbs is not None and tower >= 0:
             q, catalogue = data.sampler_tables(entity, top1)
             pos_q = np.where(pos_ids >= 0, q[np.maximum(pos_ids, 0)], 0.0)
             if extra_negatives > 0 and catalogue.size:
                 neg_ids = catalogue[rng.integers(0, catalogue.size, extra_negatives)]
-                neg_vec = data.entity_content[data.towers[tower][1]][neg_ids]
                 neg_q = q[neg_ids]
-        neg[entity] = (pos_q, neg_vec, neg_ids, neg_q)
+                lookups[feature_key(data.towers[tower][1], "neg")] = neg_ids
+        neg[entity] = (pos_q, neg_ids, neg_q)
     sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for entity, tower, nbs, anchors in (
         ("item", item_tower, data.item_neighbors, items),
@@ -462,6 +466,7 @@ def make_batch(
     return Batch(
         dense=torch.from_numpy(split.dense[rows]),
         sparse=kjt,
+        entity=entity_kjt(data.entity_tables, lookups, b),
         content=torch.from_numpy(content_arr.astype(np.float32)),
         labels=torch.from_numpy(split.label[rows]),
         weights=torch.from_numpy(valid.astype(np.float32)),
@@ -470,17 +475,14 @@ def make_batch(
         ),
         item_ids=torch.from_numpy(items),
         user_ids=torch.from_numpy(users),
-        ii_pos=torch.from_numpy(ii_pos.astype(np.float32)),
         ii_pos_ids=torch.from_numpy(ii_pos_ids),
-        uu_anchor=torch.from_numpy(uu_anchor.astype(np.float32)),
-        uu_pos=torch.from_numpy(uu_pos.astype(np.float32)),
         uu_pos_ids=torch.from_numpy(uu_pos_ids),
         item_tower=item_tower,
         user_tower=user_tower,
         **{
             f"{p}_{name}": torch.from_numpy(arr.astype(dtype))
             for p, entity in (("ii", "item"), ("uu", "user"))
-            for name, arr, dtype in zip(("pos_q", "neg", "neg_ids", "neg_q"), neg[entity], _NEG_DTYPES)
+            for name, arr, dtype in zip(("pos_q", "neg_ids", "neg_q"), neg[entity], _NEG_DTYPES)
         },
         **{
             f"{p}_set_{name}": torch.from_numpy(arr.astype(np.int64))
@@ -490,7 +492,7 @@ def make_batch(
     )
 
 
-_NEG_DTYPES = (np.float32, np.float32, np.int64, np.float32)
+_NEG_DTYPES = (np.float32, np.int64, np.float32)
 
 
 def epoch_steps(n_rows: int, global_batch: int, max_steps: int = 0) -> int:
@@ -534,15 +536,15 @@ def slice_batch(full: Batch, keys: list[str], offset: int, size: int) -> Batch:
     """Rows [offset, offset + size) of a batch."""
     sl = slice(offset, offset + size)
     return Batch(
-        dense=full.dense[sl], sparse=_slice_kjt(full.sparse, keys, sl), content=full.content[sl],
+        dense=full.dense[sl], sparse=_slice_kjt(full.sparse, keys, sl),
+        entity=slice_entity_kjt(full.entity, sl), content=full.content[sl],
         labels=full.labels[sl], weights=full.weights[sl], ratings=full.ratings[sl], item_ids=full.item_ids[sl],
-        user_ids=full.user_ids[sl], ii_pos=full.ii_pos[sl], ii_pos_ids=full.ii_pos_ids[sl],
-        uu_anchor=full.uu_anchor[sl], uu_pos=full.uu_pos[sl], uu_pos_ids=full.uu_pos_ids[sl],
+        user_ids=full.user_ids[sl], ii_pos_ids=full.ii_pos_ids[sl], uu_pos_ids=full.uu_pos_ids[sl],
         item_tower=full.item_tower, user_tower=full.user_tower,
         ii_pos_q=full.ii_pos_q[sl], uu_pos_q=full.uu_pos_q[sl],
         # the extra negatives are shared by the whole global batch: every rank keeps them all
-        ii_neg=full.ii_neg, ii_neg_ids=full.ii_neg_ids, ii_neg_q=full.ii_neg_q,
-        uu_neg=full.uu_neg, uu_neg_ids=full.uu_neg_ids, uu_neg_q=full.uu_neg_q,
+        ii_neg_ids=full.ii_neg_ids, ii_neg_q=full.ii_neg_q,
+        uu_neg_ids=full.uu_neg_ids, uu_neg_q=full.uu_neg_q,
         **_slice_csr("ii_set", full.ii_set_lengths, full.ii_set_ids, sl),
         **_slice_csr("uu_set", full.uu_set_lengths, full.uu_set_ids, sl),
     )  # fmt: skip

@@ -55,6 +55,7 @@ from trainer.checkpoint import (
 )
 from trainer.cold_start import ColdIds, build_cold_ids
 from trainer.config import TrainConfig, parse_selection_metric
+from trainer.content_tables import ContentTables, fill_content_tables, table_constraints
 from trainer.data import TrainingData, epoch_steps, eval_batches, read_training_data, train_batches
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
 from trainer.loss import InfoNCEOptions
@@ -175,19 +176,25 @@ def build_model(
     )
     if cfg.projection == "two_step" and isinstance(model, DLRREC) and data.towers:
         # V0: towers fitted as autoencoders on the entity vectors, then frozen
-        tables = []
-        for _, col in data.towers:
-            x = data.entity_content[col].astype(np.float32)
-            tables.append(x[np.abs(x).sum(1) > 0])  # entities with no content are not data
-        pretrain_towers_autoencoder(model.projection_arch, tables, cfg.pretrain_epochs, 1e-3, cfg.seed)
+        vectors = []
+        for _, col in data.towers:  # every rank fits the same towers on all entity vectors
+            entities = data.entity_columns[col]
+            x = entities.read_rows(0, entities.n).astype(np.float32)
+            vectors.append(x[np.abs(x).sum(1) > 0])  # entities with no content are not data
+        pretrain_towers_autoencoder(model.projection_arch, vectors, cfg.pretrain_epochs, 1e-3, cfg.seed)
     item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
     user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
     w_ii = cfg.w_item_item if cfg.uses_contrastive else 0.0
     w_uu = cfg.w_user_user if cfg.uses_contrastive else 0.0
+    content_tables = None
+    if isinstance(model, DLRREC) and data.entity_tables:
+        sizes = {c: data.entity_columns[c].n for c in data.entity_tables}
+        content_tables = ContentTables(sizes, data.content_dim, torch.device("meta"))
     train_model = DLRRECTrain(
         model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, build_infonce_options(cfg, data),
+        content_tables, data.tower_spec(),
         rating=rating_head_args(cfg, data),
-    )
+    )  # fmt: skip
     opt_kwargs: dict[str, Any] = {"lr": cfg.sparse_lr}
     if cfg.sparse_weight_decay:
         # fbgemm applies weight_decay only with an explicit mode (L2 = added to the gradient)
@@ -203,6 +210,7 @@ def build_model(
     # Shard, don't replicate: the point of the sparse arch is tables too big for one
     # host, so data_parallel is excluded even for the small MovieLens tables.
     constraints = {t.name: ParameterConstraints(sharding_types=["table_wise", "row_wise"]) for t in tables}
+    constraints.update(table_constraints(data.entity_tables))  # frozen entity vectors: row-wise
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=env.world_size, compute_device=env.device.type),
         constraints=constraints,
@@ -211,6 +219,7 @@ def build_model(
     assert pg is not None
     plan = planner.collective_plan(train_model, None, pg)
     dmp = DistributedModelParallel(module=train_model, device=env.device, plan=plan)
+    fill_content_tables(dmp, data.entity_columns)  # each rank reads its own shard's rows
     # frozen (V0 two_step) towers are left out of the dense optimizer
     trainable = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if v.requires_grad}
     dense = KeyedOptimizerWrapper(

@@ -8,8 +8,11 @@ C = content dim (384), Dd = dense features.
     content [B, T, C] --ProjectionArch (one batched op)--> [B, T, D]
 
 `DLRRECTrain` adds the loss: weighted BCE + w1 InfoNCE(item-item) + w2 InfoNCE(user-user)
-and returns what `TrainPipelineSparseDist` consumes. The baselines reuse it: a plain DLRM
-is `DLRREC` with no towers, and `BiasedMF` is p_u . q_i + b_u + b_i + g over the id tables.
+and returns what `TrainPipelineSparseDist` consumes. It also holds the frozen entity-vector
+tables (`trainer/content_tables.py`): towers whose vector is not per row, and every InfoNCE
+vector, are looked up there by id, and `content` is assembled in tower order. The baselines
+reuse it: a plain DLRM is `DLRREC` with no towers, and `BiasedMF` is p_u . q_i + b_u + b_i + g
+over the id tables.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from trainer.content_tables import ContentTables, feature_key
 from trainer.data import Batch
 from trainer.loss import InfoNCEOptions, info_nce, rating_loss
 
@@ -325,6 +329,9 @@ class DLRRECTrain(nn.Module):
         tau: InfoNCE temperature.
         emb_l2: L2 penalty on the batch's pooled embeddings (works with any fused optimizer).
         nce: logQ correction, extra-negative catalogue sizes and chunking of InfoNCE.
+        content_tables: the frozen entity-vector tables (None when no tower needs one).
+        tower_spec: (column, per row) of each tower (`TrainingData.tower_spec`): per-row
+            vectors come from `batch.content` in order, the others from `content_tables`.
 
     Returns (forward): `(loss, (loss, logits, labels, weights, parts))`, all detached but
     the first; `parts` is [3] = (rec, item_item, user_user).
@@ -345,6 +352,8 @@ class DLRRECTrain(nn.Module):
         tau: float,
         emb_l2: float = 0.0,
         nce: InfoNCEOptions | None = None,
+        content_tables: ContentTables | None = None,
+        tower_spec: list[tuple[str, bool]] | None = None,
         rating: tuple[float, float, float] = (0.0, 0.0, 1.0),
     ) -> None:
         super().__init__()
@@ -354,6 +363,9 @@ class DLRRECTrain(nn.Module):
             self.rating_head = nn.Linear(1, 1)
             nn.init.ones_(self.rating_head.weight)
             nn.init.zeros_(self.rating_head.bias)
+        self.tower_spec = list(tower_spec or [])
+        if content_tables is None and any(not per_row for _, per_row in self.tower_spec):
+            raise ValueError("towers read from entity tables need content_tables")
         self.emb_l2 = emb_l2
         self.nce = nce or InfoNCEOptions()
         self.model = model
@@ -363,11 +375,21 @@ class DLRRECTrain(nn.Module):
         self.w_item_item = w_item_item
         self.w_user_user = w_user_user
         self.tau = tau
+        # registered last: sharding materialises (randomly initialises) tables in module
+        # order, so the id tables draw the same initial weights as without content tables
+        self.content_tables = content_tables
 
     def forward(
         self, batch: Batch
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        logits, emb = self.model(batch.dense, batch.sparse, batch.content)
+        vec = self.content_tables(batch.entity) if self.content_tables is not None else {}
+        return self.loss(batch, self.tower_input(batch.content, vec), vec)
+
+    def loss(
+        self, batch: Batch, content: torch.Tensor, vec: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The forward given the towers' input [B, T, C] and the looked-up entity vectors."""
+        logits, emb = self.model(batch.dense, batch.sparse, content)
         w = batch.weights * torch.where(batch.labels > 0.5, self.pos_weight, 1.0)
         bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
         rec = (bce * w).sum() / batch.weights.sum().clamp_min(1.0)
@@ -376,9 +398,10 @@ class DLRRECTrain(nn.Module):
         if self.w_item_item > 0 and self.item_tower >= 0:
             assert isinstance(self.model, DLRREC)
             towers = self.model.projection_arch
-            anchor = towers.project_one(self.item_tower, batch.content[:, self.item_tower])
-            pos = towers.project_one(self.item_tower, batch.ii_pos)
-            neg = towers.project_one(self.item_tower, batch.ii_neg)
+            col = self.tower_spec[self.item_tower][0]
+            anchor = towers.project_one(self.item_tower, content[:, self.item_tower])
+            pos = towers.project_one(self.item_tower, vec[feature_key(col, "pos")])
+            neg = towers.project_one(self.item_tower, vec[feature_key(col, "neg")])
             q = torch.cat([batch.ii_pos_q, batch.ii_neg_q]) if self.nce.log_q else None
             ii = info_nce(
                 anchor, pos, batch.item_ids, batch.ii_pos_ids, self.tau,
@@ -389,9 +412,10 @@ class DLRRECTrain(nn.Module):
             assert isinstance(self.model, DLRREC)
             towers = self.model.projection_arch
             # anchors use the full train profile (the entity table), as positives do
-            anchor = towers.project_one(self.user_tower, batch.uu_anchor)
-            pos = towers.project_one(self.user_tower, batch.uu_pos)
-            neg = towers.project_one(self.user_tower, batch.uu_neg)
+            col = self.tower_spec[self.user_tower][0]
+            anchor = towers.project_one(self.user_tower, vec[feature_key(col, "row")])
+            pos = towers.project_one(self.user_tower, vec[feature_key(col, "pos")])
+            neg = towers.project_one(self.user_tower, vec[feature_key(col, "neg")])
             q = torch.cat([batch.uu_pos_q, batch.uu_neg_q]) if self.nce.log_q else None
             uu = info_nce(
                 anchor, pos, batch.user_ids, batch.uu_pos_ids, self.tau,
@@ -409,3 +433,13 @@ class DLRRECTrain(nn.Module):
             loss = loss + self.emb_l2 * (sq * batch.weights).sum() / batch.weights.sum().clamp_min(1.0)
         parts = torch.stack([rec.detach(), ii.detach(), uu.detach()])
         return loss, (loss.detach(), logits.detach(), batch.labels, batch.weights, parts)
+
+    def tower_input(self, per_row: torch.Tensor, vec: dict[str, torch.Tensor]) -> torch.Tensor:
+        """per_row [B, R, C] and the looked-up vectors -> the towers' input [B, T, C]."""
+        if all(p for _, p in self.tower_spec):
+            return per_row
+        parts, r = [], 0
+        for col, is_row in self.tower_spec:
+            parts.append(per_row[:, r] if is_row else vec[feature_key(col, "row")])
+            r += int(is_row)
+        return torch.stack(parts, dim=1)

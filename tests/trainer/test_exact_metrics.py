@@ -20,10 +20,15 @@ SPLITS = ("val", "test")
 
 class RowScorer(nn.Module):
     """Logit from elementwise ops on one row's own inputs (no batch-size-dependent kernels);
-    rounded to create many tied scores."""
+    rounded to create many tied scores. `items`: the item vectors [n_items, C] (the model
+    looks them up in its sharded tables; this scorer has them in memory)."""
+
+    def __init__(self, items: torch.Tensor) -> None:
+        super().__init__()
+        self.items = items
 
     def forward(self, batch):  # noqa: ANN001 - a Batch, as DLRRECTrain gets
-        u, i = batch.content[:, 0], batch.content[:, 1]  # user profile, item vector
+        u, i = batch.content[:, 0], self.items[batch.item_ids]  # user profile, item vector
         # the planted preference lives in the first 4 content dims (tests/trainer/synthetic.py)
         x = 40.0 * (u[:, 0] * i[:, 0] + u[:, 1] * i[:, 1] + u[:, 2] * i[:, 2] + u[:, 3] * i[:, 3])
         x = x + 0.1 * batch.dense[:, 0] + 0.01 * (batch.user_ids % 7).to(x.dtype)
@@ -47,7 +52,8 @@ def _metrics(rank: int, run_dir: str) -> dict:
         # The splits' row counts are not multiples of 128, so padding is still exercised.
         cfg = TrainConfig(run_dir=run_dir, eval_batch_size=128)
         out = {}
-        scorer = RowScorer()
+        items = data.entity_columns["item_text"]
+        scorer = RowScorer(torch.from_numpy(items.read_rows(0, items.n)).float())
         v_labels, v_probs = evaluate(scorer, data, "val", cfg, env)  # type: ignore[arg-type]
         threshold = best_accuracy_threshold(v_labels, v_probs)
         for split in SPLITS:

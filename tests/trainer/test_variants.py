@@ -75,12 +75,13 @@ def _train(run_dir: Path, **overrides: object) -> dict:
 
 
 ALL_TABLES = {"t_user_id", "t_item_id", "t_categories", "t_gender"}
-# (variant, tables in the plan, InfoNCE on, content towers on)
+# (variant, tables in the plan, InfoNCE on, content towers on); the frozen entity-vector
+# tables: item vectors for the item tower, user profiles only for the user-user InfoNCE
 VARIANTS = [
     ("biased_mf", {"t_user_id", "t_item_id"}, False, False),
     ("dlrm", ALL_TABLES, False, False),
-    ("dlrm_content", ALL_TABLES, False, True),
-    ("full", ALL_TABLES, True, True),
+    ("dlrm_content", ALL_TABLES | {"content_item_text"}, False, True),
+    ("full", ALL_TABLES | {"content_item_text", "content_user_text"}, True, True),
 ]
 
 
