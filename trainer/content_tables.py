@@ -24,6 +24,7 @@ row groups in batches (`ParquetColumn.read_rows`), never the whole column.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,13 @@ def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, where: str) -> np.ndarr
     return out
 
 
+def _batches(pf: pq.ParquetFile, groups: list[int], columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Record batches of `groups`, one row group at a time (one `iter_batches` call over
+    many row groups may buffer them all at once)."""
+    for g in groups:
+        yield from pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[g], columns=columns)
+
+
 @dataclass
 class ParquetColumn:
     """One entity content column of `features/entities/*.parquet`, read by row ranges.
@@ -93,7 +101,7 @@ class ParquetColumn:
             if c not in pf.schema_arrow.names:
                 raise DataError(f"{path}: missing column {c!r}")
         has = np.zeros(n, bool)
-        for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=[id_col, col]):
+        for rb in _batches(pf, list(range(pf.num_row_groups)), [id_col, col]):
             ids = rb.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
             vec = fixed_list_to_numpy(rb.column(1), f"{path}:{col}")
             if vec.shape[1] != dim:
@@ -107,12 +115,16 @@ class ParquetColumn:
             has[ids] = np.abs(vec).max(axis=1) > 0
         return cls(path, id_col, col, n, dim, has)
 
-    def read_rows(self, lo: int, hi: int) -> np.ndarray:
+    def read_rows(self, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
         """Vectors of entities [lo, hi) as float16 [hi - lo, C] (zeros where absent).
 
-        Only row groups whose id statistics overlap [lo, hi) are read, in batches.
+        Only row groups whose id statistics overlap [lo, hi) are read, in batches;
+        `out` (float16 [hi - lo, C]) is filled in place when given (no second copy).
         """
-        out = np.zeros((max(hi - lo, 0), self.dim), np.float16)
+        if out is None:
+            out = np.zeros((max(hi - lo, 0), self.dim), np.float16)
+        else:
+            out[:] = 0
         pf = pq.ParquetFile(self.path)
         k = pf.schema_arrow.names.index(self.id_col)
         groups = []
@@ -122,9 +134,7 @@ class ParquetColumn:
                 groups.append(g)
         if not groups or hi <= lo:
             return out
-        for rb in pf.iter_batches(
-            batch_size=READ_BATCH_ROWS, row_groups=groups, columns=[self.id_col, self.col]
-        ):
+        for rb in _batches(pf, groups, [self.id_col, self.col]):
             ids = rb.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
             keep = (ids >= lo) & (ids < hi)
             if keep.any():
@@ -149,8 +159,11 @@ class ArrayColumn:
     def has_content(self) -> np.ndarray:
         return np.abs(self.values).max(axis=1) > 0
 
-    def read_rows(self, lo: int, hi: int) -> np.ndarray:
-        return self.values[lo:hi].astype(np.float16)
+    def read_rows(self, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return self.values[lo:hi].astype(np.float16)
+        out[:] = self.values[lo:hi]
+        return out
 
 
 EntityColumn = ParquetColumn | ArrayColumn
@@ -229,9 +242,11 @@ def fill_content_tables(module: nn.Module, columns: dict[str, EntityColumn]) -> 
     with torch.no_grad():
         for col, shards in local_shards(module).items():
             for first, weight in shards:
-                if weight.numel():
-                    rows = columns[col].read_rows(first, first + weight.shape[0])
-                    weight.copy_(torch.from_numpy(rows))
+                if weight.numel() and weight.device.type == "cpu" and weight.is_contiguous():
+                    # straight into the shard: no second host copy of its rows
+                    columns[col].read_rows(first, first + weight.shape[0], out=weight.detach().numpy())
+                elif weight.numel():
+                    weight.copy_(torch.from_numpy(columns[col].read_rows(first, first + weight.shape[0])))
                 total += weight.numel() * weight.element_size()
     return total
 
