@@ -164,10 +164,11 @@ def ml100k_standin(n_rows: int, seed: int) -> TrainingData:
         cum = np.repeat(np.arange(n), k) + np.tile((np.arange(k) + 1.0) / k, n)
         return Neighbors(offsets=offsets, ids=rng.integers(0, n, n * k), cum_probs=cum)
 
+    rating = rng.integers(1, 6, n_rows).astype(np.float32)  # 1-5 stars, label = rating >= 4
     split = SplitArrays(
-        n=n_rows, user_id=users, item_id=items, label=(rng.random(n_rows) < 0.55).astype(np.float32),
+        n=n_rows, user_id=users, item_id=items, label=(rating >= 4).astype(np.float32),
         dense=rng.normal(size=(n_rows, 2)).astype(np.float32), single=single, multi=multi,
-        user_content={"user_text": vec["user"][users]},
+        user_content={"user_text": vec["user"][users]}, rating=rating,
     )  # fmt: skip
     meta = {
         "dataset": "movielens-100k (synthetic stand-in)",
@@ -354,6 +355,7 @@ class Plain(Runner):
         self.model = DLRRECTrain(
             model, 1.0, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, *extra,
             content_tables=content, tower_spec=data.tower_spec(),
+            rating=trainer_main.rating_head_args(cfg, data),
         )  # fmt: skip
         self.bag_params = list(model.sparse_arch.parameters())
         ids = {id(p) for p in self.bag_params}
