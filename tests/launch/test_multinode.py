@@ -71,9 +71,13 @@ def test_two_torchrun_agents_train_one_sharded_model(tmp_path: Path):
     assert report["world_size"] == 2, report["world_size"]
     assert report["backend"] == "gloo"
     plan = report["sharding_plan"]
-    assert set(plan) == {"t_user_id", "t_item_id", "t_categories", "t_gender"}
-    # every table lives on exactly one of the two agents' workers, and both hold some
-    assert {r for p in plan.values() for r in p["ranks"]} == {0, 1}, plan
+    ids = {"t_user_id", "t_item_id", "t_categories", "t_gender"}
+    assert set(plan) == ids | {"content_user_text", "content_item_text"}, plan
+    # every id table lives on exactly one of the two agents' workers, and both hold some;
+    # the frozen entity vectors are split row-wise over both
+    assert {r for t in ids for r in plan[t]["ranks"]} == {0, 1}, plan
+    for t in ("content_user_text", "content_item_text"):
+        assert plan[t]["sharding_type"] == "row_wise" and plan[t]["ranks"] == [0, 1], plan
     assert report["best_epoch"] in (0, 1)
     assert report["test"]["auc"] > 0.7, report["test"]
     epochs = [
