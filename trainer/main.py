@@ -334,10 +334,10 @@ NOT_FINGERPRINTED = (
 )  # fmt: skip
 # keys newer than their runs: left out of the fingerprint at their defaults so those
 # runs keep their fingerprints (the chunked InfoNCE equals the one-piece one)
-NEWER_DEFAULTS = {
+NEWER_DEFAULTS: dict[str, object] = {
     "extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128, "mask_positive_set": False,
+    "rating_weight": 0.0,
 }  # fmt: skip
-NEWER_DEFAULTS["rating_weight"] = 0.0
 
 
 def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
