@@ -28,6 +28,26 @@ def by_pair(out: dict[str, Any]) -> dict[tuple[int, int], dict[str, Any]]:
     return rows
 
 
+def rebuild_with_own_review(
+    build: Any,
+    base: dict[str, Any],
+    tables: dict[str, pa.Table],
+    key: tuple[int, int],
+    was_positive: bool,
+    tmp_path: Path,
+    config: dict[str, Any],
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """Rebuild with the (user, item) row `key` of `base` given the opposite label (rating
+    1 or 5) and a text of its own; the rebuilt rows by pair."""
+    users, items = base["users"]["user"].to_pylist(), base["items"]["item"].to_pylist()
+    inter = tables["interactions.parquet"].to_pylist()
+    row = next(
+        n for n, x in enumerate(inter) if (x["user"], x["item"]) == (users[key[0]], items[key[1]])
+    )
+    flipped = with_review(tables, row, 1.0 if was_positive else 5.0, "A review of my own.")
+    return by_pair(build(write_raw(tmp_path / "raw", flipped), **config))
+
+
 def same_features(a: dict[str, Any], b: dict[str, Any]) -> bool:
     for key in a:
         if key in ("label", "rating"):  # the row's own targets
@@ -90,9 +110,6 @@ def test_changing_own_rating_and_text_leaves_row_features_unchanged(
     base = built_random if split == "random" else built_temporal
     config = {"split": "random", "seed": 3} if split == "random" else {"split": "temporal"}
     rows = by_pair(base)
-    users = base["users"]["user"].to_pylist()
-    items = base["items"]["item"].to_pylist()
-    inter = tiny_tables["interactions.parquet"].to_pylist()
 
     def later_same_user(key: tuple[int, int]) -> list[tuple[int, int]]:
         r = rows[key]
@@ -111,12 +128,7 @@ def test_changing_own_rating_and_text_leaves_row_features_unchanged(
         )
     ]
     key = candidates[0]
-    row = next(
-        n for n, x in enumerate(inter) if (x["user"], x["item"]) == (users[key[0]], items[key[1]])
-    )
-    flipped = with_review(tiny_tables, row, 1.0 if was_positive else 5.0, "A review of my own.")
-    out = build(write_raw(tmp_path / "raw", flipped), **config)
-    after = by_pair(out)
+    after = rebuild_with_own_review(build, base, tiny_tables, key, was_positive, tmp_path, config)
 
     assert after[key]["label"] != rows[key]["label"]
     assert same_features(rows[key], after[key])

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_features_leakage import by_pair, same_features
-from tiny_reviews import fails, with_review, write_raw
+from test_features_leakage import by_pair, rebuild_with_own_review, same_features
+from tiny_reviews import fails
 
 from features.stats import STAT_FEATURES, earlier_sums, out_of_fold_sums, rating_stats, row_folds
 
@@ -133,8 +133,6 @@ def test_own_rating_never_reaches_own_stats(
     config: dict[str, Any] = {"split": split, "rating_stats": True}
     config.update({"seed": 3, "rating_stats_folds": 3} if split == "random" else {})
     rows = by_pair(base)
-    users, items = base["users"]["user"].to_pylist(), base["items"]["item"].to_pylist()
-    inter = tiny_tables["interactions.parquet"].to_pylist()
     key = next(
         k
         for k, r in rows.items()
@@ -143,12 +141,7 @@ def test_own_rating_never_reaches_own_stats(
         and sum(s["user_id"] == k[0] and s["timestamp"] > r["timestamp"] for s in rows.values())
         >= 2
     )
-    row = next(
-        n for n, x in enumerate(inter) if (x["user"], x["item"]) == (users[key[0]], items[key[1]])
-    )
-    flipped = with_review(tiny_tables, row, 1.0 if was_positive else 5.0, "A review of my own.")
-    out = build(write_raw(tmp_path / "raw", flipped), **config)
-    after = by_pair(out)
+    after = rebuild_with_own_review(build, base, tiny_tables, key, was_positive, tmp_path, config)
     assert after[key]["label"] != rows[key]["label"]
     assert same_features(rows[key], after[key])
     t0 = rows[key]["timestamp"]
