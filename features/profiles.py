@@ -81,6 +81,28 @@ def leave_one_out_profiles(
     return out
 
 
+def time_runs(
+    owner: np.ndarray, timestamps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows sorted by (owner, timestamp), and their runs: the "strictly earlier" rule.
+
+    Returns:
+        order int64 [N] (sorted position -> row), and per sorted position the position of
+        the first row of its owner run and of its (owner, timestamp) run: the rows a row
+        may read are the sorted positions [owner_start, time_start).
+    """
+    order = np.lexsort((timestamps, owner))
+    o, t = owner[order], timestamps[order]
+    idx = np.arange(len(o))
+    new_owner = np.ones(len(o), dtype=bool)
+    new_owner[1:] = o[1:] != o[:-1]
+    new_time = new_owner.copy()
+    new_time[1:] |= t[1:] != t[:-1]
+    owner_start = np.maximum.accumulate(np.where(new_owner, idx, 0))
+    time_start = np.maximum.accumulate(np.where(new_time, idx, 0))
+    return order, owner_start, time_start
+
+
 def strictly_earlier_profiles(
     users: np.ndarray,
     timestamps: np.ndarray,
@@ -104,17 +126,8 @@ def strictly_earlier_profiles(
         (float32 profiles [N, D], int64 counts [N]: how many positives each averages).
     """
     n, d = len(users), item_vecs.shape[1]
-    order = np.lexsort((timestamps, users))
-    u, t = users[order], timestamps[order]
+    order, user_start, run_start = time_runs(users, timestamps)
     pos = np.asarray(positive, dtype=np.float64)[order]
-    idx = np.arange(n)
-    new_user = np.ones(n, dtype=bool)
-    new_user[1:] = u[1:] != u[:-1]
-    new_run = new_user.copy()
-    new_run[1:] |= t[1:] != t[:-1]
-    # Index of the first row of each row's user run / (user, timestamp) run.
-    user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
-    run_start = np.maximum.accumulate(np.where(new_run, idx, 0))
     cum_count = np.concatenate([[0.0], np.cumsum(pos)])
     counts_sorted = np.rint(cum_count[run_start] - cum_count[user_start]).astype(np.int64)
     denom = np.maximum(counts_sorted, 1)[:, None]

@@ -31,6 +31,8 @@ import hashlib
 
 import numpy as np
 
+from features.profiles import time_runs
+
 ENTITIES = ("user", "item")
 STAT_FEATURES = tuple(f"{e}_hist_{s}" for e in ENTITIES for s in ("n", "rating", "pos"))
 
@@ -78,16 +80,10 @@ def earlier_sums(owner: np.ndarray, timestamps: np.ndarray, values: np.ndarray) 
     Prefix sums restart at each owner, so a value reaches no other owner's rows and no
     row of its own owner at the same or an earlier timestamp, not even through rounding.
     """
-    order = np.lexsort((timestamps, owner))
-    o, t, v = owner[order], timestamps[order], values[order]
-    n = len(o)
-    idx = np.arange(n)
-    new_owner = np.ones(n, dtype=bool)
-    new_owner[1:] = o[1:] != o[:-1]
-    new_time = new_owner.copy()
-    new_time[1:] |= t[1:] != t[:-1]
-    time_start = np.maximum.accumulate(np.where(new_time, idx, 0))
-    starts = np.append(np.nonzero(new_owner)[0], n)
+    order, owner_start, time_start = time_runs(owner, timestamps)
+    v = values[order]
+    n = len(v)
+    starts = np.append(np.flatnonzero(owner_start == np.arange(n)), n)
     sorted_out = np.empty(n)
     for a, b in zip(starts[:-1], starts[1:], strict=True):
         prefix = np.concatenate([[0.0], np.cumsum(v[a:b])])
