@@ -47,6 +47,13 @@ class FeaturesConfig:
             may read (random split: training rows of the other `rating_stats_folds`
             folds; temporal: strictly earlier interactions of any split).
         rating_stats_folds: K of the random split's out-of-fold statistics (>= 2).
+        history_bags: add the multi-valued sparse features of features/history.py:
+            the items the row's user rated positive / negative and the users who rated
+            the row's item positive / negative (random split: training rows of the
+            other `history_folds` folds; temporal: strictly earlier interactions of
+            any split), sharing the item_id / user_id embedding tables.
+        history_folds: K of the random split's out-of-fold bags (>= 2).
+        history_max_len: the most members a bag keeps, the newest (>= 1).
         overwrite: replace an existing output made from another config or input.
     """
 
@@ -73,6 +80,9 @@ class FeaturesConfig:
     images: ImagesConfig | None = None
     rating_stats: bool = False
     rating_stats_folds: int = 5
+    history_bags: bool = False
+    history_folds: int = 5
+    history_max_len: int = 100
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -89,6 +99,10 @@ class FeaturesConfig:
             raise ConfigError(
                 f"features.rating_stats_folds: must be >= 2, got {self.rating_stats_folds}"
             )
+        if self.history_folds < 2:
+            raise ConfigError(f"features.history_folds: must be >= 2, got {self.history_folds}")
+        if self.history_max_len < 1:
+            raise ConfigError(f"features.history_max_len: must be >= 1, got {self.history_max_len}")
         if self.embed_batch_size < 1:
             raise ConfigError("features.embed_batch_size: must be >= 1")
         rr = self.rating_range

@@ -153,16 +153,18 @@ def example_tables(
     columns: dict[str, np.ndarray | pa.Array],
     dim: int,
     dense: Sequence[str] = DENSE_FEATURES,
+    bags: Sequence[str] = (),
 ) -> dict[str, pa.Table]:
     """Cut full-length columns into one table per split, rows in input order.
 
     Args:
         codes: int8 [N] split codes (0 train, 1 val, 2 test).
-        columns: every column of `examples_schema(dim, dense)`, length N (`user_text`
-            as float16 [N, D]).
+        columns: every column of `examples_schema(dim, dense, bags)`, length N
+            (`user_text` as float16 [N, D]).
         dense: the dense column names.
+        bags: the history bag columns (list<int64>), if any.
     """
-    schema = examples_schema(dim, dense)
+    schema = examples_schema(dim, dense, bags)
     out = {}
     for code, split in enumerate(SPLITS):
         idx = np.nonzero(codes == code)[0]

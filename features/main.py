@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.compute as pc
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from features import examples, profiles, split, stats, text
+from features import examples, history, profiles, split, stats, text
 from features.config import FeaturesConfig
 from features.content import build_review_content
 from features.dense import price_features, standardize
@@ -57,6 +57,7 @@ SOURCE_DEFAULTS: dict[str, Any] = {
 SOURCE_DEFAULTS.update(max_categories=11, on_bad_rows="error")
 SOURCE_DEFAULTS.update(llm=None, images=None)
 SOURCE_DEFAULTS.update(rating_stats=False, rating_stats_folds=5)
+SOURCE_DEFAULTS.update(history_bags=False, history_folds=5, history_max_len=100)
 # Keys that say where or how, never what: left out of the fingerprint.
 LOCATION_KEYS = ("run_dir", "overwrite", "raw_dir", "embed_cache_dir")
 # ... and their like inside the llm/images sections (answers and captions are cached by
@@ -204,6 +205,30 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
             )  # fmt: skip
         )
 
+    history_features: dict[str, dict[str, Any]] = {}
+    bags: dict[str, Any] = {}
+    if cfg.history_bags:
+        bags = history.history_bags(
+            row_user, row_item, label, timestamps, train, cfg.split == "temporal",
+            stats.row_folds(
+                inter["user"].to_pylist(), inter["item"].to_pylist(), timestamps,
+                cfg.history_folds, cfg.seed,
+            ),
+            cfg.history_folds, cfg.history_max_len,
+        )  # fmt: skip
+        for name, (_, member, _) in history.HISTORY_FEATURES.items():
+            lengths = np.asarray(pc.list_value_length(bags[name]))
+            history_features[name] = {
+                "vocab_size": len(user_raw if member == "user" else item_raw),
+                "multi_valued": True,
+                "max_len": int(lengths.max(initial=0)),
+                "table": f"{member}_id",  # shares the id feature's embedding table
+                "mean_len": {
+                    s: round(float(lengths[codes == c].mean()) if (codes == c).any() else 0.0, 2)
+                    for c, s in enumerate(split.SPLITS)
+                },
+            }
+
     columns = {
         "user_id": row_user,
         "item_id": row_item,
@@ -213,8 +238,9 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         **sparse,
         **dense,
         "user_text": row_profiles,
+        **bags,
     }
-    tables = examples.example_tables(codes, columns, dim, list(dense))
+    tables = examples.example_tables(codes, columns, dim, list(dense), list(bags))
     items_out = examples.items_table(
         item_raw, item_vecs, np.bincount(row_item[train_pos], minlength=len(item_raw))
     )
@@ -246,7 +272,8 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         "sparse_features": {
             name: {"vocab_size": sizes[name][0], "multi_valued": multi, "max_len": sizes[name][1]}
             for name, multi in SPARSE_FEATURES
-        },
+        }
+        | history_features,
         "vocab": vocabs,
         # Id 0 of every vocabulary is the OOV bucket (features/vocab.py).
         "sparse_oov": {"id": 0, "counts": examples.oov_counts(sparse, codes)},

@@ -98,13 +98,16 @@ def content_vector(dim: int) -> pa.DataType:
     return pa.list_(pa.float16(), dim)
 
 
-def examples_schema(dim: int, dense: Sequence[str] = DENSE_FEATURES) -> pa.Schema:
+def examples_schema(
+    dim: int, dense: Sequence[str] = DENSE_FEATURES, bags: Sequence[str] = ()
+) -> pa.Schema:
     """One row per interaction; every column is a model input except `label`, `rating`
     (the raw rating `label` is cut from: a training target of the rating head, never an
     input) and `timestamp`.
 
     `dense` names the float32 dense columns (DENSE_FEATURES, plus `price` and
-    `has_price` when the dataset has prices); `_meta.json` lists them.
+    `has_price` when the dataset has prices); `_meta.json` lists them.  `bags` names
+    the optional history bags (features/history.py), list<int64> of entity ids.
     """
     return pa.schema(
         [
@@ -120,6 +123,7 @@ def examples_schema(dim: int, dense: Sequence[str] = DENSE_FEATURES) -> pa.Schem
             pa.field("zip_prefix", pa.int64(), nullable=False),
             *(pa.field(name, pa.float32(), nullable=False) for name in dense),
             pa.field("user_text", content_vector(dim), nullable=False),
+            *(pa.field(name, pa.list_(pa.int64()), nullable=False) for name in bags),
         ]
     )
 

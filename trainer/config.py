@@ -29,6 +29,8 @@ class TrainConfig:
             CUDA; on CPU fbgemm's fused kernels offer no Adam, so `auto` there means
             exact row-wise Adagrad (recorded in report.json).
         sparse_lr: learning rate of the fused sparse optimizer.
+        lr_decay: per-epoch decay of both learning rates: epoch e (from 0) trains at
+            lr * lr_decay**e and sparse_lr * lr_decay**e; 1 = constant.
         emb_l2: L2 penalty on the pooled embeddings of each batch (per example).
         class_weight: `balanced` weighs positives by n_neg/n_pos in the BCE.
         modalities: content vectors fed to the towers (`text`, `image`).
@@ -92,6 +94,7 @@ class TrainConfig:
     sparse_optimizer: Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"] = "auto"
     sparse_lr: float = 0.05
     sparse_weight_decay: float = 0.0
+    lr_decay: float = 1.0
     emb_l2: float = 0.01
     class_weight: Literal["none", "balanced"] = "balanced"
     modalities: list[str] = field(default_factory=lambda: ["text"])
@@ -165,6 +168,8 @@ class TrainConfig:
             )
         if self.lr <= 0 or self.sparse_lr <= 0:
             raise ConfigError("train.lr/sparse_lr: must be > 0")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"train.lr_decay: must be in (0, 1], got {self.lr_decay}")
 
 
 def parse_selection_metric(spec: str) -> tuple[str, float]:

@@ -105,18 +105,34 @@ def read_variant_data(cfg: TrainConfig) -> TrainingData:
 
 
 def build_tables(data: TrainingData, dim: int, cold: ColdIds | None = None) -> list[EmbeddingBagConfig]:
-    """One table per sparse feature; with cold-start ids, the id tables get one extra row."""
+    """One table per sparse feature, except that features naming a `table` in the
+    features meta (the history bags) share that feature's table; with cold-start ids,
+    the id tables get one extra row.  A table with a multi-valued feature mean-pools
+    (the same as sum for its single-valued ones)."""
     meta = data.features_meta["sparse_features"]
     extra = cold.cold_id if cold is not None else {}
+    shared: dict[str, list[str]] = {}
+    for name in data.sparse_names:
+        shared.setdefault(meta[name].get("table", name), []).append(name)
+    for table, names in shared.items():
+        if table not in data.sparse_names:
+            raise DataError(
+                f"features/_meta.json: sparse feature {names[0]!r} shares table {table!r}, "
+                "which is not a sparse feature"
+            )
     return [
         EmbeddingBagConfig(
-            name=f"t_{name}",
+            name=f"t_{table}",
             embedding_dim=dim,
-            num_embeddings=max(int(meta[name]["vocab_size"]), 1) + (1 if name in extra else 0),
-            feature_names=[name],
-            pooling=PoolingType.MEAN if meta[name].get("multi_valued") else PoolingType.SUM,
+            num_embeddings=max(int(meta[table]["vocab_size"]), 1) + (1 if table in extra else 0),
+            feature_names=names,
+            pooling=(
+                PoolingType.MEAN
+                if any(meta[n].get("multi_valued") for n in names)
+                else PoolingType.SUM
+            ),
         )
-        for name in data.sparse_names
+        for table, names in shared.items()
     ]
 
 
@@ -228,6 +244,27 @@ def build_model(
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan
 
 
+def set_epoch_lr(
+    optimizer: CombinedOptimizer, dmp: DistributedModelParallel, cfg: TrainConfig, epoch: int
+) -> None:
+    """Both optimizers' learning rates for `epoch`: (sparse_)lr * lr_decay**epoch, a
+    function of the epoch alone, so a resumed run trains at the same rates (and the
+    checkpoint format does not change)."""
+    scale = cfg.lr_decay**epoch
+    fused = {id(g) for g in dmp.fused_optimizer.param_groups}
+    for group in optimizer.param_groups:
+        group["lr"] = (cfg.sparse_lr if id(group) in fused else cfg.lr) * scale  # type: ignore[index]
+
+
+def current_lrs(optimizer: CombinedOptimizer, dmp: DistributedModelParallel) -> dict[str, float]:
+    """{dense, sparse}: the learning rates the optimizers step with now."""
+    fused = {id(g) for g in dmp.fused_optimizer.param_groups}
+    out: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        out.setdefault("sparse" if id(group) in fused else "dense", float(group["lr"]))
+    return out
+
+
 def build_infonce_options(cfg: TrainConfig, data: TrainingData) -> InfoNCEOptions:
     """logQ flag, uniform extra-negative probabilities (1 / catalogue size) and chunking."""
     uniform = [0.0, 0.0]
@@ -336,7 +373,7 @@ NOT_FINGERPRINTED = (
 # runs keep their fingerprints (the chunked InfoNCE equals the one-piece one)
 NEWER_DEFAULTS: dict[str, object] = {
     "extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128, "mask_positive_set": False,
-    "rating_weight": 0.0,
+    "rating_weight": 0.0, "lr_decay": 1.0,
 }  # fmt: skip
 
 
@@ -549,6 +586,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             prog.epoch, prog.epoch_step, prog.epoch_done = epoch, 0, False
             prog.epoch_sums, prog.epoch_seconds = [], 0.0
         dmp.train()
+        set_epoch_lr(optimizer, dmp, cfg, epoch)
         it = train_batches(
             data, cfg.batch_size, env.rank, env.world_size, epoch, cfg.seed,
             cfg.positive_sampling == "top1", cfg.max_steps_per_epoch, prog.epoch_step, cfg.extra_negatives,
@@ -608,7 +646,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             val["fpr_at_recall"] = -metric
         losses = {"loss": means[0], "rec": means[1], "item_item": means[2], "user_user": means[3]}
         r0.metrics({"kind": "epoch", "epoch": epoch, "step": prog.step, "train": losses, "val": val,
-                    "seconds": dt, "examples_per_s": prog.epoch_step * cfg.batch_size / max(dt, 1e-9)})  # fmt: skip
+                    "lr": current_lrs(optimizer, dmp), "seconds": dt, "examples_per_s": prog.epoch_step * cfg.batch_size / max(dt, 1e-9)})  # fmt: skip
         examples_per_s = prog.epoch_step * cfg.batch_size / max(dt, 1e-9)
         r0.scalars("epoch", {**{f"train_{k}": v for k, v in losses.items()},
                              **{f"val_{k}": float(v) for k, v in val.items() if k != "n"},
