@@ -1,16 +1,17 @@
 """Leakage-free interaction histories as multi-valued sparse features (pure).
 
-Four bags per row, each a list of entity ids that shares its embedding table with the
-entity's id feature (`_meta.json` `sparse_features[name].table`):
+Four bags per row, each a list of the ids of an id feature (`_meta.json`
+`sparse_features[name].ids_of`):
 
-    user_pos_items   items the row's user rated positive     (table item_id)
-    user_neg_items   items the row's user rated negative     (table item_id)
-    item_pos_users   users who rated the row's item positive (table user_id)
-    item_neg_users   users who rated the row's item negative (table user_id)
+    user_pos_items   items the row's user rated positive     (ids_of item_id)
+    user_neg_items   items the row's user rated negative     (ids_of item_id)
+    item_pos_users   users who rated the row's item positive (ids_of user_id)
+    item_neg_users   users who rated the row's item negative (ids_of user_id)
 
-Mean-pooled over a shared table they give the model an item-to-item (and user-to-user)
-collaborative signal in the id space, the way FISM/SVD++ add implicit feedback to a
-factor model.  Which interactions a row may read are the rules of features/stats.py:
+Mean-pooled (over tables of their own, or over the id feature's table with the
+trainer's `history_tables: shared`) they give the model an item-to-item (and
+user-to-user) collaborative signal in the id space, the way FISM/SVD++ add implicit
+feedback to a factor model.  Which interactions a row may read are the rules of features/stats.py:
 
 - `random` split: training rows are cut into K hash folds (`stats.row_folds`).  A
   training row in fold k reads its owner's training rows outside fold k; a val/test row

@@ -222,7 +222,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
                 "vocab_size": len(user_raw if member == "user" else item_raw),
                 "multi_valued": True,
                 "max_len": int(lengths.max(initial=0)),
-                "table": f"{member}_id",  # shares the id feature's embedding table
+                "ids_of": f"{member}_id",  # the id feature whose ids the bag lists
                 "mean_len": {
                     s: round(float(lengths[codes == c].mean()) if (codes == c).any() else 0.0, 2)
                     for c, s in enumerate(split.SPLITS)

@@ -29,6 +29,9 @@ class TrainConfig:
             CUDA; on CPU fbgemm's fused kernels offer no Adam, so `auto` there means
             exact row-wise Adagrad (recorded in report.json).
         sparse_lr: learning rate of the fused sparse optimizer.
+        history_tables: the history bags' embedding tables (features.history_bags):
+            `own` (one table per bag) or `shared` (each bag pooled from the table of the
+            id feature whose ids it lists, `_meta.json` `ids_of`).
         lr_decay: per-epoch decay of both learning rates: epoch e (from 0) trains at
             lr * lr_decay**e and sparse_lr * lr_decay**e; 1 = constant.
         emb_l2: L2 penalty on the pooled embeddings of each batch (per example).
@@ -95,6 +98,7 @@ class TrainConfig:
     sparse_lr: float = 0.05
     sparse_weight_decay: float = 0.0
     lr_decay: float = 1.0
+    history_tables: Literal["own", "shared"] = "own"
     emb_l2: float = 0.01
     class_weight: Literal["none", "balanced"] = "balanced"
     modalities: list[str] = field(default_factory=lambda: ["text"])

@@ -104,21 +104,27 @@ def read_variant_data(cfg: TrainConfig) -> TrainingData:
     return data
 
 
-def build_tables(data: TrainingData, dim: int, cold: ColdIds | None = None) -> list[EmbeddingBagConfig]:
-    """One table per sparse feature, except that features naming a `table` in the
-    features meta (the history bags) share that feature's table; with cold-start ids,
-    the id tables get one extra row.  A table with a multi-valued feature mean-pools
-    (the same as sum for its single-valued ones)."""
+def build_tables(
+    data: TrainingData, dim: int, cold: ColdIds | None = None, history_tables: str = "own"
+) -> list[EmbeddingBagConfig]:
+    """One table per sparse feature; with cold-start ids, the id tables get one extra row.
+
+    History bags (features whose `_meta.json` entry names the id feature they index,
+    `ids_of`) get tables of their own, or with `history_tables: shared` are pooled from
+    that id feature's table.  A table with a multi-valued feature mean-pools (the same
+    as sum for its single-valued ones).
+    """
     meta = data.features_meta["sparse_features"]
     extra = cold.cold_id if cold is not None else {}
     shared: dict[str, list[str]] = {}
     for name in data.sparse_names:
-        shared.setdefault(meta[name].get("table", name), []).append(name)
+        table = meta[name].get("ids_of", name) if history_tables == "shared" else name
+        shared.setdefault(table, []).append(name)
     for table, names in shared.items():
         if table not in data.sparse_names:
             raise DataError(
-                f"features/_meta.json: sparse feature {names[0]!r} shares table {table!r}, "
-                "which is not a sparse feature"
+                f"features/_meta.json: sparse feature {names[0]!r} indexes the ids of "
+                f"{table!r}, which is not a sparse feature"
             )
     return [
         EmbeddingBagConfig(
@@ -176,7 +182,7 @@ def build_model(
     cold: ColdIds | None = None,
 ) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     torch.manual_seed(cfg.seed)
-    tables = build_tables(data, cfg.embedding_dim, cold)
+    tables = build_tables(data, cfg.embedding_dim, cold, cfg.history_tables)
     ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
     model: DLRREC | BiasedMF = BiasedMF(ebc) if cfg.variant == "biased_mf" else DLRREC(
         ebc,
@@ -373,7 +379,7 @@ NOT_FINGERPRINTED = (
 # runs keep their fingerprints (the chunked InfoNCE equals the one-piece one)
 NEWER_DEFAULTS: dict[str, object] = {
     "extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128, "mask_positive_set": False,
-    "rating_weight": 0.0, "lr_decay": 1.0,
+    "rating_weight": 0.0, "lr_decay": 1.0, "history_tables": "own",
 }  # fmt: skip
 
 

@@ -101,7 +101,7 @@ def built_bags(build: Any, tiny_raw: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def test_bags_are_sparse_features_sharing_the_id_tables(
+def test_bags_are_sparse_features_of_entity_ids(
     built_bags: dict[str, dict[str, Any]],
 ) -> None:
     for out in built_bags.values():
@@ -109,7 +109,7 @@ def test_bags_are_sparse_features_sharing_the_id_tables(
         n_users, n_items = out["meta"]["n_users"], out["meta"]["n_items"]
         for name, (_, member, _) in HISTORY_FEATURES.items():
             spec = meta[name]
-            assert spec["multi_valued"] and spec["table"] == f"{member}_id"
+            assert spec["multi_valued"] and spec["ids_of"] == f"{member}_id"
             assert spec["vocab_size"] == (n_users if member == "user" else n_items)
             lengths = []
             for split in ("train", "val", "test"):

@@ -1,8 +1,9 @@
-"""History bags (features/history.py) in the trainer: they share the id tables they name;
-and the per-epoch learning-rate decay (`train.lr_decay`).
+"""History bags (features/history.py) in the trainer, and the per-epoch learning-rate
+decay (`train.lr_decay`).
 
-A bag feature whose `_meta.json` entry says `table: item_id` is pooled from the item id
-table (mean over its ids), not from a table of its own.
+A bag feature whose `_meta.json` entry says `ids_of: item_id` gets a table of its own
+(`history_tables: own`, the default) or is pooled from the item id table (`shared`):
+the mean of the rows of its ids either way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from trainer.data import make_batch, read_training_data
 from trainer.main import build_tables
 
 
-def add_bag(run: Path, table: str = "item_id") -> None:
+def add_bag(run: Path, ids_of: str = "item_id") -> None:
     """user_pos_items: the user's positive training items other than the row's own."""
     root = run / "features"
     meta = json.loads((root / "_meta.json").read_text())
@@ -52,7 +53,7 @@ def add_bag(run: Path, table: str = "item_id") -> None:
         "vocab_size": meta["n_items"],
         "multi_valued": True,
         "max_len": longest,
-        "table": table,
+        "ids_of": ids_of,
     }
     (root / "_meta.json").write_text(json.dumps(meta))
 
@@ -64,13 +65,21 @@ def bag_run(tmp_path_factory) -> Path:
     return run
 
 
-def test_bag_pools_the_mean_of_the_shared_item_rows(bag_run: Path) -> None:
+@pytest.mark.parametrize("history_tables", ["own", "shared"])
+def test_bag_pools_the_mean_of_its_table_rows(bag_run: Path, history_tables: str) -> None:
     data = read_training_data(bag_run, ["text"], contrastive=False)
-    tables = build_tables(data, 8)
+    tables = build_tables(data, 8, history_tables=history_tables)
     by_name = {t.name: t for t in tables}
-    assert "t_user_pos_items" not in by_name
-    assert by_name["t_item_id"].feature_names == ["item_id", "user_pos_items"]
     assert by_name["t_user_id"].feature_names == ["user_id"]
+    if history_tables == "shared":
+        assert "t_user_pos_items" not in by_name
+        assert by_name["t_item_id"].feature_names == ["item_id", "user_pos_items"]
+        bag_table = "t_item_id"
+    else:
+        assert by_name["t_item_id"].feature_names == ["item_id"]
+        assert by_name["t_user_pos_items"].feature_names == ["user_pos_items"]
+        assert by_name["t_user_pos_items"].num_embeddings == data.sparse_vocab["item_id"]
+        bag_table = "t_user_pos_items"
     torch.manual_seed(0)
     ebc = EmbeddingBagCollection(tables=tables)
     split = data.splits["val"]
@@ -78,17 +87,22 @@ def test_bag_pools_the_mean_of_the_shared_item_rows(bag_run: Path) -> None:
     batch = make_batch(data, split, rows, np.ones(64, bool), np.random.default_rng(0), False)
     with torch.no_grad():
         pooled = ebc(batch.sparse).to_dict()
-    w = ebc.embedding_bags["t_item_id"].weight.detach().numpy().astype(np.float64)
+    w = ebc.embedding_bags[bag_table].weight.detach().numpy().astype(np.float64)
+    w_item = ebc.embedding_bags["t_item_id"].weight.detach().numpy().astype(np.float64)
     offs, vals = split.multi["user_pos_items"]
     for r in rows:
         ids = vals[offs[r] : offs[r + 1]]
         want = w[ids].mean(0) if ids.size else np.zeros(8)
         np.testing.assert_allclose(pooled["user_pos_items"][r].numpy(), want, atol=1e-6)
-        np.testing.assert_allclose(pooled["item_id"][r].numpy(), w[split.item_id[r]], atol=1e-6)
+        np.testing.assert_allclose(
+            pooled["item_id"][r].numpy(), w_item[split.item_id[r]], atol=1e-6
+        )
     assert any(offs[r + 1] > offs[r] + 1 for r in rows)  # the test sees real bags
 
 
-def test_training_with_a_bag_learns_and_keeps_one_item_table(bag_run: Path, tmp_path: Path) -> None:
+def test_training_with_a_shared_bag_learns_and_keeps_one_item_table(
+    bag_run: Path, tmp_path: Path
+) -> None:
     from trainer.main import run
 
     out = tmp_path / "run"
@@ -98,6 +112,7 @@ def test_training_with_a_bag_learns_and_keeps_one_item_table(bag_run: Path, tmp_
         TrainConfig(
             run_dir=str(out), batch_size=256, log_every=0, epochs=3, embedding_dim=8,
             sparse_lr=0.3, emb_l2=0.0, tensorboard=False, progress_bar=False,
+            history_tables="shared",
         )
     )  # fmt: skip
     assert "t_item_id" in report["sharding_plan"]
@@ -105,12 +120,13 @@ def test_training_with_a_bag_learns_and_keeps_one_item_table(bag_run: Path, tmp_
     assert report["test"]["auc"] > 0.8, report["test"]
 
 
-def test_a_bag_naming_a_missing_table_is_a_data_error(tmp_path: Path) -> None:
+def test_a_shared_bag_of_an_unknown_id_feature_is_a_data_error(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
-    add_bag(run, table="movie_id")
+    add_bag(run, ids_of="movie_id")
     data = read_training_data(run, ["text"], contrastive=False)
+    assert build_tables(data, 8)  # own tables need no id feature
     with pytest.raises(DataError, match="user_pos_items.*movie_id"):
-        build_tables(data, 8)
+        build_tables(data, 8, history_tables="shared")
 
 
 def test_lr_decay_scales_both_learning_rates_per_epoch(tmp_path: Path) -> None:
