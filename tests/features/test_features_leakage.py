@@ -48,6 +48,47 @@ def rebuild_with_own_review(
     return by_pair(build(write_raw(tmp_path / "raw", flipped), **config))
 
 
+def flip_a_training_rating(
+    build: Any,
+    base: dict[str, Any],
+    tables: dict[str, pa.Table],
+    split: str,
+    was_positive: bool,
+    tmp_path: Path,
+    config: dict[str, Any],
+) -> tuple[dict[tuple[int, int], dict[str, Any]], dict[tuple[int, int], dict[str, Any]], list]:
+    """Flip the rating of a training row (one with >= 2 later rows of its user) and
+    rebuild; assert the leakage rules of the row-reads-others features (features/stats.py,
+    features/history.py): the row itself, and (temporal) every row of its user or item at
+    the same or an earlier time, keep every column; (random) val/test rows of other users
+    and items too; the rows that changed share its user or item, and some did.
+
+    Returns (rows before, rows after, the keys of the rows that changed).
+    """
+    rows = by_pair(base)
+    key = next(
+        k
+        for k, r in rows.items()
+        if r["split"] == "train"
+        and (r["label"] == 1.0) == was_positive
+        and sum(s["user_id"] == k[0] and s["timestamp"] > r["timestamp"] for s in rows.values())
+        >= 2
+    )
+    after = rebuild_with_own_review(build, base, tables, key, was_positive, tmp_path, config)
+    assert after[key]["label"] != rows[key]["label"]
+    assert same_features(rows[key], after[key])
+    t0 = rows[key]["timestamp"]
+    for k, r in rows.items():
+        if split == "temporal" and (k[0] == key[0] or k[1] == key[1]) and r["timestamp"] <= t0:
+            assert same_features(r, after[k]), k
+        if split == "random" and r["split"] != "train" and k[0] != key[0] and k[1] != key[1]:
+            assert same_features(r, after[k]), k
+    changed = [k for k in rows if k != key and not same_features(rows[k], after[k])]
+    assert changed
+    assert all(k[0] == key[0] or k[1] == key[1] for k in changed)
+    return rows, after, changed
+
+
 def same_features(a: dict[str, Any], b: dict[str, Any]) -> bool:
     for key in a:
         if key in ("label", "rating"):  # the row's own targets

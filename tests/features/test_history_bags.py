@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_features_leakage import by_pair, rebuild_with_own_review, same_features
+from test_features_leakage import flip_a_training_rating
 from tiny_reviews import fails
 
 from features.history import HISTORY_FEATURES, history_bags
@@ -135,30 +135,11 @@ def test_own_rating_never_reaches_own_bags(
     """Flip a training row's rating: its own row (and, temporal, every row of the same
     user or item at the same or an earlier time) keeps every bag identical; rows that
     may read it change, so the test can fail."""
-    base = built_bags[split]
     config: dict[str, Any] = {"split": split, "history_bags": True}
     config.update({"seed": 3, "history_folds": 3} if split == "random" else {"history_max_len": 3})
-    rows = by_pair(base)
-    key = next(
-        k
-        for k, r in rows.items()
-        if r["split"] == "train"
-        and (r["label"] == 1.0) == was_positive
-        and sum(s["user_id"] == k[0] and s["timestamp"] > r["timestamp"] for s in rows.values())
-        >= 2
+    rows, after, changed = flip_a_training_rating(
+        build, built_bags[split], tiny_tables, split, was_positive, tmp_path, config
     )
-    after = rebuild_with_own_review(build, base, tiny_tables, key, was_positive, tmp_path, config)
-    assert after[key]["label"] != rows[key]["label"]
-    assert same_features(rows[key], after[key])
-    t0 = rows[key]["timestamp"]
-    for k, r in rows.items():
-        if split == "temporal" and (k[0] == key[0] or k[1] == key[1]) and r["timestamp"] <= t0:
-            assert same_features(r, after[k]), k
-        if split == "random" and r["split"] != "train" and k[0] != key[0] and k[1] != key[1]:
-            assert same_features(r, after[k]), k
-    changed = [k for k in rows if k != key and not same_features(rows[k], after[k])]
-    assert changed
-    assert all(k[0] == key[0] or k[1] == key[1] for k in changed)
     moved = [
         name for name in HISTORY_FEATURES if any(rows[k][name] != after[k][name] for k in changed)
     ]
