@@ -116,11 +116,11 @@ def build_tables(
     """
     meta = data.features_meta["sparse_features"]
     extra = cold.cold_id if cold is not None else {}
-    shared: dict[str, list[str]] = {}
+    by_table: dict[str, list[str]] = {}
     for name in data.sparse_names:
         table = meta[name].get("ids_of", name) if history_tables == "shared" else name
-        shared.setdefault(table, []).append(name)
-    for table, names in shared.items():
+        by_table.setdefault(table, []).append(name)
+    for table, names in by_table.items():
         if table not in data.sparse_names:
             raise DataError(
                 f"features/_meta.json: sparse feature {names[0]!r} indexes the ids of "
@@ -138,7 +138,7 @@ def build_tables(
                 else PoolingType.SUM
             ),
         )
-        for table, names in shared.items()
+        for table, names in by_table.items()
     ]
 
 
