@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_reviews import same_length_lists
 
 from features.dense import standardize
 from features.movielens import split_title
@@ -20,14 +21,12 @@ from features.split import random_split, temporal_split
 from features.text import item_text
 from features.vocab import age_buckets, build_vocab, encode, entity_order, prefixes
 
-rows = st.integers(1, 40).flatmap(
-    lambda n: st.tuples(
-        st.lists(st.integers(0, 3), min_size=n, max_size=n),  # users
-        st.lists(st.integers(0, 4), min_size=n, max_size=n),  # items
-        st.lists(st.integers(0, 5), min_size=n, max_size=n),  # timestamps (many ties)
-        st.lists(st.booleans(), min_size=n, max_size=n),  # positive
-        st.lists(st.booleans(), min_size=n, max_size=n),  # in train
-    )
+rows = same_length_lists(
+    st.integers(0, 3),  # users
+    st.integers(0, 4),  # items
+    st.integers(0, 5),  # timestamps (many ties)
+    st.booleans(),  # positive
+    st.booleans(),  # in train
 )
 
 

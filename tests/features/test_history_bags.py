@@ -16,20 +16,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_features_leakage import flip_a_training_rating
-from tiny_reviews import fails
+from tiny_reviews import fails, same_length_lists
 
 from features.history import HISTORY_FEATURES, history_bags
 
-rows = st.integers(1, 40).flatmap(
-    lambda n: st.tuples(
-        st.lists(st.integers(0, 3), min_size=n, max_size=n),  # users
-        st.lists(st.integers(0, 4), min_size=n, max_size=n),  # items
-        st.lists(st.integers(0, 5), min_size=n, max_size=n),  # timestamps (many ties)
-        st.lists(st.booleans(), min_size=n, max_size=n),  # label
-        st.lists(st.booleans(), min_size=n, max_size=n),  # in train
-        st.lists(st.integers(0, 2), min_size=n, max_size=n),  # folds (k = 3)
-        st.integers(1, 6),  # max_len
-    )
+rows = st.tuples(
+    same_length_lists(
+        st.integers(0, 3),  # users
+        st.integers(0, 4),  # items
+        st.integers(0, 5),  # timestamps (many ties)
+        st.booleans(),  # label
+        st.booleans(),  # in train
+        st.integers(0, 2),  # folds (k = 3)
+    ),
+    st.integers(1, 6),  # max_len
 )
 
 
@@ -59,7 +59,7 @@ def reference(user, item, ts, label, train, folds, temporal, max_len) -> dict[st
 @settings(max_examples=80, deadline=None)
 @given(rows)
 def test_history_bags_match_a_loop(temporal: bool, data: tuple) -> None:
-    *cols, max_len = data
+    cols, max_len = data
     user, item, ts, label, train, folds = (np.asarray(x) for x in cols)
     label, train = label.astype(bool), train.astype(bool)
     got = history_bags(user, item, label, ts, train, temporal, folds, 3, max_len)

@@ -16,19 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_features_leakage import flip_a_training_rating
-from tiny_reviews import fails
+from tiny_reviews import fails, same_length_lists
 
 from features.stats import STAT_FEATURES, earlier_sums, out_of_fold_sums, rating_stats, row_folds
 
-rows = st.integers(1, 40).flatmap(
-    lambda n: st.tuples(
-        st.lists(st.integers(0, 3), min_size=n, max_size=n),  # users
-        st.lists(st.integers(0, 4), min_size=n, max_size=n),  # items
-        st.lists(st.integers(0, 5), min_size=n, max_size=n),  # timestamps (many ties)
-        st.lists(st.integers(1, 5), min_size=n, max_size=n),  # ratings
-        st.lists(st.booleans(), min_size=n, max_size=n),  # in train
-        st.lists(st.integers(0, 2), min_size=n, max_size=n),  # folds (k = 3)
-    )
+rows = same_length_lists(
+    st.integers(0, 3),  # users
+    st.integers(0, 4),  # items
+    st.integers(0, 5),  # timestamps (many ties)
+    st.integers(1, 5),  # ratings
+    st.booleans(),  # in train
+    st.integers(0, 2),  # folds (k = 3)
 )
 
 

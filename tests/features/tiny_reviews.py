@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import strategies as st
 
 from features.schema import RAW_INTERACTIONS, RAW_ITEMS, RAW_USERS
 
@@ -22,6 +23,13 @@ TITLES = [
     "Babe", "Dead Man Walking", "Richard III", "Seven", "Unwatched Film",
 ]  # fmt: skip
 GENRES = ["Action", "Comedy", "Drama", "Thriller", "Children's"]
+
+
+def same_length_lists(*elements: st.SearchStrategy) -> st.SearchStrategy:
+    """A tuple of 1-40 rows: one list per element strategy, all of the same length."""
+    return st.integers(1, 40).flatmap(
+        lambda n: st.tuples(*(st.lists(e, min_size=n, max_size=n) for e in elements))
+    )
 
 
 def raw_tables(seed: int = 0) -> dict[str, pa.Table]:
