@@ -61,6 +61,10 @@ class TrainConfig:
         progress_bar: a rank-0 tqdm bar per epoch (only when stderr is a terminal).
         keep_checkpoints: last K checkpoints kept (the best is always kept).
         checkpoint_every_steps: also checkpoint every N global steps (0 = only at epoch ends).
+        val_every_steps: also validate every N steps of each epoch (0 = only at epoch ends).
+            Each validation is a candidate for selection: one that beats the best so far is
+            checkpointed there and becomes the best model. `patience` still counts epochs:
+            an epoch improved if any of its validations did.
         resume: continue from the newest checkpoint in `train/` when it holds an unfinished
             run of the same fingerprint (otherwise an unfinished `train/` is started afresh).
         stop_after_epoch: pause once this many epochs are done (0 = never); the checkpoint
@@ -120,6 +124,7 @@ class TrainConfig:
     progress_bar: bool = True
     keep_checkpoints: int = 2
     checkpoint_every_steps: int = 0
+    val_every_steps: int = 0
     resume: bool = True
     stop_after_epoch: int = 0
     stop_after_step: int = 0
@@ -145,7 +150,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "embedding_dim", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("keep_checkpoints", "checkpoint_every_steps", "stop_after_epoch", "stop_after_step"):
+        for name in ("keep_checkpoints", "checkpoint_every_steps", "val_every_steps", "stop_after_epoch", "stop_after_step"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("extra_negatives", "infonce_chunk_size"):

@@ -6,20 +6,23 @@ Under torchrun/TorchX with N ranks:
 Setup order (dlrm_main / golden_training): process group -> EBC on meta ->
 fused sparse optimizer -> planner -> DistributedModelParallel -> CombinedOptimizer
 with dense Adam -> TrainPipelineSparseDist. Then an explicit loop: step, log every
-N, evaluate on val every epoch, checkpoint (every `checkpoint_every_steps` and at
-each epoch end), early-stop on val AUC; finally reload the best checkpoint and score
+N, evaluate on val every epoch (and every `val_every_steps`: each validation is a
+selection candidate), checkpoint (every `checkpoint_every_steps`, at each epoch end and
+at each new best), early-stop on val AUC; finally reload the best checkpoint and score
 test at the val-chosen threshold. An unfinished `train/` of the same fingerprint is
 resumed from its newest checkpoint (see trainer/checkpoint.py for why that is exact).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -379,7 +382,7 @@ NOT_FINGERPRINTED = (
 # runs keep their fingerprints (the chunked InfoNCE equals the one-piece one)
 NEWER_DEFAULTS: dict[str, object] = {
     "extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128, "mask_positive_set": False,
-    "rating_weight": 0.0, "lr_decay": 1.0, "history_tables": "own",
+    "rating_weight": 0.0, "lr_decay": 1.0, "history_tables": "own", "val_every_steps": 0,
 }  # fmt: skip
 
 
@@ -419,9 +422,11 @@ class Progress:
     step: int = 0
     best_metric: float | None = None
     best_epoch: int = -1
+    best_step: int = -1
     best_checkpoint: str | None = None  # folder name under train/checkpoints/
     best_losses: dict[str, float] | None = None
     bad_epochs: int = 0
+    epoch_improved: bool = False  # a `val_every_steps` validation of this epoch set the best
     epoch_sums: list[list[float]] = field(default_factory=list)
     epoch_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -433,6 +438,21 @@ class Progress:
     def from_state(cls, state: dict[str, Any]) -> Progress:
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in state.items() if k in names})
+
+
+LOSS_NAMES = ("loss", "rec", "item_item", "user_user")
+
+
+def segment(batches: Iterator[Any], done: int, val_every_steps: int) -> Iterator[Any]:
+    """An epoch's batches up to its next `val_every_steps` validation (all when 0).
+
+    `done` is the epoch's steps done. The pipeline runs dry at the end of each segment,
+    so no input all-to-all of a prefetched batch is in flight while validation runs its
+    own collectives on the same process group.
+    """
+    if not val_every_steps:
+        return batches
+    return itertools.islice(batches, val_every_steps - done % val_every_steps)
 
 
 def should_stop_early(prog: Progress, cfg: TrainConfig) -> bool:
@@ -583,6 +603,45 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         prune_checkpoints(ckpt_root, cfg.keep_checkpoints, best, env.is_main)
         return path
 
+    def validate(epoch: int, losses: dict[str, float], dt: float | None) -> bool:
+        """Score val, log it, and make this step the best one if it beats the best so far.
+
+        `losses` are the epoch's mean training losses so far; `dt` is the epoch's seconds
+        at an epoch end and None for a `val_every_steps` validation inside the epoch.
+        Returns whether it improved.
+        """
+        labels, probs = evaluate(dmp, data, "val", cfg, env, cold)
+        val = classification_report(labels, probs, 0.5)
+        metric = selection_value(labels, probs, selection, min_recall)  # larger is better
+        improved = prog.best_metric is None or metric > prog.best_metric
+        if selection == "fpr_at_recall":
+            val["fpr_at_recall"] = -metric
+        mark = "  *" if improved else ""
+        if dt is None:
+            r0.metrics({"kind": "val", "epoch": epoch, "step": prog.step, "epoch_step": prog.epoch_step,
+                        "train": losses, "val": val})  # fmt: skip
+            r0.scalars("val_step", {k: float(v) for k, v in val.items() if k != "n"}, prog.step)
+            r0.print(f"epoch {epoch:3d}  step {prog.epoch_step:5d}/{n_steps}  val auc {val['auc']:.4f} "
+                     f"logloss {val['logloss']:.4f}" + mark)  # fmt: skip
+        else:
+            examples_per_s = prog.epoch_step * cfg.batch_size / max(dt, 1e-9)
+            r0.metrics({"kind": "epoch", "epoch": epoch, "step": prog.step, "train": losses, "val": val,
+                        "lr": current_lrs(optimizer, dmp), "seconds": dt, "examples_per_s": examples_per_s})  # fmt: skip
+            r0.scalars("epoch", {**{f"train_{k}": v for k, v in losses.items()},
+                                 **{f"val_{k}": float(v) for k, v in val.items() if k != "n"},
+                                 "examples_per_s": examples_per_s}, epoch)  # fmt: skip
+            r0.print(
+                f"epoch {epoch:3d}  loss {losses['loss']:.4f} (rec {losses['rec']:.4f} ii {losses['item_item']:.4f} "
+                f"uu {losses['user_user']:.4f})  val auc {val['auc']:.4f} logloss {val['logloss']:.4f}  {dt:.1f}s" + mark
+            )
+        prog.val_auc = val["auc"]
+        if improved:
+            prog.best_metric, prog.best_epoch, prog.best_step = metric, epoch, prog.step
+            prog.best_losses = losses
+            prog.best_checkpoint = checkpoint_dir(ckpt_root, prog.step).name
+            prog.epoch_improved = dt is None
+        return improved
+
     paused = False
     start_epoch = prog.epoch + 1 if prog.epoch_done else prog.epoch
     if prog.epoch_done and should_stop_early(prog, cfg):
@@ -606,13 +665,18 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         bar = r0.bar(n_steps, prog.epoch_step, f"epoch {epoch}")
         sums = my_row(prog.epoch_sums, env.rank, env.world_size)
         t0 = time.time() - prog.epoch_seconds
+
+        seg, seg_start = segment(it, prog.epoch_step, cfg.val_every_steps), prog.epoch_step
         while True:
             # dropout masks are a function of the step, so a resumed run draws the same ones
             torch.manual_seed(step_seed(cfg.seed, epoch, prog.epoch_step, env.rank))
             try:
-                loss, _, _, _, parts = pipeline.progress(it)
+                loss, _, _, _, parts = pipeline.progress(seg)
             except StopIteration:
-                break
+                if seg is it or prog.epoch_step >= n_steps or prog.epoch_step == seg_start:
+                    break
+                seg, seg_start = segment(it, prog.epoch_step, cfg.val_every_steps), prog.epoch_step
+                continue
             prog.step += 1
             prog.epoch_step += 1
             sums += np.array([float(loss), *parts.tolist()])
@@ -624,9 +688,17 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 r0.scalars("step", step_losses, prog.step)
                 bar.set_postfix(loss=f"{float(loss):.4f}")
             if prog.epoch_step >= n_steps:
-                continue  # the epoch-end checkpoint follows
+                continue  # the epoch-end validation and checkpoint follow
             pause = cfg.stop_after_step == prog.step
-            if pause or (cfg.checkpoint_every_steps and prog.step % cfg.checkpoint_every_steps == 0):
+            improved = False
+            if cfg.val_every_steps and prog.epoch_step % cfg.val_every_steps == 0:
+                t_val = time.time()
+                pipeline.detach()  # the segment ran dry here; the next progress() re-attaches
+                partial = all_reduce_mean((sums / prog.epoch_step).tolist())
+                improved = validate(epoch, dict(zip(LOSS_NAMES, partial)), None)
+                t0 += time.time() - t_val  # validation time is not training time
+            periodic = cfg.checkpoint_every_steps and prog.step % cfg.checkpoint_every_steps == 0
+            if pause or improved or periodic:
                 t_save = time.time()
                 prog.epoch_sums, prog.epoch_seconds = rank_rows(sums), t_save - t0
                 checkpoint()
@@ -644,30 +716,13 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         prog.train_seconds += dt
         prog.train_examples += prog.epoch_step * cfg.batch_size
         means = all_reduce_mean((sums / max(prog.epoch_step, 1)).tolist())
-        labels, probs = evaluate(dmp, data, "val", cfg, env, cold)
-        val = classification_report(labels, probs, 0.5)
-        metric = selection_value(labels, probs, selection, min_recall)  # larger is better
-        improved = prog.best_metric is None or metric > prog.best_metric
-        if selection == "fpr_at_recall":
-            val["fpr_at_recall"] = -metric
-        losses = {"loss": means[0], "rec": means[1], "item_item": means[2], "user_user": means[3]}
-        r0.metrics({"kind": "epoch", "epoch": epoch, "step": prog.step, "train": losses, "val": val,
-                    "lr": current_lrs(optimizer, dmp), "seconds": dt, "examples_per_s": prog.epoch_step * cfg.batch_size / max(dt, 1e-9)})  # fmt: skip
-        examples_per_s = prog.epoch_step * cfg.batch_size / max(dt, 1e-9)
-        r0.scalars("epoch", {**{f"train_{k}": v for k, v in losses.items()},
-                             **{f"val_{k}": float(v) for k, v in val.items() if k != "n"},
-                             "examples_per_s": examples_per_s}, epoch)  # fmt: skip
-        r0.print(
-            f"epoch {epoch:3d}  loss {means[0]:.4f} (rec {means[1]:.4f} ii {means[2]:.4f} uu {means[3]:.4f})"
-            f"  val auc {val['auc']:.4f} logloss {val['logloss']:.4f}  {dt:.1f}s" + ("  *" if improved else "")
-        )
-        prog.val_auc = val["auc"]
-        if improved:
-            prog.best_metric, prog.best_epoch, prog.best_losses = metric, epoch, losses
-            prog.best_checkpoint = checkpoint_dir(ckpt_root, prog.step).name
+        losses = dict(zip(LOSS_NAMES, means))
+        improved = validate(epoch, losses, dt)
+        if improved or prog.epoch_improved:
             prog.bad_epochs = 0
         else:
             prog.bad_epochs += 1
+        prog.epoch_improved = False
         checkpoint()
         if should_stop_early(prog, cfg):
             r0.print(f"train: early stop after epoch {epoch} (best epoch {prog.best_epoch})")
@@ -704,6 +759,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "device": str(env.device),
         "backend": env.backend,
         "best_epoch": prog.best_epoch,
+        "best_step": prog.best_step,
         "best_checkpoint": str(best_path),
         "selection_metric": f"val_{cfg.selection_metric}",
         "sharding_plan": sharding,
