@@ -47,7 +47,8 @@ forward (sum) over the same tables and ids, rows read x D x 4 B per second.
 
 Timings are wall clock on whatever else the machine is doing; the load average and
 thread count are printed with them (`--threads 1` is steadier on a shared machine).
-Defaults take about 6 minutes and 8 GiB of RAM on 2 cores.  Never run as a test.
+Defaults take about 100 s on an idle 2-core machine (minutes on a busy one) and 15 GiB
+peak RSS.  Never run as a test.
 """
 
 from __future__ import annotations
