@@ -1,4 +1,4 @@
-"""python benchmarks/train_bench.py [--cases a,b] [--steps 10] [--rounds 3] [--batch-size-b 4096]
+"""python benchmarks/train_bench.py [--cases a,b] [--steps 10] [--rounds 3] [--batch-size-b 4096] [--ranks-b 2]
 
 Our training step against a plain-PyTorch implementation of the same model, in one
 process, one run, on CPU:
@@ -28,6 +28,12 @@ Cases:
   (b) synthetic large tables: 8 tables x 1M rows x D = 64, 10 ids per sample and
       table (power-law: Zipf-like rank**-1.05, ranks shuffled over rows, mean pooling),
       13 dense features, no towers, BCE only.
+
+For (b), ours also runs sharded: `--ranks-b` (default 2) spawned gloo ranks on this
+machine, the torch threads split between them, the planner's table-wise plan, each rank
+its slice of the same global batch (`train_batches`), as the trainer runs under torchrun;
+a step is timed on rank 0 between barriers, so it ends when the slowest rank's does. The
+plain baselines cannot shard and use all threads in one process.
 
 Batches are built with the trainer's own `train_batches` before timing (its rate is
 printed separately: the trainer's loop does not overlap it). Each round times
@@ -415,6 +421,66 @@ class Plain(Runner):
         return float(loss.detach())
 
 
+# ---------------------------------------------------------------------------- sharded (b)
+
+
+def _sharded_rank(rank: int, world: int, port: int, threads: int, a: dict[str, Any], q: Any) -> None:
+    """One rank of ours on `world` gloo ranks for case (b); rank 0 reports step times."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))  # fmt: skip
+    torch.set_num_threads(threads)
+    quiet_known_warnings()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    env = init_distributed("cpu")
+    try:
+        n = a["warmup"] + a["steps"]
+        data = large_table_data(a["batch"] * n, a["tables"], a["rows"], a["ids"], 13, a["alpha"], 0)
+        cfg = case_b_config(a["batch"], a["dim"])
+        batches = list(train_batches(data, cfg.batch_size, rank, world, 0, cfg.seed, False, n))
+        ours = Ours(cfg, data, env, batches)
+        plan = sorted({p.sharding_type for m in ours.plan.plan.values() for p in m.values()})
+        for _ in range(a["warmup"]):
+            ours.step()
+        times = []
+        for _ in range(a["rounds"] * a["steps"]):
+            torch.distributed.barrier()
+            times.append(timed(ours.step))
+            torch.distributed.barrier()
+        if rank == 0:
+            q.put((times, plan))
+    finally:
+        shutdown(env)
+
+
+def sharded_step_times(world: int, threads: int, a: dict[str, Any]) -> tuple[list[float], list[str]]:
+    """Step times of ours on `world` spawned gloo ranks (rank 0's clock, barriers around
+    each step, so a step ends when the slowest rank's does) and the plan's sharding types."""
+    import multiprocessing as mp
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_sharded_rank, args=(r, world, port, threads, a, q)) for r in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    codes = [proc.exitcode for proc in procs]
+    if codes != [0] * world or q.empty():
+        raise SystemExit(f"--ranks-b {world}: the ranks exited with {codes}")
+    return q.get()
+
+
+def case_b_config(batch: int, dim: int) -> TrainConfig:
+    return TrainConfig(
+        run_dir="", batch_size=batch, embedding_dim=dim,
+        modalities=[], contrastive=False, emb_l2=0.0, dropout=0.0,
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- measurement
 
 
@@ -466,7 +532,9 @@ def run_case(
     data: TrainingData,
     env: DistEnv,
     args: argparse.Namespace,
+    sharded: tuple[str, list[float]] | None = None,
 ) -> list[tuple[str, ...]]:
+    """`sharded`: (name, step times) of ours on several ranks, measured before this."""
     n_batches = args.warmup + args.steps
     t0 = time.perf_counter()
     batches = list(train_batches(data, cfg.batch_size, 0, 1, 0, cfg.seed, False, n_batches))
@@ -525,14 +593,15 @@ def run_case(
         if isinstance(r, Plain) and r is not floor
     }
     rows = []
-    for r in runners:
-        if r is floor:
-            continue
-        med = statistics.median(times[r.name])
+    timed_runs = [(r.name, times[r.name], r.opt_state_bytes_per_row) for r in runners if r is not floor]
+    if sharded is not None:
+        timed_runs.insert(1, (sharded[0], sharded[1], ours.opt_state_bytes_per_row))
+    for name, ts, state_bytes in timed_runs:
+        med = statistics.median(ts)
         rate = b / med
-        bytes_ps = ids_ps * d4 + uniq_ps * (2 * d4 + 2 * r.opt_state_bytes_per_row)
+        bytes_ps = ids_ps * d4 + uniq_ps * (2 * d4 + 2 * state_bytes)
         ratios = " ".join(f"{plain_meds[k] / med:.2f}x" for k in sorted(plain_meds))
-        rows.append((label, r.name, f"{rate:,.0f}", ratios, f"{bytes_ps / 1024:,.1f}",
+        rows.append((label, name, f"{rate:,.0f}", ratios, f"{bytes_ps / 1024:,.1f}",
                      f"{rate * bytes_ps / 1e9:.2f}", f"{100 * rate * bytes_ps / bound:.0f}%"))  # fmt: skip
     print(f"\n[{label}] {source}: batch {b}, {len(data.sparse_names)} tables "
           f"({sum(data.sparse_vocab.values()):,} rows, D={cfg.embedding_dim}), towers {len(data.towers)}, "
@@ -545,9 +614,8 @@ def run_case(
     print(
         f"  data loading (trainer.data.train_batches, not in the step times): {load_rate:,.0f} samples/s"
     )
-    for r in runners:
-        ts = times[r.name]
-        print(f"  {r.name}: step median {1e3 * statistics.median(ts):.1f} ms "
+    for name, ts in [(r.name, times[r.name]) for r in runners] + ([sharded] if sharded else []):
+        print(f"  {name}: step median {1e3 * statistics.median(ts):.1f} ms "
               f"(min {1e3 * min(ts):.1f}, max {1e3 * max(ts):.1f}, n={len(ts)})")  # fmt: skip
     if check:
         print("  " + check)
@@ -557,6 +625,10 @@ def run_case(
     for k, med in sorted(plain_meds.items()):
         print(f"  embedding work only (step - floor): {k} {1e3 * (med - t_floor):.1f} ms vs ours "
               f"{1e3 * t_ours:.1f} ms = {(med - t_floor) / t_ours:.2f}x")  # fmt: skip
+    if sharded is not None:
+        t_sh = statistics.median(sharded[1])
+        print("  whole step, " + sharded[0] + ": "
+              + ", ".join(f"{plain_meds[k] / t_sh:.2f}x {k}" for k in sorted(plain_meds)))  # fmt: skip
     print(f"  {load_avg()}")
     return rows
 
@@ -581,6 +653,10 @@ def main() -> None:
     p.add_argument("--dim-b", type=int, default=64)
     p.add_argument("--ids-b", type=int, default=10)
     p.add_argument("--alpha-b", type=float, default=1.05, help="power-law exponent of (b)'s ids")
+    p.add_argument(
+        "--ranks-b", type=int, default=2,
+        help="also time ours on (b) sharded over this many gloo ranks on this machine (0/1 = no)",
+    )  # fmt: skip
     p.add_argument("--profile", action="store_true", help="also print torch.profiler top ops")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args()
@@ -618,15 +694,21 @@ def main() -> None:
             data = large_table_data(
                 n_rows, args.tables_b, args.rows_b, args.ids_b, 13, args.alpha_b, 0
             )
-            cfg = TrainConfig(
-                run_dir="", batch_size=args.batch_size_b, embedding_dim=args.dim_b,
-                modalities=[], contrastive=False, emb_l2=0.0, dropout=0.0,
-            )  # fmt: skip
+            cfg = case_b_config(args.batch_size_b, args.dim_b)
             source = (
                 f"synthetic large tables: {args.tables_b} x {args.rows_b:,} rows x D={args.dim_b}, "
                 f"{args.ids_b} ids/sample/table, power law alpha={args.alpha_b}"
             )
-            rows += run_case("b", source, cfg, data, env, args)
+            sharded = None
+            if args.ranks_b > 1:
+                # the same machine split into ranks: threads / ranks torch threads each
+                per_rank = max(1, torch.get_num_threads() // args.ranks_b)
+                a = {"batch": args.batch_size_b, "tables": args.tables_b, "rows": args.rows_b,
+                     "ids": args.ids_b, "alpha": args.alpha_b, "dim": args.dim_b,
+                     "warmup": args.warmup, "steps": args.steps, "rounds": args.rounds}  # fmt: skip
+                ts, plan = sharded_step_times(args.ranks_b, per_rank, a)
+                sharded = (f"ours, {args.ranks_b} ranks x {per_rank} thread(s) ({'/'.join(plan)})", ts)
+            rows += run_case("b", source, cfg, data, env, args, sharded)
     finally:
         shutdown(env)
     head = (
