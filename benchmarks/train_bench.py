@@ -53,7 +53,7 @@ forward (sum) over the same tables and ids, rows read x D x 4 B per second.
 
 Timings are wall clock on whatever else the machine is doing; the load average and
 thread count are printed with them (`--threads 1` is steadier on a shared machine).
-Defaults take about 100 s on an idle 2-core machine (minutes on a busy one) and 15 GiB
+Defaults take about 2 minutes on an idle 2-core machine (more on a busy one) and 15 GiB
 peak RSS.  Never run as a test.
 """
 
