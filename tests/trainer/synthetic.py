@@ -110,3 +110,27 @@ def make_run(root: Path, n_users: int = 60, n_items: int = 40, n_rows: int = 300
         )
     (sim / "_meta.json").write_text(json.dumps({"schema_version": 1, "fingerprint": "synthetic"}))
     return root
+
+
+def copy_inputs(src: Path, dst: Path) -> str:
+    """A fresh run root at `dst` with `src`'s features/ and similarity/ (no train/)."""
+    import shutil
+
+    for stage in ("features", "similarity"):
+        shutil.copytree(src / stage, dst / stage)
+    return str(dst)
+
+
+def train_runs(rank: int, runs: list[tuple[str, dict]]) -> list[dict]:
+    """Several `trainer.main.run()`s on one rank, in one process group, like back-to-back
+    launches; for `dist_helpers.run_ranks`."""
+    import torch.distributed as dist
+
+    from trainer.config import TrainConfig
+    from trainer.main import run
+
+    dist.init_process_group("gloo")
+    try:
+        return [run(TrainConfig(run_dir=d, **o)) for d, o in runs]
+    finally:
+        dist.destroy_process_group()

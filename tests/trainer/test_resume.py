@@ -7,31 +7,12 @@ from pathlib import Path
 
 import pytest
 from dist_helpers import run_ranks
-from synthetic import make_run
+from synthetic import copy_inputs, make_run, train_runs
 
 from trainer.config import TrainConfig
 
 # 4 epochs of 4 steps; dropout on so the per-step torch seeding is exercised
 CFG = {"epochs": 4, "batch_size": 256, "max_steps_per_epoch": 4, "dropout": 0.3, "patience": 10, "log_every": 1}
-
-
-def _runs(rank: int, runs: list[tuple[str, dict]]) -> list[dict]:
-    """Several `run()`s in one process (one process group), like back-to-back launches."""
-    import torch.distributed as dist
-
-    from trainer.main import run
-
-    dist.init_process_group("gloo")
-    try:
-        return [run(TrainConfig(run_dir=d, **o)) for d, o in runs]
-    finally:
-        dist.destroy_process_group()
-
-
-def _fresh(src: Path, dst: Path) -> str:
-    for stage in ("features", "similarity"):
-        shutil.copytree(src / stage, dst / stage)
-    return str(dst)
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +21,20 @@ def synthetic_run(tmp_path_factory) -> Path:
 
 
 def test_paused_and_resumed_run_equals_uninterrupted(synthetic_run: Path, tmp_path: Path):
-    a = _fresh(synthetic_run, tmp_path / "a")
-    b = _fresh(synthetic_run, tmp_path / "b")
+    a = copy_inputs(synthetic_run, tmp_path / "a")
+    b = copy_inputs(synthetic_run, tmp_path / "b")
     # launch 1: run A to the end; run B pauses mid-epoch 1 (step 6 of 4-step epochs),
     # with step checkpoints every 3 steps
     mid = {**CFG, "checkpoint_every_steps": 3, "stop_after_step": 6}
-    (full, paused), _ = run_ranks(_runs, 2, [(a, CFG), (b, mid)])
+    (full, paused), _ = run_ranks(train_runs, 2, [(a, CFG), (b, mid)])
     assert paused["status"] == "paused" and paused["step"] == 6 and paused["epoch"] == 1
     ckpts = sorted(p.name for p in (Path(b) / "train" / "checkpoints").glob("step_*"))
     assert "step_00000006" in ckpts and "step_00000004" in ckpts  # the pause point and the best so far
     # launch 2: resume mid-epoch, pause after epoch 2 (3 epochs done)
-    (paused2,) = run_ranks(_runs, 2, [(b, {**CFG, "stop_after_epoch": 3})])[0]
+    (paused2,) = run_ranks(train_runs, 2, [(b, {**CFG, "stop_after_epoch": 3})])[0]
     assert paused2["status"] == "paused" and paused2["step"] == 12
     # launch 3: resume at an epoch boundary and finish
-    (resumed,) = run_ranks(_runs, 2, [(b, CFG)])[0]
+    (resumed,) = run_ranks(train_runs, 2, [(b, CFG)])[0]
 
     assert resumed["resumed_from"] == [6, 12] and full["resumed_from"] == []
     assert resumed["fingerprint"] == full["fingerprint"]
@@ -69,7 +50,7 @@ def test_paused_and_resumed_run_equals_uninterrupted(synthetic_run: Path, tmp_pa
 
     assert records(b) == records(a)
     # a finished run is reused, not resumed
-    (again,) = run_ranks(_runs, 1, [(b, CFG)])[0]
+    (again,) = run_ranks(train_runs, 1, [(b, CFG)])[0]
     assert again == resumed
 
 
@@ -79,9 +60,9 @@ def test_checkpoint_holds_tensors_only_and_refuses_pickled_objects(synthetic_run
     from launch.config import ConfigError
     from trainer.checkpoint import latest_checkpoint, read_metadata_safely
 
-    run = _fresh(synthetic_run, tmp_path / "run")
+    run = copy_inputs(synthetic_run, tmp_path / "run")
     cfg = {**CFG, "epochs": 2, "max_steps_per_epoch": 2, "stop_after_epoch": 1}
-    (paused,) = run_ranks(_runs, 1, [(run, cfg)])[0]
+    (paused,) = run_ranks(train_runs, 1, [(run, cfg)])[0]
     assert paused["status"] == "paused"
     ckpt = latest_checkpoint(Path(run) / "train" / "checkpoints")
     assert ckpt is not None

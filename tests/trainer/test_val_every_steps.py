@@ -6,38 +6,18 @@ and resumed between them equals an uninterrupted one.
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from dist_helpers import run_ranks
-from synthetic import make_run
+from synthetic import copy_inputs, make_run, train_runs
 
 from launch.cli import main
-from trainer.config import TrainConfig
 
 # 3 epochs of 4 steps, validated after steps 2 and 4 of each; dropout on so the per-step
 # torch seeding is exercised
 CFG = {"epochs": 3, "batch_size": 256, "max_steps_per_epoch": 4, "dropout": 0.3, "patience": 10,
        "log_every": 1, "val_every_steps": 2}  # fmt: skip
-
-
-def _runs(rank: int, runs: list[tuple[str, dict]]) -> list[dict]:
-    import torch.distributed as dist
-
-    from trainer.main import run
-
-    dist.init_process_group("gloo")
-    try:
-        return [run(TrainConfig(run_dir=d, **o)) for d, o in runs]
-    finally:
-        dist.destroy_process_group()
-
-
-def _fresh(src: Path, dst: Path) -> str:
-    for stage in ("features", "similarity"):
-        shutil.copytree(src / stage, dst / stage)
-    return str(dst)
 
 
 def _records(run: str) -> list[dict]:
@@ -47,12 +27,12 @@ def _records(run: str) -> list[dict]:
 
 def test_validations_inside_epochs_select_and_resume_exactly(tmp_path: Path):
     src = make_run(tmp_path / "synthetic")
-    a, b, c = (_fresh(src, tmp_path / n) for n in "abc")
+    a, b, c = (copy_inputs(src, tmp_path / n) for n in "abc")
     # launch 1: A validates every 2 steps to the end; B does too but pauses at step 5
     # (epoch 1, step 1: after a validation and before the next); C validates at epoch ends only
-    (full, paused, plain), _ = run_ranks(_runs, 2, [(a, CFG), (b, {**CFG, "stop_after_step": 5}), (c, {**CFG, "val_every_steps": 0})])
+    (full, paused, plain), _ = run_ranks(train_runs, 2, [(a, CFG), (b, {**CFG, "stop_after_step": 5}), (c, {**CFG, "val_every_steps": 0})])
     assert paused["status"] == "paused" and paused["step"] == 5
-    (resumed,) = run_ranks(_runs, 2, [(b, CFG)])[0]
+    (resumed,) = run_ranks(train_runs, 2, [(b, CFG)])[0]
 
     recs = _records(a)
     # training is the same with and without validations inside the epoch
