@@ -25,6 +25,7 @@ def _records(run: str) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "examples_per_s")} for x in lines]
 
 
+@pytest.mark.slow  # two 2-rank launches, four training runs: ~60 s idle, 75 s under load
 def test_validations_inside_epochs_select_and_resume_exactly(tmp_path: Path):
     src = make_run(tmp_path / "synthetic")
     a, b, c = (copy_inputs(src, tmp_path / n) for n in "abc")
