@@ -1,4 +1,5 @@
-"""PNG plots of a training run (rank 0): loss curves, val AUC per epoch, test ROC."""
+"""PNG plots of a training run (rank 0): loss curves, val AUC per epoch (per step with
+`val_every_steps`), test ROC."""
 
 from __future__ import annotations
 
@@ -50,8 +51,16 @@ def write_plots(out: Path, test_labels: np.ndarray, test_probs: np.ndarray, test
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["epoch"] for r in epochs], [r["val"]["auc"] for r in epochs], marker="o")
-    ax.set_xlabel("epoch")
+    inner = [r for r in records if r["kind"] == "val"]  # `val_every_steps` validations
+    if inner:  # every validation by step; the epoch ends marked
+        every = sorted(inner + epochs, key=lambda r: r["step"])
+        ax.plot([r["step"] for r in every], [r["val"]["auc"] for r in every], marker=".", label="every validation")
+        ax.plot([r["step"] for r in epochs], [r["val"]["auc"] for r in epochs], "o", label="epoch ends")
+        ax.set_xlabel("step")
+        ax.legend()
+    else:
+        ax.plot([r["epoch"] for r in epochs], [r["val"]["auc"] for r in epochs], marker="o")
+        ax.set_xlabel("epoch")
     ax.set_ylabel("val AUC")
     fig.tight_layout()
     written.append(plots / "val_auc.png")

@@ -62,6 +62,8 @@ def test_validations_inside_epochs_select_and_resume_exactly(tmp_path: Path):
     for key in ("val", "test", "losses", "best_step", "best_epoch", "steps", "fingerprint"):
         assert resumed[key] == full[key], key
     assert _records(b) == recs
+    # the val AUC plot is drawn from every validation (trainer/plots.py)
+    assert {p.name for p in (Path(a) / "train" / "plots").glob("*.png")} == {"loss.png", "val_auc.png", "roc.png"}
 
 
 def test_negative_val_every_steps_is_a_one_line_error(capsys, tmp_path):
