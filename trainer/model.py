@@ -99,6 +99,8 @@ class SparseArch(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         """Returns: [B, F, D]."""
         kt = self.embedding_bag_collection(features)
+        # By name, not a view of kt.values(): a sharded EBC's output keys are grouped by
+        # sharding, not in feature order (a 2-rank table-wise check showed it).
         per_feature = kt.to_dict()
         return torch.stack([per_feature[f] for f in self.feature_names], dim=1)
 
@@ -263,6 +265,7 @@ class DLRREC(nn.Module):
         d = dims.pop()
         n_sparse = sum(len(c.feature_names) for c in ebc.embedding_bag_configs())
         dropout = float(arch["dropout"])  # type: ignore[arg-type]
+        self.towers = towers
         self.sparse_arch = SparseArch(ebc)
         self.dense_arch = DenseArch(dense_in, list(arch["dense_arch"]), d)  # type: ignore[call-overload]
         self.projection_arch = ProjectionArch(
@@ -280,7 +283,8 @@ class DLRREC(nn.Module):
         d = self.dense_arch(dense)
         e = self.sparse_arch(sparse)
         p = self.projection_arch(content)
-        return self.over_arch(self.inter_arch(d, torch.cat([e, p], dim=1))), e
+        others = torch.cat([e, p], dim=1) if self.towers else e  # static: fx-traced
+        return self.over_arch(self.inter_arch(d, others)), e
 
 
 class BiasedMF(nn.Module):
