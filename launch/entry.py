@@ -21,7 +21,9 @@ from launch.config import DlrrecError, load_config
 T = TypeVar("T")
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2; `--help` exits 0."""
+
     def error(self, message: str) -> NoReturn:
         fail(self.prog, message)
 
@@ -90,7 +92,7 @@ def _key_lines(cfg_cls: type, prefix: str, lines: list[str]) -> None:
 
 
 def job_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgParser(
         prog=prog,
         description=description,
         epilog=epilog,

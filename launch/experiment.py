@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.config import ConfigError, build_dataclass, load_raw, read_yaml, section_values
-from launch.entry import fail, user_errors
+from launch.entry import ArgParser, user_errors
 
 
 @dataclass
@@ -289,13 +289,13 @@ def write_tables(
 
 
 def main(argv: list[str] | None = None, prog: str = "dlrrec experiment") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    only_collect = "--collect" in argv
-    argv = [a for a in argv if a != "--collect"]
-    if len(argv) < 2 or argv[0] != "--grid":
-        fail(prog, "usage: dlrrec experiment --grid GRID.yaml [--collect] [section.key=value ...]")
+    p = ArgParser(prog=prog, description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--grid", required=True, help="grid YAML, e.g. configs/table1-movielens-100k.yaml")
+    p.add_argument("--collect", action="store_true", help="only tabulate the grid's finished runs")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides of the base config")
+    args = p.parse_intermixed_args(argv)
     with user_errors(prog):
-        (collect if only_collect else run)(argv[1], argv[2:])
+        (collect if args.collect else run)(args.grid, args.overrides)
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.config import DataError
-from launch.entry import fail, user_errors
+from launch.entry import ArgParser, user_errors
 
 
 def read_report(run_dir: str | Path) -> dict[str, Any]:
@@ -53,11 +53,11 @@ def format_report(report: dict[str, Any], timings: dict[str, float] | None = Non
 
 
 def main(argv: list[str] | None = None, prog: str = "dlrrec report") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1 or argv[0].startswith("-"):
-        fail(prog, "usage: dlrrec report RUN_DIR")
+    p = ArgParser(prog=prog, description=(__doc__ or "").splitlines()[0])
+    p.add_argument("run_dir", help="a run root whose train/report.json exists")
+    args = p.parse_args(argv)
     with user_errors(prog):
-        print(format_report(read_report(argv[0])))
+        print(format_report(read_report(args.run_dir)))
     return 0
 
 

@@ -9,14 +9,13 @@ client from `similarity.redis_store.connect`.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import redis
 
 from launch.config import ConfigError, DataError, build_dataclass, load_raw, section_values
-from launch.entry import fail, user_errors
+from launch.entry import ArgParser, user_errors
 from similarity.config import SwingConfig
 from similarity.redis_store import KIND_NAMES, connect, key_anchor, key_current, safe_url, text
 
@@ -62,13 +61,8 @@ def _id_order(text: str) -> tuple[int, int | str]:
         return (1, text)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        fail(self.prog, message)
-
-
 def main(argv: list[str] | None = None, prog: str = "dlrrec similarity neighbors") -> int:
-    p = _Parser(prog=prog, description="look up an entity's SWING neighbours in Redis")
+    p = ArgParser(prog=prog, description="look up an entity's SWING neighbours in Redis")
     p.add_argument("kind", choices=sorted(KIND_NAMES), help="item or user")
     p.add_argument("id", help="the anchor id, as in the pair tables")
     p.add_argument("--config", help="YAML config with similarity.redis_url")

@@ -63,3 +63,22 @@ def test_help_lists_nested_section_keys(capsys):
         for f in dataclasses.fields(cls):
             assert f"\n  {name}.{f.name} (" in out, (name, f.name)
     assert "  llm.folds (int, default 5)\n      K of the out-of-fold summaries" in out
+
+
+def _commands() -> list[list[str]]:
+    from launch.cli import COMMANDS
+
+    return [[]] + [list(words) for words, _, _ in COMMANDS]
+
+
+@pytest.mark.parametrize("words", _commands(), ids=lambda w: " ".join(w) or "dlrrec")
+def test_every_command_help_prints_usage_and_exits_0(words, capsys):
+    """Enumerated from the CLI's own table, so a new subcommand is covered too."""
+    try:
+        code = main([*words, "--help"])
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    assert code in (0, None), (words, captured.err)
+    assert captured.out.startswith(f"usage: {' '.join(['dlrrec', *words])}"), captured.out[:200]
+    assert captured.err == ""
