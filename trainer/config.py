@@ -25,10 +25,12 @@ class TrainConfig:
         over_arch: hidden sizes of the MLP after the interaction (a final 1 is added).
         dropout: dropout in towers and over arch.
         lr: dense Adam learning rate (the paper's 0.01).
-        sparse_optimizer: optimizer fused into the embedding tables. `auto` = adam on
-            CUDA; on CPU fbgemm's fused kernels offer no Adam, so `auto` there means
-            exact row-wise Adagrad (recorded in report.json).
+        sparse_optimizer: optimizer fused into the embedding tables (fbgemm). `auto` =
+            exact row-wise Adagrad on CPU and CUDA alike; `adam` exists only on CUDA.
         sparse_lr: learning rate of the fused sparse optimizer.
+        sparse_weight_decay: weight decay of the fused sparse optimizer: L2 (added to the
+            gradient) with rowwise_adagrad, decoupled (AdamW) with adam; adagrad and sgd
+            have none in fbgemm, so > 0 is refused there.
         history_tables: the history bags' embedding tables (features.history_bags):
             `own` (one table per bag) or `shared` (each bag pooled from the table of the
             id feature whose ids it lists, `_meta.json` `ids_of`).

@@ -38,6 +38,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim import optimizers as fbgemm_optim
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -72,24 +73,55 @@ from trainer.model import DLRREC, BiasedMF, DLRRECTrain
 from trainer.plots import write_plots
 from trainer.pretrain import pretrain_towers_autoencoder
 
+# torchrec's placeholders for fbgemm's fused optimizers: unlike torch.optim's classes they
+# accept fbgemm-only arguments (`weight_decay_mode`), which torchrec hands to the kernels
 SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adagrad": torch.optim.Adagrad,
+    "adam": fbgemm_optim.Adam,
+    "adagrad": fbgemm_optim.Adagrad,
     "rowwise_adagrad": RowWiseAdagrad,
-    "sgd": torch.optim.SGD,
+    "sgd": fbgemm_optim.SGD,
 }
 
 
 def resolve_sparse_optimizer(name: str, device: torch.device) -> str:
-    """`auto` -> adam on CUDA, rowwise_adagrad on CPU (fbgemm's CPU kernels have no fused Adam)."""
+    """`auto` -> rowwise_adagrad on every device (what `sparse_lr` is tuned for; fbgemm has
+    it on CPU and CUDA). adam exists only in fbgemm's CUDA kernels."""
     if name == "auto":
-        return "adam" if device.type == "cuda" else "rowwise_adagrad"
+        return "rowwise_adagrad"
     if name == "adam" and device.type != "cuda":
         raise ConfigError(
             "train.sparse_optimizer: adam is fused only in fbgemm's CUDA kernels; "
             "on CPU use rowwise_adagrad, adagrad or sgd (or auto)"
         )
     return name
+
+
+def sparse_optimizer_kwargs(name: str, *, lr: float, weight_decay: float) -> dict[str, Any]:
+    """The fused optimizer's arguments, as fbgemm's kernels take them.
+
+    Weight decay exists in two of them: row-wise Adagrad adds it to the gradient
+    (L2, `weight_decay_mode` 1) and Adam always decouples it (AdamW); exact Adagrad
+    and SGD have no weight-decay term, so asking for one there is refused.
+
+    Raises:
+        ConfigError: `weight_decay > 0` with adagrad or sgd.
+    """
+    kwargs: dict[str, Any] = {"lr": lr}
+    if name == "adam":
+        kwargs["eps"] = 1e-8
+    if weight_decay <= 0:
+        return kwargs
+    if name not in ("rowwise_adagrad", "adam"):
+        raise ConfigError(
+            f"train.sparse_weight_decay: fbgemm's fused {name} has no weight decay; use "
+            "sparse_optimizer=rowwise_adagrad (L2) or adam (decoupled), or emb_l2"
+        )
+    kwargs["weight_decay"] = weight_decay
+    if name == "rowwise_adagrad":
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
+
+        kwargs["weight_decay_mode"] = WeightDecayMode.L2
+    return kwargs
 
 
 def read_variant_data(cfg: TrainConfig) -> TrainingData:
@@ -220,15 +252,7 @@ def build_model(
         content_tables, data.tower_spec(),
         rating=rating_head_args(cfg, data),
     )  # fmt: skip
-    opt_kwargs: dict[str, Any] = {"lr": cfg.sparse_lr}
-    if cfg.sparse_weight_decay:
-        # fbgemm applies weight_decay only with an explicit mode (L2 = added to the gradient)
-        from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
-
-        opt_kwargs["weight_decay"] = cfg.sparse_weight_decay
-        opt_kwargs["weight_decay_mode"] = WeightDecayMode.L2
-    if sparse_opt == "adam":
-        opt_kwargs["eps"] = 1e-8
+    opt_kwargs = sparse_optimizer_kwargs(sparse_opt, lr=cfg.sparse_lr, weight_decay=cfg.sparse_weight_decay)
     apply_optimizer_in_backward(
         SPARSE_OPTIMIZERS[sparse_opt], train_model.model.sparse_arch.parameters(), opt_kwargs
     )
@@ -386,7 +410,10 @@ NEWER_DEFAULTS: dict[str, object] = {
 }  # fmt: skip
 
 
-def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
+def fingerprint(cfg: TrainConfig, data: TrainingData, trained_on: dict[str, str]) -> str:
+    """Hash of what the model and report depend on: the config, the inputs, and
+    `trained_on` = {device type, resolved sparse optimizer} (`auto` and fbgemm's
+    kernels differ by device, so a CUDA run never reuses a CPU run's outputs)."""
     c = to_dict(cfg)
     for k in NOT_FINGERPRINTED:
         c.pop(k, None)
@@ -402,6 +429,7 @@ def fingerprint(cfg: TrainConfig, data: TrainingData) -> str:
             "config": c,
             "features": data.features_meta.get("fingerprint"),
             "similarity": (data.similarity_meta or {}).get("fingerprint"),
+            **trained_on,
         }
     )
 
@@ -459,25 +487,28 @@ def should_stop_early(prog: Progress, cfg: TrainConfig) -> bool:
     return prog.epoch + 1 >= cfg.min_epochs and prog.bad_epochs >= cfg.patience
 
 
-def find_resume_point(out: Path, fp: str, cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, None to start afresh; refuses another run's checkpoints."""
+def find_resume_point(out: Path, fp: str, cfg: TrainConfig, trained_on: dict[str, str]) -> Path | None:
+    """The checkpoint to resume from, None to start afresh; refuses another run's checkpoints,
+    and names the device or sparse optimizer when that is what differs."""
     if cfg.overwrite or not cfg.resume:
         return None
     latest = latest_checkpoint(out / "checkpoints")
     if latest is None:
         return None
+    fix = "pass overwrite=true to replace it, resume=false to start over, or choose another run_dir"
     try:
-        saved = read_trainer_state(latest).get("fingerprint")
+        state = read_trainer_state(latest)
     except ValueError as e:  # an older trainer's checkpoint (no optimizer state) or a corrupt file
+        raise ConfigError(f"{latest}: cannot resume ({e}); {fix}") from e
+    saved = {k: state.get(k) for k in trained_on}
+    if state.get("fingerprint") != fp and None not in saved.values() and saved != trained_on:
         raise ConfigError(
-            f"{latest}: cannot resume ({e}); pass overwrite=true to replace it, resume=false "
-            "to start over, or choose another run_dir"
-        ) from e
-    if saved != fp:
-        raise ConfigError(
-            f"{latest}: an unfinished run of a different config or input; pass overwrite=true "
-            "to replace it, resume=false to start over, or choose another run_dir"
+            f"{latest}: trained with device={saved['device']} sparse_optimizer={saved['sparse_optimizer']}, "
+            f"this run has device={trained_on['device']} sparse_optimizer={trained_on['sparse_optimizer']}, "
+            f"and fused optimizer state does not carry over; {fix}"
         )
+    if state.get("fingerprint") != fp:
+        raise ConfigError(f"{latest}: an unfinished run of a different config or input; {fix}")
     return latest
 
 
@@ -532,7 +563,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         require_tensorboard()  # before anything is written
     out = Path(cfg.run_dir) / "train"
     data = read_variant_data(cfg)
-    fp = fingerprint(cfg, data)
+    sparse_opt = resolve_sparse_optimizer(cfg.sparse_optimizer, env.device)
+    sparse_optimizer_kwargs(sparse_opt, lr=cfg.sparse_lr, weight_decay=cfg.sparse_weight_decay)  # refuse early
+    trained_on = {"device": env.device.type, "sparse_optimizer": sparse_opt}
+    fp = fingerprint(cfg, data, trained_on)
     report_path = out / "report.json"
     if report_path.is_file():
         old = json.loads(report_path.read_text())
@@ -546,7 +580,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 "pass overwrite=true to replace it or choose another run_dir"
             )
     ckpt_root = out / "checkpoints"
-    resume_from = find_resume_point(out, fp, cfg)  # every rank decides from the same files
+    resume_from = find_resume_point(out, fp, cfg, trained_on)  # every rank decides from the same files
     torch.distributed.barrier()
     if env.is_main and resume_from is None:
         shutil.rmtree(out, ignore_errors=True)
@@ -561,7 +595,6 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     train = data.splits["train"]
     n_pos = float(train.label.sum())
     pos_weight = (train.n - n_pos) / max(n_pos, 1.0) if cfg.class_weight == "balanced" else 1.0
-    sparse_opt = resolve_sparse_optimizer(cfg.sparse_optimizer, env.device)
     if cfg.batch_size % env.world_size:
         raise ConfigError(
             f"train.batch_size: {cfg.batch_size} is not divisible by world size {env.world_size}"
@@ -598,7 +631,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
     def checkpoint() -> Path:
         best = {ckpt_root / prog.best_checkpoint} if prog.best_checkpoint else set()
-        state = {**asdict(prog), "fingerprint": fp}
+        state = {**asdict(prog), "fingerprint": fp, **trained_on}
         path = save_checkpoint(ckpt_root, prog.step, dmp, optimizer, state, env.is_main)
         prune_checkpoints(ckpt_root, cfg.keep_checkpoints, best, env.is_main)
         return path

@@ -1,0 +1,89 @@
+"""The device-dependent parts of the trainer, checked on CPU: the fused optimizers'
+arguments, `auto`, the fingerprint and the resume refusal across devices."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from synthetic import make_run
+from test_train_errors import _fail
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+from launch.config import ConfigError
+from trainer.checkpoint import METADATA_FILE, STATE_FILE, STATE_VERSION
+from trainer.config import TrainConfig
+from trainer.main import (
+    SPARSE_OPTIMIZERS,
+    find_resume_point,
+    fingerprint,
+    resolve_sparse_optimizer,
+    sparse_optimizer_kwargs,
+)
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE_OPTIMIZERS))
+def test_sparse_weight_decay_reaches_fbgemm_or_is_refused(name: str):
+    # torch.optim's classes raised TypeError on fbgemm's `weight_decay_mode`
+    try:
+        kwargs = sparse_optimizer_kwargs(name, lr=0.1, weight_decay=0.01)
+    except ConfigError as e:
+        assert name in ("adagrad", "sgd") and "train.sparse_weight_decay" in str(e)
+        return
+    assert kwargs["weight_decay"] == 0.01
+    # L2 for row-wise Adagrad; fbgemm's Adam always decouples (no mode to pass)
+    assert ("weight_decay_mode" in kwargs) == (name == "rowwise_adagrad")
+    p = torch.nn.Parameter(torch.zeros(4, 4))
+    apply_optimizer_in_backward(SPARSE_OPTIMIZERS[name], [p], kwargs)
+    assert p._optimizer_kwargs == [kwargs]  # type: ignore[attr-defined]
+
+
+def test_weight_decay_with_an_optimizer_that_has_none_is_one_line(tmp_path: Path, capsys):
+    run = make_run(tmp_path / "run", n_rows=400)
+    err = _fail(["train", f"run_dir={run}", "batch_size=64", "epochs=1", "device=cpu",
+                 "sparse_optimizer=adagrad", "sparse_weight_decay=0.01"], capsys)  # fmt: skip
+    assert "train.sparse_weight_decay" in err and "adagrad" in err, err
+    assert not (run / "train").exists()
+
+
+def test_auto_is_rowwise_adagrad_on_every_device():
+    assert resolve_sparse_optimizer("auto", CPU) == resolve_sparse_optimizer("auto", CUDA) == "rowwise_adagrad"
+    assert resolve_sparse_optimizer("adam", CUDA) == "adam"
+    with pytest.raises(ConfigError, match="train.sparse_optimizer"):
+        resolve_sparse_optimizer("adam", CPU)
+
+
+def test_fingerprint_names_device_and_resolved_optimizer():
+    cfg = TrainConfig(run_dir="r")
+    data = SimpleNamespace(features_meta={"fingerprint": "f"}, similarity_meta={"fingerprint": "s"})
+    on = [
+        {"device": "cpu", "sparse_optimizer": "rowwise_adagrad"},
+        {"device": "cuda", "sparse_optimizer": "rowwise_adagrad"},
+        {"device": "cuda", "sparse_optimizer": "adam"},
+    ]
+    fps = {fingerprint(cfg, data, t) for t in on}  # type: ignore[arg-type]
+    assert len(fps) == 3
+
+
+def _fake_checkpoint(out: Path, state: dict) -> Path:
+    ckpt = out / "checkpoints" / "step_00000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / METADATA_FILE).write_bytes(b"")
+    (ckpt / STATE_FILE).write_text(json.dumps({**state, "version": STATE_VERSION}))
+    return ckpt
+
+
+def test_resume_across_devices_is_refused_naming_them(tmp_path: Path):
+    cpu = {"device": "cpu", "sparse_optimizer": "rowwise_adagrad"}
+    cuda = {"device": "cuda", "sparse_optimizer": "adam"}
+    cfg = TrainConfig(run_dir=str(tmp_path))
+    ckpt = _fake_checkpoint(tmp_path / "train", {"fingerprint": "fp-cuda", **cuda})
+    with pytest.raises(ConfigError) as e:
+        find_resume_point(tmp_path / "train", "fp-cpu", cfg, cpu)
+    msg = str(e.value)
+    assert "\n" not in msg and str(ckpt) in msg
+    assert "device=cuda sparse_optimizer=adam" in msg and "device=cpu sparse_optimizer=rowwise_adagrad" in msg
+    assert find_resume_point(tmp_path / "train", "fp-cuda", cfg, cuda) == ckpt
