@@ -51,10 +51,33 @@ WORDS = (
 ).split()
 
 
-def write_synthetic(raw: Path, n_rows: int, seed: int = 0) -> dict[str, int]:
-    """interactions/items/users.parquet with `n_rows` reviews, generated chunk by chunk."""
+def power_law_ids(
+    n: int, cdf: np.ndarray, perm: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """n ids with p(rank r) ~ cdf's increments, ranks mapped to ids by `perm`."""
+    ranks = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+    return perm[np.minimum(ranks, len(perm) - 1)]
+
+
+def write_synthetic(
+    raw: Path,
+    n_rows: int,
+    seed: int = 0,
+    *,
+    n_users: int | None = None,
+    n_items: int | None = None,
+    power_law: bool = False,
+) -> dict[str, int]:
+    """interactions/items/users.parquet with `n_rows` reviews, generated chunk by chunk.
+
+    Entities default to n_rows / 10 users and n_rows / 100 items.  By default users are
+    uniform and items Zipf(1.3)-like (clipped); `power_law` draws users with p ~
+    rank**-0.8 and items with p ~ rank**-0.9 over the whole range, ranks shuffled over
+    the ids (benchmarks/scale_bench.py).  Memory: the entity tables plus one chunk.
+    """
     rng = np.random.default_rng(seed)
-    n_users, n_items = max(n_rows // 10, 10), max(n_rows // 100, 10)
+    n_users = n_users or max(n_rows // 10, 10)
+    n_items = n_items or max(n_rows // 100, 10)
     cats = np.array([f"cat{c:03d}" for c in range(200)])
     lengths = rng.integers(0, 16, n_items)  # up to 15 categories: the cap of 11 bites
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
@@ -89,17 +112,27 @@ def write_synthetic(raw: Path, n_rows: int, seed: int = 0) -> dict[str, int]:
     sentences = pa.array(
         [" ".join(rng.choice(WORDS, rng.integers(6, 17))) + "." for _ in range(5000)]
     )
+    if power_law:  # (drawn only here, so the default data stay what they were)
+        user_cdf = np.cumsum((np.arange(n_users) + 1.0) ** -0.8)
+        item_cdf = np.cumsum((np.arange(n_items) + 1.0) ** -0.9)
+        user_perm, item_perm = rng.permutation(n_users), rng.permutation(n_items)
     with pq.ParquetWriter(raw / "interactions.parquet", RAW_INTERACTIONS) as w:
         for start in range(0, n_rows, CHUNK):
             n = min(CHUNK, n_rows - start)
-            # Zipf-like item popularity, uniform users.
-            item = np.minimum(rng.zipf(1.3, n) - 1, n_items - 1)
+            if power_law:
+                item = power_law_ids(n, item_cdf, item_perm, rng)
+            else:  # Zipf-like item popularity, uniform users.
+                item = np.minimum(rng.zipf(1.3, n) - 1, n_items - 1)
             ids = pc.cast(pa.array(np.arange(start, start + n)), pa.string())
             text_idx = rng.integers(0, len(sentences), n)
+            if power_law:
+                user = power_law_ids(n, user_cdf, user_perm, rng)
+            else:
+                user = rng.integers(0, n_users, n)
             chunk = pa.table(
                 {
                     "user": pc.binary_join_element_wise(
-                        "u", pc.cast(pa.array(rng.integers(0, n_users, n)), pa.string()), ""
+                        "u", pc.cast(pa.array(user), pa.string()), ""
                     ),
                     "item": pc.binary_join_element_wise(
                         "i", pc.cast(pa.array(item), pa.string()), ""
