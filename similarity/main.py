@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
@@ -91,18 +90,16 @@ def fingerprint(cfg: SwingConfig, input_fingerprint: str) -> str:
 class _Comm:
     """The ranks of this job: a process group when WORLD_SIZE > 1, else a single process.
 
-    Objects go through a gloo group even when the main group is nccl: the kernel and
-    the data it exchanges (decisions, counts, paths) live on the CPU.
+    SWING is CPU work, so its own group is always gloo, whatever GPUs the node has
+    (nccl would need one GPU per rank). Inside a caller's nccl group, objects go
+    through a gloo subgroup: the kernel and the data it exchanges live on the CPU.
     """
 
     def __init__(self) -> None:
         self.owns_group = False
         self.group: Any = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            if backend == "nccl":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            init_process_group_from_env(backend)
+            init_process_group_from_env("gloo")
             self.owns_group = True
         if dist.is_initialized():
             self.rank, self.world = dist.get_rank(), dist.get_world_size()

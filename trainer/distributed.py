@@ -44,6 +44,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
     backend = "nccl" if use_cuda else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
+        check_ranks_per_gpu(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
@@ -55,6 +56,21 @@ def init_distributed(device: str = "auto") -> DistEnv:
     else:
         dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, True)
+
+
+def check_ranks_per_gpu(nproc_per_node: int, gpus: int) -> None:
+    """One rank per GPU: nccl cannot share a device between ranks of one group.
+
+    Raises:
+        ConfigError: more ranks on this node than visible GPUs, naming both.
+    """
+    if nproc_per_node > gpus:
+        from launch.config import ConfigError
+
+        raise ConfigError(
+            f"train: nproc_per_node={nproc_per_node} but this node has {gpus} GPU(s); "
+            f"launch at most {gpus} rank(s) per node (-j Nx{gpus}) or pass device=cpu"
+        )
 
 
 def shutdown(env: DistEnv) -> None:

@@ -91,3 +91,27 @@ def test_two_gloo_ranks_match_one(tmp_path: Path) -> None:
             assert meta_a[kind][key] == meta_b[kind][key], (kind, key)
     assert meta_a["fingerprint"] == meta_b["fingerprint"]
     assert not list((tmp_path / "two").glob(".similarity*"))
+
+
+def _swing_backend(rank: int) -> str:
+    """The backend SWING's ranks join on a node that reports a GPU (1 visible, 2 ranks)."""
+    import torch
+    import torch.distributed as dist
+
+    from similarity.main import _Comm
+
+    torch.cuda.is_available = lambda: True  # type: ignore[method-assign]
+    torch.cuda.device_count = lambda: 1  # type: ignore[method-assign]
+    comm = _Comm()
+    try:
+        return str(dist.get_backend())
+    finally:
+        assert comm.owns_group
+        dist.destroy_process_group()
+
+
+def test_swing_stays_on_gloo_when_the_node_has_fewer_gpus_than_ranks():
+    # was: nccl + set_device(local_rank), "invalid device ordinal" on rank 1
+    from dist_helpers import run_ranks
+
+    assert run_ranks(_swing_backend, 2) == ["gloo", "gloo"]

@@ -87,3 +87,24 @@ def test_resume_across_devices_is_refused_naming_them(tmp_path: Path):
     assert "\n" not in msg and str(ckpt) in msg
     assert "device=cuda sparse_optimizer=adam" in msg and "device=cpu sparse_optimizer=rowwise_adagrad" in msg
     assert find_resume_point(tmp_path / "train", "fp-cuda", cfg, cuda) == ckpt
+
+
+def test_more_ranks_than_gpus_is_one_line_naming_both():
+    from trainer.distributed import check_ranks_per_gpu
+
+    check_ranks_per_gpu(2, 2)
+    with pytest.raises(ConfigError) as e:
+        check_ranks_per_gpu(2, 1)
+    assert "nproc_per_node=2" in str(e.value) and "1 GPU" in str(e.value)
+
+
+def test_more_ranks_than_gpus_from_the_cli(tmp_path: Path, capsys, monkeypatch):
+    # rank 0 of `-j 1x2` on a node with one GPU: refused before set_device or any collective
+    run = make_run(tmp_path / "run", n_rows=400)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    err = _fail(["train", f"run_dir={run}", "batch_size=64", "epochs=1"], capsys)
+    assert "nproc_per_node=2" in err and "1 GPU" in err, err
+    assert not (run / "train").exists()
