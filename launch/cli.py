@@ -7,7 +7,7 @@
     dlrrec similarity neighbors KIND ID --config C
     dlrrec train --config C [key=value ...]
     dlrrec pipeline --config C [key=value ...]
-    dlrrec experiment --grid G.yaml
+    dlrrec experiment --grid G.yaml [--score-test]
     dlrrec report RUN_DIR
 
 Each job module owns its own `main(argv)`; this file only dispatches, importing the

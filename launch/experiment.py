@@ -2,10 +2,12 @@
 
 Runs every variant x dropout x seed as a training run on one shared features/SWING
 run root, selects on validation only, and writes `table1.csv`, `table1.md` and
-`table1.png` with mean ± std over seeds of test AUC, accuracy and FPR, plus paired
-comparisons (co-trained vs V0, contrastive vs BCE-only) with their standard errors.
-The test split is never used to choose anything: each (variant, seed) picks its
-dropout by val AUC, and the threshold is the val-chosen one of each run.
+`table1.png` with mean ± std over seeds, plus paired comparisons (co-trained vs V0,
+contrastive vs BCE-only) with their standard errors.
+The test split is sealed while tuning (`train.score_test=false`): no test figure is
+computed. `--score-test` (grid key `score_test`) then scores test once, for each
+(variant, seed)'s val-chosen run only, from its best checkpoint (no retraining). The
+threshold is the val-chosen one of each run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ class GridConfig:
         overrides: train-section overrides applied to every run (e.g. epochs).
         variant_seeds: name -> seeds for that variant instead of `seeds` (e.g. 5 seeds
             for the full model, 3 for the baselines).
+        score_test: score test for the val-chosen runs (`--score-test`); false (the
+            default) keeps every run sealed.
     """
 
     base: str
@@ -45,6 +49,7 @@ class GridConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     overrides: dict[str, Any] = field(default_factory=dict)
     variant_seeds: dict[str, list[int]] = field(default_factory=dict)
+    score_test: bool = False
 
     def validate(self) -> None:
         if not self.variants:
@@ -91,22 +96,24 @@ def select_per_seed(rows: list[dict[str, Any]], variant: str) -> dict[int, dict[
     return best
 
 
+# the figures of a run's row; test ones are None while it is sealed
+TEST_KEYS = ("test_auc", "test_accuracy", "test_fpr")
+METRICS = ("val_auc", *TEST_KEYS)
+
+
+def stats(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Mean and std of each metric every row has (sealed test metrics are left out)."""
+    return {k: mean_std([r[k] for r in rows]) for k in METRICS if rows and all(r[k] is not None for r in rows)}
+
+
 def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
     per_cell: dict[tuple[str, float], dict[str, Any]] = {}
     for v in variants:
         for d in sorted({r["dropout"] for r in rows if r["variant"] == v}):
             cell = [r for r in rows if r["variant"] == v and r["dropout"] == d]
-            per_cell[(v, d)] = {k: mean_std([r[k] for r in cell]) for k in ("test_auc", "test_accuracy", "test_fpr", "val_auc")}
-            per_cell[(v, d)]["n"] = len(cell)
+            per_cell[(v, d)] = {**stats(cell), "n": len(cell)}
     selected = {v: select_per_seed(rows, v) for v in variants}
-    per_variant = {
-        v: {
-            k: mean_std([r[k] for r in sel.values()])
-            for k in ("val_auc", "test_auc", "test_accuracy", "test_fpr")
-        }
-        | {"seeds": len(sel)}
-        for v, sel in selected.items()
-    }
+    per_variant = {v: {**stats(list(sel.values())), "seeds": len(sel)} for v, sel in selected.items()}
     comparisons = {}
     pairs = [
         ("cotrained_bce", "v0_bce", "co-trained vs V0 (both BCE)"),
@@ -118,17 +125,28 @@ def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
     ]
     for a, b, label in pairs:
         if a in selected and b in selected:
+            both = list(selected[a].values()) + list(selected[b].values())
             comparisons[label] = {
                 k: paired_difference(
                     {s: r[k] for s, r in selected[a].items()}, {s: r[k] for s, r in selected[b].items()}
                 )
-                for k in ("test_auc", "test_accuracy", "test_fpr")
+                for k in METRICS
+                if all(r[k] is not None for r in both)
             }
     return {"cells": per_cell, "variants": per_variant, "comparisons": comparisons, "selected": selected}
 
 
-def _pm(ms: tuple[float, float], digits: int = 4) -> str:
-    return f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+def seal_unchosen(rows: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
+    """The rows with test figures only for each (variant, seed)'s val-chosen run."""
+    chosen = {id(r) for v in variants for r in select_per_seed(rows, v).values()}
+    return [r if id(r) in chosen else {**r, **dict.fromkeys(TEST_KEYS)} for r in rows]
+
+
+def _pm(m: dict[str, Any], key: str, digits: int = 4) -> str:
+    """`mean ± std` of `key`, or `sealed` when its test figures were never computed."""
+    if key not in m:
+        return "sealed"
+    return f"{m[key][0]:.{digits}f} ± {m[key][1]:.{digits}f}"
 
 
 def format_markdown(summary: dict[str, Any], grid: GridConfig, meta: dict[str, Any]) -> str:
@@ -136,8 +154,8 @@ def format_markdown(summary: dict[str, Any], grid: GridConfig, meta: dict[str, A
         f"# Table 1 on {meta['dataset']} ({meta['split']} split)",
         "",
         "Mean ± std over training seeds (one data split; `n` in the cell table counts the runs). "
-        "Every run selects its "
-        "best epoch and threshold on val; test is scored once.",
+        "Every run selects its best epoch and threshold on val. Test is sealed while tuning and "
+        "scored once, for each (variant, seed)'s val-chosen run (`--score-test`); `sealed` = not scored.",
         "",
         "## Per variant (dropout chosen per seed by val AUC)",
         "",
@@ -146,13 +164,13 @@ def format_markdown(summary: dict[str, Any], grid: GridConfig, meta: dict[str, A
     ]
     for v, m in summary["variants"].items():
         lines.append(
-            f"| {v} | {_pm(m['val_auc'])} | {_pm(m['test_auc'])} | {_pm(m['test_accuracy'])} "
-            f"| {_pm(m['test_fpr'])} | {m['seeds']} |"
+            f"| {v} | {_pm(m, 'val_auc')} | {_pm(m, 'test_auc')} | {_pm(m, 'test_accuracy')} "
+            f"| {_pm(m, 'test_fpr')} | {m['seeds']} |"
         )
     lines += ["", "## Every cell", "", "| variant | dropout | val AUC | test AUC | test accuracy | test FPR | runs |", "|---|---|---|---|---|---|---|"]
     for (v, d), m in summary["cells"].items():
         lines.append(
-            f"| {v} | {d} | {_pm(m['val_auc'])} | {_pm(m['test_auc'])} | {_pm(m['test_accuracy'])} | {_pm(m['test_fpr'])} | {m['n']} |"
+            f"| {v} | {d} | {_pm(m, 'val_auc')} | {_pm(m, 'test_auc')} | {_pm(m, 'test_accuracy')} | {_pm(m, 'test_fpr')} | {m['n']} |"
         )
     lines += ["", "## Paired comparisons (same seeds)", ""]
     for label, ks in summary["comparisons"].items():
@@ -181,32 +199,35 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     variants = sorted({v for v, _ in summary["cells"]})
     dropouts = sorted({d for _, d in summary["cells"]})
     width = 0.8 / max(len(variants), 1)
+    # every cell's test AUC exists only when nothing was sealed; else val AUC
+    key = "test_auc" if all("test_auc" in c for c in summary["cells"].values()) else "val_auc"
     for i, v in enumerate(variants):
         xs, ms, ss = [], [], []
         for j, d in enumerate(dropouts):
             if (v, d) in summary["cells"]:
-                m, s = summary["cells"][(v, d)]["test_auc"]
+                m, s = summary["cells"][(v, d)][key]
                 xs.append(j + i * width)
                 ms.append(m)
                 ss.append(s)
         ax.bar(xs, ms, width, yerr=ss, capsize=3, label=v)
     ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(dropouts))])
     ax.set_xticklabels([f"dropout {d}" for d in dropouts])
-    lo = min(m["test_auc"][0] for m in summary["cells"].values())
+    lo = min(m[key][0] for m in summary["cells"].values())
     ax.set_ylim(lo - 0.02, None)
-    ax.set_ylabel("test AUC (mean ± std over seeds)")
+    ax.set_ylabel(f"{key.replace('_auc', '')} AUC (mean ± std over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def run(grid_path: str, extra: list[str]) -> dict[str, Any]:
+def run(grid_path: str, extra: list[str], score_test: bool = False) -> dict[str, Any]:
     from trainer.config import TrainConfig
     from trainer.main import run as train
 
     raw_grid = read_yaml(grid_path)
     grid = build_dataclass(GridConfig, raw_grid, "grid")
+    grid.score_test = grid.score_test or score_test
     raw = load_raw(grid.base, extra, None)
     base_train = section_values(raw, "train")
     root = Path(section_values(raw, "pipeline")["run_dir"])
@@ -218,6 +239,7 @@ def run(grid_path: str, extra: list[str]) -> dict[str, Any]:
     out = Path(grid.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    cfgs: dict[str, TrainConfig] = {}
     total = sum(len(grid.dropouts) * len(grid.seeds_of(v)) for v in grid.variants)
     k = 0
     t0 = time.time()
@@ -231,28 +253,40 @@ def run(grid_path: str, extra: list[str]) -> dict[str, Any]:
                     if not link.exists():
                         run_dir.mkdir(parents=True, exist_ok=True)
                         link.symlink_to((root / stage).resolve())
-                values = {**base_train, **grid.overrides, **variant, "dropout": dropout, "seed": seed, "run_dir": str(run_dir)}
-                cfg = build_dataclass(TrainConfig, values, f"grid.variants.{name}")
+                values = {**base_train, **grid.overrides, **variant, "dropout": dropout, "seed": seed,
+                          "run_dir": str(run_dir), "score_test": False}  # fmt: skip
+                cfg = cfgs[str(run_dir)] = build_dataclass(TrainConfig, values, f"grid.variants.{name}")
                 print(f"[{k}/{total}] {name} dropout={dropout} seed={seed}", flush=True)
-                report = train(cfg)
-                rows.append(row_of(name, dropout, seed, run_dir, report))
+                rows.append(row_of(name, dropout, seed, run_dir, train(cfg)))
+    if grid.score_test:  # once, for the val-chosen runs only: their best checkpoints
+        chosen = {id(r) for v in grid.variants for r in select_per_seed(rows, v).values()}
+        for i, r in enumerate(rows):
+            if id(r) in chosen:
+                print(f"scoring test: {r['run_dir']} (chosen on val)", flush=True)
+                report = train(replace(cfgs[r["run_dir"]], score_test=True))
+                rows[i] = row_of(r["variant"], r["dropout"], r["seed"], Path(r["run_dir"]), report)
     write_tables(rows, grid, root, out)
     print(f"experiment: {total} runs in {time.time() - t0:.0f} s -> {out}", flush=True)
     return summarise(rows, list(grid.variants))
 
 
 def row_of(name: str, dropout: float, seed: int, run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """A run's row; its test figures are None when the report's test is sealed."""
+    test = report.get("test") or {}
     return {
-        "variant": name, "dropout": dropout, "seed": seed,
-        "val_auc": report["val"]["auc"], "test_auc": report["test"]["auc"],
-        "test_accuracy": report["test"]["accuracy"], "test_fpr": report["test"]["fpr"],
+        "variant": name, "dropout": dropout, "seed": seed, "val_auc": report["val"]["auc"],
+        "test_auc": test.get("auc"), "test_accuracy": test.get("accuracy"), "test_fpr": test.get("fpr"),
         "best_epoch": report["best_epoch"], "run_dir": str(run_dir),
     }  # fmt: skip
 
 
-def collect(grid_path: str, extra: list[str]) -> dict[str, Any]:
-    """Tables from the grid's finished runs only (no training); missing runs are listed."""
+def collect(grid_path: str, extra: list[str], score_test: bool = False) -> dict[str, Any]:
+    """Tables from the grid's finished runs only (no training); missing runs are listed.
+
+    Test figures are read only with `score_test`, and then only those of the val-chosen runs.
+    """
     grid = build_dataclass(GridConfig, read_yaml(grid_path), "grid")
+    grid.score_test = grid.score_test or score_test
     root = Path(section_values(load_raw(grid.base, extra, None), "pipeline")["run_dir"])
     out = Path(grid.out_dir)
     rows, missing = [], []
@@ -262,11 +296,15 @@ def collect(grid_path: str, extra: list[str]) -> dict[str, Any]:
                 run_dir = out / "runs" / f"{name}-d{dropout}-s{seed}"
                 p = run_dir / "train" / "report.json"
                 if p.is_file():
-                    rows.append(row_of(name, dropout, seed, run_dir, json.loads(p.read_text())))
+                    report = json.loads(p.read_text())
+                    rows.append(row_of(name, dropout, seed, run_dir, {**report, "test": None}
+                                       if not grid.score_test else report))  # fmt: skip
                 else:
                     missing.append(run_dir.name)
     if not rows:
         raise ConfigError(f"grid.out_dir: no finished runs under {out / 'runs'}")
+    if grid.score_test:
+        rows = seal_unchosen(rows, list(grid.variants))
     write_tables(rows, grid, root, out, missing)
     return summarise(rows, [v for v in grid.variants if any(r["variant"] == v for r in rows)])
 
@@ -292,10 +330,14 @@ def main(argv: list[str] | None = None, prog: str = "dlrrec experiment") -> int:
     p = ArgParser(prog=prog, description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--grid", required=True, help="grid YAML, e.g. configs/table1-movielens-100k.yaml")
     p.add_argument("--collect", action="store_true", help="only tabulate the grid's finished runs")
+    p.add_argument(
+        "--score-test", action="store_true",
+        help="score test once for each (variant, seed)'s val-chosen run (tuning runs stay sealed)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the base config")
     args = p.parse_intermixed_args(argv)
     with user_errors(prog):
-        (collect if args.collect else run)(args.grid, args.overrides)
+        (collect if args.collect else run)(args.grid, args.overrides, args.score_test)
     return 0
 
 

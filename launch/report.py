@@ -23,18 +23,16 @@ def read_report(run_dir: str | Path) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any], timings: dict[str, float] | None = None) -> str:
     """A plain-text table of the val/test metrics and run facts."""
-    v, t = report["val"], report["test"]
-    rows = [
-        ("metric", "val", "test"),
-        ("auc", f"{v['auc']:.4f}", f"{t['auc']:.4f}"),
-        ("logloss", f"{v['logloss']:.4f}", f"{t['logloss']:.4f}"),
-        ("accuracy", f"{v['accuracy']:.4f}", f"{t['accuracy']:.4f}"),
-        ("fpr", f"{v['fpr']:.4f}", f"{t['fpr']:.4f}"),
-        ("rows", str(v.get("n", "")), str(t.get("n", ""))),
-    ]
+    v, t = report["val"], report.get("test")
+    rows = [("metric", "val", "test")]
+    for key in ("auc", "logloss", "accuracy", "fpr"):
+        rows.append((key, f"{v[key]:.4f}", "sealed" if t is None else f"{t[key]:.4f}"))
+    rows.append(("rows", str(v.get("n", "")), "sealed" if t is None else str(t.get("n", ""))))
     w0 = max(len(r[0]) for r in rows)
     lines = [f"{a:<{w0}}  {b:>8}  {c:>8}" for a, b, c in rows]
     lines.insert(1, "-" * (w0 + 20))
+    if t is None:
+        lines.append("test sealed (train.score_test=false): no test figure was computed")
     var = report.get("variant", {})
     plan = report.get("sharding_plan", {})
     ranks = sorted({r for p in plan.values() for r in p.get("ranks", [])})

@@ -85,6 +85,10 @@ class TrainConfig:
         rating_weight: weight of the rating head's loss (0 = off): an affine map of each
             training row's logit regresses its standardised 1-5 rating (the label keeps
             only rating >= 4); val/test ratings are never read.
+        score_test: score the test split with the val-selected model (the default). False
+            seals it: no test figure is computed, printed or written, so tuning runs cannot
+            peek. Not part of the fingerprint: a later `score_test=true` run of a sealed run
+            scores its best checkpoint without training again (docs/evaluation.md).
     """
 
     run_dir: str
@@ -137,6 +141,7 @@ class TrainConfig:
     variant: Literal["full", "dlrm_content", "dlrm", "biased_mf"] = "full"
     id_dropout: float = 0.0
     rating_weight: float = 0.0
+    score_test: bool = True
 
     @property
     def uses_content(self) -> bool:

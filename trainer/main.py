@@ -400,7 +400,7 @@ def evaluate(
 NOT_FINGERPRINTED = (
     "run_dir", "overwrite", "device", "log_every",
     "resume", "checkpoint_every_steps", "stop_after_epoch", "stop_after_step",
-    "tensorboard", "progress_bar",
+    "tensorboard", "progress_bar", "score_test",
 )  # fmt: skip
 # keys newer than their runs: left out of the fingerprint at their defaults so those
 # runs keep their fingerprints (the chunked InfoNCE equals the one-piece one)
@@ -568,19 +568,23 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     trained_on = {"device": env.device.type, "sparse_optimizer": sparse_opt}
     fp = fingerprint(cfg, data, trained_on)
     report_path = out / "report.json"
+    unsealing = False  # scoring test of a finished sealed run (no training)
     if report_path.is_file():
         old = json.loads(report_path.read_text())
         if old.get("fingerprint") == fp and not cfg.overwrite:
-            if env.is_main:
-                print(f"train: reusing {report_path} (same config and inputs)", flush=True)
-            return old
-        if not cfg.overwrite:
+            unsealing = cfg.score_test and old.get("test") is None
+            if not unsealing:
+                if env.is_main:
+                    print(f"train: reusing {report_path} (same config and inputs)", flush=True)
+                return old if cfg.score_test else {**old, "test": None}
+        elif not cfg.overwrite:
             raise ConfigError(
                 f"{out}: holds a run of a different config or input; "
                 "pass overwrite=true to replace it or choose another run_dir"
             )
     ckpt_root = out / "checkpoints"
-    resume_from = find_resume_point(out, fp, cfg, trained_on)  # every rank decides from the same files
+    # every rank decides from the same files; a sealed run's last checkpoint is its end
+    resume_from = latest_checkpoint(ckpt_root) if unsealing else find_resume_point(out, fp, cfg, trained_on)
     torch.distributed.barrier()
     if env.is_main and resume_from is None:
         shutil.rmtree(out, ignore_errors=True)
@@ -610,13 +614,16 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     prog = Progress()
     if resume_from is not None:
         prog = Progress.from_state(load_checkpoint(resume_from, dmp, optimizer))
-        prog.resumed_from.append(prog.step)
-        if env.is_main:
-            truncate_metrics(out / "metrics.jsonl", prog.step)
-        r0.print(f"train: resuming from {resume_from} (epoch {prog.epoch}, step {prog.step})")
+        if unsealing:
+            r0.print(f"train: scoring test with the best checkpoint of the sealed run in {out}")
+        else:
+            prog.resumed_from.append(prog.step)
+            if env.is_main:
+                truncate_metrics(out / "metrics.jsonl", prog.step)
+            r0.print(f"train: resuming from {resume_from} (epoch {prog.epoch}, step {prog.step})")
     r0.open_tensorboard(prog.step if resume_from is not None else None)
     n_steps = epoch_steps(train.n, cfg.batch_size, cfg.max_steps_per_epoch)
-    for name in ("val", "test"):
+    for name in ("val", "test") if cfg.score_test else ("val",):
         labels = np.asarray(data.splits[name].label)
         if labels.size == 0 or labels.min() == labels.max():
             raise DataError(
@@ -782,8 +789,11 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     else:
         threshold = best_accuracy_threshold(v_labels, v_probs)
     val = classification_report(v_labels, v_probs, threshold)
-    t_labels, t_probs = evaluate(dmp, data, "test", cfg, env, cold)
-    test = classification_report(t_labels, t_probs, threshold)
+    test, roc = None, None
+    if cfg.score_test:  # sealed (score_test=false): test rows are never scored
+        t_labels, t_probs = evaluate(dmp, data, "test", cfg, env, cold)
+        test = classification_report(t_labels, t_probs, threshold)
+        roc = (t_labels, t_probs, test["auc"])
     report = {
         "dataset": data.features_meta.get("dataset", cfg.dataset),
         "split": data.features_meta.get("split"),
@@ -814,13 +824,14 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "config": to_dict(cfg),
     }
     if env.is_main:
-        write_plots(out, t_labels, t_probs, test["auc"])
+        write_plots(out, roc)
         write_json_atomic(report_path, report)
-        print(
-            f"train: best epoch {prog.best_epoch}  val auc {val['auc']:.4f}  "
-            f"test auc {test['auc']:.4f} acc {test['accuracy']:.4f} fpr {test['fpr']:.4f}",
-            flush=True,
+        tested = (
+            f"test auc {test['auc']:.4f} acc {test['accuracy']:.4f} fpr {test['fpr']:.4f}"
+            if test is not None
+            else "test sealed (score_test=false)"
         )
+        print(f"train: best epoch {prog.best_epoch}  val auc {val['auc']:.4f}  {tested}", flush=True)
     torch.distributed.barrier()
     return report
 

@@ -23,7 +23,8 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr
 
 
-def write_plots(out: Path, test_labels: np.ndarray, test_probs: np.ndarray, test_auc: float) -> list[Path]:
+def write_plots(out: Path, test_roc: tuple[np.ndarray, np.ndarray, float] | None) -> list[Path]:
+    """loss.png, val_auc.png and, given test (labels, probs, AUC), roc.png (none when sealed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,6 +68,9 @@ def write_plots(out: Path, test_labels: np.ndarray, test_probs: np.ndarray, test
     fig.savefig(written[-1], dpi=100)
     plt.close(fig)
 
+    if test_roc is None:
+        return written
+    test_labels, test_probs, test_auc = test_roc
     fpr, tpr = roc_curve(test_labels, test_probs)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(fpr, tpr, label=f"test AUC {test_auc:.4f}")

@@ -1,4 +1,7 @@
 import math
+from pathlib import Path
+
+import pytest
 
 from launch.experiment import GridConfig, format_markdown, mean_std, paired_difference, summarise
 
@@ -93,7 +96,7 @@ def test_variant_seeds_override_the_grid_seeds(tmp_path):
         p.mkdir(parents=True)
         m = {"auc": auc, "accuracy": 0.7, "fpr": 0.3}
         (p / "report.json").write_text(json.dumps({"val": m, "test": m, "best_epoch": 1}))
-    summary = collect(str(grid), [])
+    summary = collect(str(grid), [], score_test=True)
     assert summary["variants"]["full"]["seeds"] == 3
     assert math.isclose(summary["variants"]["full"]["val_auc"][0], 0.82)
     assert summary["variants"]["dlrm_content"]["seeds"] == 1
@@ -107,3 +110,98 @@ def test_variant_seeds_override_the_grid_seeds(tmp_path):
             {"base": "b", "out_dir": "o", "variants": {"a": {}}, "variant_seeds": {"b": [0]}},
             "grid",
         )
+
+
+def _finished_grid(tmp_path, reports: dict[str, dict]):
+    """A grid whose runs' report.json files are `reports` (run name -> report)."""
+    import json
+
+    root = tmp_path / "root"
+    (root / "features").mkdir(parents=True)
+    (root / "features" / "_meta.json").write_text(json.dumps({"dataset": "d", "split": "random"}))
+    base = tmp_path / "base.yaml"
+    base.write_text(f"run_dir: {root}\n")
+    grid = tmp_path / "grid.yaml"
+    out = tmp_path / "out"
+    grid.write_text(f"base: {base}\nout_dir: {out}\nvariants:\n  a: {{}}\ndropouts: [0.1, 0.3]\nseeds: [0, 1]\n")
+    for name, report in reports.items():
+        p = out / "runs" / name / "train"
+        p.mkdir(parents=True)
+        (p / "report.json").write_text(json.dumps(report))
+    return str(grid), out
+
+
+def test_tuning_tables_are_sealed_and_score_test_reads_the_chosen_runs_only(tmp_path):
+    """Finished runs whose reports hold test figures: without --score-test none is read;
+    with it, only each seed's val-chosen run's (here dropout 0.3, though test prefers 0.1)."""
+    import csv
+
+    from launch.experiment import collect
+
+    def report(val: float, test: float) -> dict:
+        return {"val": {"auc": val}, "test": {"auc": test, "accuracy": 0.7, "fpr": 0.3}, "best_epoch": 0}
+
+    grid, out = _finished_grid(tmp_path, {
+        "a-d0.1-s0": report(0.70, 0.99), "a-d0.3-s0": report(0.75, 0.80),
+        "a-d0.1-s1": report(0.71, 0.98), "a-d0.3-s1": report(0.76, 0.82),
+    })  # fmt: skip
+    sealed = collect(grid, [])
+    assert "test_auc" not in sealed["variants"]["a"] and sealed["variants"]["a"]["seeds"] == 2
+    assert all(set(c) == {"val_auc", "n"} for c in sealed["cells"].values())
+    text = (out / "table1.md").read_text() + (out / "table1.csv").read_text()
+    assert "0.99" not in text and "0.8" not in text and "sealed" in text
+
+    scored = collect(grid, [], score_test=True)
+    assert math.isclose(scored["variants"]["a"]["test_auc"][0], 0.81)
+    rows = list(csv.DictReader(open(out / "table1.csv")))
+    assert {r["run_dir"].split("/")[-1]: r["test_auc"] for r in rows} == {
+        "a-d0.1-s0": "", "a-d0.3-s0": "0.8", "a-d0.1-s1": "", "a-d0.3-s1": "0.82",
+    }  # fmt: skip
+    assert "0.99" not in (out / "table1.md").read_text()
+
+
+def test_score_test_flag_reaches_the_grid(tmp_path, monkeypatch):
+    import launch.experiment as ex
+
+    seen = {}
+    monkeypatch.setattr(ex, "collect", lambda grid, extra, score_test: seen.update(score_test=score_test))
+    assert ex.main(["--grid", "g.yaml", "--collect", "--score-test"]) == 0 and seen == {"score_test": True}
+    assert ex.main(["--grid", "g.yaml", "--collect"]) == 0 and seen == {"score_test": False}
+
+
+def _experiment(rank: int, grid: str, score_test: bool) -> dict:
+    from launch.experiment import run
+
+    return run(grid, [], score_test)
+
+
+@pytest.mark.slow  # two tiny trainings and one test scoring in a spawned rank: ~60 s on the loaded machine
+def test_grid_trains_sealed_then_score_test_scores_only_the_chosen_run(tmp_path):
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "trainer"))
+    from dist_helpers import run_ranks
+    from synthetic import make_run
+
+    root = make_run(tmp_path / "root")
+    base = tmp_path / "base.yaml"
+    base.write_text(f"run_dir: {root}\n")
+    grid = tmp_path / "grid.yaml"
+    out = tmp_path / "out"
+    grid.write_text(
+        f"base: {base}\nout_dir: {out}\nvariants:\n  a: {{contrastive: false}}\ndropouts: [0.1, 0.3]\n"
+        "seeds: [0]\noverrides: {epochs: 1, batch_size: 256, max_steps_per_epoch: 2, tensorboard: false}\n"
+    )
+    reports = lambda: {p.parent.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/train/report.json")}  # noqa: E731
+    (sealed,) = run_ranks(_experiment, 1, str(grid), False)
+    assert "test_auc" not in sealed["variants"]["a"]
+    assert [r["test"] for r in reports().values()] == [None, None]
+    (scored,) = run_ranks(_experiment, 1, str(grid), True)
+    chosen = scored["selected"]["a"][0]["run_dir"].split("/")[-1]
+    vals = {name: r["val"]["auc"] for name, r in reports().items()}
+    assert chosen == max(vals, key=vals.get)
+    tests = {name: r["test"] for name, r in reports().items()}
+    assert tests[chosen]["auc"] == scored["variants"]["a"]["test_auc"][0]
+    assert [t for name, t in tests.items() if name != chosen] == [None]
+    assert {name: r["steps"] for name, r in reports().items()} == {n: 2 for n in vals}

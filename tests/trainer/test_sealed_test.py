@@ -1,0 +1,97 @@
+"""A sealed run (`score_test=false`) never scores test and leaves no test figure anywhere;
+a later `score_test=true` run scores its best checkpoint once, without training again."""
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dist_helpers import run_ranks
+from synthetic import copy_inputs, make_run
+
+from launch.report import format_report
+
+CFG = {"epochs": 2, "batch_size": 256, "max_steps_per_epoch": 3, "patience": 10, "log_every": 1,
+       "tensorboard": False, "contrastive": False}  # fmt: skip
+
+
+def _recorded_runs(rank: int, runs: list[tuple[str, dict]]) -> list[dict]:
+    """Each run's report, stdout and the splits `evaluate` was asked to score."""
+    import torch.distributed as dist
+
+    import trainer.main as tm
+    from trainer.config import TrainConfig
+
+    scored: list[str] = []
+    evaluate = tm.evaluate
+
+    def spy(dmp, data, split, *args, **kwargs):  # noqa: ANN001, ANN202
+        scored.append(split)
+        return evaluate(dmp, data, split, *args, **kwargs)
+
+    tm.evaluate = spy
+    out = []
+    dist.init_process_group("gloo")
+    try:
+        for run_dir, overrides in runs:
+            scored.clear()
+            buf = io.StringIO()
+            with redirect_stdout(buf):
+                report = tm.run(TrainConfig(run_dir=run_dir, **overrides))
+            out.append({"report": report, "stdout": buf.getvalue(), "scored": list(scored)})
+        return out
+    finally:
+        dist.destroy_process_group()
+
+
+def _test_figures(obj: Any, where: str) -> list[str]:
+    """Paths of every non-null `test` entry in a JSON value."""
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if "test" in k and k != "score_test" and v is not None:
+                found.append(f"{where}.{k}")
+            found += _test_figures(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found += _test_figures(v, f"{where}[{i}]")
+    return found
+
+
+@pytest.mark.slow  # two short trainings in spawned ranks: ~60 s on the loaded 2-core machine
+def test_sealed_run_never_scores_test_and_unsealing_scores_the_same_model(tmp_path: Path):
+    src = make_run(tmp_path / "src")
+    sealed_dir = copy_inputs(src, tmp_path / "sealed")
+    plain_dir = copy_inputs(src, tmp_path / "plain")
+    seal = {**CFG, "score_test": False}
+    sealed, reused = run_ranks(_recorded_runs, 1, [(sealed_dir, seal), (sealed_dir, seal)])[0]
+
+    # sealed: test rows never scored, no test figure in the report, stdout or any file
+    assert "test" not in sealed["scored"] and "val" in sealed["scored"]
+    assert sealed["report"]["test"] is None
+    assert "test auc" not in sealed["stdout"] and "test sealed" in sealed["stdout"]
+    assert reused["scored"] == [] and reused["report"]["test"] is None
+    train = Path(sealed_dir) / "train"
+    on_disk = json.loads((train / "report.json").read_text())
+    assert on_disk["test"] is None and _test_figures(on_disk, "report") == []
+    for line in (train / "metrics.jsonl").read_text().splitlines():
+        assert _test_figures(json.loads(line), "metrics") == [], line
+    assert sorted(p.name for p in (train / "plots").iterdir()) == ["loss.png", "val_auc.png"]
+    table = format_report(on_disk)
+    assert "test sealed" in table and f"{sealed['report']['val']['auc']:.4f}" in table
+
+    unsealed, plain = run_ranks(_recorded_runs, 1, [(sealed_dir, CFG), (plain_dir, CFG)])[0]
+    # unsealed: no training step, test scored once, figures equal a plain scored run's
+    assert unsealed["scored"] == ["val", "test"]
+    assert "test auc" in unsealed["stdout"] and "resuming" not in unsealed["stdout"]
+    got, want = unsealed["report"], plain["report"]
+    assert got["steps"] == want["steps"] == 6 and got["resumed_from"] == []
+    assert got["fingerprint"] == want["fingerprint"] == sealed["report"]["fingerprint"]
+    assert got["val"] == want["val"] == sealed["report"]["val"]
+    assert got["test"] == want["test"] and 0 < got["test"]["auc"] < 1
+    assert json.loads((train / "report.json").read_text())["test"] == want["test"]
+    assert (train / "plots" / "roc.png").is_file()
+    # a scored run is reused as is
+    assert plain["scored"].count("test") == 1
