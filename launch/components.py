@@ -11,6 +11,7 @@ This is the only module that imports torchx.
 
 # torchx 0.7 parses component signatures itself: it needs typing.Optional/Dict rather
 # than `X | None` / `dict[...]`, and real (not postponed) annotations.
+import json
 import os
 import sys
 import threading
@@ -245,6 +246,7 @@ class LaunchResult:
     app_handle: str
     state: str
     ok: bool
+    error: str = ""  # the failed worker's error, one line ("" when unknown)
 
 
 def launch_and_wait(
@@ -253,12 +255,20 @@ def launch_and_wait(
     """Submit `app` to `scheduler`, stream replica 0's output, wait for the end.
 
     The interpreter's own bin folder goes first on PATH so `torchrun` and `python` in
-    the app resolve to this environment, as they would inside the image.
+    the app resolve to this environment, as they would inside the image. On local_cwd
+    with a `log_dir`, torchrun copies its failed worker's error to
+    `log_dir/<app>.error.json` (TORCHELASTIC_ERROR_FILE of torchrun itself), which
+    becomes `LaunchResult.error`.
     """
     bindir = os.path.dirname(sys.executable)
+    error_file = os.path.abspath(os.path.join(log_dir, f"{app.name}.error.json")) if log_dir else None
+    if error_file and os.path.exists(error_file):
+        os.remove(error_file)  # a previous launch's error is not this one's
     for role in app.roles:
         role.env = {**role.env, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
         role.env.setdefault("PYTHONUNBUFFERED", "1")
+        if error_file and scheduler == "local_cwd":
+            role.env["TORCHELASTIC_ERROR_FILE"] = error_file
     cfg: dict[str, specs.CfgVal] = {}
     if log_dir:
         cfg["log_dir"] = log_dir
@@ -279,4 +289,23 @@ def launch_and_wait(
         if printer is not None:
             printer.join(timeout=5)
     state = str(status.state) if status else "UNKNOWN"
-    return LaunchResult(app_handle=handle, state=state, ok=status is not None and status.is_terminal() and state.endswith("SUCCEEDED"))
+    ok = status is not None and status.is_terminal() and state.endswith("SUCCEEDED")
+    error = "" if ok or not error_file else read_worker_error(error_file)
+    return LaunchResult(app_handle=handle, state=state, ok=ok, error=error)
+
+
+def read_worker_error(path: str) -> str:
+    """The first line of a TorchElastic error file's message ("" when missing or unreadable).
+
+    Its format is torch.distributed.elastic's: {"message": {"message": "Type: text", ...}}
+    (or a plain string message).
+    """
+    try:
+        with open(path) as f:
+            message = json.load(f).get("message", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    lines = str(message).strip().splitlines()
+    return lines[0] if lines else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
 import sys
 import textwrap
@@ -132,5 +133,19 @@ class user_errors:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is not None and isinstance(exc, DlrrecError):
+            _record_for_torchelastic(exc)
             fail(self.prog, str(exc))
         return False
+
+
+def _record_for_torchelastic(exc: BaseException) -> None:
+    """Under torchrun, leave the error where the agent looks for a worker's error.
+
+    torch's `@record` records exceptions but not the SystemExit(2) that a user error
+    becomes, so without this torchrun's failure summary (and `dlrrec pipeline`, which
+    reads it back) would not know why the worker exited.
+    """
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+        ErrorHandler().record_exception(exc)

@@ -113,7 +113,8 @@ def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
         result = components.launch_and_wait(app, pcfg.scheduler, log_dir=log_dir)
         timings[name] = time.time() - t
         if not result.ok:
-            raise DataError(f"{name} job {result.app_handle} ended {result.state}; logs under {log_dir}")
+            why = result.error or f"job {result.app_handle} ended {result.state}"
+            raise DataError(f"stage {name} failed: {why} (logs under {log_dir})")
 
     from launch.report import format_report, read_report
 

@@ -38,6 +38,7 @@ import json
 import os
 import pickle
 import shutil
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -127,22 +128,53 @@ def save_checkpoint(
     return final
 
 
+def _enum_member(*args: Any) -> Enum:
+    """What the unpickler calls in place of `builtins.getattr`.
+
+    Python 3.11.0-3.11.4 (Debian 12's python3 is 3.11.2) pickle an Enum member as
+    `getattr(EnumClass, "NAME")` rather than by value, and DCP's TensorProperties holds one
+    (`_MEM_FORMAT_ENCODING`). Only that form is accepted: two arguments, an Enum class of
+    the allow-list and the name of one of its members.
+    """
+    if len(args) == 2:
+        cls, name = args
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, Enum)
+            and (cls.__module__, cls.__qualname__) in _METADATA_GLOBALS
+            and isinstance(name, str)
+            and name in cls.__members__
+        ):
+            return cls[name]
+    shown = ", ".join(getattr(a, "__qualname__", None) or repr(a)[:60] for a in args)
+    raise pickle.UnpicklingError(
+        f"checkpoint .metadata calls getattr({shown}), which is not a member of a DCP metadata "
+        "Enum; refusing to load it"
+    )
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _METADATA_GLOBALS:
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
+        if (module, name) == ("builtins", "getattr"):
+            return _enum_member
         raise pickle.UnpicklingError(
             f"checkpoint .metadata references {module}.{name}, which is not DCP tensor "
             "metadata; refusing to load it"
         )
 
 
+def unpickle_metadata(data: bytes) -> Any:
+    """Unpickle DCP metadata bytes with the allow-list; anything else raises UnpicklingError."""
+    return _MetadataUnpickler(io.BytesIO(data)).load()
+
+
 def read_metadata_safely(path: Path) -> Metadata:
     """DCP's `.metadata` of a checkpoint, unpickled with an allow-list; tensor entries only."""
-    with open(path / METADATA_FILE, "rb") as f:
-        md = _MetadataUnpickler(io.BytesIO(f.read())).load()
+    md = unpickle_metadata((path / METADATA_FILE).read_bytes())
     if not isinstance(md, Metadata):
         raise pickle.UnpicklingError(f"{path / METADATA_FILE}: not DCP metadata ({type(md).__name__})")
     bytes_keys = [k for k, v in md.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)]
