@@ -311,6 +311,28 @@ def read_neighbors(folder: Path, n: int) -> Neighbors:
     return Neighbors(offsets=offsets, ids=nb, cum_probs=cum)
 
 
+def check_similarity_input(sim_root: Path, sim_meta: dict[str, Any], features_meta: dict[str, Any]) -> None:
+    """Refuse SWING tables that were not built from this features artifact.
+
+    `similarity/_meta.json` records the fingerprint of the input SWING read. Tables of
+    another features build (another seed or split) would hand InfoNCE positives from rows
+    that are val/test rows here; tables of a plain `input=` file are tied to no features
+    artifact (nor to its dense ids), so they are refused too.
+
+    Raises:
+        DataError: naming `similarity/_meta.json`, both fingerprints and the fix.
+    """
+    recorded = (sim_meta.get("input") or {}).get("fingerprint")
+    want = features_meta.get("fingerprint")
+    if recorded is None or recorded != want:
+        source = (sim_meta.get("input") or {}).get("source", "an unrecorded input")
+        raise DataError(
+            f"{sim_root / '_meta.json'}: these SWING tables were built from {source} (input "
+            f"fingerprint {str(recorded)[:12]}), not from this run's features (fingerprint "
+            f"{str(want)[:12]}); rerun `dlrrec similarity swing` on this run_dir (overwrite=true)"
+        )
+
+
 def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: bool) -> TrainingData:
     """Load `run_dir/features` (and `run_dir/similarity` when `contrastive`)."""
     root = Path(run_dir) / "features"
@@ -346,6 +368,7 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
     if contrastive:
         sim_root = Path(run_dir) / "similarity"
         sim_meta = read_meta(sim_root)
+        check_similarity_input(sim_root, sim_meta, meta)
         item_nb = read_neighbors(sim_root / "item_item", int(meta["n_items"]))
         user_nb = read_neighbors(sim_root / "user_user", int(meta["n_users"]))
     sparse_names = list(meta["sparse_features"])

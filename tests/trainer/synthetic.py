@@ -108,7 +108,8 @@ def make_run(root: Path, n_users: int = 60, n_items: int = 40, n_rows: int = 300
             ),
             d / "part-00000.parquet",
         )
-    (sim / "_meta.json").write_text(json.dumps({"schema_version": 1, "fingerprint": "synthetic"}))
+    sim_meta = {"schema_version": 1, "fingerprint": "synthetic", "input": {"fingerprint": meta["fingerprint"]}}
+    (sim / "_meta.json").write_text(json.dumps(sim_meta))
     return root
 
 
