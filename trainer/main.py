@@ -72,6 +72,7 @@ from trainer.metrics import (
 from trainer.model import DLRREC, BiasedMF, DLRRECTrain
 from trainer.plots import write_plots
 from trainer.pretrain import pretrain_towers_autoencoder
+from trainer.table_init import init_embedding_tables
 
 # torchrec's placeholders for fbgemm's fused optimizers: unlike torch.optim's classes they
 # accept fbgemm-only arguments (`weight_decay_mode`), which torchrec hands to the kernels
@@ -268,6 +269,7 @@ def build_model(
     assert pg is not None
     plan = planner.collective_plan(train_model, None, pg)
     dmp = DistributedModelParallel(module=train_model, device=env.device, plan=plan)
+    init_embedding_tables(dmp, tables, cfg.seed)  # the same initial tables for any rank count
     fill_content_tables(dmp, data.entity_columns)  # each rank reads its own shard's rows
     # frozen (V0 two_step) towers are left out of the dense optimizer
     trainable = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if v.requires_grad}
