@@ -9,6 +9,9 @@
     dlrrec pipeline --config C [key=value ...]
     dlrrec experiment --grid G.yaml [--score-test]
     dlrrec report RUN_DIR
+    dlrrec export --config C
+    dlrrec score --config C input=PAIRS output=OUT
+    dlrrec recommend --config C user=ID [top=K] [exclude_seen=true]
 
 Each job module owns its own `main(argv)`; this file only dispatches, importing the
 job lazily so `dlrrec --help` stays fast.
@@ -32,6 +35,9 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("pipeline",), "launch.pipeline", "run every stage into one run root"),
     (("experiment",), "launch.experiment", "the paper's Table 1 grid: variants x dropout x seeds"),
     (("report",), "launch.report", "print a run's metrics table"),
+    (("export",), "serve.export", "a trained run -> a self-contained TorchScript package"),
+    (("score",), "serve.score", "score (user, item) pairs with the exported model"),
+    (("recommend",), "serve.recommend", "a user's top-K items from the exported model"),
 ]
 
 

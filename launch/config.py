@@ -34,7 +34,7 @@ class DataError(DlrrecError):
 
 
 COMMON_KEYS = ("run_dir", "seed", "dataset")
-SECTIONS = ("features", "similarity", "train", "pipeline")
+SECTIONS = ("features", "similarity", "train", "pipeline", "serve")
 
 T = TypeVar("T")
 

@@ -1,0 +1,320 @@
+"""Export a trained run for serving: `dlrrec export --config configs/movielens-100k.yaml`.
+
+Writes RUN/export/ (atomically; reused when the run and features are unchanged):
+
+    model.pt                  TorchScript `serve.model.ScoringModel`: plain PyTorch, no
+                              TorchRec, no process group; logits of (user row, item row)
+    users.parquet             id map: user (source id, string) -> row
+    items.parquet             id map: item -> row (+ title when the raw items have one)
+    seen.parquet              (user row, item row) of the training rows (`recommend`'s filter)
+    embeddings/{users,items}.parquet   retrieval vectors by source id: the id-table row
+                              and the tower output of each entity
+    _meta.json                manifest: fingerprints, the feature recipe, the trainer's
+                              config and metrics, versions
+
+The best checkpoint is read in ONE process without a process group, whatever world size
+trained it: DCP reshards every saved shard into plain full-size tensors.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from launch.artifacts import SCHEMA_VERSION, atomic_dir, existing_output, read_meta, sha256_json, write_json_atomic
+from launch.config import DataError
+from launch.entry import run_job
+from serve.config import ServeConfig
+from serve.model import EntityInputs, ScoringModel, Towers
+from serve.recipe import EntityArrays, entity_arrays, entity_vectors, id_map, owner_of
+from trainer.checkpoint import SafeFileSystemReader, read_metadata_safely
+from trainer.config import TrainConfig
+from trainer.data import TOWER_COLUMNS
+
+EXPORT_VERSION = 1
+PREFIX = "model.model."  # DCP payload key "model" + DLRRECTrain.model
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The model tensors of a DCP checkpoint as plain full-size tensors, in this process alone."""
+    md = read_metadata_safely(path)
+    state = {
+        k: torch.empty(tuple(v.size), dtype=v.properties.dtype)  # type: ignore[union-attr]
+        for k, v in md.state_dict_metadata.items()
+        if k.startswith(PREFIX)
+    }
+    dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), no_dist=True)
+    return {k[len(PREFIX) :]: v for k, v in state.items()}
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, Path]:
+    """(report.json, the trainer's config, the best checkpoint folder)."""
+    report_path = run_dir / "train" / "report.json"
+    if not report_path.is_file():
+        raise DataError(f"{report_path}: missing; run `dlrrec train` to completion first")
+    import json
+
+    report = json.loads(report_path.read_text())
+    tcfg = TrainConfig(**report["config"])
+    ckpt = run_dir / "train" / "checkpoints" / Path(report["best_checkpoint"]).name
+    if not ckpt.is_dir():
+        raise DataError(f"{ckpt}: the best checkpoint named in {report_path} is missing")
+    return report, tcfg, ckpt
+
+
+def model_features(tcfg: TrainConfig, meta: dict[str, Any]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(sparse names, dense names, towers) in the trainer's order (trainer/data.py, main.py)."""
+    sparse, dense = list(meta["sparse_features"]), list(meta["dense_features"])
+    if tcfg.variant == "biased_mf":
+        return ["user_id", "item_id"], [], []
+    towers = [t for m in tcfg.modalities for t in TOWER_COLUMNS[m]] if tcfg.uses_content else []
+    for _, col in towers:
+        if col in meta.get("row_content", ()):
+            raise DataError(f"features/_meta.json: tower column {col!r} is per row (row_content); `dlrrec export` serves per-entity vectors only")
+    return sparse, dense, towers
+
+
+def mlp_from(tensors: dict[str, torch.Tensor], prefix: str, last_activation: bool) -> nn.Sequential:
+    """The trainer's `mlp` (trainer/model.py) in eval mode: Linear layers from the checkpoint."""
+    idx = sorted({int(k[len(prefix) :].split(".")[0]) for k in tensors if k.startswith(prefix)})
+    layers: list[nn.Module] = []
+    for n, i in enumerate(idx):
+        w, b = tensors[f"{prefix}{i}.weight"], tensors[f"{prefix}{i}.bias"]
+        lin = nn.Linear(w.shape[1], w.shape[0])
+        lin.weight.data.copy_(w)
+        lin.bias.data.copy_(b)
+        layers.append(lin)
+        if n < len(idx) - 1 or last_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def build_tables(
+    tcfg: TrainConfig, meta: dict[str, Any], sparse: list[str], tensors: dict[str, torch.Tensor]
+) -> tuple[list[nn.EmbeddingBag], list[int], list[str]]:
+    """(EmbeddingBags, table of each feature, table names) as `trainer.main.build_tables` groups them."""
+    spec = meta["sparse_features"]
+    by_table: dict[str, list[str]] = {}
+    for name in sparse:
+        table = spec[name].get("ids_of", name) if tcfg.history_tables == "shared" else name
+        by_table.setdefault(table, []).append(name)
+    bags, names = [], list(by_table)
+    for table, feats in by_table.items():
+        key = f"sparse_arch.embedding_bag_collection.embedding_bags.t_{table}.weight"
+        if key not in tensors:
+            raise DataError(f"checkpoint: no table t_{table}; it was trained on other features")
+        mode = "mean" if any(spec[f].get("multi_valued") for f in feats) else "sum"
+        bags.append(nn.EmbeddingBag.from_pretrained(tensors[key].float(), freeze=True, mode=mode))
+    return bags, [names.index(next(t for t, fs in by_table.items() if f in fs)) for f in sparse], names
+
+
+def tower_outputs(
+    towers_mod: Towers, towers: list[tuple[str, str]], entity: str, vectors: dict[str, np.ndarray], shape: tuple[int, int]
+) -> torch.Tensor:
+    """[n + 1, Tk, D] outputs of `entity`'s towers over its frozen vectors (trainer tower
+    order); `shape` = (n + 1, D)."""
+    outs = []
+    with torch.no_grad():
+        for t, (e, col) in enumerate(towers):
+            if e == entity:
+                outs.append(towers_mod(torch.from_numpy(vectors[col].astype(np.float32)), t))
+    return torch.stack(outs, dim=1) if outs else torch.zeros(shape[0], 0, shape[1])
+
+
+def concat_bags(bags: list[tuple[np.ndarray, np.ndarray]], rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K CSR arrays over the same `rows` -> offsets [K, rows + 1] into one values array."""
+    offsets, values, shift = [], [], 0
+    for off, val in bags:
+        offsets.append(off + shift)
+        values.append(val)
+        shift += val.size
+    if not bags:
+        return torch.zeros(0, rows + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.from_numpy(np.stack(offsets)), torch.from_numpy(np.concatenate(values))
+
+
+def build_scoring_model(
+    tcfg: TrainConfig, meta: dict[str, Any], features: Path, tensors: dict[str, torch.Tensor]
+) -> tuple[ScoringModel, dict[str, EntityArrays], dict[str, Any]]:
+    """The scoring model of a run, its per-entity arrays and the recipe for the manifest."""
+    sparse, dense, towers = model_features(tcfg, meta)
+    arrays = entity_arrays(features, meta, sparse, dense, tcfg.id_dropout > 0)
+    tables, feature_table, table_names = build_tables(tcfg, meta, sparse, tensors)
+    d = tables[0].embedding_dim
+    layers = sorted(k for k in tensors if k.startswith("projection_arch.weights."))
+    towers_mod = Towers(
+        [tensors[f"projection_arch.weights.{i}"] for i in range(len(layers))],
+        [tensors[f"projection_arch.biases.{i}"] for i in range(len(layers))],
+    )
+    dim = int(meta["content_dim"])
+    inputs = {}
+    for e in ("user", "item"):
+        n = int(meta[f"n_{e}s"])
+        vecs = {col: entity_vectors(features, e, col, n, dim) for x, col in towers if x == e}
+        offsets, values = concat_bags(arrays[e].bags, n + 1)
+        out = tower_outputs(towers_mod, towers, e, vecs, (n + 1, d))
+        inputs[e] = EntityInputs(offsets, values, torch.from_numpy(arrays[e].dense), out)
+    ku = len(arrays["user"].sparse_names)
+    source = [
+        arrays["user"].sparse_names.index(f) if owner_of(f, "") == "user" else ku + arrays["item"].sparse_names.index(f)
+        for f in sparse
+    ]
+    dense_cat = arrays["user"].dense_names + arrays["item"].dense_names
+    tower_cat = [t for e in ("user", "item") for t, (x, _) in enumerate(towers) if x == e]
+    n_vec = 1 + len(sparse) + len(towers)
+    rows, cols = torch.triu_indices(n_vec, n_vec, offset=1)
+    layout = {
+        "feature_table": feature_table,
+        "feature_source": source,
+        "dense_index": [dense_cat.index(x) for x in dense],
+        "towers": [tower_cat.index(t) for t in range(len(towers))],
+        "pairs": (rows * n_vec + cols).tolist(),
+        "biased_mf": [int(tcfg.variant == "biased_mf")],
+    }
+    biased = tcfg.variant == "biased_mf"
+    mlps: dict[str, nn.Module] = {
+        "dense_arch": nn.Identity() if biased else mlp_from(tensors, "dense_arch.model.", True),
+        "over_arch": nn.Identity() if biased else mlp_from(tensors, "over_arch.model.", False),
+        "projection": towers_mod,
+    }
+    model = ScoringModel(inputs["user"], inputs["item"], tables, layout, mlps)
+    if biased:
+        model.global_bias.data.copy_(tensors["global_bias"])
+    model.eval()
+    recipe = {
+        "sparse": [{"name": f, "owner": owner_of(f, ""), "table": table_names[t]} for f, t in zip(sparse, feature_table)],
+        "dense": [{"name": x, "owner": owner_of(x, "")} for x in dense],
+        "towers": [{"entity": e, "column": c} for e, c in towers],
+        "cold_rows": tcfg.id_dropout > 0,
+        "unknown_row": "row n of each kind: OOV attributes, the cold row, zero dense and vectors",
+    }
+    return model, arrays, recipe
+
+
+def train_pairs(features: Path) -> pa.Table:
+    """Distinct (user row, item row) of the training rows, sorted (the `seen` filter)."""
+    from serve.recipe import _batches
+
+    codes = []
+    n_items = int(read_meta(features)["n_items"])
+    for b in _batches(features / "examples" / "train", ["user_id", "item_id"]):
+        u = b.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        i = b.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+        codes.append(np.unique(u * n_items + i))
+    c = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+    return pa.table({"user_row": c // n_items, "item_row": c % n_items})
+
+
+def item_titles(meta: dict[str, Any], items: pa.Table) -> pa.Table:
+    """The id map with a `title` column when the raw items table (source `raw`) has one."""
+    raw = Path(str(meta.get("config", {}).get("raw_dir", ""))) / "items.parquet"
+    if not raw.is_file() or "title" not in pq.read_schema(raw).names:
+        return items
+    t = pq.read_table(raw, columns=["item", "title"])
+    titles = dict(zip(t.column("item").cast(pa.string()).to_pylist(), t.column("title").to_pylist()))
+    return items.append_column("title", pa.array([titles.get(i) for i in items.column("item").to_pylist()], pa.string()))
+
+
+def _vectors(x: torch.Tensor) -> pa.FixedSizeListArray:
+    flat = np.ascontiguousarray(x.detach().numpy().astype(np.float32)).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat), int(x.shape[1]))
+
+
+def embedding_tables(model: ScoringModel, recipe: dict[str, Any], maps: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """Per kind: source id, row, the id-table row (`id_embedding`) and each tower's output."""
+    out = {}
+    names = [s["name"] for s in recipe["sparse"]]
+    for e, inputs in (("user", model.users), ("item", model.items)):
+        t = maps[e].select([e, "row"])
+        n = t.num_rows
+        if f"{e}_id" in names:
+            table = model.tables[model.feature_table[names.index(f"{e}_id")]]
+            t = t.append_column("id_embedding", _vectors(table.weight[:n]))
+        cols = [x["column"] for x in recipe["towers"] if x["entity"] == e]
+        for k, col in enumerate(cols):
+            t = t.append_column(f"{col}_tower", _vectors(inputs.tower_out[:n, k]))
+        out[e] = t
+    return out
+
+
+def check_trained_on(root: Path, meta: dict[str, Any], report: dict[str, Any], tcfg: TrainConfig) -> None:
+    """Refuse a train/ whose fingerprint is not that of this features/ (and similarity/)."""
+    from types import SimpleNamespace
+
+    from trainer.main import fingerprint
+
+    sim = read_meta(root / "similarity") if (root / "similarity" / "_meta.json").is_file() else None
+    data = SimpleNamespace(features_meta=meta, similarity_meta=sim)
+    if fingerprint(tcfg, data) != report.get("fingerprint"):  # type: ignore[arg-type]
+        raise DataError(
+            f"{root / 'train' / 'report.json'}: trained on other features or similarity tables than "
+            f"{root / 'features'} (fingerprint mismatch); retrain before exporting"
+        )
+
+
+def run(cfg: ServeConfig) -> dict[str, Any]:
+    """Write (or reuse) `run_dir/export/`; returns its manifest."""
+    root = Path(cfg.run_dir)
+    features = root / "features"
+    meta = read_meta(features)
+    report, tcfg, ckpt = read_run(root)
+    check_trained_on(root, meta, report, tcfg)
+    fp = sha256_json({"train": report["fingerprint"], "export_version": EXPORT_VERSION})
+    out = root / "export"
+    if existing_output(out, fp, cfg.overwrite):
+        print(f"export: reusing {out} (same run)", flush=True)
+        return read_meta(out)
+    model, arrays, recipe = build_scoring_model(tcfg, meta, features, read_checkpoint(ckpt))
+    maps = {"user": id_map(features, "user"), "item": item_titles(meta, id_map(features, "item"))}
+    for e, m in maps.items():
+        if m.num_rows != int(meta[f"n_{e}s"]) or not np.array_equal(m.column("row").to_numpy(), np.arange(m.num_rows)):
+            raise DataError(f"{features / 'entities' / (e + 's.parquet')}: rows are not 0..n_{e}s-1")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": fp,
+        "export_version": EXPORT_VERSION,
+        "train_fingerprint": report["fingerprint"],
+        "features_fingerprint": meta.get("fingerprint"),
+        "checkpoint": ckpt.name,
+        "format": "torchscript",
+        "needs_torchrec": False,
+        "score": "sigmoid(model(user_rows, item_rows))",
+        "n_users": int(meta["n_users"]),
+        "n_items": int(meta["n_items"]),
+        "split": meta.get("split"),
+        "recipe": recipe,
+        "metrics": {"val": report.get("val"), "test": report.get("test")},
+        "train_config": report.get("config"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": np.__version__, "pyarrow": pa.__version__},
+    }  # fmt: skip
+    with atomic_dir(out) as tmp:
+        torch.jit.script(model).save(str(tmp / "model.pt"))
+        for e, m in maps.items():
+            pq.write_table(m, tmp / f"{e}s.parquet")
+        pq.write_table(train_pairs(features), tmp / "seen.parquet")
+        (tmp / "embeddings").mkdir()
+        for e, t in embedding_tables(model, recipe, maps).items():
+            pq.write_table(t, tmp / "embeddings" / f"{e}s.parquet")
+        write_json_atomic(tmp / "_meta.json", manifest)
+    print(f"export: wrote {out} (checkpoint {ckpt.name}, {meta['n_users']} users, {meta['n_items']} items)", flush=True)
+    return manifest
+
+
+@record
+def main(argv: list[str] | None = None, prog: str = "dlrrec export") -> int:
+    return run_job(prog, __doc__ or "", ServeConfig, "serve", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
