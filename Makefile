@@ -34,7 +34,7 @@ bench: setup
 	for b in benchmarks/*.py; do PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python $$b || exit 1; done
 
 lint: setup
-	$(BIN)/ruff check features similarity trainer launch tests benchmarks
+	$(BIN)/ruff check features similarity trainer launch serve tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold style docker/Dockerfile.cpu docker/Dockerfile.cuda
 

@@ -43,8 +43,11 @@ class Export:
         missing = np.flatnonzero(np.asarray(idx.is_null()))
         if missing.size and (unknown != "cold" or not self.cold):
             hint = (
-                "" if unknown == "cold" else "; pass unknown=cold to score it with the cold-start row"
-                if self.cold else "; the model has no cold-start row (train with train.id_dropout > 0)"
+                ""
+                if unknown == "cold"
+                else "; pass unknown=cold to score it with the cold-start row"
+                if self.cold
+                else "; the model has no cold-start row (train with train.id_dropout > 0)"
             )
             raise DataError(f"{where}: unknown {entity} id {ids[int(missing[0])].as_py()!r}{hint}")
         return np.asarray(idx.fill_null(table.num_rows)).astype(np.int64)
@@ -78,4 +81,10 @@ def read_export(run_dir: str | Path) -> Export:
         warnings.simplefilter("ignore")
         model = torch.jit.load(str(root / "model.pt"))
     model.eval()
-    return Export(root, manifest, model, pq.read_table(root / "users.parquet"), pq.read_table(root / "items.parquet"))
+    return Export(
+        root,
+        manifest,
+        model,
+        pq.read_table(root / "users.parquet"),
+        pq.read_table(root / "items.parquet"),
+    )

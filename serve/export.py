@@ -18,8 +18,10 @@ trained it: DCP reshards every saved shard into plain full-size tensors.
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,14 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from launch.artifacts import SCHEMA_VERSION, atomic_dir, existing_output, read_meta, sha256_json, write_json_atomic
+from launch.artifacts import (
+    SCHEMA_VERSION,
+    atomic_dir,
+    existing_output,
+    read_meta,
+    sha256_json,
+    write_json_atomic,
+)
 from launch.config import DataError
 from launch.entry import run_job
 from serve.config import ServeConfig
@@ -53,7 +62,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         for k, v in md.state_dict_metadata.items()
         if k.startswith(PREFIX)
     }
-    dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), no_dist=True)
+    with warnings.catch_warnings():  # "no process group: loading in one process" is the point
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), no_dist=True)
     return {k[len(PREFIX) :]: v for k, v in state.items()}
 
 
@@ -62,7 +73,6 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, Path]:
     report_path = run_dir / "train" / "report.json"
     if not report_path.is_file():
         raise DataError(f"{report_path}: missing; run `dlrrec train` to completion first")
-    import json
 
     report = json.loads(report_path.read_text())
     tcfg = TrainConfig(**report["config"])
@@ -72,7 +82,9 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, Path]:
     return report, tcfg, ckpt
 
 
-def model_features(tcfg: TrainConfig, meta: dict[str, Any]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+def model_features(
+    tcfg: TrainConfig, meta: dict[str, Any]
+) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """(sparse names, dense names, towers) in the trainer's order (trainer/data.py, main.py)."""
     sparse, dense = list(meta["sparse_features"]), list(meta["dense_features"])
     if tcfg.variant == "biased_mf":
@@ -80,7 +92,9 @@ def model_features(tcfg: TrainConfig, meta: dict[str, Any]) -> tuple[list[str], 
     towers = [t for m in tcfg.modalities for t in TOWER_COLUMNS[m]] if tcfg.uses_content else []
     for _, col in towers:
         if col in meta.get("row_content", ()):
-            raise DataError(f"features/_meta.json: tower column {col!r} is per row (row_content); `dlrrec export` serves per-entity vectors only")
+            raise DataError(
+                f"features/_meta.json: tower column {col!r} is per row (row_content); `dlrrec export` serves per-entity vectors only"
+            )
     return sparse, dense, towers
 
 
@@ -115,11 +129,19 @@ def build_tables(
             raise DataError(f"checkpoint: no table t_{table}; it was trained on other features")
         mode = "mean" if any(spec[f].get("multi_valued") for f in feats) else "sum"
         bags.append(nn.EmbeddingBag.from_pretrained(tensors[key].float(), freeze=True, mode=mode))
-    return bags, [names.index(next(t for t, fs in by_table.items() if f in fs)) for f in sparse], names
+    return (
+        bags,
+        [names.index(next(t for t, fs in by_table.items() if f in fs)) for f in sparse],
+        names,
+    )
 
 
 def tower_outputs(
-    towers_mod: Towers, towers: list[tuple[str, str]], entity: str, vectors: dict[str, np.ndarray], shape: tuple[int, int]
+    towers_mod: Towers,
+    towers: list[tuple[str, str]],
+    entity: str,
+    vectors: dict[str, np.ndarray],
+    shape: tuple[int, int],
 ) -> torch.Tensor:
     """[n + 1, Tk, D] outputs of `entity`'s towers over its frozen vectors (trainer tower
     order); `shape` = (n + 1, D)."""
@@ -131,7 +153,9 @@ def tower_outputs(
     return torch.stack(outs, dim=1) if outs else torch.zeros(shape[0], 0, shape[1])
 
 
-def concat_bags(bags: list[tuple[np.ndarray, np.ndarray]], rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def concat_bags(
+    bags: list[tuple[np.ndarray, np.ndarray]], rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """K CSR arrays over the same `rows` -> offsets [K, rows + 1] into one values array."""
     offsets, values, shift = [], [], 0
     for off, val in bags:
@@ -166,7 +190,9 @@ def build_scoring_model(
         inputs[e] = EntityInputs(offsets, values, torch.from_numpy(arrays[e].dense), out)
     ku = len(arrays["user"].sparse_names)
     source = [
-        arrays["user"].sparse_names.index(f) if owner_of(f, "") == "user" else ku + arrays["item"].sparse_names.index(f)
+        arrays["user"].sparse_names.index(f)
+        if owner_of(f, "") == "user"
+        else ku + arrays["item"].sparse_names.index(f)
         for f in sparse
     ]
     dense_cat = arrays["user"].dense_names + arrays["item"].dense_names
@@ -192,7 +218,10 @@ def build_scoring_model(
         model.global_bias.data.copy_(tensors["global_bias"])
     model.eval()
     recipe = {
-        "sparse": [{"name": f, "owner": owner_of(f, ""), "table": table_names[t]} for f, t in zip(sparse, feature_table)],
+        "sparse": [
+            {"name": f, "owner": owner_of(f, ""), "table": table_names[t]}
+            for f, t in zip(sparse, feature_table)
+        ],
         "dense": [{"name": x, "owner": owner_of(x, "")} for x in dense],
         "towers": [{"entity": e, "column": c} for e, c in towers],
         "cold_rows": tcfg.id_dropout > 0,
@@ -221,8 +250,12 @@ def item_titles(meta: dict[str, Any], items: pa.Table) -> pa.Table:
     if not raw.is_file() or "title" not in pq.read_schema(raw).names:
         return items
     t = pq.read_table(raw, columns=["item", "title"])
-    titles = dict(zip(t.column("item").cast(pa.string()).to_pylist(), t.column("title").to_pylist()))
-    return items.append_column("title", pa.array([titles.get(i) for i in items.column("item").to_pylist()], pa.string()))
+    titles = dict(
+        zip(t.column("item").cast(pa.string()).to_pylist(), t.column("title").to_pylist())
+    )
+    return items.append_column(
+        "title", pa.array([titles.get(i) for i in items.column("item").to_pylist()], pa.string())
+    )
 
 
 def _vectors(x: torch.Tensor) -> pa.FixedSizeListArray:
@@ -230,7 +263,9 @@ def _vectors(x: torch.Tensor) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), int(x.shape[1]))
 
 
-def embedding_tables(model: ScoringModel, recipe: dict[str, Any], maps: dict[str, pa.Table]) -> dict[str, pa.Table]:
+def embedding_tables(
+    model: ScoringModel, recipe: dict[str, Any], maps: dict[str, pa.Table]
+) -> dict[str, pa.Table]:
     """Per kind: source id, row, the id-table row (`id_embedding`) and each tower's output."""
     out = {}
     names = [s["name"] for s in recipe["sparse"]]
@@ -239,6 +274,7 @@ def embedding_tables(model: ScoringModel, recipe: dict[str, Any], maps: dict[str
         n = t.num_rows
         if f"{e}_id" in names:
             table = model.tables[model.feature_table[names.index(f"{e}_id")]]
+            assert isinstance(table, nn.EmbeddingBag)
             t = t.append_column("id_embedding", _vectors(table.weight[:n]))
         cols = [x["column"] for x in recipe["towers"] if x["entity"] == e]
         for k, col in enumerate(cols):
@@ -247,7 +283,9 @@ def embedding_tables(model: ScoringModel, recipe: dict[str, Any], maps: dict[str
     return out
 
 
-def check_trained_on(root: Path, meta: dict[str, Any], report: dict[str, Any], tcfg: TrainConfig) -> None:
+def check_trained_on(
+    root: Path, meta: dict[str, Any], report: dict[str, Any], tcfg: TrainConfig
+) -> None:
     """Refuse a train/ whose fingerprint is not that of this features/ (and similarity/)."""
     from types import SimpleNamespace
 
@@ -255,7 +293,9 @@ def check_trained_on(root: Path, meta: dict[str, Any], report: dict[str, Any], t
 
     sim = read_meta(root / "similarity") if (root / "similarity" / "_meta.json").is_file() else None
     data = SimpleNamespace(features_meta=meta, similarity_meta=sim)
-    if fingerprint(tcfg, data) != report.get("fingerprint"):  # type: ignore[arg-type]
+    trained_on = {"device": torch.device(str(report.get("device", "cpu"))).type,
+                  "sparse_optimizer": str(report.get("sparse_optimizer"))}  # fmt: skip
+    if fingerprint(tcfg, data, trained_on) != report.get("fingerprint"):  # type: ignore[arg-type]
         raise DataError(
             f"{root / 'train' / 'report.json'}: trained on other features or similarity tables than "
             f"{root / 'features'} (fingerprint mismatch); retrain before exporting"
@@ -277,8 +317,12 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
     model, arrays, recipe = build_scoring_model(tcfg, meta, features, read_checkpoint(ckpt))
     maps = {"user": id_map(features, "user"), "item": item_titles(meta, id_map(features, "item"))}
     for e, m in maps.items():
-        if m.num_rows != int(meta[f"n_{e}s"]) or not np.array_equal(m.column("row").to_numpy(), np.arange(m.num_rows)):
-            raise DataError(f"{features / 'entities' / (e + 's.parquet')}: rows are not 0..n_{e}s-1")
+        if m.num_rows != int(meta[f"n_{e}s"]) or not np.array_equal(
+            m.column("row").to_numpy(), np.arange(m.num_rows)
+        ):
+            raise DataError(
+                f"{features / 'entities' / (e + 's.parquet')}: rows are not 0..n_{e}s-1"
+            )
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "fingerprint": fp,
@@ -299,7 +343,9 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
                      "numpy": np.__version__, "pyarrow": pa.__version__},
     }  # fmt: skip
     with atomic_dir(out) as tmp:
-        torch.jit.script(model).save(str(tmp / "model.pt"))
+        with warnings.catch_warnings():  # TorchScript's notes on its own type system
+            warnings.simplefilter("ignore", UserWarning)
+            torch.jit.script(model).save(str(tmp / "model.pt"))
         for e, m in maps.items():
             pq.write_table(m, tmp / f"{e}s.parquet")
         pq.write_table(train_pairs(features), tmp / "seen.parquet")
@@ -307,7 +353,10 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
         for e, t in embedding_tables(model, recipe, maps).items():
             pq.write_table(t, tmp / "embeddings" / f"{e}s.parquet")
         write_json_atomic(tmp / "_meta.json", manifest)
-    print(f"export: wrote {out} (checkpoint {ckpt.name}, {meta['n_users']} users, {meta['n_items']} items)", flush=True)
+    print(
+        f"export: wrote {out} (checkpoint {ckpt.name}, {meta['n_users']} users, {meta['n_items']} items)",
+        flush=True,
+    )
     return manifest
 
 

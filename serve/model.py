@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 
-def gather_bags(offsets: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_bags(
+    offsets: torch.Tensor, values: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bags `rows` of a CSR array as (values, per-bag start offsets) for `embedding_bag`.
 
     offsets: [n + 1] into `values`; rows: [B]. Returns: values [sum of lengths], offsets [B].
@@ -52,7 +54,18 @@ class EntityInputs(nn.Module):
         bags = inputs.bags(torch.tensor([1, 1]))  # [(values [2], offsets [2])]
     """
 
-    def __init__(self, offsets: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, tower_out: torch.Tensor) -> None:
+    offsets: torch.Tensor
+    values: torch.Tensor
+    dense: torch.Tensor
+    tower_out: torch.Tensor
+
+    def __init__(
+        self,
+        offsets: torch.Tensor,
+        values: torch.Tensor,
+        dense: torch.Tensor,
+        tower_out: torch.Tensor,
+    ) -> None:
         super().__init__()
         self.register_buffer("offsets", offsets)
         self.register_buffer("values", values)
@@ -88,6 +101,12 @@ class ScoringModel(nn.Module):
         logits = model(torch.tensor([0, 1]), torch.tensor([5, 5]))  # [2]
     """
 
+    dense_index: torch.Tensor
+    tower_index: torch.Tensor
+    pairs: torch.Tensor
+    feature_table: list[int]
+    feature_source: list[int]
+
     def __init__(
         self,
         users: EntityInputs,
@@ -100,8 +119,8 @@ class ScoringModel(nn.Module):
         self.users = users
         self.items = items
         self.tables = nn.ModuleList(tables)
-        self.feature_table: list[int] = list(layout["feature_table"])
-        self.feature_source: list[int] = list(layout["feature_source"])
+        self.feature_table = list(layout["feature_table"])
+        self.feature_source = list(layout["feature_source"])
         self.register_buffer("dense_index", torch.tensor(layout["dense_index"], dtype=torch.long))
         self.register_buffer("tower_index", torch.tensor(layout["towers"], dtype=torch.long))
         self.register_buffer("pairs", torch.tensor(layout["pairs"], dtype=torch.long))
@@ -131,11 +150,15 @@ class ScoringModel(nn.Module):
             u, i = e[:, 0], e[:, 1]
             return (u[:, :-1] * i[:, :-1]).sum(-1) + u[:, -1] + i[:, -1] + self.global_bias
         if self.dense_in > 0:
-            dense = torch.cat([self.users.dense[users], self.items.dense[items]], dim=1)[:, self.dense_index]
+            dense = torch.cat([self.users.dense[users], self.items.dense[items]], dim=1)[
+                :, self.dense_index
+            ]
         else:
             dense = torch.zeros(users.shape[0], 1)
         d = self.dense_arch(dense)
-        towers = torch.cat([self.users.tower_out[users], self.items.tower_out[items]], dim=1)[:, self.tower_index]
+        towers = torch.cat([self.users.tower_out[users], self.items.tower_out[items]], dim=1)[
+            :, self.tower_index
+        ]
         x = torch.cat([d.unsqueeze(1), e, towers], dim=1)
         dots = torch.bmm(x, x.transpose(1, 2)).flatten(1).index_select(1, self.pairs)
         return self.over_arch(torch.cat([d, dots], dim=1)).squeeze(-1)

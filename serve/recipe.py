@@ -134,7 +134,11 @@ class _Collector:
 
 
 def entity_arrays(
-    features: Path, meta: dict[str, Any], sparse_names: list[str], dense_names: list[str], cold: bool
+    features: Path,
+    meta: dict[str, Any],
+    sparse_names: list[str],
+    dense_names: list[str],
+    cold: bool,
 ) -> dict[str, EntityArrays]:
     """Both kinds' inputs from the examples (one streaming pass per split)."""
     where = str(features / "_meta.json")
@@ -154,7 +158,9 @@ def entity_arrays(
             for e, c in cols.items():
                 ids = batch.column(f"{e}_id").to_numpy(zero_copy_only=False).astype(np.int64)
                 if ids.size and (ids.min() < 0 or ids.max() >= sizes[e]):
-                    raise DataError(f"{features / 'examples' / split}: {e}_id outside [0, {sizes[e]}) (n_{e}s)")
+                    raise DataError(
+                        f"{features / 'examples' / split}: {e}_id outside [0, {sizes[e]}) (n_{e}s)"
+                    )
                 c.add(ids, batch, split == "train")
     out = {}
     for e, c in cols.items():
@@ -187,5 +193,8 @@ def id_map(features: Path, entity: str) -> pa.Table:
     path = features / "entities" / f"{entity}s.parquet"
     t = pq.read_table(path, columns=[f"{entity}_id", entity])
     return pa.table(
-        {entity: t.column(entity).cast(pa.string()), "row": t.column(f"{entity}_id").cast(pa.int64())}
+        {
+            entity: t.column(entity).cast(pa.string()),
+            "row": t.column(f"{entity}_id").cast(pa.int64()),
+        }
     ).sort_by("row")

@@ -59,7 +59,9 @@ def score_batch(exp: Export, batch: pa.RecordBatch, cfg: ServeConfig, where: str
     probs = 1.0 / (1.0 + np.exp(-exp.logits(users, items, cfg.batch_size).astype(np.float64)))
     names = [n for n in batch.schema.names if n != "score"]
     cols = [batch.column(n) for n in names]
-    return pa.RecordBatch.from_arrays([*cols, pa.array(probs.astype(np.float32))], names=[*names, "score"])
+    return pa.RecordBatch.from_arrays(
+        [*cols, pa.array(probs.astype(np.float32))], names=[*names, "score"]
+    )
 
 
 def write_batches(out: Path, batches: Iterator[pa.RecordBatch]) -> int:
@@ -73,11 +75,15 @@ def write_batches(out: Path, batches: Iterator[pa.RecordBatch]) -> int:
     try:
         for b in batches:
             if writer is None:
-                writer = pq.ParquetWriter(tmp, b.schema) if out.suffix == ".parquet" else pcsv.CSVWriter(tmp, b.schema)
+                writer = (
+                    pq.ParquetWriter(tmp, b.schema)
+                    if out.suffix == ".parquet"
+                    else pcsv.CSVWriter(tmp, b.schema)
+                )
             writer.write_batch(b)
             rows += b.num_rows
         if writer is None:
-            raise DataError(f"serve.input: no rows to score")
+            raise DataError("serve.input: no rows to score")
         writer.close()
         os.replace(tmp, out)
     except BaseException:
@@ -90,10 +96,14 @@ def write_batches(out: Path, batches: Iterator[pa.RecordBatch]) -> int:
 
 def run(cfg: ServeConfig) -> dict[str, Any]:
     if not cfg.input or not cfg.output:
-        raise ConfigError("serve.input and serve.output: both are required (input=PAIRS output=OUT)")
+        raise ConfigError(
+            "serve.input and serve.output: both are required (input=PAIRS output=OUT)"
+        )
     exp = read_export(cfg.run_dir)
     src = Path(cfg.input)
-    rows = write_batches(Path(cfg.output), (score_batch(exp, b, cfg, str(src)) for b in read_pairs(src)))
+    rows = write_batches(
+        Path(cfg.output), (score_batch(exp, b, cfg, str(src)) for b in read_pairs(src))
+    )
     print(f"score: {rows} pairs -> {cfg.output}", flush=True)
     return {"rows": rows, "output": cfg.output}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import yaml
 from torch.distributed.elastic.multiprocessing.errors import record
@@ -60,7 +63,14 @@ from trainer.checkpoint import (
 from trainer.cold_start import ColdIds, build_cold_ids
 from trainer.config import TrainConfig, parse_selection_metric
 from trainer.content_tables import ContentTables, fill_content_tables, table_constraints
-from trainer.data import TrainingData, epoch_steps, eval_batches, read_training_data, train_batches
+from trainer.data import (
+    SplitArrays,
+    TrainingData,
+    epoch_steps,
+    eval_batches,
+    read_training_data,
+    train_batches,
+)
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
 from trainer.loss import InfoNCEOptions
 from trainer.metrics import (
@@ -396,6 +406,16 @@ def evaluate(
     if row_ids.size != n or (n and not np.array_equal(row_ids, np.arange(n))):
         raise RuntimeError(f"evaluate({split}): scored {row_ids.size} of {n} rows")
     return data.splits[split].label, probs
+
+
+def write_predictions(path: Path, split: SplitArrays, probs: np.ndarray) -> None:
+    """The reported model's probability for every row of a split, in row order (atomic):
+    what `dlrrec score` of the exported model is checked against."""
+    table = pa.table({"user_id": split.user_id, "item_id": split.item_id, "label": split.label,
+                      "prob": probs.astype(np.float32)})  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
 
 
 # keys that change neither the trained model nor the report's metrics
@@ -827,6 +847,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     }
     if env.is_main:
         write_plots(out, roc)
+        if roc is not None:  # sealed runs write no test figure
+            write_predictions(out / "test_predictions.parquet", data.splits["test"], roc[1])
         write_json_atomic(report_path, report)
         tested = (
             f"test auc {test['auc']:.4f} acc {test['accuracy']:.4f} fpr {test['fpr']:.4f}"

@@ -259,7 +259,7 @@ def test_app_stage_builds_the_dlrrec_wheel_from_the_copied_files(tmp_path: Path)
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert {f"{pkg}/__init__.py" for pkg in ("features", "similarity", "trainer", "launch")} <= names
+    assert {f"{pkg}/__init__.py" for pkg in ("features", "similarity", "trainer", "launch", "serve")} <= names
     assert "launch/components.py" in names
     assert re.search(r"^dlrrec = launch\.cli:main$", entry_points, re.M), entry_points
 

@@ -7,6 +7,7 @@ import pytest
 from features.config import FeaturesConfig
 from launch.cli import main
 from launch.pipeline import PipelineConfig
+from serve.config import ServeConfig
 from similarity.config import SwingConfig
 from trainer.config import TrainConfig
 
@@ -28,6 +29,9 @@ def help_text(argv: list[str], capsys) -> str:
         (["features", "build"], [(FeaturesConfig, "features")]),
         (["similarity", "swing"], [(SwingConfig, "similarity")]),
         (["train"], [(TrainConfig, "train")]),
+        (["export"], [(ServeConfig, "serve")]),
+        (["score"], [(ServeConfig, "serve")]),
+        (["recommend"], [(ServeConfig, "serve")]),
         (
             ["pipeline"],
             [

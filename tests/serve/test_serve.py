@@ -1,0 +1,313 @@
+"""export / score / recommend on a tiny real run: raw reviews -> features -> SWING ->
+2-rank gloo training, then a 1-process export whose scores equal the trainer's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+from dist_helpers import run_ranks
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "trainer"))
+from synthetic import train_runs  # noqa: E402
+from test_e2e_elastic import write_raw_reviews  # noqa: E402
+
+from features.config import FeaturesConfig  # noqa: E402
+from launch.cli import main as cli  # noqa: E402
+from serve.model import gather_bags  # noqa: E402
+from trainer.metrics import classification_report  # noqa: E402
+
+TRAIN = {"epochs": 3, "batch_size": 64, "eval_batch_size": 256, "patience": 3, "log_every": 0,
+         "tensorboard": False, "progress_bar": False}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two trained runs on the same features: plain, and with cold-start rows (id dropout)."""
+    from features.main import run as build_features
+    from similarity.config import SwingConfig
+    from similarity.main import run as swing
+
+    tmp = tmp_path_factory.mktemp("serve")
+    raw = write_raw_reviews(tmp / "raw")
+    plain, cold = tmp / "plain", tmp / "cold"
+    build_features(FeaturesConfig(run_dir=str(plain), raw_dir=str(raw), seed=1))
+    swing(SwingConfig(run_dir=str(plain), top_k=10))
+    for stage in ("features", "similarity"):
+        shutil.copytree(plain / stage, cold / stage)
+    run_ranks(train_runs, 2, [(str(plain), TRAIN), (str(cold), {**TRAIN, "id_dropout": 0.2})])
+    return {"plain": plain, "cold": cold, "raw": raw}
+
+
+def source_pairs(run: Path, split: str) -> pa.Table:
+    t = pq.read_table(
+        run / "features" / "examples" / split, columns=["user_id", "item_id", "label"]
+    )
+    users = pq.read_table(run / "features" / "entities" / "users.parquet", columns=["user"]).column(
+        0
+    )
+    items = pq.read_table(run / "features" / "entities" / "items.parquet", columns=["item"]).column(
+        0
+    )
+    return pa.table(
+        {"user": users.take(t["user_id"]), "item": items.take(t["item_id"]), "label": t["label"]}
+    )
+
+
+def export(run: Path, *extra: str) -> int:
+    return cli(["export", f"run_dir={run}", *extra])
+
+
+@pytest.mark.slow
+def test_export_then_score_reproduces_the_trainers_test_predictions(runs, tmp_path: Path):
+    run = runs["plain"]
+    assert export(run) == 0
+    manifest = json.loads((run / "export" / "_meta.json").read_text())
+    assert manifest["needs_torchrec"] is False and manifest["format"] == "torchscript"
+    report = json.loads((run / "train" / "report.json").read_text())
+    assert manifest["train_fingerprint"] == report["fingerprint"] and report["world_size"] == 2
+    pairs = source_pairs(run, "test")
+    pq.write_table(pairs, tmp_path / "pairs.parquet")
+    assert (
+        cli(
+            [
+                "score",
+                f"run_dir={run}",
+                f"input={tmp_path / 'pairs.parquet'}",
+                f"output={tmp_path / 'out.parquet'}",
+            ]
+        )
+        == 0
+    )
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column_names == ["user", "item", "label", "score"]
+    trainer = pq.read_table(run / "train" / "test_predictions.parquet")
+    np.testing.assert_allclose(
+        out["score"].to_numpy(), trainer["prob"].to_numpy(), rtol=0, atol=1e-5
+    )
+    ours = classification_report(
+        out["label"].to_numpy(), out["score"].to_numpy().astype(np.float64), 0.5
+    )
+    assert abs(ours["auc"] - report["test"]["auc"]) < 1e-4
+    # CSV in and out, ids read as strings: the same scores
+    pcsv.write_csv(pairs.slice(0, 50), tmp_path / "pairs.csv")
+    assert (
+        cli(
+            [
+                "score",
+                f"run_dir={run}",
+                f"input={tmp_path / 'pairs.csv'}",
+                f"output={tmp_path / 'out.csv'}",
+            ]
+        )
+        == 0
+    )
+    csv = pcsv.read_csv(tmp_path / "out.csv")
+    np.testing.assert_allclose(csv["score"].to_numpy(), out["score"].to_numpy()[:50], atol=1e-6)
+    # the artifact alone: torch.jit.load, no repository code, equals the CLI's scores
+    model = torch.jit.load(str(run / "export" / "model.pt"))
+    t = pq.read_table(run / "features" / "examples" / "test", columns=["user_id", "item_id"])
+    with torch.no_grad():
+        logits = model(
+            torch.from_numpy(t["user_id"].to_numpy()), torch.from_numpy(t["item_id"].to_numpy())
+        )
+    np.testing.assert_allclose(torch.sigmoid(logits).numpy(), out["score"].to_numpy(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_export_is_reused_and_refuses_a_foreign_run(runs, tmp_path: Path, capsys):
+    run = runs["plain"]
+    assert export(run) == 0
+    before = (run / "export" / "model.pt").stat().st_mtime
+    assert export(run) == 0 and (run / "export" / "model.pt").stat().st_mtime == before
+    # a run dir whose train/ was made from other features: refused by fingerprint
+    other = tmp_path / "other"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("export"))
+    meta = json.loads((other / "features" / "_meta.json").read_text())
+    (other / "features" / "_meta.json").write_text(json.dumps({**meta, "fingerprint": "f" * 64}))
+    with pytest.raises(SystemExit) as e:
+        export(other)
+    assert e.value.code == 2
+    assert "fingerprint mismatch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_score_refuses_bad_input_with_one_line(runs, tmp_path: Path, capsys):
+    run = runs["plain"]
+    export(run)
+    capsys.readouterr()
+    pairs = source_pairs(run, "test").slice(0, 5)
+    cases = {
+        "nouser.parquet": (pairs.drop_columns(["user"]), "missing column 'user'"),
+        "unknown.parquet": (
+            pa.table({"user": ["nobody"], "item": [pairs["item"][0].as_py()]}),
+            "unknown user id 'nobody'",
+        ),
+        "badtype.txt": (pairs, "expected a .parquet or .csv file"),
+    }
+    for name, (table, message) in cases.items():
+        pq.write_table(table, tmp_path / name)
+        with pytest.raises(SystemExit) as e:
+            cli(
+                [
+                    "score",
+                    f"run_dir={run}",
+                    f"input={tmp_path / name}",
+                    f"output={tmp_path / 'o.parquet'}",
+                ]
+            )
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o.parquet").exists()  # no partial artifact
+    # an export from another features fingerprint than run_dir/features
+    meta_path = run / "features" / "_meta.json"
+    meta = meta_path.read_text()
+    try:
+        meta_path.write_text(json.dumps({**json.loads(meta), "fingerprint": "0" * 64}))
+        pq.write_table(pairs, tmp_path / "ok.parquet")
+        with pytest.raises(SystemExit) as e:
+            cli(
+                [
+                    "score",
+                    f"run_dir={run}",
+                    f"input={tmp_path / 'ok.parquet'}",
+                    f"output={tmp_path / 'o.parquet'}",
+                ]
+            )
+        assert e.value.code == 2 and "rerun `dlrrec export" in capsys.readouterr().err
+    finally:
+        meta_path.write_text(meta)
+
+
+@pytest.mark.slow
+def test_recommend_ranks_the_catalogue_without_seen_items(runs, capsys):
+    run = runs["plain"]
+    export(run)
+    capsys.readouterr()
+    user = "u3"
+    assert cli(["recommend", f"run_dir={run}", f"user={user}", "top=5"]) == 0
+    lines = [x.split("\t") for x in capsys.readouterr().out.strip().splitlines()]
+    assert [int(x[0]) for x in lines] == [1, 2, 3, 4, 5]
+    titles = dict(
+        zip(
+            *(
+                pq.read_table(runs["raw"] / "items.parquet", columns=["item", "title"])
+                .to_pydict()
+                .values()
+            )
+        )
+    )
+    assert all(x[3] == titles[x[1]] for x in lines)
+    # the same ranking by the independent route: score every unseen item with `score`
+    train = source_pairs(run, "train")
+    seen = {i for u, i in zip(train["user"].to_pylist(), train["item"].to_pylist()) if u == user}
+    items = [x for x in titles if x not in seen]
+    from serve.artifact import read_export
+
+    exp = read_export(run)
+    rows = exp.rows("item", pa.array(items), "error", "")
+    u = np.full(rows.size, exp.rows("user", pa.array([user]), "error", "")[0])
+    probs = 1 / (1 + np.exp(-exp.logits(u, rows, 1024).astype(np.float64)))
+    best = sorted(zip(-probs, rows, items))[:5]
+    assert [x[1] for x in lines] == [b[2] for b in best]
+    np.testing.assert_allclose([float(x[2]) for x in lines], [-b[0] for b in best], atol=1e-6)
+    assert not seen & {x[1] for x in lines}
+    # with seen items: the top can include them; unknown user: one line, exit 2
+    assert cli(["recommend", f"run_dir={run}", f"user={user}", "top=3", "exclude_seen=false"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli(["recommend", f"run_dir={run}", "user=nobody"])
+    assert e.value.code == 2 and "unknown user id 'nobody'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cold_start_rows_score_unknown_and_unseen_ids(runs, tmp_path: Path, capsys):
+    run = runs["cold"]
+    assert export(run) == 0
+    pairs = source_pairs(run, "test")
+    pq.write_table(pairs, tmp_path / "pairs.parquet")
+    assert (
+        cli(
+            [
+                "score",
+                f"run_dir={run}",
+                f"input={tmp_path / 'pairs.parquet'}",
+                f"output={tmp_path / 'out.parquet'}",
+            ]
+        )
+        == 0
+    )
+    trainer = pq.read_table(run / "train" / "test_predictions.parquet")
+    # the trainer maps ids absent from training to the cold row; so does the export
+    np.testing.assert_allclose(
+        pq.read_table(tmp_path / "out.parquet")["score"].to_numpy(),
+        trainer["prob"].to_numpy(),
+        atol=1e-5,
+    )
+    capsys.readouterr()
+    assert cli(["recommend", f"run_dir={run}", "user=nobody", "top=3", "unknown=cold"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    new = pa.table({"user": ["nobody", "nobody"], "item": [pairs["item"][0].as_py(), "new-item"]})
+    pq.write_table(new, tmp_path / "new.parquet")
+    assert (
+        cli(
+            [
+                "score",
+                f"run_dir={run}",
+                f"input={tmp_path / 'new.parquet'}",
+                f"output={tmp_path / 'n.parquet'}",
+                "unknown=cold",
+            ]
+        )
+        == 0
+    )
+    assert np.isfinite(pq.read_table(tmp_path / "n.parquet")["score"].to_numpy()).all()
+
+
+@pytest.mark.slow
+def test_retrieval_embeddings_are_the_models_own_rows(runs):
+    run = runs["plain"]
+    export(run)
+    emb = pq.read_table(run / "export" / "embeddings" / "items.parquet")
+    assert emb.column_names == ["item", "row", "id_embedding", "item_text_tower"]
+    model = torch.jit.load(str(run / "export" / "model.pt"))
+    recipe = json.loads((run / "export" / "_meta.json").read_text())["recipe"]
+    table = list(dict.fromkeys(s["table"] for s in recipe["sparse"])).index("item_id")
+    ids = np.stack(emb["id_embedding"].to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(
+        ids, model.state_dict()[f"tables.{table}.weight"].numpy()[: emb.num_rows]
+    )
+    # the tower output equals the exported towers applied to the entity table's vector
+    vec = pq.read_table(run / "features" / "entities" / "items.parquet", columns=["item_text"])[
+        "item_text"
+    ]
+    x = torch.from_numpy(np.stack(vec.to_numpy(zero_copy_only=False)).astype(np.float32))
+    tower = recipe["towers"].index({"entity": "item", "column": "item_text"})
+    with torch.no_grad():
+        want = model.project(tower, x).numpy()
+    np.testing.assert_allclose(
+        np.stack(emb["item_text_tower"].to_numpy(zero_copy_only=False)), want, atol=1e-5
+    )
+
+
+def test_gather_bags_matches_a_loop():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 4, 30)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = rng.integers(0, 100, int(offsets[-1]))
+    rows = rng.integers(0, 30, 50)
+    got_v, got_o = gather_bags(
+        torch.from_numpy(offsets), torch.from_numpy(values), torch.from_numpy(rows)
+    )
+    want = [values[offsets[r] : offsets[r + 1]] for r in rows]
+    assert got_v.tolist() == np.concatenate(want).tolist()
+    assert got_o.tolist() == np.concatenate([[0], np.cumsum([len(w) for w in want])[:-1]]).tolist()
