@@ -16,8 +16,6 @@ once per entity at export (`tower_out`); the towers themselves are kept (`projec
 vectors of entities the export has not seen.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 
