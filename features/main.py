@@ -41,6 +41,7 @@ from launch.artifacts import (
     sha256_json,
     write_json_atomic,
 )
+from launch.code_version import code_version
 from launch.config import DataError, to_dict
 from launch.entry import run_job
 
@@ -94,6 +95,13 @@ def fingerprint_config(cfg: FeaturesConfig) -> dict[str, Any]:
     return d
 
 
+def features_fingerprint(cfg: FeaturesConfig, input_hashes: dict[str, str]) -> str:
+    """What the output depends on: the config, the raw inputs' hashes and the features
+    package's sources (launch/code_version.py)."""
+    code = code_version("features")
+    return sha256_json({"config": fingerprint_config(cfg), "inputs": input_hashes, "code": code})
+
+
 def build_split(cfg: FeaturesConfig, timestamps: np.ndarray) -> tuple[np.ndarray, list[int] | None]:
     fractions = cfg.split_fractions or DEFAULT_FRACTIONS
     if cfg.split == "temporal":
@@ -106,7 +114,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     start = time.time()
     final = Path(cfg.run_dir) / "features"
     input_hashes = source_input_hashes(cfg.source, cfg.raw_dir, cfg.files)
-    fingerprint = sha256_json({"config": fingerprint_config(cfg), "inputs": input_hashes})
+    fingerprint = features_fingerprint(cfg, input_hashes)
     if existing_output(final, fingerprint, cfg.overwrite):
         log.info("features: reusing %s (same config and inputs)", final)
         return read_meta(final)
@@ -258,6 +266,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     meta = {
         "schema_version": SCHEMA_VERSION,
         "fingerprint": fingerprint,
+        "code_version": code_version("features"),
         "dataset": cfg.dataset,
         "split": cfg.split,
         "split_fractions": cfg.split_fractions or DEFAULT_FRACTIONS,

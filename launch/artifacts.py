@@ -89,7 +89,7 @@ def existing_output(final: Path, fingerprint: str, overwrite: bool) -> bool:
     if overwrite:
         return False
     raise ConfigError(
-        f"{final}: holds an output of a different config or input; "
+        f"{final}: holds an output of a different config, input or code version; "
         "pass overwrite=true to replace it or choose another run_dir"
     )
 

@@ -57,6 +57,7 @@ from launch.artifacts import (
     sha256_json,
     write_json_atomic,
 )
+from launch.code_version import code_version
 from launch.config import ConfigError, DlrrecError, to_dict
 from launch.elastic import init_process_group_from_env
 from launch.entry import run_job
@@ -84,7 +85,8 @@ MAX_AUTO_PARTS = 1024
 def fingerprint(cfg: SwingConfig, input_fingerprint: str) -> str:
     """Hash of everything the tables depend on: the config's math keys and the input."""
     params = {k: v for k, v in to_dict(cfg).items() if k not in NOT_FINGERPRINTED}
-    return sha256_json({"config": params, "input": input_fingerprint, "schema": SCHEMA_VERSION})
+    code = code_version("similarity")  # the SWING job's sources (launch/code_version.py)
+    return sha256_json({"config": params, "input": input_fingerprint, "schema": SCHEMA_VERSION, "code": code})
 
 
 class _Comm:
@@ -470,6 +472,7 @@ def _meta(
     return {
         "schema_version": SCHEMA_VERSION,
         "fingerprint": fp,
+        "code_version": code_version("similarity"),
         "input": {"source": pos.source, "fingerprint": pos.fingerprint, "rows_read": pos.rows_read},
         "ids": {"user": _id_kind(pos.user_ids), "item": _id_kind(pos.item_ids)},
         "params": {

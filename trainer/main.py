@@ -49,6 +49,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from tqdm import tqdm
 
 from launch.artifacts import sha256_json, write_json_atomic
+from launch.code_version import code_version
 from launch.config import ConfigError, DataError, to_dict
 from launch.entry import run_job
 from trainer.checkpoint import (
@@ -452,6 +453,7 @@ def fingerprint(cfg: TrainConfig, data: TrainingData, trained_on: dict[str, str]
             "features": data.features_meta.get("fingerprint"),
             "similarity": (data.similarity_meta or {}).get("fingerprint"),
             **trained_on,
+            "code": code_version("train"),  # the trainer's sources (launch/code_version.py)
         }
     )
 
@@ -530,7 +532,7 @@ def find_resume_point(out: Path, fp: str, cfg: TrainConfig, trained_on: dict[str
             f"and fused optimizer state does not carry over; {fix}"
         )
     if state.get("fingerprint") != fp:
-        raise ConfigError(f"{latest}: an unfinished run of a different config or input; {fix}")
+        raise ConfigError(f"{latest}: an unfinished run of a different config, input or code version; {fix}")
     return latest
 
 
@@ -601,7 +603,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 return old if cfg.score_test else {**old, "test": None}
         elif not cfg.overwrite:
             raise ConfigError(
-                f"{out}: holds a run of a different config or input; "
+                f"{out}: holds a run of a different config, input or code version; "
                 "pass overwrite=true to replace it or choose another run_dir"
             )
     ckpt_root = out / "checkpoints"
@@ -843,6 +845,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "resumed_from": prog.resumed_from,
         "seconds": time.time() - t_start,
         "fingerprint": fp,
+        "code_version": code_version("train"),
         "config": to_dict(cfg),
     }
     if env.is_main:
