@@ -64,3 +64,28 @@ def run_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 6
     assert not errors, "\n".join(errors)
     assert codes == [0] * world, f"exit codes {codes}"
     return [results[r] for r in range(world)]
+
+
+def devices(gpus_needed: int = 1) -> list[Any]:
+    """pytest params "cpu" (gloo) and "cuda" (nccl, marked `gpu`, skipped with fewer than
+    `gpus_needed` CUDA devices), for tests that run unchanged on both."""
+    import pytest
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    skip = pytest.mark.skipif(have < gpus_needed, reason=f"needs {gpus_needed} CUDA device(s), found {have}")
+    return ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, skip])]
+
+
+def init_group(device: str) -> Any:
+    """Join the launcher's group: gloo on CPU, nccl with one GPU per local rank on CUDA.
+    Returns the torch device this rank computes on."""
+    import torch
+    import torch.distributed as dist
+
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl")
+        return torch.device("cuda", torch.cuda.current_device())
+    dist.init_process_group("gloo")
+    return torch.device("cpu")

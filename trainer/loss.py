@@ -12,6 +12,10 @@ row blocks, finds the false negatives by binary search instead of a dense [B, N]
 mask, and computes each block's gradient contribution right after its softmax, so no
 [B, N] buffer exists and every logit is exponentiated once (`benchmarks/infonce_bench.py`
 measures both).
+
+With N ranks (`info_nce_across_ranks`) the in-batch candidates are the GLOBAL batch's
+positives, all-gathered with gradients flowing back to each rank's own rows, so the
+loss and its gradients do not depend on the rank count.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch.nn import functional as F
 
 _NEG = -1e9  # a finite "minus infinity": masked logits stay NaN-free under autograd
@@ -52,6 +57,10 @@ def info_nce(
     uniform_p: float = 0.0,
     chunk_size: int = 0,
     anchor_sets: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    candidate_ids: torch.Tensor | None = None,
+    target_offset: int = 0,
+    denominator: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean InfoNCE over anchors that have a positive.
 
@@ -82,35 +91,43 @@ def info_nce(
             sampler (1 / catalogue size).
         chunk_size: rows per block of the chunked computation; 0 = one piece.
         anchor_sets: (lengths [B], ids [S]): each anchor's positive set as CSR rows.
+        candidate_ids: [P] ids of the in-batch candidates when `positive` [P, D] holds more
+            rows than the anchors (every rank's positives, `info_nce_across_ranks`);
+            default `positive_ids`.
+        target_offset: the candidate column of anchor 0's positive (anchor i's is i + offset).
+        denominator: what the loss sum is divided by (default: the anchors with a positive).
 
     Returns:
         A scalar; 0 (with a graph) when no anchor has a positive.
     """
     a = F.normalize(anchor, dim=-1)
     cand = F.normalize(positive, dim=-1)
-    cand_ids = positive_ids
+    cand_ids = positive_ids if candidate_ids is None else candidate_ids
+    n_batch = cand.shape[0]
     if negatives is not None and negatives.shape[0] > 0:
         assert negative_ids is not None
         cand = torch.cat([cand, F.normalize(negatives, dim=-1)])
-        cand_ids = torch.cat([positive_ids, negative_ids])
+        cand_ids = torch.cat([cand_ids, negative_ids])
     valid = positive_ids >= 0
-    w = valid.to(a.dtype) / valid.sum().clamp_min(1).to(a.dtype)
+    if denominator is None:
+        denominator = valid.sum().clamp_min(1)
+    w = valid.to(a.dtype) / denominator.to(a.dtype)
     b = a.shape[0]
     # per-candidate additive term: -log q (logQ) and "minus infinity" for absent candidates
     bias = a.new_zeros(cand.shape[0])
     if candidate_q is not None:
-        bias = -mixed_log_q(candidate_q, b, cand.shape[0] - b, uniform_p).to(a.dtype)
+        bias = -mixed_log_q(candidate_q, n_batch, cand.shape[0] - n_batch, uniform_p).to(a.dtype)
     bias = bias.masked_fill(cand_ids < 0, _NEG)
     a = a / tau
     if 0 < chunk_size < b:
         return _ChunkedInfoNCE.apply(
-            a, cand, anchor_ids, positive_ids, cand_ids, bias, w, chunk_size, anchor_sets
+            a, cand, anchor_ids, positive_ids, cand_ids, bias, w, chunk_size, anchor_sets, target_offset
         )
-    logits = candidate_logits(a, cand, anchor_ids, positive_ids, cand_ids, bias, 0)
+    logits = candidate_logits(a, cand, anchor_ids, positive_ids, cand_ids, bias, target_offset)
     if anchor_sets is not None:
-        rows, cols = set_pairs(anchor_sets[0], anchor_sets[1], cand_ids)
+        rows, cols = set_pairs(anchor_sets[0], anchor_sets[1], cand_ids, target_offset)
         logits = logits.index_put((rows, cols), logits.new_tensor(_NEG))
-    targets = torch.arange(b, device=a.device)
+    targets = torch.arange(b, device=a.device) + target_offset
     per_row = F.cross_entropy(logits, targets, reduction="none")
     return (per_row * w).sum()
 
@@ -132,7 +149,7 @@ def candidate_logits(
         anchor_ids, positive_ids: [k] ids of those rows.
         cand_ids: [N] candidate ids.
         bias: [N] added to every row (-log q; -1e9 for absent candidates).
-        start: index of the first row (its target is column start).
+        start: the target column of the first row (row r's is start + r).
 
     Returns:
         [k, N]; false negatives are -1e9, the target column never is.
@@ -149,12 +166,13 @@ def false_negative_pairs(
     positive_ids: torch.Tensor,
     cand_ids: torch.Tensor,
     anchor_sets: tuple[torch.Tensor, torch.Tensor] | None = None,
+    target_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, column) of every false negative, sorted by row: the sparse form of the mask.
 
     Row i's false negatives are the candidates whose id equals anchor i's id or its
     positive's id (-1 keys match nothing), or with `anchor_sets` (lengths [B], ids)
-    any id of anchor i's positive set, the target column i excepted. Found by
+    any id of anchor i's positive set, the target column i + `target_offset` excepted. Found by
     binary search in the sorted candidate ids, so the cost is O(N log N + pairs), not
     O(B x N); with popularity-skewed ids the pairs are a few percent of B x N.
 
@@ -176,19 +194,19 @@ def false_negative_pairs(
         within = torch.arange(int(n.sum()), device=n.device) - torch.repeat_interleave(n.cumsum(0) - n, n)
         cols.append(order[torch.repeat_interleave(lo, n) + within])
     r, c = torch.cat(rows), torch.cat(cols)
-    keep = c != r
+    keep = c != r + target_offset
     r, c = r[keep], c[keep]
     r, idx = torch.sort(r, stable=True)
     return r, c[idx]
 
 
 def set_pairs(
-    lengths: torch.Tensor, ids: torch.Tensor, cand_ids: torch.Tensor
+    lengths: torch.Tensor, ids: torch.Tensor, cand_ids: torch.Tensor, target_offset: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, column) where a candidate is in row i's positive set, the target column excepted."""
     b = lengths.shape[0]
     none = torch.full((b,), -1, dtype=cand_ids.dtype, device=cand_ids.device)
-    return false_negative_pairs(none, none, cand_ids, (lengths, ids))
+    return false_negative_pairs(none, none, cand_ids, (lengths, ids), target_offset)
 
 
 class _ChunkedInfoNCE(torch.autograd.Function):
@@ -215,10 +233,11 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         w: torch.Tensor,
         chunk: int,
         anchor_sets: tuple[torch.Tensor, torch.Tensor] | None,
+        offset: int,
     ) -> torch.Tensor:
         b, n = a.shape[0], cand.shape[0]
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]  # type: ignore[attr-defined]
-        rows, cols = false_negative_pairs(anchor_ids, positive_ids, cand_ids, anchor_sets)
+        rows, cols = false_negative_pairs(anchor_ids, positive_ids, cand_ids, anchor_sets, offset)
         starts = list(range(0, b, chunk))
         bounds = torch.searchsorted(rows, torch.tensor([*starts, b], device=rows.device)).tolist()
         total = a.new_zeros(())
@@ -230,7 +249,7 @@ class _ChunkedInfoNCE(torch.autograd.Function):
             lo, hi = bounds[k], bounds[k + 1]
             if hi > lo:
                 logits.view(-1).index_fill_(0, (rows[lo:hi] - s) * n + cols[lo:hi], _NEG)
-            target = logits.diagonal(offset=s).clone()
+            target = logits.diagonal(offset=s + offset).clone()
             m = logits.amax(dim=1, keepdim=True)
             p = torch.exp_(logits.sub_(m))  # unnormalised softmax, in place
             z = p.sum(dim=1)
@@ -239,7 +258,7 @@ class _ChunkedInfoNCE(torch.autograd.Function):
             if ga is not None and gc is not None:
                 # d loss / d L_ij = w_i (softmax_ij - [j == i])
                 p.mul_((wb / z).unsqueeze(1))
-                p.diagonal(offset=s).sub_(wb)
+                p.diagonal(offset=s + offset).sub_(wb)
                 torch.mm(p, cand, out=ga[s:e])
                 gc.addmm_(p.t(), a[s:e])
         if ga is not None and gc is not None:
@@ -251,7 +270,7 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         ga, gc = ctx.saved_tensors  # type: ignore[attr-defined]
-        return ga * grad, gc * grad, None, None, None, None, None, None, None
+        return ga * grad, gc * grad, None, None, None, None, None, None, None, None
 
 
 def mixed_log_q(cand_q: torch.Tensor, n_batch: int, n_extra: int, uniform_p: float) -> torch.Tensor:
@@ -275,8 +294,81 @@ def mixed_log_q(cand_q: torch.Tensor, n_batch: int, n_extra: int, uniform_p: flo
     n = n_batch + n_extra
     r = (n_batch * cand_q.double() + n_extra * uniform_p) / max(n, 1)
     return torch.log(r.clamp_min(1e-12)).to(cand_q.dtype)
-    r = (n_batch * cand_q.double() + n_extra * uniform_p) / max(n, 1)
-    return torch.log(r.clamp_min(1e-12)).to(cand_q.dtype)
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """Every rank's [n, ...] rows, concatenated in rank order; differentiable.
+
+    Each rank's loss uses every rank's rows, so the gradient of this rank's slice is the
+    sum over ranks of their losses' gradients w.r.t. it: backward all-reduces the full
+    gradient and keeps the slice. gloo and nccl both have all_gather and all_reduce.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        world, rank = dist.get_world_size(), dist.get_rank()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = (rank * x.shape[0], (rank + 1) * x.shape[0])  # type: ignore[attr-defined]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        lo, hi = ctx.rows  # type: ignore[attr-defined]
+        return grad[lo:hi]
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """[world * n, ...]: every rank's `x` (same shape on every rank) in rank order; gradients
+    flow back to each rank's own rows."""
+    return _AllGatherRows.apply(x)  # type: ignore[no-any-return]
+
+
+def info_nce_across_ranks(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    anchor_ids: torch.Tensor,
+    positive_ids: torch.Tensor,
+    tau: float,
+    negatives: torch.Tensor | None = None,
+    negative_ids: torch.Tensor | None = None,
+    candidate_q: torch.Tensor | None = None,
+    uniform_p: float = 0.0,
+    chunk_size: int = 0,
+    anchor_sets: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """`info_nce` of this rank's anchors against the GLOBAL batch's candidates.
+
+    The in-batch candidates are every rank's positives (an all-gather, in rank order:
+    the global batch's order), plus the extra negatives, which every rank already holds
+    in full. Anchor i's target is its own positive at column rank * B + i; logQ, the
+    false-negative masks and the positive sets apply to the gathered candidates as to
+    one rank's. The loss is world_size times this rank's share of the global mean, so
+    the mean over ranks is the one-rank loss of the global batch and the averaged
+    gradients (what DDP applies) are its gradients. Arguments as `info_nce`, local;
+    `candidate_q` is [B + M] (this rank's positives, then the extra negatives).
+    Collective: every rank calls it with the same B and M.
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world == 1:
+        return info_nce(
+            anchor, positive, anchor_ids, positive_ids, tau, negatives, negative_ids,
+            candidate_q, uniform_p, chunk_size, anchor_sets,
+        )  # fmt: skip
+    b = positive.shape[0]
+    q = None
+    if candidate_q is not None:
+        q = torch.cat([all_gather_rows(candidate_q[:b].detach()), candidate_q[b:]])
+    valid = (positive_ids >= 0).sum().to(torch.float64)
+    dist.all_reduce(valid)
+    return info_nce(
+        anchor, all_gather_rows(positive), anchor_ids, positive_ids, tau, negatives, negative_ids,
+        q, uniform_p, chunk_size, anchor_sets,
+        candidate_ids=all_gather_rows(positive_ids), target_offset=dist.get_rank() * b,
+        denominator=valid.clamp_min(1) / world,
+    )  # fmt: skip
 
 
 def rating_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.content_tables import ContentTables, feature_key
 from trainer.data import Batch
-from trainer.loss import InfoNCEOptions, info_nce, rating_loss
+from trainer.loss import InfoNCEOptions, info_nce_across_ranks, rating_loss
 
-# InfoNCE loops over row blocks by shape; keep it one opaque call when
+# InfoNCE loops over row blocks by shape and gathers across ranks; keep it one opaque call when
 # TrainPipelineSparseDist fx-traces the forward to find the sharded modules.
-torch.fx.wrap("info_nce")
+torch.fx.wrap("info_nce_across_ranks")
 
 
 class _PairwiseDots(torch.autograd.Function):
@@ -407,7 +407,7 @@ class DLRRECTrain(nn.Module):
             pos = towers.project_one(self.item_tower, vec[feature_key(col, "pos")])
             neg = towers.project_one(self.item_tower, vec[feature_key(col, "neg")])
             q = torch.cat([batch.ii_pos_q, batch.ii_neg_q]) if self.nce.log_q else None
-            ii = info_nce(
+            ii = info_nce_across_ranks(
                 anchor, pos, batch.item_ids, batch.ii_pos_ids, self.tau,
                 neg, batch.ii_neg_ids, q, self.nce.uniform_p[0], self.nce.chunk_size,
                 (batch.ii_set_lengths, batch.ii_set_ids),
@@ -421,7 +421,7 @@ class DLRRECTrain(nn.Module):
             pos = towers.project_one(self.user_tower, vec[feature_key(col, "pos")])
             neg = towers.project_one(self.user_tower, vec[feature_key(col, "neg")])
             q = torch.cat([batch.uu_pos_q, batch.uu_neg_q]) if self.nce.log_q else None
-            uu = info_nce(
+            uu = info_nce_across_ranks(
                 anchor, pos, batch.user_ids, batch.uu_pos_ids, self.tau,
                 neg, batch.uu_neg_ids, q, self.nce.uniform_p[1], self.nce.chunk_size,
                 (batch.uu_set_lengths, batch.uu_set_ids),

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from dist_helpers import devices, run_ranks
 
 from trainer.loss import false_negative_pairs, info_nce, mixed_log_q
 
@@ -224,3 +225,66 @@ def test_anchor_positive_sets_are_not_negatives():
         )
         for x0, x1 in zip(g0, g1):
             torch.testing.assert_close(x1, x0, rtol=1e-10, atol=1e-12)
+
+
+def _global_case(seed: int, b: int = 24):
+    """A global batch: inputs as `_case`, plus each anchor's positive set (CSR)."""
+    a, p, n, aid, pid, nid, q = _case(seed, b=b)
+    g = torch.Generator().manual_seed(seed + 100)
+    lengths = torch.randint(0, 4, (b,), generator=g)
+    set_ids = torch.randint(0, 10, (int(lengths.sum()),), generator=g)
+    return a, p, n, aid, pid, nid, q, lengths, set_ids
+
+
+def _nce_on_ranks(rank: int, device: str, cases: list[tuple[int, int, bool]]) -> list[dict]:
+    """Each rank scores its contiguous slice of the global batch through a shared linear
+    tower; returns the rank-mean loss and the rank-averaged tower gradients (as DDP
+    applies them) per case (seed, chunk_size, with logQ / extras / sets)."""
+    import torch.distributed as dist
+    from dist_helpers import init_group
+
+    from trainer.loss import info_nce_across_ranks
+
+    dev = init_group(device)
+    world = dist.get_world_size()
+    out = []
+    try:
+        for seed, chunk, full in cases:
+            a, p, n, aid, pid, nid, q, lengths, set_ids = (t.to(dev) for t in _global_case(seed))
+            big_b = a.shape[0]
+            b = big_b // world
+            sl = slice(rank * b, (rank + 1) * b)
+            start = int(lengths[: sl.start].sum())
+            sets = (lengths[sl], set_ids[start : start + int(lengths[sl].sum())])
+            torch.manual_seed(0)
+            tower = torch.nn.Linear(8, 8).double().to(dev)
+            extra = (tower(n), nid, torch.cat([q[:big_b][sl], q[big_b:]]), 0.02) if full else ()
+            loss = info_nce_across_ranks(
+                tower(a[sl]), tower(p[sl]), aid[sl], pid[sl], 0.3, *extra,
+                chunk_size=chunk, anchor_sets=sets if full else None,
+            )  # fmt: skip
+            loss.backward()
+            stats = [loss.detach().clone(), *(w.grad for w in tower.parameters())]
+            for t in stats:
+                dist.all_reduce(t)
+                t /= world
+            out.append({"loss": float(stats[0]), "grads": [t.cpu().numpy() for t in stats[1:]]})
+    finally:
+        dist.destroy_process_group()
+    return out
+
+
+@pytest.mark.parametrize("device", devices(2))
+def test_one_rank_and_two_give_the_same_loss_and_gradients(device: str):
+    # in-batch candidates are the GLOBAL batch's positives: the rank count does not matter
+    import numpy as np
+
+    cases = [(0, 0, True), (1, 5, True), (2, 0, False), (3, 7, False)]
+    (one,) = run_ranks(_nce_on_ranks, 1, device, cases)
+    two = run_ranks(_nce_on_ranks, 2, device, cases)
+    assert [r["loss"] for r in two[0]] == [r["loss"] for r in two[1]]
+    for case, r1, r2 in zip(cases, one, two[0]):
+        assert abs(r1["loss"] - r2["loss"]) < 1e-12, (case, r1["loss"], r2["loss"])
+        assert r1["loss"] > 0.5, case
+        for g1, g2 in zip(r1["grads"], r2["grads"]):
+            np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-13, err_msg=str(case))
