@@ -25,8 +25,9 @@ NOT_SHAPING: dict[str, tuple[str, ...]] = {
     # download and raw-schema conversion: their output is the raw tables, which the
     # features fingerprint already identifies by content hash
     "features": ("fetch.py", "movielens.py"),
-    # serving (Redis export and reads) and the tests' plain-Python reference
-    "similarity": ("redis_export.py", "redis_read.py", "redis_store.py", "reference.py"),
+    # serving (Redis export and reads, the source-id maps they use) and the tests'
+    # plain-Python reference
+    "similarity": ("id_maps.py", "redis_export.py", "redis_read.py", "redis_store.py", "reference.py"),
     # PNG rendering of a finished run's metrics
     "trainer": ("plots.py",),
 }

@@ -6,6 +6,10 @@ pipelined MULTI/EXEC batches; then `current` switches to the new version in one 
 step and the previous version's keys expire after `redis_grace_s` seconds.  Layout and
 connection rules: `similarity.redis_store`.
 
+Keys and members are the source's ids: the tables' ids go through the id map of their
+input (`similarity.tables.read_id_map`), and item titles, when the raw items table has
+them, go to one hash per version.
+
 Re-exporting the same tables is idempotent: when that version is already current and
 complete nothing is written; otherwise its keys are rewritten (each key's DEL + ZADD in
 one transaction, so no reader ever sees a partial list) before the switch.
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
@@ -30,11 +35,13 @@ from launch.artifacts import hash_tree, read_meta
 from launch.config import DataError
 from launch.entry import run_job
 from similarity.config import SwingConfig
+from similarity.id_maps import ENTITY, IdMap, read_id_map, read_item_titles
 from similarity.redis_store import (
     connect,
     key_anchor,
     key_current,
     key_meta,
+    key_titles,
     key_versions,
     safe_url,
     text,
@@ -54,28 +61,24 @@ return old
 """
 
 
+# What the keys and members name: 2 = the source's ids on every path. Version 1 wrote
+# the features stage's dense indexes for tables built from features; it is part of the
+# version hash so that a re-export of the same tables replaces such a version.
+KEY_SCHEME = 2
+
+
 def table_version(stage: Path, meta: dict[str, Any]) -> str:
     """A short content hash of the tables (and id maps) a version holds."""
     files = sorted(stage.glob("*/part-*.parquet")) + sorted(stage.glob("ids/*.parquet"))
-    h = hashlib.sha256(f"{meta.get('fingerprint')}:{hash_tree(files)}".encode())
+    h = hashlib.sha256(f"{KEY_SCHEME}:{meta.get('fingerprint')}:{hash_tree(files)}".encode())
     return "v" + h.hexdigest()[:16]
 
 
-def _id_names(stage: Path, kind: str) -> np.ndarray | None:
-    """Original string ids by dense index, when the input had string ids."""
-    path = stage / "ids" / ("items.parquet" if kind == "item_item" else "users.parquet")
-    if not path.is_file():
-        return None
-    t = pq.read_table(path)
-    names = np.empty(t.num_rows, dtype=object)
-    names[t["index"].to_numpy()] = t["id"].to_pylist()
-    return names
-
-
-def _as_text(ids: np.ndarray, names: np.ndarray | None) -> list[str]:
-    if names is not None:
-        return names[ids].tolist()
-    return ids.astype(str).tolist()
+def _as_text(ids: np.ndarray, id_map: IdMap) -> list[str]:
+    """The source ids of table ids."""
+    if id_map.names is None:
+        return ids.astype(str).tolist()
+    return cast(list[str], id_map.names.take(pa.array(ids)).to_pylist())
 
 
 def _bulk(b: bytes) -> bytes:
@@ -138,16 +141,21 @@ class _Transaction:
 
 
 def write_version(
-    client: redis.Redis, prefix: str, version: str, stage: Path, batch_pairs: int = BATCH_PAIRS
+    client: redis.Redis,
+    prefix: str,
+    version: str,
+    stage: Path,
+    id_maps: dict[str, IdMap],
+    batch_pairs: int = BATCH_PAIRS,
 ) -> dict[str, int]:
-    """Write every anchor's sorted set of `version`; returns pairs written per kind.
+    """Write every anchor's sorted set of `version`, keyed by source ids; returns pairs per kind.
 
     Each anchor's DEL + ZADD sit in one MULTI/EXEC batch of about `batch_pairs` pairs,
     so a reader sees an anchor's old list or its whole new one, never a part.
     """
     written: dict[str, int] = {}
     for kind in KINDS:
-        names = _id_names(stage, kind)
+        names = id_maps[kind]
         written[kind] = 0
         tx = _Transaction(client)
         queued = 0
@@ -171,6 +179,20 @@ def write_version(
             written[kind] += len(anchor)
         tx.execute()
     return written
+
+
+def write_titles(client: redis.Redis, prefix: str, version: str, titles: pa.Table) -> int:
+    """The version's item id -> title hash, in pipelined batches; returns the count.
+
+    No transaction is needed: readers look titles up only in the current version, and
+    this one becomes current after every key is written.
+    """
+    key = key_titles(prefix, version)
+    client.delete(key)
+    for batch in titles.to_batches(max_chunksize=BATCH_PAIRS):
+        ids, names = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+        client.hset(key, mapping=dict(zip(ids, names)))
+    return titles.num_rows
 
 
 def switch_current(client: redis.Redis, prefix: str, version: str, grace_s: int) -> str | None:
@@ -210,14 +232,21 @@ def export(
     complete = client.hget(key_meta(prefix, version), "complete") == b"1"
     if current is not None and text(current) == version and complete:
         return {"version": version, "pairs": 0, "seconds": 0.0, "status": "already current"}
-    written = write_version(client, prefix, version, stage, batch_pairs)
+    id_maps = {kind: read_id_map(stage, meta, ENTITY[kind]) for kind in KINDS}
+    written = write_version(client, prefix, version, stage, id_maps, batch_pairs)
+    titles = read_item_titles(stage, meta)
+    n_titles = write_titles(client, prefix, version, titles) if titles is not None else 0
     client.hset(
         key_meta(prefix, version),
         mapping={
             "complete": 1,
             "source": str(stage),
             "fingerprint": str(meta.get("fingerprint")),
+            "key_scheme": KEY_SCHEME,
+            "titles": n_titles,
             **{f"pairs_{k}": n for k, n in written.items()},
+            # how readers break score ties: the tables' neighbour order
+            **{f"id_order_{k}": m.order for k, m in id_maps.items()},
         },
     )
     client.persist(key_meta(prefix, version))
@@ -229,6 +258,7 @@ def export(
         "previous": previous,
         "pairs": pairs,
         "per_kind": written,
+        "titles": n_titles,
         "seconds": seconds,
         "pairs_per_s": pairs / seconds if seconds > 0 else 0.0,
         "status": "exported",

@@ -6,6 +6,9 @@ Keys (P = `redis_prefix`, V = a version, KIND = item_item | user_user):
     P:versions             sorted set: version -> unix time it became current
     P:V:_meta              hash: kinds, pair counts, source, complete=1 once every key is written
     P:V:KIND:ANCHOR        sorted set: neighbour id -> score, one per anchor
+    P:V:item_titles        hash: item id -> title (when the items table has titles)
+
+Ids are the source's (MovieLens "1", a Yelp business_id), never dense indexes.
 
 A version is a content hash of the exported tables, so re-exporting the same tables
 writes to the same keys.  Readers resolve `P:current` first and then read one sorted
@@ -49,6 +52,10 @@ def key_meta(prefix: str, version: str) -> str:
 
 def key_anchor(prefix: str, version: str, kind: str, anchor: str) -> str:
     return f"{prefix}:{version}:{kind}:{anchor}"
+
+
+def key_titles(prefix: str, version: str) -> str:
+    return f"{prefix}:{version}:item_titles"
 
 
 def text(value: Any) -> str:

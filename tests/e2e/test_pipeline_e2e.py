@@ -48,8 +48,13 @@ def test_pipeline_torchx_redis_and_reuse(tmp_path: Path, capsys, monkeypatch):
         pairs = read_pairs(tmp_path / "run" / "similarity", "item_item").to_pydict()
         a = pairs["anchor"][0]
         expected = [n for n, x in zip(pairs["neighbor"], pairs["anchor"]) if x == a]
-        got = read_neighbors(client, "e2e", "item", a)
-        assert [int(n) for n, _ in got] == expected
+        # Redis names items by the source's ids ("i7"), not the tables' dense indexes.
+        import pyarrow.parquet as pq
+
+        ent = pq.read_table(tmp_path / "run" / "features" / "entities" / "items.parquet").to_pydict()
+        name = dict(zip(ent["item_id"], ent["item"]))
+        got = read_neighbors(client, "e2e", "item", name[a])
+        assert [n for n, _ in got] == [name[n] for n in expected]
 
         # a second run with the same config reuses every stage's output
         mtimes = {p: p.stat().st_mtime for p in (tmp_path / "run").glob("*/_meta.json")}
