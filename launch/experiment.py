@@ -97,13 +97,14 @@ def select_per_seed(rows: list[dict[str, Any]], variant: str) -> dict[int, dict[
 
 
 # the figures of a run's row; test ones are None while it is sealed
-TEST_KEYS = ("test_auc", "test_accuracy", "test_fpr")
-METRICS = ("val_auc", *TEST_KEYS)
+TEST_KEYS = ("test_auc", "test_gauc", "test_accuracy", "test_fpr")
+METRICS = ("val_auc", "val_gauc", *TEST_KEYS)
 
 
 def stats(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """Mean and std of each metric every row has (sealed test metrics are left out)."""
-    return {k: mean_std([r[k] for r in rows]) for k in METRICS if rows and all(r[k] is not None for r in rows)}
+    """Mean and std of each metric every row has (sealed test metrics, and gAUC of runs
+    older than it, are left out)."""
+    return {k: mean_std([r[k] for r in rows]) for k in METRICS if rows and all(r.get(k) is not None for r in rows)}
 
 
 def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
                     {s: r[k] for s, r in selected[a].items()}, {s: r[k] for s, r in selected[b].items()}
                 )
                 for k in METRICS
-                if all(r[k] is not None for r in both)
+                if all(r.get(k) is not None for r in both)
             }
     return {"cells": per_cell, "variants": per_variant, "comparisons": comparisons, "selected": selected}
 
@@ -145,7 +146,7 @@ def seal_unchosen(rows: list[dict[str, Any]], variants: list[str]) -> list[dict[
 def _pm(m: dict[str, Any], key: str, digits: int = 4) -> str:
     """`mean ± std` of `key`, or `sealed` when its test figures were never computed."""
     if key not in m:
-        return "sealed"
+        return "sealed" if key.startswith("test") and "test_auc" not in m else "n/a"
     return f"{m[key][0]:.{digits}f} ± {m[key][1]:.{digits}f}"
 
 
@@ -159,13 +160,13 @@ def format_markdown(summary: dict[str, Any], grid: GridConfig, meta: dict[str, A
         "",
         "## Per variant (dropout chosen per seed by val AUC)",
         "",
-        "| variant | val AUC | test AUC | test accuracy | test FPR | seeds |",
-        "|---|---|---|---|---|---|",
+        "| variant | val AUC | val gAUC | test AUC | test gAUC | test accuracy | test FPR | seeds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for v, m in summary["variants"].items():
         lines.append(
-            f"| {v} | {_pm(m, 'val_auc')} | {_pm(m, 'test_auc')} | {_pm(m, 'test_accuracy')} "
-            f"| {_pm(m, 'test_fpr')} | {m['seeds']} |"
+            f"| {v} | {_pm(m, 'val_auc')} | {_pm(m, 'val_gauc')} | {_pm(m, 'test_auc')} | {_pm(m, 'test_gauc')} "
+            f"| {_pm(m, 'test_accuracy')} | {_pm(m, 'test_fpr')} | {m['seeds']} |"
         )
     lines += ["", "## Every cell", "", "| variant | dropout | val AUC | test AUC | test accuracy | test FPR | runs |", "|---|---|---|---|---|---|---|"]
     for (v, d), m in summary["cells"].items():
@@ -274,8 +275,10 @@ def row_of(name: str, dropout: float, seed: int, run_dir: Path, report: dict[str
     """A run's row; its test figures are None when the report's test is sealed."""
     test = report.get("test") or {}
     return {
-        "variant": name, "dropout": dropout, "seed": seed, "val_auc": report["val"]["auc"],
-        "test_auc": test.get("auc"), "test_accuracy": test.get("accuracy"), "test_fpr": test.get("fpr"),
+        "variant": name, "dropout": dropout, "seed": seed,
+        "val_auc": report["val"]["auc"], "val_gauc": report["val"].get("gauc"),
+        "test_auc": test.get("auc"), "test_gauc": test.get("gauc"),
+        "test_accuracy": test.get("accuracy"), "test_fpr": test.get("fpr"),
         "best_epoch": report["best_epoch"], "run_dir": str(run_dir),
     }  # fmt: skip
 

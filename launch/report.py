@@ -25,8 +25,9 @@ def format_report(report: dict[str, Any], timings: dict[str, float] | None = Non
     """A plain-text table of the val/test metrics and run facts."""
     v, t = report["val"], report.get("test")
     rows = [("metric", "val", "test")]
-    for key in ("auc", "logloss", "accuracy", "fpr"):
-        rows.append((key, f"{v[key]:.4f}", "sealed" if t is None else f"{t[key]:.4f}"))
+    for key in ("auc", "logloss", "accuracy", "fpr", "gauc", "ndcg@10", "recall@10"):
+        if key in v:  # reports older than the per-user metrics lack the last three
+            rows.append((key, f"{v[key]:.4f}", "sealed" if t is None else f"{t[key]:.4f}"))
     rows.append(("rows", str(v.get("n", "")), "sealed" if t is None else str(t.get("n", ""))))
     w0 = max(len(r[0]) for r in rows)
     lines = [f"{a:<{w0}}  {b:>8}  {c:>8}" for a, b, c in rows]

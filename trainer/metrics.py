@@ -1,4 +1,4 @@
-"""Exact binary-classification metrics over a whole split (pure NumPy).
+"""Exact binary-classification and per-user ranking metrics over a whole split (pure NumPy).
 
 Ranks gather their predictions first (see `trainer.distributed.gather_eval`), so the
 numbers are those of one process on the same data, not averages of per-rank metrics.
@@ -149,3 +149,68 @@ def selection_value(labels: np.ndarray, probs: np.ndarray, metric: str, min_reca
     if metric == "fpr_at_recall":
         return -fpr_at_recall(labels, probs, min_recall)[0]
     raise ValueError(f"unknown selection metric {metric!r}")
+
+
+def _group_means(values: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Mean of `values` over each run [start, start + size) of consecutive rows."""
+    csum = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    return (csum[starts + sizes] - csum[starts]) / sizes
+
+
+def ranking_report(users: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Per-user ranking metrics over one split's scored rows (docs/evaluation.md).
+
+    Each user's rows are ranked by score, descending; relevance = label. Tied scores have
+    no order, so NDCG@K and Recall@K take their expectation over the orders of each tie
+    group (a tied row gets the mean discount, and the mean in-top-K share, of the
+    positions its group spans); gAUC's per-user AUC counts a tie as half a win.
+
+    Returns:
+        gauc: mean of per-user AUC over users with both labels, weighted by their rows;
+        gauc_users: how many such users;
+        ndcg@K, recall@K: means over users with >= 1 positive (binary gains, log2
+            discounts; recall = expected positives in the top K / the user's positives);
+        ranking_users: how many such users. NaN where no user qualifies.
+    """
+    u = np.asarray(users, dtype=np.int64)
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((-s, u))  # by user, then score descending
+    u, y, s = u[order], y[order], s[order]
+    n = u.size
+    new_user = np.ones(n, dtype=bool)
+    new_user[1:] = u[1:] != u[:-1]
+    user = np.cumsum(new_user) - 1  # dense user index per row
+    user_start = np.flatnonzero(new_user)
+    pos = np.arange(n) - user_start[user]  # 0-based rank within the user
+    new_tie = new_user.copy()
+    new_tie[1:] |= s[1:] != s[:-1]
+    tie = np.cumsum(new_tie) - 1
+    tie_start = np.flatnonzero(new_tie)
+    tie_size = np.diff(np.append(tie_start, n))
+    in_k = pos < k
+    discount = np.where(in_k, 1.0 / np.log2(pos + 2.0), 0.0)
+    row_discount = _group_means(discount, tie_start, tie_size)[tie]
+    row_in_k = _group_means(in_k.astype(np.float64), tie_start, tie_size)[tie]
+    n_users = int(user[-1]) + 1 if n else 0
+    n_rows = np.bincount(user, minlength=n_users).astype(np.float64)
+    n_pos = np.bincount(user, weights=y, minlength=n_users)
+    # gAUC: ascending midrank within the user of a tie group at descending positions [a, a + t)
+    midrank = (n_rows[user] - pos[tie_start][tie] - (tie_size[tie] - 1) / 2.0)
+    wins = np.bincount(user, weights=np.where(y, midrank, 0.0), minlength=n_users) - n_pos * (n_pos + 1) / 2
+    n_neg = n_rows - n_pos
+    both = (n_pos > 0) & (n_neg > 0)
+    ranked = n_pos > 0
+    dcg = np.bincount(user, weights=np.where(y, row_discount, 0.0), minlength=n_users)
+    hits = np.bincount(user, weights=np.where(y, row_in_k, 0.0), minlength=n_users)
+    ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])
+    idcg = ideal[np.minimum(n_pos, k).astype(np.int64)]
+    auc = wins[both] / (n_pos[both] * n_neg[both])
+    nan = float("nan")
+    return {
+        "gauc": float(np.sum(auc * n_rows[both]) / np.sum(n_rows[both])) if both.any() else nan,
+        "gauc_users": int(both.sum()),
+        f"ndcg@{k}": float(np.mean(dcg[ranked] / idcg[ranked])) if ranked.any() else nan,
+        f"recall@{k}": float(np.mean(hits[ranked] / n_pos[ranked])) if ranked.any() else nan,
+        "ranking_users": int(ranked.sum()),
+    }

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from dist_helpers import run_ranks
+from ranking_reference import ranking_reference
 from synthetic import make_run
 from torch import nn
 
@@ -41,7 +42,12 @@ def _metrics(rank: int, run_dir: str) -> dict:
     from trainer.data import read_training_data
     from trainer.distributed import init_distributed, shutdown
     from trainer.main import evaluate
-    from trainer.metrics import best_accuracy_threshold, classification_report, fpr_at_recall
+    from trainer.metrics import (
+        best_accuracy_threshold,
+        classification_report,
+        fpr_at_recall,
+        ranking_report,
+    )
 
     env = init_distributed("cpu")
     try:
@@ -60,6 +66,9 @@ def _metrics(rank: int, run_dir: str) -> dict:
             labels, probs = evaluate(scorer, data, split, cfg, env)  # type: ignore[arg-type]
             out[split] = {
                 **classification_report(labels, probs, threshold),
+                # K = 3 as well: most synthetic users have fewer than 10 rows in a split
+                **ranking_report(data.splits[split].user_id, labels, probs, k=3),
+                **ranking_report(data.splits[split].user_id, labels, probs, k=10),
                 "fpr_at_recall_0.5": fpr_at_recall(labels, probs, 0.5),
                 "probs": probs.tolist(),
             }
@@ -85,9 +94,11 @@ def test_two_ranks_give_the_metrics_of_one_process(run_dir: Path, one: dict):
     for split in SPLITS:
         got, want = two[0][split], one[split]
         for key in ("auc", "logloss", "ne", "accuracy", "fpr", "precision", "recall", "calibration",
-                    "threshold", "n", "fpr_at_recall_0.5", "probs"):  # fmt: skip
+                    "threshold", "n", "fpr_at_recall_0.5", "probs",
+                    "gauc", "gauc_users", "ndcg@10", "recall@10", "ndcg@3", "recall@3", "ranking_users"):  # fmt: skip
             assert got[key] == want[key], (split, key, got[key], want[key])
         assert 0.5 < want["auc"] < 1 and 0 < want["fpr"] < 1
+        assert 0.5 < want["gauc"] < 1 and 0 < want["ndcg@10"] < 1 and 0 < want["recall@3"] < 1
 
 
 @pytest.mark.slow  # ~40 s on the loaded 2-core machine (1 spawned rank; shares it with the test above)
@@ -116,3 +127,9 @@ def test_split_metrics_agree_with_torchmetrics(run_dir: Path, one: dict):
         assert one[split]["recall"] == tp / (tp + fn)
         assert one[split]["calibration"] == pytest.approx(float(probs.mean() / y.double().mean()), rel=1e-12)
         assert np.isfinite(one[split]["ne"])
+        # per-user ranking metrics: the plain-loop reference (ranking_reference.py)
+        users = data.splits[split].user_id.tolist()
+        for k in (3, 10):
+            ref = ranking_reference(users, labels.tolist(), one[split]["probs"], k)
+            for key, want in ref.items():
+                assert one[split][key] == pytest.approx(want, abs=1e-12), (split, k, key)

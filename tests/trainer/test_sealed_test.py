@@ -91,6 +91,9 @@ def test_sealed_run_never_scores_test_and_unsealing_scores_the_same_model(tmp_pa
     assert got["fingerprint"] == want["fingerprint"] == sealed["report"]["fingerprint"]
     assert got["val"] == want["val"] == sealed["report"]["val"]
     assert got["test"] == want["test"] and 0 < got["test"]["auc"] < 1
+    for split in ("val", "test"):  # the per-user ranking metrics (trainer/metrics.py ranking_report)
+        assert {"gauc", "gauc_users", "ndcg@10", "recall@10", "ranking_users"} <= set(got[split])
+    assert "gauc" in format_report(got) and "sealed" not in format_report(got)
     assert json.loads((train / "report.json").read_text())["test"] == want["test"]
     assert (train / "plots" / "roc.png").is_file()
     # a scored run is reused as is
