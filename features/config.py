@@ -54,6 +54,10 @@ class FeaturesConfig:
             any split), sharing the item_id / user_id embedding tables.
         history_folds: K of the random split's out-of-fold bags (>= 2).
         history_max_len: the most members a bag keeps, the newest (>= 1).
+        temporal_history: what the temporal split's profiles, rating statistics and
+            history bags read. `causal`: every interaction (any split) strictly before
+            the row, what serving knows then. `frozen`: training interactions only, so
+            no val/test rating reaches any row's features (docs/evaluation.md).
         overwrite: replace an existing output made from another config or input.
     """
 
@@ -83,6 +87,7 @@ class FeaturesConfig:
     history_bags: bool = False
     history_folds: int = 5
     history_max_len: int = 100
+    temporal_history: Literal["causal", "frozen"] = "causal"
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -103,6 +108,16 @@ class FeaturesConfig:
             raise ConfigError(f"features.history_folds: must be >= 2, got {self.history_folds}")
         if self.history_max_len < 1:
             raise ConfigError(f"features.history_max_len: must be >= 1, got {self.history_max_len}")
+        if self.temporal_history == "frozen" and self.split != "temporal":
+            raise ConfigError(
+                "features.temporal_history: frozen applies to split=temporal (the random "
+                "split's val/test rows already read training interactions only)"
+            )
+        if self.temporal_history == "frozen" and (self.llm is not None or self.images is not None):
+            raise ConfigError(
+                "features.temporal_history: frozen covers profiles, rating_stats and "
+                "history_bags; the llm/images content reads earlier time blocks (causal) only"
+            )
         if self.embed_batch_size < 1:
             raise ConfigError("features.embed_batch_size: must be >= 1")
         rr = self.rating_range

@@ -19,7 +19,8 @@ feedback to a factor model.  Which interactions a row may read are the rules of 
   training row's own interaction (and so its label) cannot reach its bags, not even
   through their length.
 - `temporal` split: every row reads its owner's interactions with a strictly earlier
-  timestamp, in any split (what a serving system knows "now").
+  timestamp, in any split (what a serving system knows "now"); with
+  `temporal_history: frozen`, its training interactions only (`readable`).
 
 A bag keeps the owner's `max_len` most recent members (ties: the larger member id
 first), newest first.
@@ -139,6 +140,7 @@ def history_bags(
     folds: np.ndarray,
     k: int,
     max_len: int,
+    readable: np.ndarray | None = None,
 ) -> dict[str, pa.ListArray]:
     """The HISTORY_FEATURES, each a list<int64> array [N] (see the module docstring).
 
@@ -148,6 +150,8 @@ def history_bags(
         temporal: strictly-earlier sets (any split) instead of out-of-fold training sets.
         folds: int64 [N] from `stats.row_folds` (ignored when temporal); k: folds.
         max_len: the most members a bag keeps (the newest).
+        readable: bool [N], the rows temporal bags may list (frozen history: the
+            training rows); None = all.
     """
     ids = {"user": np.asarray(row_user, np.int64), "item": np.asarray(row_item, np.int64)}
     label = np.asarray(label, dtype=bool)
@@ -157,7 +161,8 @@ def history_bags(
         owner, member = ids[owner_kind], ids[member_kind]
         wanted = label == positive
         if temporal:
-            offsets, values = earlier_bags(owner, member, ts, wanted, max_len)
+            eligible = wanted if readable is None else wanted & np.asarray(readable, dtype=bool)
+            offsets, values = earlier_bags(owner, member, ts, eligible, max_len)
         else:
             offsets, values = out_of_fold_bags(
                 owner, member, ts, wanted & train, train, folds, k, max_len

@@ -59,6 +59,7 @@ SOURCE_DEFAULTS.update(max_categories=11, on_bad_rows="error")
 SOURCE_DEFAULTS.update(llm=None, images=None)
 SOURCE_DEFAULTS.update(rating_stats=False, rating_stats_folds=5)
 SOURCE_DEFAULTS.update(history_bags=False, history_folds=5, history_max_len=100)
+SOURCE_DEFAULTS.update(temporal_history="causal")
 # Keys that say where or how, never what: left out of the fingerprint.
 LOCATION_KEYS = ("run_dir", "overwrite", "raw_dir", "embed_cache_dir")
 # ... and their like inside the llm/images sections (answers and captions are cached by
@@ -161,9 +162,11 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     vecs = item_vecs.astype(np.float32)
     train_pos = train & label
     sums, counts = profiles.positive_sums(row_user, row_item, train_pos, len(user_raw), vecs)
+    # temporal split: the interactions a row's history may read (docs/evaluation.md)
+    readable = train if cfg.temporal_history == "frozen" else None
     if cfg.split == "temporal":
         row_profiles, _ = profiles.strictly_earlier_profiles(
-            row_user, timestamps, row_item, label, vecs
+            row_user, timestamps, row_item, label if readable is None else label & readable, vecs
         )
     else:
         row_profiles = profiles.leave_one_out_profiles(
@@ -210,6 +213,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
                 folds,
                 cfg.rating_stats_folds,
                 cfg.positive_min_rating,
+                readable,
             )  # fmt: skip
         )
 
@@ -222,7 +226,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
                 inter["user"].to_pylist(), inter["item"].to_pylist(), timestamps,
                 cfg.history_folds, cfg.seed,
             ),
-            cfg.history_folds, cfg.history_max_len,
+            cfg.history_folds, cfg.history_max_len, readable,
         )  # fmt: skip
         for name, (_, member, _) in history.HISTORY_FEATURES.items():
             lengths = np.asarray(pc.list_value_length(bags[name]))
@@ -271,6 +275,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         "split": cfg.split,
         "split_fractions": cfg.split_fractions or DEFAULT_FRACTIONS,
         "split_cutoffs": cutoffs,
+        "temporal_history": cfg.temporal_history if cfg.split == "temporal" else None,
         "seed": cfg.seed,
         "label_rule": f"rating >= {cfg.positive_min_rating}",
         "rows": {s: t.num_rows for s, t in tables.items()},

@@ -8,7 +8,8 @@ A row's profile never depends on its own rating (DESIGN.md "Leakage rules"):
 - random split: the mean over the user's TRAINING positives, leaving out the row's
   own interaction when it is one of them (`leave_one_out_profiles`);
 - temporal split: the mean over the user's positives with a timestamp strictly
-  before the row's own (`strictly_earlier_profiles`), whatever split they are in.
+  before the row's own (`strictly_earlier_profiles`), whatever split they are in
+  (`temporal_history: frozen` passes the training positives only).
 
 A user with no such positives gets the zero vector.
 

@@ -23,6 +23,8 @@ Which set a row reads (the same rules as features/summaries.py):
   strictly earlier timestamp, in any split: what a serving system knows "now".  Earlier
   val/test interactions ARE inputs of later rows (never a row's own rating, nor one at
   the same timestamp); this is stated wherever results that use it are reported.
+  With `temporal_history: frozen` the sets hold training rows only (`readable`), so
+  no val/test rating reaches any row.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def rating_stats(
     folds: np.ndarray,
     k: int,
     positive_min_rating: float,
+    readable: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The six STAT_FEATURES, float32 [N] each (see the module docstring).
 
@@ -113,10 +116,15 @@ def rating_stats(
         temporal: strictly-earlier sets (any split) instead of out-of-fold training sets.
         folds: int64 [N] from `row_folds` (ignored when temporal); k: number of folds.
         positive_min_rating: the label threshold t.
+        readable: bool [N], the rows the temporal sets may hold (frozen history: the
+            training rows); None = all.
     """
     rating = np.asarray(rating, dtype=np.float64)
     label = np.asarray(label, dtype=np.float64)
     ones = np.ones(len(rating))
+    if temporal and readable is not None:  # unreadable rows add exact zeros to every sum
+        keep = np.asarray(readable, dtype=bool)
+        rating, label, ones = np.where(keep, rating, 0.0), np.where(keep, label, 0.0), keep.astype(np.float64)
     out: dict[str, np.ndarray] = {}
     for name, owner in (("user", row_user), ("item", row_item)):
         owner = np.asarray(owner, dtype=np.int64)

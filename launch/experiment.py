@@ -152,7 +152,8 @@ def _pm(m: dict[str, Any], key: str, digits: int = 4) -> str:
 
 def format_markdown(summary: dict[str, Any], grid: GridConfig, meta: dict[str, Any]) -> str:
     lines = [
-        f"# Table 1 on {meta['dataset']} ({meta['split']} split)",
+        f"# Table 1 on {meta['dataset']} ({meta['split']} split"
+        + (f", {meta['temporal_history']} history)" if meta.get("temporal_history") else ")"),
         "",
         "Mean ± std over training seeds (one data split; `n` in the cell table counts the runs). "
         "Every run selects its best epoch and threshold on val. Test is sealed while tuning and "

@@ -824,6 +824,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     report = {
         "dataset": data.features_meta.get("dataset", cfg.dataset),
         "split": data.features_meta.get("split"),
+        "temporal_history": data.features_meta.get("temporal_history"),  # causal | frozen
         "seed": cfg.seed,
         "world_size": env.world_size,
         "device": str(env.device),
