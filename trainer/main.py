@@ -485,6 +485,7 @@ class Progress:
     train_seconds: float = 0.0
     train_examples: int = 0
     val_auc: float | None = None
+    table_forwards: int = 0  # forwards through the fused tables: fbgemm's optimizer step
     resumed_from: list[int] = field(default_factory=list)
 
     @classmethod
@@ -646,6 +647,15 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             if env.is_main:
                 truncate_metrics(out / "metrics.jsonl", prog.step)
             r0.print(f"train: resuming from {resume_from} (epoch {prog.epoch}, step {prog.step})")
+    # fbgemm's Adam bias correction uses a step counter that every forward through the
+    # tables advances (validation's too) and no state dict holds: count the forwards
+    # here, checkpoint the count with the progress and hand it back on resume
+    dmp.fused_optimizer.set_optimizer_step(prog.table_forwards)
+
+    def count_forward(*_: Any) -> None:
+        prog.table_forwards += 1
+
+    dmp.register_forward_pre_hook(count_forward)
     r0.open_tensorboard(prog.step if resume_from is not None else None)
     n_steps = epoch_steps(train.n, cfg.batch_size, cfg.max_steps_per_epoch)
     for name in ("val", "test") if cfg.score_test else ("val",):

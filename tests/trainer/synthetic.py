@@ -126,11 +126,12 @@ def train_runs(rank: int, runs: list[tuple[str, dict]]) -> list[dict]:
     """Several `trainer.main.run()`s on one rank, in one process group, like back-to-back
     launches; for `dist_helpers.run_ranks`."""
     import torch.distributed as dist
+    from dist_helpers import init_group
 
     from trainer.config import TrainConfig
     from trainer.main import run
 
-    dist.init_process_group("gloo")
+    init_group(runs[0][1].get("device", "cpu"))  # nccl for device=cuda runs
     try:
         return [run(TrainConfig(run_dir=d, **o)) for d, o in runs]
     finally:

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dist_helpers import run_ranks
+from dist_helpers import devices, run_ranks
 from synthetic import copy_inputs, make_run, train_runs
 
 from trainer.config import TrainConfig
@@ -101,3 +101,29 @@ def _single(run: str, overrides: dict) -> dict:
     from trainer.main import run as run_train
 
     return run_train(TrainConfig(run_dir=run, **overrides))
+
+
+FUSED = [(opt, "cpu") for opt in ("adagrad", "sgd")] + [
+    pytest.param("adam", "cuda", marks=[pytest.mark.gpu, *devices(1)[1].marks]),
+    pytest.param("rowwise_adagrad", "cuda", marks=[pytest.mark.gpu, *devices(1)[1].marks]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("optimizer", "device"), FUSED)
+def test_resume_is_exact_for_every_fused_optimizer(synthetic_run: Path, tmp_path: Path, optimizer: str, device: str):
+    # (row-wise Adagrad on CPU: the test above.) Validations every 2 steps advance
+    # fbgemm's Adam step counter between checkpoints; the resumed run must restore it.
+    a = copy_inputs(synthetic_run, tmp_path / "a")
+    b = copy_inputs(synthetic_run, tmp_path / "b")
+    cfg = {**CFG, "epochs": 2, "max_steps_per_epoch": 4, "val_every_steps": 2,
+           "sparse_optimizer": optimizer, "device": device, "tensorboard": False}  # fmt: skip
+    ((full, paused),) = run_ranks(train_runs, 1, [(a, cfg), (b, {**cfg, "stop_after_step": 5})])
+    assert paused["status"] == "paused" and paused["step"] == 5
+    state = json.loads((Path(b) / "train" / "checkpoints" / "step_00000005" / "trainer_state.json").read_text())
+    # 5 training steps and 2 validations (step 2 and the epoch end at 4), whose batches
+    # went through the tables too
+    assert state["table_forwards"] > state["step"] == 5 and (state["table_forwards"] - 5) % 2 == 0
+    (resumed,) = run_ranks(train_runs, 1, [(b, cfg)])[0]
+    assert resumed["resumed_from"] == [5]
+    assert (resumed["val"], resumed["test"], resumed["losses"]) == (full["val"], full["test"], full["losses"])
