@@ -195,6 +195,7 @@ def pipeline(
     image: str = DEFAULT_IMAGE,
     h: Optional[str] = None,
     cpu: int = 2,
+    gpu: int = 0,
     memMB: int = 8192,
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
@@ -202,18 +203,29 @@ def pipeline(
 ) -> specs.AppDef:
     """Runs every stage (fetch, features, SWING, train) into one run root.
 
+    The driver runs the features stage itself and submits SWING and training as their
+    own jobs with the same image, resources and mounts (`pipeline.*` overrides appended
+    to its arguments); only training gets the GPUs.
+
     Args:
         script_args: arguments of `dlrrec pipeline`, e.g. `--config configs/movielens-100k.yaml`
-        image: container image (local_cwd ignores it)
-        h: a named resource; overrides cpu/memMB
-        cpu: CPUs
-        memMB: memory in MB
+        image: container image of every job (local_cwd ignores it)
+        h: a named resource; overrides cpu/gpu/memMB
+        cpu: CPUs per node of every job
+        gpu: GPUs per node of the training job (the driver and SWING get none)
+        memMB: memory in MB per node of every job
         max_retries: times the scheduler retries a failed job
-        env: extra environment variables
+        env: extra environment variables (of the driver)
         mounts: volumes for the shared run root, e.g. type=volume,src=dlrrec-runs,dst=/app/runs
             (kubernetes: a PersistentVolumeClaim; see README "Running on a cluster")
     """
-    return _single(["pipeline"], script_args, "dlrrec-pipeline", image, h, cpu, memMB, max_retries, env, mounts)
+    forward = [f"pipeline.image={image}", f"pipeline.cpu={cpu}", f"pipeline.gpu={gpu}", f"pipeline.mem_mb={memMB}"]
+    if h:
+        forward.append(f"pipeline.resource={h}")
+    if mounts:
+        forward.append("pipeline.mounts=" + json.dumps(list(mounts)))
+    args = (*script_args, *forward)
+    return _single(["pipeline"], args, "dlrrec-pipeline", image, h, cpu, memMB, max_retries, env, mounts)
 
 
 def experiment(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +37,13 @@ class PipelineConfig:
         log_dir: TorchX log folder (default: run_dir/logs).
         export_redis: at the end, export the SWING pairs to `similarity.redis_url`
             (password from $REDIS_PASSWORD), switching its `current` version atomically.
+        image: container image of the SWING and training jobs ("" = the components'
+            default, the CPU image); the `pipeline` TorchX component passes its own.
+        cpu, mem_mb: CPUs and memory (MB) per node of the SWING and training jobs.
+        gpu: GPUs per node of the training job (SWING is CPU work and gets none).
+        resource: a named TorchX resource for both jobs (overrides cpu/gpu/mem_mb).
+        mounts: TorchX mount tokens for both jobs, e.g.
+            [type=volume, src=dlrrec-runs, dst=/app/runs] (the shared run root).
     """
 
     run_dir: str
@@ -48,10 +55,35 @@ class PipelineConfig:
     swing_nproc: int = 0
     log_dir: str = ""
     export_redis: bool = False
+    image: str = ""
+    cpu: int = 2
+    gpu: int = 0
+    mem_mb: int = 8192
+    resource: str = ""
+    mounts: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.nproc_per_node < 1 or self.nnodes < 1 or self.swing_nproc < 0:
             raise ConfigError("pipeline.nproc_per_node/nnodes: must be >= 1")
+        if self.cpu < 1 or self.gpu < 0 or self.mem_mb < 1:
+            raise ConfigError("pipeline.cpu/mem_mb: must be >= 1, pipeline.gpu >= 0")
+
+
+def stage_apps(pcfg: PipelineConfig, child_args: list[str]) -> list[tuple[str, str, Any]]:
+    """(stage, nodes x ranks, TorchX AppDef) of the distributed stages, in order, each
+    with the pipeline's image, resources and mounts (GPUs for training only)."""
+    from launch import components
+
+    res: dict[str, Any] = {"cpu": pcfg.cpu, "memMB": pcfg.mem_mb, "h": pcfg.resource or None}
+    res["mounts"] = list(pcfg.mounts) or None
+    if pcfg.image:
+        res["image"] = pcfg.image
+    swing_j = f"{pcfg.nnodes}x{pcfg.swing_nproc or pcfg.nproc_per_node}"
+    train_j = f"{pcfg.nnodes}x{pcfg.nproc_per_node}"
+    return [
+        ("similarity", swing_j, components.swing(*child_args, j=swing_j, gpu=0, **res)),
+        ("train", train_j, components.train(*child_args, j=train_j, gpu=pcfg.gpu, **res)),
+    ]
 
 
 def _stage(name: str) -> None:
@@ -103,12 +135,8 @@ def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
 
     from launch import components
 
-    swing_n = pcfg.swing_nproc or pcfg.nproc_per_node
-    for name, app in (
-        ("similarity", components.swing(*child_args, j=f"{pcfg.nnodes}x{swing_n}")),
-        ("train", components.train(*child_args, j=f"{pcfg.nnodes}x{pcfg.nproc_per_node}")),
-    ):
-        _stage(f"{name} (torchx -s {pcfg.scheduler} -j {app.roles[0].num_replicas}x{swing_n if name == 'similarity' else pcfg.nproc_per_node})")
+    for name, j, app in stage_apps(pcfg, child_args):
+        _stage(f"{name} (torchx -s {pcfg.scheduler} -j {j})")
         t = time.time()
         result = components.launch_and_wait(app, pcfg.scheduler, log_dir=log_dir)
         timings[name] = time.time() - t

@@ -197,3 +197,35 @@ def test_max_restarts_goes_to_torchrun(component: str, job: list[str]):
         assert cmd[cmd.index("-m") :] == ["-m", "launch.cli", *job, "--config", "c.yaml"]
     with pytest.raises(ValueError, match="--max_restarts"):
         make("--config", "c.yaml", max_restarts=-1)
+
+
+def test_pipeline_submits_swing_and_train_with_its_image_resources_and_mounts():
+    from torchx.runner import get_runner
+
+    from launch.config import build_dataclass, load_raw, section_values
+    from launch.pipeline import PipelineConfig, stage_apps
+
+    args = ["--image", IMAGE, "--gpu", "4", "--cpu", "16", "--memMB", "65536",
+            "--mounts", "type=volume,src=dlrrec-runs,dst=/app/runs", "--", "--config", CONFIG]  # fmt: skip
+    job = yaml.safe_load(torchx_dryrun("kubernetes", "pipeline", args))
+    (container,) = job["spec"]["tasks"][0]["template"]["spec"]["containers"]
+    assert container["image"] == IMAGE
+    assert container["resources"]["limits"] == {"cpu": "16000m", "memory": "65536M"}  # the driver: no GPU
+    # the driver's own command line: what the pipeline process parses
+    argv = container["command"][container["command"].index("pipeline") + 1 :]
+    config, overrides = argv[1], argv[2:]
+    assert config == CONFIG
+    pcfg = build_dataclass(PipelineConfig, section_values(load_raw(config, overrides, None), "pipeline"), "pipeline")
+    apps = stage_apps(pcfg, argv)
+    assert [(name, j) for name, j, _ in apps] == [("similarity", "1x2"), ("train", "1x2")]
+    with get_runner() as runner:
+        for name, _, app in apps:
+            info = runner.dryrun(app, "kubernetes", cfg={"queue": "default", "namespace": "dlrrec"})
+            pod = yaml.safe_load(str(info))["spec"]["tasks"][0]["template"]["spec"]
+            (c,) = pod["containers"]
+            assert c["image"] == IMAGE, name
+            gpus = {"nvidia.com/gpu": "4"} if name == "train" else {}  # SWING runs on CPU
+            assert c["resources"]["limits"] == {"cpu": "16000m", "memory": "65536M", **gpus}, name
+            claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+            assert claims == ["dlrrec-runs"], name
+            assert [m["mountPath"] for m in c["volumeMounts"] if m["mountPath"] == "/app/runs"] == ["/app/runs"]
