@@ -273,9 +273,9 @@ def build_model(
     # host, so data_parallel is excluded even for the small MovieLens tables.
     constraints = {t.name: ParameterConstraints(sharding_types=["table_wise", "row_wise"]) for t in tables}
     constraints.update(table_constraints(data.entity_tables))  # frozen entity vectors: row-wise
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
     planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=env.world_size, compute_device=env.device.type),
-        constraints=constraints,
+        topology=planner_topology(env.world_size, env.device, local_ranks), constraints=constraints
     )
     pg = torch.distributed.GroupMember.WORLD
     assert pg is not None
@@ -289,6 +289,22 @@ def build_model(
         trainable, lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     )
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan
+
+
+def planner_topology(world_size: int, device: torch.device, local_world_size: int) -> Topology:
+    """The planner's hardware, measured rather than torchrec's constants: on CUDA each
+    rank's GPU memory (hbm_cap); on every device each rank's share of the host memory
+    (ddr_cap); and the ranks per node (one GPU each on CUDA), which decides which
+    collectives stay inside a node."""
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    hbm = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    return Topology(
+        world_size=world_size,
+        compute_device=device.type,
+        hbm_cap=hbm,
+        ddr_cap=host // max(local_world_size, 1),
+        local_world_size=local_world_size,
+    )
 
 
 def set_epoch_lr(

@@ -2,11 +2,13 @@
 arguments, `auto`, the fingerprint and the resume refusal across devices."""
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from dist_helpers import devices
 from synthetic import make_run
 from test_train_errors import _fail
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -108,3 +110,16 @@ def test_more_ranks_than_gpus_from_the_cli(tmp_path: Path, capsys, monkeypatch):
     err = _fail(["train", f"run_dir={run}", "batch_size=64", "epochs=1"], capsys)
     assert "nproc_per_node=2" in err and "1 GPU" in err, err
     assert not (run / "train").exists()
+
+
+@pytest.mark.parametrize("device", devices(1))
+def test_planner_topology_is_the_real_device(device: str):
+    from trainer.main import planner_topology
+
+    dev = torch.device(device, 0) if device == "cuda" else torch.device("cpu")
+    topo = planner_topology(4, dev, 2)
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert (topo.world_size, topo.local_world_size, topo.compute_device) == (4, 2, device)
+    assert all(d.storage.ddr == host // 2 for d in topo.devices)  # each rank's share of the host
+    if device == "cuda":  # was torchrec's 32 GB constant whatever the GPU
+        assert all(d.storage.hbm == torch.cuda.get_device_properties(0).total_memory for d in topo.devices)
