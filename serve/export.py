@@ -313,7 +313,29 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
     out = root / "export"
     if existing_output(out, fp, cfg.overwrite):
         print(f"export: reusing {out} (same run)", flush=True)
-        return read_meta(out)
+        manifest = read_meta(out)
+    else:
+        manifest = write_export(out, fp, features, meta, report, tcfg, ckpt)
+    if cfg.redis_url:
+        from similarity.redis_embeddings import export_embeddings
+
+        done = export_embeddings(cfg.redis_url, cfg.redis_prefix, out / "embeddings", fp)
+        print(
+            f"export: embeddings in redis under {cfg.redis_prefix}:emb, version {done['version']} ({done['status']})"
+        )
+    return manifest
+
+
+def write_export(
+    out: Path,
+    fp: str,
+    features: Path,
+    meta: dict[str, Any],
+    report: dict[str, Any],
+    tcfg: TrainConfig,
+    ckpt: Path,
+) -> dict[str, Any]:
+    """Build the package of `ckpt` into `out` (atomically); returns the manifest."""
     model, arrays, recipe = build_scoring_model(tcfg, meta, features, read_checkpoint(ckpt))
     maps = {"user": id_map(features, "user"), "item": item_titles(meta, id_map(features, "item"))}
     for e, m in maps.items():

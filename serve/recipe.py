@@ -21,8 +21,14 @@ Each table gets one more row, n: the unknown entity (OOV attributes, the cold ro
 there is one, zero dense values and vectors): the cold-start path for source ids the
 features stage never saw.
 
-Features whose value for a test row is not a function of one entity alone (history bags,
-rating statistics, per-row review vectors) are refused by name.
+- history bags and rating statistics (features/history.py, stats.py): a test row reads
+  all of its owner's training rows (random split), or every interaction strictly before
+  it (temporal), so each entity's value is that of one more row per entity, outside
+  training and after the last timestamp, computed by the features stage's own functions
+  (`derived_values`; this reads the examples' id, label, rating and timestamp columns
+  whole, as the features stage does).
+
+Other features (per-row review vectors) are refused by name.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.history import HISTORY_FEATURES, history_bags
+from features.stats import STAT_FEATURES, rating_stats
 from launch.config import DataError
 
 # the owner of every feature the features stage writes (features/schema.py, dense.py)
@@ -44,6 +52,10 @@ OWNER = {
     "zip_prefix": "user", "age": "user",
     "item_id": "item", "categories": "item", "year": "item", "price": "item", "has_price": "item",
 }  # fmt: skip
+# test-row values computed from the interactions, not read from the examples
+DERIVED = {name: spec[0] for name, spec in HISTORY_FEATURES.items()}
+DERIVED.update({name: name.split("_")[0] for name in STAT_FEATURES})
+OWNER.update(DERIVED)
 READ_BATCH_ROWS = 65536
 SPLIT_ORDER = ("test", "val", "train")
 
@@ -51,8 +63,8 @@ SPLIT_ORDER = ("test", "val", "train")
 def owner_of(name: str, where: str) -> str:
     if name not in OWNER:
         raise DataError(
-            f"{where}: feature {name!r} is not a function of the user or the item alone "
-            "(history bags, rating statistics); `dlrrec export` serves only per-entity features"
+            f"{where}: feature {name!r} is not a function of the user or the item alone; "
+            "`dlrrec export` serves only per-entity features"
         )
     return OWNER[name]
 
@@ -140,7 +152,8 @@ def entity_arrays(
     dense_names: list[str],
     cold: bool,
 ) -> dict[str, EntityArrays]:
-    """Both kinds' inputs from the examples (one streaming pass per split)."""
+    """Both kinds' inputs: attributes from the examples (one streaming pass per split),
+    history bags and rating statistics from `derived_values`."""
     where = str(features / "_meta.json")
     spec = meta["sparse_features"]
     sizes = {"user": int(meta["n_users"]), "item": int(meta["n_items"])}
@@ -148,12 +161,12 @@ def entity_arrays(
     dense_owned = {e: [d for d in dense_names if owner_of(d, where) == e] for e in sizes}
     cols: dict[str, _Collector] = {}
     for e, n in sizes.items():
-        attrs = [s for s in owned[e] if s != f"{e}_id"]
+        attrs = [s for s in owned[e] if s != f"{e}_id" and s not in DERIVED]
         single = [s for s in attrs if not spec[s].get("multi_valued")]
         multi = [s for s in attrs if spec[s].get("multi_valued")]
-        cols[e] = _Collector(n, single, multi, dense_owned[e])
+        cols[e] = _Collector(n, single, multi, [d for d in dense_owned[e] if d not in DERIVED])
+    columns = sorted({"user_id", "item_id", *sparse_names, *dense_names} - set(DERIVED))
     for split in SPLIT_ORDER:
-        columns = sorted({"user_id", "item_id", *sparse_names, *dense_names})
         for batch in _batches(features / "examples" / split, columns):
             for e, c in cols.items():
                 ids = batch.column(f"{e}_id").to_numpy(zero_copy_only=False).astype(np.int64)
@@ -162,6 +175,9 @@ def entity_arrays(
                         f"{features / 'examples' / split}: {e}_id outside [0, {sizes[e]}) (n_{e}s)"
                     )
                 c.add(ids, batch, split == "train")
+    derived = derived_values(
+        features, meta, [x for x in sparse_names + dense_names if x in DERIVED]
+    )
     out = {}
     for e, c in cols.items():
         n = sizes[e]
@@ -173,10 +189,80 @@ def entity_arrays(
                 if cold:
                     ids[np.flatnonzero(~c.seen)] = n
                 bags.append((np.arange(n + 2, dtype=np.int64), ids))
+            elif s in DERIVED:
+                offsets, values = derived[s]
+                bags.append((np.append(offsets, offsets[-1]), values))  # unknown: empty bag
             else:
                 bags.append(c.bags(s, 0))
-        dense = np.concatenate([c.dense, np.zeros((1, len(c.dense_names)), np.float32)])
-        out[e] = EntityArrays(owned[e], bags, c.dense_names, dense, c.seen)
+        dense = np.zeros((n + 1, len(dense_owned[e])), np.float32)
+        for k, d in enumerate(dense_owned[e]):
+            dense[:n, k] = derived[d][0] if d in DERIVED else c.dense[:, c.dense_names.index(d)]
+        out[e] = EntityArrays(owned[e], bags, dense_owned[e], dense, c.seen)
+    return out
+
+
+def derived_values(
+    features: Path, meta: dict[str, Any], names: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Test-row values of history bags ((offsets [n + 1], member ids)) and rating
+    statistics ((values [n], unused)) per owner entity, by the features stage's functions
+    over the interactions plus one pseudo row per entity (not training, after the last
+    timestamp, so it reads what a test row reads: see the module docstring)."""
+    if not names:
+        return {}
+    temporal = meta.get("split") == "temporal"
+    cols = ["user_id", "item_id", "label", "rating", "timestamp"]
+    parts = [
+        b
+        for s in (SPLIT_ORDER if temporal else ("train",))
+        for b in _batches(features / "examples" / s, cols)
+    ]
+    t = pa.Table.from_batches(parts).combine_chunks()
+    col = {c: t.column(c).to_numpy() for c in cols}
+    nu, ni = int(meta["n_users"]), int(meta["n_items"])
+    n = t.num_rows
+    users = np.concatenate([col["user_id"], np.arange(nu), np.zeros(ni, np.int64)]).astype(np.int64)
+    items = np.concatenate([col["item_id"], np.zeros(nu, np.int64), np.arange(ni)]).astype(np.int64)
+    pad = np.zeros(nu + ni)
+    label = np.concatenate([col["label"] > 0.5, pad > 0])
+    rating = np.concatenate([col["rating"], pad])
+    ts = np.concatenate(
+        [col["timestamp"], np.full(nu + ni, int(col["timestamp"].max(initial=0)) + 1)]
+    )
+    # temporal: `train` is unused (every strictly earlier interaction counts)
+    train = np.concatenate([np.ones(n, bool), pad > 0])
+    folds = np.zeros(n + nu + ni, np.int64)
+    cfg = meta.get("config", {})
+    values: dict[str, Any] = {}
+    if any(x in HISTORY_FEATURES for x in names):
+        values.update(
+            history_bags(
+                users,
+                items,
+                label,
+                ts,
+                train,
+                temporal,
+                folds,
+                2,
+                int(cfg.get("history_max_len", 100)),
+            )
+        )
+    if any(x in STAT_FEATURES for x in names):
+        threshold = float(cfg.get("positive_min_rating", 4.0))
+        values.update(
+            rating_stats(users, items, rating, label, ts, train, temporal, folds, 2, threshold)
+        )
+    rows = {"user": slice(n, n + nu), "item": slice(n + nu, n + nu + ni)}
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for x in names:
+        sl = rows[DERIVED[x]]
+        if x in HISTORY_FEATURES:
+            bags = values[x][sl]
+            offsets = np.asarray(bags.offsets).astype(np.int64)
+            out[x] = (offsets - offsets[0], bags.flatten().to_numpy().astype(np.int64))
+        else:
+            out[x] = (np.asarray(values[x][sl], np.float32), np.zeros(0, np.int64))
     return out
 
 

@@ -32,7 +32,8 @@ TRAIN = {"epochs": 3, "batch_size": 64, "eval_batch_size": 256, "patience": 3, "
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two trained runs on the same features: plain, and with cold-start rows (id dropout)."""
+    """Two trained runs: plain, and with history bags, rating statistics and cold-start
+    rows (id dropout)."""
     from features.main import run as build_features
     from similarity.config import SwingConfig
     from similarity.main import run as swing
@@ -41,9 +42,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     raw = write_raw_reviews(tmp / "raw")
     plain, cold = tmp / "plain", tmp / "cold"
     build_features(FeaturesConfig(run_dir=str(plain), raw_dir=str(raw), seed=1))
-    swing(SwingConfig(run_dir=str(plain), top_k=10))
-    for stage in ("features", "similarity"):
-        shutil.copytree(plain / stage, cold / stage)
+    build_features(
+        FeaturesConfig(
+            run_dir=str(cold), raw_dir=str(raw), seed=1, history_bags=True, rating_stats=True
+        )
+    )
+    for run in (plain, cold):
+        swing(SwingConfig(run_dir=str(run), top_k=10))
     run_ranks(train_runs, 2, [(str(plain), TRAIN), (str(cold), {**TRAIN, "id_dropout": 0.2})])
     return {"plain": plain, "cold": cold, "raw": raw}
 
@@ -230,8 +235,12 @@ def test_recommend_ranks_the_catalogue_without_seen_items(runs, capsys):
 
 
 @pytest.mark.slow
-def test_cold_start_rows_score_unknown_and_unseen_ids(runs, tmp_path: Path, capsys):
+def test_history_statistics_and_cold_start_rows(runs, tmp_path: Path, capsys):
+    """Bags and statistics from all training rows, unseen ids on the cold row: the trainer's
+    test scores; unknown ids go through the cold row with unknown=cold."""
     run = runs["cold"]
+    meta = json.loads((run / "features" / "_meta.json").read_text())
+    assert "user_pos_items" in meta["sparse_features"] and "user_hist_n" in meta["dense_features"]
     assert export(run) == 0
     pairs = source_pairs(run, "test")
     pq.write_table(pairs, tmp_path / "pairs.parquet")
@@ -311,3 +320,69 @@ def test_gather_bags_matches_a_loop():
     want = [values[offsets[r] : offsets[r + 1]] for r in rows]
     assert got_v.tolist() == np.concatenate(want).tolist()
     assert got_o.tolist() == np.concatenate([[0], np.cumsum([len(w) for w in want])[:-1]]).tolist()
+
+
+def test_recipe_refuses_a_feature_of_the_pair_by_name():
+    from launch.config import DataError
+    from serve.recipe import owner_of
+
+    assert owner_of("user_pos_items", "m") == "user" and owner_of("item_hist_n", "m") == "item"
+    with pytest.raises(DataError, match="'review_vec'.*not a function of the user or the item"):
+        owner_of("review_vec", "features/_meta.json")
+
+
+@pytest.mark.slow
+def test_derived_values_equal_every_test_rows_bags_and_statistics(runs):
+    """The pseudo-row values of each test row's owner equal what the features stage wrote
+    for that test row (an independent check of `derived_values`, without the model)."""
+    from serve.recipe import DERIVED, derived_values
+
+    features = runs["cold"] / "features"
+    meta = json.loads((features / "_meta.json").read_text())
+    names = [x for x in [*meta["sparse_features"], *meta["dense_features"]] if x in DERIVED]
+    assert len(names) == 10
+    got = derived_values(features, meta, names)
+    test = pq.read_table(features / "examples" / "test")
+    for x in names:
+        owner = test[f"{DERIVED[x]}_id"].to_numpy()
+        if x in meta["dense_features"]:
+            np.testing.assert_array_equal(got[x][0][owner], test[x].to_numpy(), err_msg=x)
+        else:
+            offsets, values = got[x]
+            want = test[x].to_pylist()
+            assert [values[offsets[o] : offsets[o + 1]].tolist() for o in owner] == want, x
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_export_writes_the_embeddings_to_redis_as_a_switched_version(runs, tmp_path: Path):
+    from services import start_redis
+
+    from similarity.redis_embeddings import read_embedding
+    from similarity.redis_store import connect
+
+    run = runs["plain"]
+    proc, port = start_redis(tmp_path)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        assert export(run, f"redis_url={url}", "redis_prefix=t") == 0
+        client = connect(url)
+        items = pq.read_table(run / "export" / "embeddings" / "items.parquet")
+        for r in (0, items.num_rows - 1):
+            got = read_embedding(client, "t", "item", items["item"][r].as_py())
+            assert got is not None and set(got) == {"id_embedding", "item_text_tower"}
+            np.testing.assert_array_equal(
+                got["id_embedding"], np.asarray(items["id_embedding"][r].as_py(), np.float32)
+            )
+        assert read_embedding(client, "t", "item", "no-such-item") is None
+        version = client.get("t:emb:current")
+        assert (
+            client.hget(b"t:emb:" + version + b":_meta", "rows_item")
+            == str(items.num_rows).encode()
+        )
+        # the same export again: nothing rewritten, same version; SWING's keys untouched
+        assert export(run, f"redis_url={url}", "redis_prefix=t") == 0
+        assert client.get("t:emb:current") == version and client.get("t:current") is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
