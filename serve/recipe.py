@@ -212,46 +212,36 @@ def derived_values(
         return {}
     temporal = meta.get("split") == "temporal"
     cols = ["user_id", "item_id", "label", "rating", "timestamp"]
-    parts = [
-        b
-        for s in (SPLIT_ORDER if temporal else ("train",))
-        for b in _batches(features / "examples" / s, cols)
-    ]
-    t = pa.Table.from_batches(parts).combine_chunks()
+    splits = SPLIT_ORDER if temporal else ("train",)
+    parts = [(b, s == "train") for s in splits for b in _batches(features / "examples" / s, cols)]
+    t = pa.Table.from_batches([b for b, _ in parts]).combine_chunks()
     col = {c: t.column(c).to_numpy() for c in cols}
     nu, ni = int(meta["n_users"]), int(meta["n_items"])
     n = t.num_rows
     users = np.concatenate([col["user_id"], np.arange(nu), np.zeros(ni, np.int64)]).astype(np.int64)
     items = np.concatenate([col["item_id"], np.zeros(nu, np.int64), np.arange(ni)]).astype(np.int64)
-    pad = np.zeros(nu + ni)
-    label = np.concatenate([col["label"] > 0.5, pad > 0])
-    rating = np.concatenate([col["rating"], pad])
-    ts = np.concatenate(
-        [col["timestamp"], np.full(nu + ni, int(col["timestamp"].max(initial=0)) + 1)]
-    )
-    # temporal: `train` is unused (every strictly earlier interaction counts)
-    train = np.concatenate([np.ones(n, bool), pad > 0])
-    folds = np.zeros(n + nu + ni, np.int64)
+    pad = np.zeros(nu + ni, bool)
+    label = np.concatenate([col["label"] > 0.5, pad])
+    rating = np.concatenate([col["rating"], pad.astype(np.float32)])
+    last = int(col["timestamp"].max(initial=0)) + 1
+    ts = np.concatenate([col["timestamp"], np.full(nu + ni, last)])
+    train = np.concatenate([*[np.full(b.num_rows, tr) for b, tr in parts], pad])
+    # temporal_history: frozen -> the temporal sets hold training rows only (features/main.py)
+    readable = train if meta.get("temporal_history") == "frozen" else None
+    folds = np.zeros(n + nu + ni, np.int64)  # a pseudo row reads every fold
     cfg = meta.get("config", {})
     values: dict[str, Any] = {}
     if any(x in HISTORY_FEATURES for x in names):
+        max_len = int(cfg.get("history_max_len", 100))
         values.update(
-            history_bags(
-                users,
-                items,
-                label,
-                ts,
-                train,
-                temporal,
-                folds,
-                2,
-                int(cfg.get("history_max_len", 100)),
-            )
+            history_bags(users, items, label, ts, train, temporal, folds, 2, max_len, readable)
         )
     if any(x in STAT_FEATURES for x in names):
         threshold = float(cfg.get("positive_min_rating", 4.0))
         values.update(
-            rating_stats(users, items, rating, label, ts, train, temporal, folds, 2, threshold)
+            rating_stats(
+                users, items, rating, label, ts, train, temporal, folds, 2, threshold, readable
+            )
         )
     rows = {"user": slice(n, n + nu), "item": slice(n + nu, n + nu + ni)}
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
