@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from dist_helpers import run_ranks
+from dist_helpers import devices, run_ranks
 from synthetic import make_run
 
 from trainer.content_tables import ParquetColumn
@@ -75,7 +75,7 @@ def test_sorted_file_reads_only_overlapping_row_groups(
     assert seen == [[1], [2]]  # rows 16..47 of 0..63: not the first or last group, one at a time
 
 
-def _sharded(rank: int, run_dir: str) -> dict:
+def _sharded(rank: int, run_dir: str, device: str = "cpu") -> dict:
     """One rank: build the real model, check shards, lookups, loss, frozenness, checkpoint."""
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
@@ -86,9 +86,10 @@ def _sharded(rank: int, run_dir: str) -> dict:
     from trainer.main import build_model, read_variant_data
     from trainer.model import DLRRECTrain
 
-    env = init_distributed("cpu")
+    env = init_distributed(device)
+    dev = env.device
     try:
-        cfg = TrainConfig(run_dir=run_dir, batch_size=128, extra_negatives=8, dropout=0.0)
+        cfg = TrainConfig(run_dir=run_dir, batch_size=128, extra_negatives=8, dropout=0.0, device=device)
         data = read_variant_data(cfg)
         dmp, optimizer, _ = build_model(cfg, data, env, 1.0, "rowwise_adagrad")
         module = dmp.module
@@ -107,7 +108,7 @@ def _sharded(rank: int, run_dir: str) -> dict:
             ((first, weight),) = parts
             assert weight.dtype == torch.float16
             torch.testing.assert_close(
-                weight.float(), full[col][first : first + weight.shape[0]], rtol=0, atol=0
+                weight.float().cpu(), full[col][first : first + weight.shape[0]], rtol=0, atol=0
             )
             out["rows"][col] = (first, weight.shape[0])
             out["bytes"] += weight.numel() * weight.element_size()
@@ -121,9 +122,9 @@ def _sharded(rank: int, run_dir: str) -> dict:
             n = ref.shape[0]
             ids.update({feature_key(col, "row"): rng.integers(0, n, b), feature_key(col, "pos"): rng.integers(0, n, b),
                         feature_key(col, "neg"): rng.integers(0, n, 5)})  # fmt: skip
-        vec = module.content_tables(entity_kjt(list(full), ids, b))
+        vec = module.content_tables(entity_kjt(list(full), ids, b).to(dev))
         for key, v in ids.items():
-            assert torch.equal(vec[key], full[key.split("/")[0]][torch.from_numpy(v)]), key
+            assert torch.equal(vec[key].cpu(), full[key.split("/")[0]][torch.from_numpy(v)]), key
             assert not vec[key].requires_grad
         # a training batch: the loss from the sharded tables equals the loss from vectors
         # gathered from the Parquet by the batch's id fields (tower order: user_text per
@@ -132,7 +133,7 @@ def _sharded(rank: int, run_dir: str) -> dict:
 
         batch = next(train_batches(data, 128, env.rank, env.world_size, 0, 0, False, 0, 0, 8))
         assert [c for c, _ in module.tower_spec] == ["user_text", "item_text"]
-        content = torch.stack([batch.content[:, 0], full["item_text"][batch.item_ids]], 1)
+        content = torch.stack([batch.content[:, 0], full["item_text"][batch.item_ids]], 1).to(dev)
         ref_vec = {
             "item_text/pos": full["item_text"][batch.ii_pos_ids.clamp_min(0)],
             "item_text/neg": full["item_text"][batch.ii_neg_ids],
@@ -140,6 +141,8 @@ def _sharded(rank: int, run_dir: str) -> dict:
             "user_text/pos": full["user_text"][batch.uu_pos_ids.clamp_min(0)],
             "user_text/neg": full["user_text"][batch.uu_neg_ids],
         }
+        ref_vec = {k: v.to(dev) for k, v in ref_vec.items()}
+        batch = batch.to(dev)
         with torch.no_grad():
             loss, (_, logits, _, _, parts) = dmp(batch)
             ref_loss, (_, ref_logits, _, _, ref_parts) = module.loss(batch, content, ref_vec)
@@ -180,8 +183,9 @@ def run_dir(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("synthetic") / "run", n_users=61, n_items=41)
 
 
-def test_two_ranks_hold_and_fill_only_their_rows(run_dir: Path):
-    r0, r1 = run_ranks(_sharded, 2, str(run_dir))
+@pytest.mark.parametrize("device", devices(2))
+def test_two_ranks_hold_and_fill_only_their_rows(run_dir: Path, device: str):
+    r0, r1 = run_ranks(_sharded, 2, str(run_dir), device)
     for col, n in (("user_text", 61), ("item_text", 41)):
         (a0, n0), (a1, n1) = r0["rows"][col], r1["rows"][col]
         assert a0 == 0 and a1 == n0 and n0 + n1 == n and 0 < n1 <= n0  # disjoint halves

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from dist_helpers import run_ranks
-from synthetic import make_run
+from dist_helpers import devices, run_ranks
+from synthetic import copy_inputs, make_run
 
 from trainer.config import TrainConfig
 
@@ -21,11 +21,15 @@ def synthetic_run(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("synthetic") / "run")
 
 
-def test_two_rank_sharded_training(synthetic_run: Path):
-    cfg = {"epochs": 3, "batch_size": 256, "log_every": 5}
-    reports = run_ranks(_train, 2, str(synthetic_run), cfg)
+@pytest.mark.parametrize("device", devices(2))
+def test_two_rank_sharded_training(synthetic_run: Path, tmp_path: Path, device: str):
+    # cpu: 2 gloo ranks; cuda: 2 nccl ranks, one GPU each (the later tests reuse the cpu run)
+    run = synthetic_run if device == "cpu" else Path(copy_inputs(synthetic_run, tmp_path / "run"))
+    cfg = {"epochs": 3, "batch_size": 256, "log_every": 5, "device": device}
+    reports = run_ranks(_train, 2, str(run), cfg)
     r0, r1 = reports
-    assert r0["world_size"] == 2 and r0["backend"] == "gloo"
+    assert r0["world_size"] == 2 and r0["backend"] == ("nccl" if device == "cuda" else "gloo")
+    assert r0["device"].startswith(device)
     # every rank reports the same gathered metrics
     assert r0["val"] == r1["val"] and r0["test"] == r1["test"]
     plan = r0["sharding_plan"]
@@ -47,7 +51,7 @@ def test_two_rank_sharded_training(synthetic_run: Path):
     # the planted signal is learnable
     assert r0["test"]["auc"] > 0.8
     assert r0["losses"]["item_item"] > 0 and r0["losses"]["user_user"] > 0
-    out = synthetic_run / "train"
+    out = run / "train"
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["test"] == r0["test"]
     ckpts = sorted((out / "checkpoints").glob("step_*"))

@@ -84,3 +84,10 @@ def test_rows_do_not_depend_on_where_a_shard_starts():
     other = torch.empty(n, dim)
     fill_initial_rows(other, 0, 7, "u", low=-1.0, high=1.0)
     assert not torch.equal(other, whole)  # another table, other values
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_row_wise_cuda_tables_start_the_same_on_one_rank_and_two(run_dir: Path):
+    # fbgemm's CUDA kernels shard an EmbeddingBagCollection row-wise: the shards were copies
+    check_same_initial_tables(run_dir, "cuda", row_wise=True)
