@@ -320,6 +320,18 @@ def run_tree_stages(tree: Path, label: str, work: Path, raw: Path, bench: Bench)
 # ---------------------------------------------------------------- printing
 
 
+def tree_version(tree: Path) -> str:
+    """The checkout's commit (+ "-dirty"), or "not a git checkout" (e.g. a `git archive`)."""
+    git = ["git", "-C", str(tree)]
+    top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode or Path(top.stdout.strip()).resolve() != tree.resolve():
+        return "not a git checkout"
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
 def mem_available_gib() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -426,12 +438,16 @@ def main(argv: list[str] | None = None) -> int:
         results["baseline"] = saved["results"]["baseline"]
         trees.insert(0, (Path(saved["args"]["baseline_tree"]), "baseline"))
     for tree, label in trees:
-        print_table(f"{label} ({tree}): {args.interactions:,} interactions", results[label])
+        version = tree_version(tree)
+        print_table(f"{label} ({tree}, {version}): {args.interactions:,} interactions",
+                    results[label])  # fmt: skip
     if "ours" in results and "baseline" in results:
         print_ratios(results["ours"], results["baseline"])
     if args.json:
+        versions = {label: tree_version(tree) for tree, label in trees}
         args.json.write_text(json.dumps({"shape": shape, "args": {k: str(v) for k, v in vars(args).items()},
-                                         "load": os.getloadavg(), "results": results}, indent=1))  # fmt: skip
+                                         "versions": versions, "load": os.getloadavg(),
+                                         "results": results}, indent=1))  # fmt: skip
     return 0
 
 
