@@ -120,8 +120,11 @@ class TreeMonitor(threading.Thread):
                 kib = proc_kib(pid)
                 if not kib:
                     continue
-                if pid not in self.role:
-                    self.role[pid] = "launcher" if pid == self.root else proc_role(pid)
+                if pid == self.root:
+                    self.role[pid] = "launcher"
+                elif not self.role.get(pid, "").startswith("rank"):
+                    # read again until it is a rank: a fresh fork has its parent's environ
+                    self.role[pid] = proc_role(pid)
                 self.hwm[pid] = max(self.hwm.get(pid, 0), kib["VmHWM"])
                 total += kib["VmRSS"]
             self.tree_peak = max(self.tree_peak, total)
