@@ -1,4 +1,5 @@
-# dlrrec: `make demo` trains on real MovieLens-100K; `make test` runs the test suite.
+# dlrrec: `make demo` trains on real MovieLens-100K; `make test` runs the test suite;
+# `make image` builds and checks the CPU image (docs/docker.md).
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/movielens-100k.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast bench lint image image-cuda clean
 
 # The venv is rebuilt only when the pins change.
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg
@@ -37,6 +38,15 @@ lint: setup
 	$(BIN)/ruff check features similarity trainer launch serve tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold style docker/Dockerfile.cpu docker/Dockerfile.cuda
+
+# docker if a daemon answers, else podman; the python image if a registry answers, else
+# a debootstrap base. Builds dlrrec:cpu and runs the smoke pipeline inside it.
+image:
+	bash docker/image.sh cpu
+
+# dlrrec:cuda, its stack checked from package metadata (no GPU needed)
+image-cuda:
+	bash docker/image.sh cuda
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

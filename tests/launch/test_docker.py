@@ -12,6 +12,8 @@ There is no docker engine here, so the Dockerfiles are checked by what they say:
 
 from __future__ import annotations
 
+import configparser
+import importlib.util
 import json
 import os
 import re
@@ -310,3 +312,151 @@ def test_ci_workflow_runs_ci_run_then_builds_and_pushes_both_images_on_tags():
     meta = next(s for s in steps if s.get("id") == "meta")
     assert meta["with"]["images"] == "ghcr.io/${{ github.repository_owner }}/dlrrec"
     assert images["permissions"]["packages"] == "write"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "docker" / f"{name}.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture()
+def local_sources(tmp_path: Path) -> dict[str, Path]:
+    """A find-links folder and a PEP 503 index holding a CPU torch wheel, and one of each
+    without: real folders laid out as pip reads them (the wheels are only names here)."""
+    cpu_links, other_links = tmp_path / "wheels-cpu", tmp_path / "wheels"
+    cpu_links.mkdir()
+    other_links.mkdir()
+    (cpu_links / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
+    (other_links / "six-1.16.0-py2.py3-none-any.whl").touch()
+    indexes = {}
+    for name, wheel in (("index-cpu", "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"),
+                        ("index", "torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl")):  # fmt: skip
+        page = tmp_path / name / "simple" / "torch" / "index.html"
+        page.parent.mkdir(parents=True)
+        page.write_text(f'<a href="../../files/{wheel}#sha256=00">{wheel}</a>')
+        indexes[name] = page.parents[1]
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("torch<=2.14.1\n")
+    cert = tmp_path / "ca.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    return {"cpu_links": cpu_links, "links": other_links, "constraints": constraints, "cert": cert, **indexes}
+
+
+def _pip_settings_run(variant: str, src: dict[str, Path], tmp_path: Path) -> tuple[str, list[str], str]:
+    """docker/pip_settings.py on a real pip config file plus PIP_* variables."""
+    conf = tmp_path / "host-pip.conf"
+    conf.write_text(
+        "[global]\n"
+        f"find-links = {src['cpu_links']} {src['links']}\n"
+        f"extra-index-url = file://{src['index-cpu']} file://{src['index']}\n"
+        "index-url = https://example.invalid/simple\n"
+        "target = /somewhere\n"
+        "[install]\n"
+        f"constraint = {src['constraints']}\n"
+    )
+    # only this file and the variables: no /etc/xdg/pip; PIP_CERT outranks /etc/pip.conf's
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=str(conf), XDG_CONFIG_DIRS=str(tmp_path), PIP_CERT=str(src["cert"]),
+               PIP_DEFAULT_TIMEOUT="33", PIP_INDEX_URL="https://mirror.invalid/simple")  # fmt: skip
+    out = tmp_path / f"out-{variant}"
+    p = subprocess.run(
+        [sys.executable, str(REPO / "docker" / "pip_settings.py"), variant, str(out)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    return (out / "pip.conf").read_text(), (out / "mounts").read_text().split(), p.stderr
+
+
+def test_pip_settings_carry_the_hosts_sources_and_drop_cpu_torch_for_cuda(local_sources, tmp_path: Path):
+    src = local_sources
+    cpu_conf, cpu_mounts, _ = _pip_settings_run("cpu", src, tmp_path)
+    parser = configparser.ConfigParser()
+    parser.read_string(cpu_conf)
+    g = dict(parser["global"])
+    # PIP_* variables win over the file, as in pip; where-to-install settings stay out
+    assert g["index-url"] == "https://mirror.invalid/simple" and g["default-timeout"] == "33"
+    assert "target" not in g and dict(parser["install"]) == {"constraint": str(src["constraints"])}
+    assert g["find-links"].split() == [str(src["cpu_links"]), str(src["links"])]
+    # each local path once, a `simple` index with its parent (its pages link ../../files)
+    assert cpu_mounts == sorted(map(str, [src["cpu_links"], src["links"], src["constraints"], src["cert"],
+                                          src["index-cpu"].parent, src["index"].parent]))  # fmt: skip
+    cuda_conf, cuda_mounts, stderr = _pip_settings_run("cuda", src, tmp_path)
+    parser = configparser.ConfigParser()
+    parser.read_string(cuda_conf)
+    g = dict(parser["global"])
+    # the CUDA build never sees a local torch+cpu: pip would prefer it over PyPI's CUDA build
+    assert g["find-links"].split() == [str(src["links"])]
+    assert g["extra-index-url"].split() == [f"file://{src['index']}"]
+    assert str(src["cpu_links"]) not in cuda_mounts and str(src["index-cpu"].parent) not in cuda_mounts
+    assert str(src["cpu_links"]) in stderr and f"file://{src['index-cpu']}" in stderr
+
+
+def _fake_dist(site: Path, name: str, version: str, files: dict[str, str]) -> None:
+    """An installed distribution as a wheel leaves it: the files plus a RECORD naming them."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    for rel, text in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text)
+    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in [*files, f"{info.name}/METADATA"]))
+
+
+def _check_stack(site: Path, variant: str) -> subprocess.CompletedProcess[str]:
+    # -S: only the fake site on the path, none of this venv's packages
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    script = (REPO / "docker" / "check_stack.py").read_text()
+    return subprocess.run([sys.executable, "-S", "-", variant], input=script, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+# the modules fail to import, as the CUDA fbgemm_gpu does without libnvidia-ml.so.1
+_NO_IMPORT = "raise ImportError('imported: libnvidia-ml.so.1: cannot open shared object file')\n"
+
+
+def _torch_files(version: str, cuda: str | None) -> dict[str, str]:
+    return {"torch/__init__.py": _NO_IMPORT,
+            "torch/version.py": f"from typing import Optional\n__version__ = {version!r}\ncuda: Optional[str] = {cuda!r}\n"}  # fmt: skip
+
+
+def _fbgemm_files(variant: str) -> dict[str, str]:
+    return {"fbgemm_gpu/__init__.py": _NO_IMPORT,
+            "fbgemm_gpu/docs/target.default.json.py": json.dumps({"version": "1.8.0", "target": "default", "variant": variant})}  # fmt: skip
+
+
+def test_check_stack_reads_the_cuda_stack_from_metadata_without_importing_it(tmp_path: Path):
+    good = tmp_path / "cuda"
+    _fake_dist(good, "torch", "2.13.0", _torch_files("2.13.0", "13.0"))
+    _fake_dist(good, "fbgemm-gpu", "1.8.0", _fbgemm_files("cuda"))
+    p = _check_stack(good, "cuda")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "torch 2.13.0 (cuda 13.0), fbgemm-gpu 1.8.0 (variant cuda)"
+    # the same image checked as cpu: both halves are wrong
+    p = _check_stack(good, "cpu")
+    assert p.returncode == 1
+    assert "torch.version.cuda is '13.0', expected None" in p.stderr and "expected exactly ['fbgemm-gpu-cpu']" in p.stderr
+    # a CUDA torch beside the CPU fbgemm, or beside an fbgemm-gpu built for CPU
+    for dist, variant in (("fbgemm-gpu-cpu", "cpu"), ("fbgemm-gpu", "cpu")):
+        bad = tmp_path / f"bad-{dist}"
+        _fake_dist(bad, "torch", "2.13.0", _torch_files("2.13.0", "13.0"))
+        _fake_dist(bad, dist, "1.8.0", _fbgemm_files(variant))
+        p = _check_stack(bad, "cuda")
+        assert p.returncode == 1 and "check_stack:" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_check_stack_accepts_this_venvs_cpu_stack():
+    """The real installed CPU stack, as `make setup` installs it (the CPU image's)."""
+    script = (REPO / "docker" / "check_stack.py").read_text()
+    p = subprocess.run([sys.executable, "-", "cpu"], input=script, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert re.fullmatch(r"torch 2\.13\.0\+cpu \(cuda None\), fbgemm-gpu-cpu 1\.8\.0 \(variant cpu\)\n", p.stdout)
+
+
+@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+def test_images_leave_gpu_visibility_to_the_runtime(variant: str):
+    # NVIDIA_VISIBLE_DEVICES=all would show every GPU of a node to a pod that asked for none
+    env = " ".join(i.args for i in parse_dockerfile(DOCKERFILES[variant]) if i.op == "ENV")
+    assert "NVIDIA_VISIBLE_DEVICES" not in env

@@ -1,0 +1,141 @@
+"""The host's pip settings for an image build, as a pip.conf and the local paths it names.
+
+    python3 docker/pip_settings.py cpu|cuda OUT_DIR    -> OUT_DIR/pip.conf, OUT_DIR/mounts
+
+pip inside the build must reach the packages the way pip on this machine does: the
+same index, extra indexes, find-links, certificate authority and constraints.
+`docker/image.sh` mounts OUT_DIR/pip.conf read-only at /etc/pip.conf for the venv stage
+only, and every local path the settings name (OUT_DIR/mounts, one a line) read-only at
+the same path, so nothing of the host is baked into the image.
+
+The CUDA build drops every local source that offers a CPU torch wheel: pip prefers
+`2.13.0+cpu` over PyPI's `2.13.0` (the local version label sorts higher), and the CUDA
+image would silently get the CPU build.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+# the settings that say where packages come from and how to reach them; nothing that
+# changes where or how pip installs (user, target, prefix, ...)
+KEYS = (
+    "index-url", "extra-index-url", "find-links", "no-index", "trusted-host", "cert",
+    "client-cert", "constraint", "proxy", "timeout", "default-timeout", "retries",
+)  # fmt: skip
+PATH_KEYS = ("cert", "client-cert", "constraint")
+LOCATION_KEYS = ("index-url", "extra-index-url", "find-links")
+CPU_TORCH = re.compile(r"torch-[^/\"'#]*\+cpu[^/\"'#]*\.whl")
+
+
+def host_settings(python: str = sys.executable) -> dict[str, dict[str, str]]:
+    """{section: {key: value}} of `pip config list`: the merged config files and PIP_*
+    variables. Environment variables win over files, as in pip."""
+    p = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False)
+    return parse_config_list(p.stdout if p.returncode == 0 else "")
+
+
+def parse_config_list(text: str) -> dict[str, dict[str, str]]:
+    files: dict[str, dict[str, str]] = {}
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r"(:env:|[\w-]+)\.([\w-]+)='(.*)'", line.strip())
+        if not m or m.group(2) not in KEYS:
+            continue
+        section, key, value = m.groups()
+        if section == ":env:":
+            env[key] = value
+        else:
+            files.setdefault(section, {})[key] = value
+    files.setdefault("global", {}).update(env)
+    return {s: kv for s, kv in files.items() if kv}
+
+
+def local_path(location: str) -> Path | None:
+    """The folder or file a find-links / index location names on this machine, or None
+    for a remote URL."""
+    url = urlparse(location)
+    if url.scheme == "file":
+        return Path(unquote(url.path))
+    if url.scheme == "" and location.startswith("/"):
+        return Path(location)
+    return None
+
+
+def offers_cpu_torch(path: Path) -> bool:
+    """A find-links folder or a file:// simple index that holds a `torch-*+cpu` wheel."""
+    if path.is_dir():
+        if any(CPU_TORCH.fullmatch(p.name) for p in path.glob("torch-*.whl")):
+            return True
+        page = path / "torch" / "index.html"
+        return page.is_file() and CPU_TORCH.search(page.read_text(errors="replace")) is not None
+    return False
+
+
+def mount_root(path: Path) -> Path:
+    """What to mount for a local location: a PEP 503 index named `simple` links its files
+    relative to its parent (`../../files/...`), so the parent goes in with it."""
+    return path.parent if path.name == "simple" else path
+
+
+def for_variant(settings: dict[str, dict[str, str]], variant: str) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """(settings, dropped locations): for `cuda`, without the sources of a CPU torch."""
+    dropped: list[str] = []
+    out: dict[str, dict[str, str]] = {}
+    for section, kv in settings.items():
+        out[section] = {}
+        for key, value in kv.items():
+            if key in LOCATION_KEYS and variant == "cuda":
+                keep = []
+                for loc in value.split():
+                    path = local_path(loc)
+                    (dropped if path is not None and offers_cpu_torch(path) else keep).append(loc)
+                if not keep:
+                    continue
+                value = " ".join(keep)
+            out[section][key] = value
+    return out, dropped
+
+
+def mounts(settings: dict[str, dict[str, str]]) -> list[str]:
+    """The existing local paths the settings name, each once, sorted."""
+    found: set[Path] = set()
+    for kv in settings.values():
+        for key, value in kv.items():
+            if key in LOCATION_KEYS:
+                paths = [mount_root(p) for p in map(local_path, value.split()) if p is not None]
+            elif key in PATH_KEYS:
+                paths = [Path(value)]
+            else:
+                continue
+            found.update(p for p in paths if p.exists())
+    return sorted(str(p) for p in found)
+
+
+def render(settings: dict[str, dict[str, str]]) -> str:
+    lines = ["# generated by docker/pip_settings.py from this machine's pip settings"]
+    for section, kv in settings.items():
+        lines += [f"[{section}]", *(f"{k} = {v}" for k, v in kv.items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("cpu", "cuda"):
+        print("usage: pip_settings.py cpu|cuda OUT_DIR", file=sys.stderr)
+        return 2
+    variant, out = argv[0], Path(argv[1])
+    settings, dropped = for_variant(host_settings(), variant)
+    for loc in dropped:
+        print(f"pip settings: {loc} offers a CPU torch wheel; left out of the {variant} build", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pip.conf").write_text(render(settings))
+    (out / "mounts").write_text("".join(f"{m}\n" for m in mounts(settings)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
