@@ -100,7 +100,9 @@ check_basics() {
   local uid
   uid=$(run --entrypoint id "$TAG" -u)
   [ "$uid" = 1000 ] || die "$TAG runs as uid $uid, not 1000"
-  run "$TAG" --help | grep -q '^usage: dlrrec' || die "$TAG: dlrrec --help printed no usage"
+  local help
+  help=$(run "$TAG" --help) || die "$TAG: dlrrec --help failed"
+  grep -q '^usage: dlrrec' <<<"$help" || die "$TAG: dlrrec --help printed no usage"
   run --entrypoint torchrun "$TAG" --help >/dev/null || die "$TAG: torchrun --help failed"
   run -i --entrypoint python "$TAG" - "$VARIANT" <docker/check_stack.py || die "$TAG: not the $VARIANT stack"
   # no pip settings but the image's own ENV, and no empty file or folder where the
@@ -131,12 +133,13 @@ check_pipeline() {
     "$TAG" pipeline --config configs/smoke.yaml >"$out" 2>&1 || rc=$?
   "${ENGINE[@]}" volume rm -f "$volume" >/dev/null
   if [ "$rc" != 0 ]; then tail -40 "$out" >&2; rm -f "$out"; die "$TAG: smoke pipeline exited $rc"; fi
+  # the report's table row: `auc  VAL  TEST`
   local auc
-  auc=$(grep -E -i '^.*test.*auc' "$out" | tail -1)
+  auc=$(awk '$1 == "auc" && $3 ~ /^[0-9.]+$/ {line = "test AUC " $3 " (val " $2 ")"} END {print line}' "$out")
   rm -f "$out"
-  [ -n "$auc" ] || die "$TAG: the smoke pipeline printed no test AUC line"
+  [ -n "$auc" ] || die "$TAG: the smoke pipeline's report has no test AUC"
   log "$TAG: smoke pipeline in $((SECONDS - start))s"
-  echo "$auc"
+  echo "dlrrec pipeline --config configs/smoke.yaml in $TAG: $auc"
 }
 
 main() {

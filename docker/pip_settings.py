@@ -90,7 +90,7 @@ def for_variant(settings: dict[str, dict[str, str]], variant: str) -> tuple[dict
         out[section] = {}
         for key, value in kv.items():
             if key in LOCATION_KEYS and variant == "cuda":
-                keep = []
+                keep: list[str] = []
                 for loc in value.split():
                     path = local_path(loc)
                     (dropped if path is not None and offers_cpu_torch(path) else keep).append(loc)

@@ -312,6 +312,17 @@ def test_ci_workflow_runs_ci_run_then_builds_and_pushes_both_images_on_tags():
     meta = next(s for s in steps if s.get("id") == "meta")
     assert meta["with"]["images"] == "ghcr.io/${{ github.repository_owner }}/dlrrec"
     assert images["permissions"]["packages"] == "write"
+    # each image is checked by the script `make image` uses, and the CUDA check imports
+    # nothing of its stack: fbgemm_gpu needs the GPU driver at import, runners have none
+    (build,) = [b for b in builds if b["with"].get("load")]
+    checks = [s["run"] for s in steps if "docker/image.sh" in s.get("run", "")]
+    assert checks == [f"bash docker/image.sh --check-only ${{{{ matrix.variant }}}} {build['with']['tags']}"]
+    assert not any("import" in s.get("run", "") for s in steps)
+    # .ci/run builds the CPU image after the tests, except in the test job here
+    (ci_run,) = [s for s in test["steps"] if s.get("run") == "bash .ci/run"]
+    assert ci_run["env"] == {"DLRREC_CI_IMAGE": "0"}
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ci.index("make test") < ci.index("make image") and 'DLRREC_CI_IMAGE:-1}" != 0' in ci
 
 
 def _load(name: str):
