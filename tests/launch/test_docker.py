@@ -138,6 +138,8 @@ def pip_installs(path: Path, tmp: Path) -> list[PipInstall]:
                     index_url = next(it)
                 elif a == "--no-deps":
                     no_deps = True
+                elif a == "--prefix":
+                    next(it)  # where the repo's wheel goes, not a package
                 elif not a.startswith("-"):
                     other.append(a)
             installs.append(PipInstall(stage, pins, other, no_deps, index_url))
@@ -251,11 +253,11 @@ def test_app_stage_builds_the_dlrrec_wheel_from_the_copied_files(tmp_path: Path)
     for src in _context_sources([i for i in instrs if i.stage == "app"]):
         copy = shutil.copytree if (REPO / src).is_dir() else shutil.copy
         copy(REPO / src, ctx / src)
-    ((_, argv),) = [(s, a) for s, a in run_segments(instrs) if s == "app"]
-    assert argv[:2] == ["pip", "wheel"] and argv[-1] == "."
-    wheels = tmp_path / "wheels"
-    argv = [str(wheels) if a == "/wheels" else a for a in argv]
-    p = subprocess.run([sys.executable, "-m", *argv], cwd=ctx, capture_output=True, text=True, timeout=300)
+    (wheel_argv, install_argv) = [a for s, a in run_segments(instrs) if s == "app"]
+    assert wheel_argv[:2] == ["pip", "wheel"] and wheel_argv[-1] == "."
+    wheels, prefix = tmp_path / "wheels", tmp_path / "install"
+    p = subprocess.run([sys.executable, "-m", *(str(wheels) if a == "/wheels" else a for a in wheel_argv)],
+                       cwd=ctx, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
     (wheel,) = wheels.glob("dlrrec-*.whl")
     with zipfile.ZipFile(wheel) as z:
@@ -264,6 +266,19 @@ def test_app_stage_builds_the_dlrrec_wheel_from_the_copied_files(tmp_path: Path)
     assert {f"{pkg}/__init__.py" for pkg in ("features", "similarity", "trainer", "launch", "serve")} <= names
     assert "launch/components.py" in names
     assert re.search(r"^dlrrec = launch\.cli:main$", entry_points, re.M), entry_points
+    # then installed apart with the venv's layout; the runtime stage copies it over the venv
+    assert install_argv[:2] == ["pip", "install"] and install_argv[-1] == "/wheels/dlrrec-*.whl"
+    i = install_argv.index("--prefix")
+    assert f"--from=app {install_argv[i + 1]}/ {VENV}/" in _final(instrs, "COPY")
+    install_argv = [*install_argv[: i + 1], str(prefix), *install_argv[i + 2 : -1], str(wheel)]
+    p = subprocess.run([sys.executable, "-m", *install_argv], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    assert (site / "launch" / "cli.py").read_bytes() == (REPO / "launch" / "cli.py").read_bytes()
+    script = (prefix / "bin" / "dlrrec").read_text()
+    assert script.startswith(f"#!{sys.executable}\n") and "from launch.cli import main" in script
+    # no RUN of the runtime stage mounts the app stage: buildah keys its cache on the text
+    assert not [r for r in _final(instrs, "RUN") if "--mount" in r]
 
 
 def _hadolint() -> str:
