@@ -82,6 +82,7 @@ build() {
   else
     nice -n 10 "${ENGINE[@]}" build --layers "${RUN_FLAGS[@]}" "${mounts[@]}" "${common[@]}" \
       --target deps -t "$TAG-deps" .
+    log "venv stage in $((SECONDS - start))s"
     nice -n 10 "${ENGINE[@]}" build --layers "${RUN_FLAGS[@]}" "${common[@]}" -t "$TAG" .
   fi
   rm -rf "$settings"
