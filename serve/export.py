@@ -283,23 +283,29 @@ def embedding_tables(
     return out
 
 
-def check_trained_on(
-    root: Path, meta: dict[str, Any], report: dict[str, Any], tcfg: TrainConfig
-) -> None:
-    """Refuse a train/ whose fingerprint is not that of this features/ (and similarity/)."""
-    from types import SimpleNamespace
+def check_trained_on(root: Path, meta: dict[str, Any], report: dict[str, Any]) -> None:
+    """Refuse a train/ made from other features (or similarity tables) than this run's.
 
-    from trainer.main import fingerprint
-
-    sim = read_meta(root / "similarity") if (root / "similarity" / "_meta.json").is_file() else None
-    data = SimpleNamespace(features_meta=meta, similarity_meta=sim)
-    trained_on = {"device": torch.device(str(report.get("device", "cpu"))).type,
-                  "sparse_optimizer": str(report.get("sparse_optimizer"))}  # fmt: skip
-    if fingerprint(tcfg, data, trained_on) != report.get("fingerprint"):  # type: ignore[arg-type]
+    The report's recorded input fingerprints are compared, not a recomputed train
+    fingerprint: that one also hashes the trainer's sources, which may change after a run.
+    """
+    inputs = report.get("inputs")
+    where = root / "train" / "report.json"
+    if not isinstance(inputs, dict):
         raise DataError(
-            f"{root / 'train' / 'report.json'}: trained on other features or similarity tables than "
-            f"{root / 'features'} (fingerprint mismatch); retrain before exporting"
+            f"{where}: records no input fingerprints (a trainer older than `inputs`); retrain"
         )
+    sim = root / "similarity" / "_meta.json"
+    have = {
+        "features": meta.get("fingerprint"),
+        "similarity": read_meta(sim.parent).get("fingerprint") if sim.is_file() else None,
+    }
+    for stage, fp in have.items():
+        if inputs.get(stage) is not None and inputs.get(stage) != fp:
+            raise DataError(
+                f"{where}: trained on other {stage} tables than {root / stage} "
+                "(fingerprint mismatch); retrain before exporting"
+            )
 
 
 def run(cfg: ServeConfig) -> dict[str, Any]:
@@ -308,7 +314,7 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
     features = root / "features"
     meta = read_meta(features)
     report, tcfg, ckpt = read_run(root)
-    check_trained_on(root, meta, report, tcfg)
+    check_trained_on(root, meta, report)
     fp = sha256_json({"train": report["fingerprint"], "export_version": EXPORT_VERSION})
     out = root / "export"
     if existing_output(out, fp, cfg.overwrite):

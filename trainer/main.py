@@ -876,6 +876,11 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "seconds": time.time() - t_start,
         "fingerprint": fp,
         "code_version": code_version("train"),
+        # what `dlrrec export` checks the run's features/ and similarity/ against
+        "inputs": {
+            "features": data.features_meta.get("fingerprint"),
+            "similarity": (data.similarity_meta or {}).get("fingerprint"),
+        },
         "config": to_dict(cfg),
     }
     if env.is_main:
