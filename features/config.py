@@ -58,6 +58,11 @@ class FeaturesConfig:
             history bags read. `causal`: every interaction (any split) strictly before
             the row, what serving knows then. `frozen`: training interactions only, so
             no val/test rating reaches any row's features (docs/evaluation.md).
+        profile_folds: K of the random split's out-of-fold user profiles (>= 2): a
+            training row reads its user's training positives outside its hash fold
+            (features/profiles.py, docs/features.md).
+        profile_blocks: B global time blocks of the temporal split's profiles (>= 1):
+            a row reads its user's positives (any split) in strictly earlier blocks.
         overwrite: replace an existing output made from another config or input.
     """
 
@@ -88,6 +93,8 @@ class FeaturesConfig:
     history_folds: int = 5
     history_max_len: int = 100
     temporal_history: Literal["causal", "frozen"] = "causal"
+    profile_folds: int = 5
+    profile_blocks: int = 20
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -118,6 +125,10 @@ class FeaturesConfig:
                 "features.temporal_history: frozen covers profiles, rating_stats and "
                 "history_bags; the llm/images content reads earlier time blocks (causal) only"
             )
+        if self.profile_folds < 2:
+            raise ConfigError(f"features.profile_folds: must be >= 2, got {self.profile_folds}")
+        if self.profile_blocks < 1:
+            raise ConfigError(f"features.profile_blocks: must be >= 1, got {self.profile_blocks}")
         if self.embed_batch_size < 1:
             raise ConfigError("features.embed_batch_size: must be >= 1")
         rr = self.rating_range

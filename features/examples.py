@@ -16,6 +16,7 @@ from features.schema import (
     DENSE_FEATURES,
     examples_schema,
     items_entity_schema,
+    profiles_schema,
     users_entity_schema,
 )
 from features.split import SPLITS
@@ -154,17 +155,19 @@ def example_tables(
     dim: int,
     dense: Sequence[str] = DENSE_FEATURES,
     bags: Sequence[str] = (),
+    profile_key: bool = True,
 ) -> dict[str, pa.Table]:
     """Cut full-length columns into one table per split, rows in input order.
 
     Args:
         codes: int8 [N] split codes (0 train, 1 val, 2 test).
         columns: every column of `examples_schema(dim, dense, bags)`, length N
-            (`user_text` as float16 [N, D]).
         dense: the dense column names.
         bags: the history bag columns (list<int64>), if any.
+        profile_key: write the `user_text_key` column (off when an llm section writes
+            per-row summary vectors instead).
     """
-    schema = examples_schema(dim, dense, bags)
+    schema = examples_schema(dim, dense, bags, profile_key)
     out = {}
     for code, split in enumerate(SPLITS):
         idx = np.nonzero(codes == code)[0]
@@ -173,8 +176,6 @@ def example_tables(
             col = columns[field.name]
             if isinstance(col, pa.Array):
                 arrays.append(col.take(pa.array(idx)))
-            elif field.name == "user_text":
-                arrays.append(vectors(col[idx]))
             else:
                 arrays.append(pa.array(col[idx], field.type))
         out[split] = pa.Table.from_arrays(arrays, schema=schema)
@@ -191,6 +192,15 @@ def items_table(item_raw: pa.Array, item_vecs: np.ndarray, n_train_pos: np.ndarr
             pa.array(n_train_pos.astype(np.int32)),
         ],
         schema=items_entity_schema(item_vecs.shape[1]),
+    )
+
+
+def profiles_table(table: np.ndarray) -> pa.Table:
+    """[U, S, D] per-(user, slot) profiles -> the rows (key = u * S + slot, vector)."""
+    u, s, d = table.shape
+    return pa.Table.from_arrays(
+        [pa.array(np.arange(u * s, dtype=np.int64)), vectors(table.reshape(u * s, d))],
+        schema=profiles_schema(d),
     )
 
 

@@ -29,8 +29,8 @@ from features.config import FeaturesConfig
 from features.content import build_review_content
 from features.dense import price_features, standardize
 from features.embed_cache import model_id
-from features.io import write_entities, write_examples
-from features.schema import DENSE_FEATURES, SPARSE_FEATURES
+from features.io import write_entities, write_examples, write_table
+from features.schema import DENSE_FEATURES, PROFILE_KEY, PROFILES_FILE, SPARSE_FEATURES
 from features.sources import read_source, source_input_hashes
 from features.vocab import entity_order, lookup
 from launch.artifacts import (
@@ -110,6 +110,44 @@ def build_split(cfg: FeaturesConfig, timestamps: np.ndarray) -> tuple[np.ndarray
     return split.random_split(len(timestamps), fractions, cfg.seed), None
 
 
+def build_profiles(
+    cfg: FeaturesConfig,
+    inter: Any,
+    row_user: np.ndarray,
+    row_item: np.ndarray,
+    label: np.ndarray,
+    timestamps: np.ndarray,
+    train: np.ndarray,
+    vecs: np.ndarray,
+    sums: np.ndarray,
+    counts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(profiles [U, S, D] float32, each row's key int64 [N] = user * S + slot).
+
+    Random split: slot = the row's hash fold (training rows) or K (val/test rows: all
+    training positives).  Temporal: slot = the row's time block; slot B is the entity
+    vector (training positives), which no row keys.  See features/profiles.py.
+    """
+    if cfg.split == "temporal":
+        # `temporal_history: frozen`: training positives only (docs/evaluation.md)
+        positive = label & train if cfg.temporal_history == "frozen" else label
+        slot = profiles.time_blocks(timestamps, cfg.profile_blocks)
+        table = profiles.profile_table(
+            row_user, row_item, positive, slot, cfg.profile_blocks, len(sums), vecs, earlier=True
+        )
+        table = np.concatenate([table, profiles.mean_profiles(sums, counts)[:, None]], axis=1)
+    else:
+        k = cfg.profile_folds
+        folds = stats.row_folds(
+            inter["user"].to_pylist(), inter["item"].to_pylist(), timestamps, k, cfg.seed
+        )
+        table = profiles.profile_table(
+            row_user, row_item, train & label, folds, k, len(sums), vecs, earlier=False
+        )
+        slot = np.where(train, folds, k)
+    return table, row_user * table.shape[1] + slot
+
+
 def run(cfg: FeaturesConfig) -> dict[str, Any]:
     """Build `cfg.run_dir/features/` (or reuse an identical one); returns its `_meta.json`."""
     start = time.time()
@@ -164,14 +202,9 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     sums, counts = profiles.positive_sums(row_user, row_item, train_pos, len(user_raw), vecs)
     # temporal split: the interactions a row's history may read (docs/evaluation.md)
     readable = train if cfg.temporal_history == "frozen" else None
-    if cfg.split == "temporal":
-        row_profiles, _ = profiles.strictly_earlier_profiles(
-            row_user, timestamps, row_item, label if readable is None else label & readable, vecs
-        )
-    else:
-        row_profiles = profiles.leave_one_out_profiles(
-            row_user, row_item, train_pos, sums, counts, vecs
-        )
+    profile_rows, row_key = build_profiles(
+        cfg, inter, row_user, row_item, label, timestamps, train, vecs, sums, counts
+    )
 
     # LLM summaries/price/types (out of fold) and image captions, when configured.
     review = build_review_content(
@@ -249,10 +282,12 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         "timestamp": timestamps,
         **sparse,
         **dense,
-        "user_text": row_profiles,
+        PROFILE_KEY: row_key,
         **bags,
     }
-    tables = examples.example_tables(codes, columns, dim, list(dense), list(bags))
+    # An llm section's per-row summary vectors replace the MiniLM profiles (content.py).
+    keyed = "user_text" not in review.row_columns
+    tables = examples.example_tables(codes, columns, dim, list(dense), list(bags), keyed)
     items_out = examples.items_table(
         item_raw, item_vecs, np.bincount(row_item[train_pos], minlength=len(item_raw))
     )
@@ -298,6 +333,19 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         "skipped_rows": {"policy": cfg.on_bad_rows, **raw.skipped},
         "content": review.content,
         "row_content": review.row_content,
+        # tower column -> its per-row key column and the per-(entity, slot) table it keys
+        "keyed_content": (
+            {
+                "user_text": {
+                    "key": PROFILE_KEY,
+                    "file": PROFILES_FILE,
+                    "slots": profile_rows.shape[1],
+                    "scheme": "earlier_blocks" if cfg.split == "temporal" else "out_of_fold",
+                }
+            }
+            if keyed
+            else {}
+        ),  # fmt: skip
         **review.meta,
         "content_dim": dim,
         "text_model": cfg.text_model or text.DEFAULT_TEXT_MODEL,
@@ -308,6 +356,8 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         for name, table in tables.items():
             write_examples(tmp, name, table)
         write_entities(tmp, users_out, items_out)
+        if keyed:
+            write_table(tmp / PROFILES_FILE, examples.profiles_table(profile_rows))
         meta["seconds"] = round(time.time() - start, 3)
         write_json_atomic(tmp / "_meta.json", meta)
     log.info(

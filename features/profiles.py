@@ -1,17 +1,24 @@
 """User profile vectors: means of item content vectors, free of the row's own label.
 
-Shapes: N = rows, U = users, I = items, D = content dim.  All sums run in float64
-and results are float32 (the tables store float16).
+Shapes: N = rows, U = users, I = items, D = content dim, S = slots per user.  All sums
+run in float64 and results are float32 (the tables store float16).
 
-A row's profile never depends on its own rating (DESIGN.md "Leakage rules"):
+A row's profile is a row of a per-(user, slot) table that grows with users, not rows
+(`profile_table`; the examples hold only each row's int64 key u * S + slot, and the
+trainer looks the vector up like the frozen entity tables; docs/features.md):
 
-- random split: the mean over the user's TRAINING positives, leaving out the row's
-  own interaction when it is one of them (`leave_one_out_profiles`);
-- temporal split: the mean over the user's positives with a timestamp strictly
-  before the row's own (`strictly_earlier_profiles`), whatever split they are in
-  (`temporal_history: frozen` passes the training positives only).
+- random split, S = K + 1: slot f < K is the mean over the user's TRAINING positives
+  outside hash fold f (`stats.row_folds`), read by the user's training rows of fold f;
+  slot K is the mean over all of them, read by val/test rows (and = the entity vector);
+- temporal split, S = B + 1: slot b < B is the mean over the user's positives (any
+  split) in global time blocks before b, read by every row of block b; slot B is the
+  entity vector (training positives); `temporal_history: frozen` passes the training
+  positives only.
 
-A user with no such positives gets the zero vector.
+A user with no such positives gets the zero vector.  Neither a row's own rating nor
+the labels of its own fold / block reach it, and rows share a profile by fold or
+block, never by label: see `leave_one_out_profiles` (the former scheme) for the side
+channel this removes.
 
 Why the sums are exact: item vectors are float16 values in [-1, 1] (multiples of
 2^-24), so float64 sums of fewer than 2^29 of them lose no bits.  Profiles therefore
@@ -59,6 +66,10 @@ def leave_one_out_profiles(
     item_vecs: np.ndarray,
 ) -> np.ndarray:
     """(sum_u - own * v_i) / (count_u - own), or 0 when that count is 0.
+
+    The former random-split profile, kept as the reference of the side-channel test:
+    every negative training row of a user shares one profile and each positive gets
+    its own, so "a profile unique among the user's rows" recovers training labels.
 
     Args:
         users, items: int64 [N] entity indices of the rows.
@@ -153,3 +164,63 @@ def mean_profiles(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """sums / counts per user, 0 where the count is 0: float32 [U, D]."""
     den = np.maximum(counts, 1)[:, None]
     return np.where(counts[:, None] > 0, sums / den, 0.0).astype(np.float32)
+
+
+def time_blocks(timestamps: np.ndarray, n_blocks: int) -> np.ndarray:
+    """int64 [N] global time block 0..n_blocks-1 of each row: near-equal shares of all rows.
+
+    Cut-offs are timestamps (never ratings), so equal timestamps share a block and every
+    row of a lower block is strictly earlier than every row of a higher one.
+    """
+    ordered = np.sort(timestamps)
+    if not len(ordered):
+        return np.zeros(0, dtype=np.int64)
+    cuts = ordered[
+        [min(round(j * len(ordered) / n_blocks), len(ordered) - 1) for j in range(1, n_blocks)]
+    ]
+    return np.searchsorted(cuts, timestamps, side="right").astype(np.int64)
+
+
+def profile_table(
+    users: np.ndarray,
+    items: np.ndarray,
+    positive: np.ndarray,
+    slots: np.ndarray,
+    n_slots: int,
+    n_users: int,
+    item_vecs: np.ndarray,
+    earlier: bool,
+) -> np.ndarray:
+    """Per-(user, slot) profiles from per-(user, slot) positive sums: float32 [U, S, D].
+
+    Args:
+        users, items: int64 [N]; positive: [N] 0/1, the rows whose item vectors count.
+        slots: int64 [N] in [0, n_slots): the hash fold (random) or time block (temporal).
+        n_slots: K or B.
+        item_vecs: [I, D] (float16 values: every sum below is exact in float64, so
+            "total minus own slot" equals "sum of the other slots" bit for bit).
+        earlier: slot b reads slots < b (S = n_slots); else slot f < K reads the slots
+            != f and one more slot, K, reads all (S = n_slots + 1).
+    """
+    d = item_vecs.shape[1]
+    pos = np.flatnonzero(np.asarray(positive, dtype=bool))
+    key = users[pos] * n_slots + slots[pos]
+    m = sp.csr_matrix(
+        (np.ones(len(pos)), (key, items[pos])), shape=(n_users * n_slots, item_vecs.shape[0])
+    )
+    counts = np.bincount(key, minlength=n_users * n_slots).reshape(n_users, n_slots)
+    vecs = item_vecs.astype(np.float64)
+    out = np.zeros((n_users, n_slots + (not earlier), d), dtype=np.float32)
+    step = max(1, _BLOCK_VALUES // max((n_slots + 1) * d, 1))  # users per block
+    for a in range(0, n_users, step):
+        b = min(n_users, a + step)
+        s = np.asarray(m[a * n_slots : b * n_slots] @ vecs).reshape(b - a, n_slots, d)
+        c = counts[a:b].astype(np.float64)
+        if earlier:
+            num, den = np.cumsum(s, axis=1) - s, np.cumsum(c, axis=1) - c
+        else:
+            tot, ctot = s.sum(axis=1, keepdims=True), c.sum(axis=1, keepdims=True)
+            num = np.concatenate([tot - s, tot], axis=1)
+            den = np.concatenate([ctot - c, ctot], axis=1)
+        out[a:b] = np.where(den[..., None] > 0, num / np.maximum(den, 1)[..., None], 0.0)
+    return out

@@ -99,7 +99,10 @@ def content_vector(dim: int) -> pa.DataType:
 
 
 def examples_schema(
-    dim: int, dense: Sequence[str] = DENSE_FEATURES, bags: Sequence[str] = ()
+    dim: int,
+    dense: Sequence[str] = DENSE_FEATURES,
+    bags: Sequence[str] = (),
+    profile_key: bool = True,
 ) -> pa.Schema:
     """One row per interaction; every column is a model input except `label`, `rating`
     (the raw rating `label` is cut from: a training target of the rating head, never an
@@ -108,6 +111,8 @@ def examples_schema(
     `dense` names the float32 dense columns (DENSE_FEATURES, plus `price` and
     `has_price` when the dataset has prices); `_meta.json` lists them.  `bags` names
     the optional history bags (features/history.py), list<int64> of entity ids.
+    `user_text_key` is the row's key into `entities/user_profiles.parquet` (its
+    out-of-fold / earlier-block profile, features/profiles.py); no row holds a vector.
     """
     return pa.schema(
         [
@@ -122,8 +127,22 @@ def examples_schema(
             pa.field("age_bucket", pa.int64(), nullable=False),
             pa.field("zip_prefix", pa.int64(), nullable=False),
             *(pa.field(name, pa.float32(), nullable=False) for name in dense),
-            pa.field("user_text", content_vector(dim), nullable=False),
+            *([pa.field(PROFILE_KEY, pa.int64(), nullable=False)] if profile_key else []),
             *(pa.field(name, pa.list_(pa.int64()), nullable=False) for name in bags),
+        ]
+    )
+
+
+# The per-row key of the profile table, and the table: key = user * slots + slot.
+PROFILE_KEY = "user_text_key"
+PROFILES_FILE = "entities/user_profiles.parquet"
+
+
+def profiles_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("key", pa.int64(), nullable=False),
+            pa.field("user_text", content_vector(dim), nullable=False),
         ]
     )
 

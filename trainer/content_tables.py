@@ -92,11 +92,14 @@ class ParquetColumn:
     has_content: np.ndarray
 
     @classmethod
-    def scan(cls, path: Path, entity: str, col: str, n: int, dim: int) -> ParquetColumn:
+    def scan(
+        cls, path: Path, entity: str, col: str, n: int, dim: int, id_col: str = ""
+    ) -> ParquetColumn:
+        """`id_col` defaults to `{entity}_id`; `n` is the table's rows (ids in [0, n))."""
         if not path.is_file():
             raise DataError(f"{path}: missing; run `dlrrec features build` first")
         pf = pq.ParquetFile(path)
-        id_col = f"{entity}_id"
+        id_col = id_col or f"{entity}_id"
         for c in (id_col, col):
             if c not in pf.schema_arrow.names:
                 raise DataError(f"{path}: missing column {c!r}")
@@ -109,9 +112,7 @@ class ParquetColumn:
                     f"{path}:{col}: vectors of width {vec.shape[1]}, _meta.json content_dim is {dim}"
                 )
             if ids.size and (ids.min() < 0 or ids.max() >= n):
-                raise DataError(
-                    f"{path}:{id_col}: ids outside [0, {n}) (n_{entity}s in _meta.json)"
-                )
+                raise DataError(f"{path}:{id_col}: ids outside [0, {n}) (from _meta.json)")
             has[ids] = np.abs(vec).max(axis=1) > 0
         return cls(path, id_col, col, n, dim, has)
 

@@ -130,6 +130,8 @@ class SplitArrays:
     single: dict[str, np.ndarray]  # name -> [n] int64
     multi: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (offsets [n+1], values)
     user_content: dict[str, np.ndarray]  # column -> [n, C] float16 (per-row, leakage-free)
+    # keyed tower column -> int64 [n] row keys into its per-(entity, slot) table
+    keys: dict[str, np.ndarray] = field(default_factory=dict)
     # the training rows' 1-5 rating (the rating head's target); None for val/test: never read
     rating: np.ndarray | None = None
 
@@ -208,12 +210,20 @@ class TrainingData:
         return int(self.features_meta["content_dim"])
 
     def per_row(self, col: str) -> bool:
-        """Whether tower column `col` is read per row from the examples (else from its table)."""
+        """Whether tower column `col` is read per row from the examples (else from a table)."""
         return col in self.splits["train"].user_content
 
-    def tower_spec(self) -> list[tuple[str, bool]]:
-        """(column, per row) of each tower, in tower order (what `DLRRECTrain` assembles)."""
-        return [(c, self.per_row(c)) for _, c in self.towers]
+    def keyed(self, col: str) -> bool:
+        """Whether tower column `col` is looked up by the row's key in a per-(entity, slot) table."""
+        return col in self.splits["train"].keys
+
+    def tower_spec(self) -> list[tuple[str, str]]:
+        """(column, input) of each tower in tower order (what `DLRRECTrain` assembles):
+        input "" = `Batch.content`, else the entity-KJT feature its vectors come from."""
+        return [
+            (c, "" if self.per_row(c) else feature_key(keyed_table(c) if self.keyed(c) else c, "row"))
+            for _, c in self.towers
+        ]
 
     def sampler_tables(self, entity: str, top1: bool) -> tuple[np.ndarray, np.ndarray]:
         """(q, catalogue) of `entity`'s InfoNCE: q [n] is the positive sampler's marginal
@@ -232,7 +242,14 @@ class TrainingData:
         return self._sampler_cache[key]
 
 
-def read_split(root: Path, split: str, meta: dict[str, Any], content_cols: list[str]) -> SplitArrays:
+def keyed_table(col: str) -> str:
+    """The content table of a keyed column's per-(entity, slot) rows (its entity table keeps `col`)."""
+    return f"{col}_keyed"
+
+
+def read_split(
+    root: Path, split: str, meta: dict[str, Any], content_cols: list[str], key_cols: dict[str, str]
+) -> SplitArrays:
     folder = root / "examples" / split
     files = sorted(folder.glob("part-*.parquet"))
     if not files:
@@ -240,7 +257,7 @@ def read_split(root: Path, split: str, meta: dict[str, Any], content_cols: list[
     table = pa.concat_tables([pq.read_table(f) for f in files])
     where = str(folder)
     names = table.column_names
-    need = ["user_id", "item_id", "label", *meta["dense_features"], *content_cols]
+    need = ["user_id", "item_id", "label", *meta["dense_features"], *content_cols, *key_cols.values()]
     need += [n for n in meta["sparse_features"] if n not in ("user_id", "item_id")]
     missing = [c for c in need if c not in names]
     if missing:
@@ -271,6 +288,7 @@ def read_split(root: Path, split: str, meta: dict[str, Any], content_cols: list[
         single=single,
         multi=multi,
         user_content={c: fixed_list_to_numpy(table.column(c), f"{where}:{c}") for c in content_cols},
+        keys={c: table.column(k).to_numpy().astype(np.int64) for c, k in key_cols.items()},
         rating=(
             table.column("rating").to_numpy().astype(np.float32)
             if split == "train" and "rating" in names
@@ -333,6 +351,25 @@ def check_similarity_input(sim_root: Path, sim_meta: dict[str, Any], features_me
         )
 
 
+def read_keyed_column(
+    root: Path, col: str, spec: dict[str, Any], meta: dict[str, Any], splits: dict[str, SplitArrays]
+) -> ParquetColumn:
+    """Scan a keyed column's table and check every row's key is one of its user's slots."""
+    entity = "user"  # only user profiles are keyed so far
+    slots = int(spec["slots"])
+    n = int(meta[f"n_{entity}s"]) * slots
+    path = root / spec["file"]
+    column = ParquetColumn.scan(path, entity, col, n, int(meta["content_dim"]), id_col="key")
+    for name, sp in splits.items():
+        k = sp.keys[col]
+        if k.size and (k.min() < 0 or k.max() >= n or (k // slots != sp.user_id).any()):
+            raise DataError(
+                f"{root}/examples/{name}:{spec['key']}: keys outside their user's slots "
+                f"[user * {slots}, user * {slots} + {slots}) of {path}"
+            )
+    return column
+
+
 def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: bool) -> TrainingData:
     """Load `run_dir/features` (and `run_dir/similarity` when `contrastive`)."""
     root = Path(run_dir) / "features"
@@ -347,9 +384,14 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
                     f"which this dataset lacks (has {sorted(available[entity])})"
                 )
             towers.append((entity, col))
-    # User vectors, and item vectors built from reviews (out of fold), are per row.
-    user_cols = [c for e, c in towers if e == "user" or c in meta.get("row_content", ())]
-    splits = {s: read_split(root, s, meta, user_cols) for s in ("train", "val", "test")}
+    # User vectors are looked up by each row's key in a per-(user, slot) table; an llm
+    # section's summaries, and item vectors built from reviews (out of fold), are per row.
+    keyed = {c: spec for c, spec in meta.get("keyed_content", {}).items() if c in {x for _, x in towers}}
+    user_cols = [
+        c for e, c in towers if (e == "user" and c not in keyed) or c in meta.get("row_content", ())
+    ]
+    key_cols = {c: spec["key"] for c, spec in keyed.items()}
+    splits = {s: read_split(root, s, meta, user_cols, key_cols) for s in ("train", "val", "test")}
     # Entity vectors are scanned (ids, values, which entities have one), not kept: the
     # model reads each table shard's rows when it is built (trainer/content_tables.py).
     entity_columns: dict[str, EntityColumn] = {}
@@ -360,9 +402,17 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
         for c in [c for e, c in towers if e == entity]:
             n = int(meta[f"n_{entity}s"])
             entity_columns[c] = ParquetColumn.scan(path, entity, c, n, int(meta["content_dim"]))
-    # tables: towers whose vector is not per row, and each entity's InfoNCE column
+    for c, spec in keyed.items():
+        entity_columns[keyed_table(c)] = read_keyed_column(root, c, spec, meta, splits)
+    # tables: towers whose vector is neither per row nor keyed, each keyed tower's
+    # per-(entity, slot) table, and each entity's InfoNCE column
     first = {e: next((c for x, c in towers if x == e), None) for e in ("user", "item")}
-    entity_tables = [c for e, c in towers if c not in user_cols or (contrastive and c == first[e])]
+    entity_tables = [
+        t
+        for e, c in towers
+        for t in ([keyed_table(c)] if c in keyed else [])
+        + ([c] if (c not in user_cols and c not in keyed) or (contrastive and c == first[e]) else [])
+    ]
     sim_meta = None
     item_nb = user_nb = None
     if contrastive:
@@ -445,8 +495,10 @@ def make_batch(
     user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
     lookups: dict[str, np.ndarray] = {}
     entity_of = {c: e for e, c in data.towers}
-    for col in data.entity_tables:
-        if not data.per_row(col):  # a tower input: the row's own entity
+    for col in entity_of:
+        if data.keyed(col):  # a tower input: the row's own (entity, slot) row
+            lookups[feature_key(keyed_table(col), "row")] = split.keys[col][rows]
+        elif not data.per_row(col) and col in data.entity_tables:  # a tower input: the row's entity
             lookups[feature_key(col, "row")] = items if entity_of[col] == "item" else users
     c_dim = data.content_dim
     b = rows.size

@@ -334,8 +334,9 @@ class DLRRECTrain(nn.Module):
         emb_l2: L2 penalty on the batch's pooled embeddings (works with any fused optimizer).
         nce: logQ correction, extra-negative catalogue sizes and chunking of InfoNCE.
         content_tables: the frozen entity-vector tables (None when no tower needs one).
-        tower_spec: (column, per row) of each tower (`TrainingData.tower_spec`): per-row
-            vectors come from `batch.content` in order, the others from `content_tables`.
+        tower_spec: (column, input) of each tower (`TrainingData.tower_spec`): input ""
+            = the next per-row vector of `batch.content`, else the `content_tables`
+            feature to read (`{col}/row` by entity id, `{col}_keyed/row` by row key).
 
     Returns (forward): `(loss, (loss, logits, labels, weights, parts))`, all detached but
     the first; `parts` is [3] = (rec, item_item, user_user).
@@ -357,7 +358,7 @@ class DLRRECTrain(nn.Module):
         emb_l2: float = 0.0,
         nce: InfoNCEOptions | None = None,
         content_tables: ContentTables | None = None,
-        tower_spec: list[tuple[str, bool]] | None = None,
+        tower_spec: list[tuple[str, str]] | None = None,
         rating: tuple[float, float, float] = (0.0, 0.0, 1.0),
     ) -> None:
         super().__init__()
@@ -368,7 +369,7 @@ class DLRRECTrain(nn.Module):
             nn.init.ones_(self.rating_head.weight)
             nn.init.zeros_(self.rating_head.bias)
         self.tower_spec = list(tower_spec or [])
-        if content_tables is None and any(not per_row for _, per_row in self.tower_spec):
+        if content_tables is None and any(src for _, src in self.tower_spec):
             raise ValueError("towers read from entity tables need content_tables")
         self.emb_l2 = emb_l2
         self.nce = nce or InfoNCEOptions()
@@ -440,10 +441,10 @@ class DLRRECTrain(nn.Module):
 
     def tower_input(self, per_row: torch.Tensor, vec: dict[str, torch.Tensor]) -> torch.Tensor:
         """per_row [B, R, C] and the looked-up vectors -> the towers' input [B, T, C]."""
-        if all(p for _, p in self.tower_spec):
+        if not any(src for _, src in self.tower_spec):
             return per_row
         parts, r = [], 0
-        for col, is_row in self.tower_spec:
-            parts.append(per_row[:, r] if is_row else vec[feature_key(col, "row")])
-            r += int(is_row)
+        for _, src in self.tower_spec:
+            parts.append(vec[src] if src else per_row[:, r])
+            r += int(not src)
         return torch.stack(parts, dim=1)

@@ -30,7 +30,7 @@ EXAMPLE_COLUMNS = [
     ("zip_prefix", pa.int64()),
     ("year", pa.float32()),
     ("age", pa.float32()),
-    ("user_text", pa.list_(pa.float16(), D)),
+    ("user_text_key", pa.int64()),
 ]
 AGE_NAMES = ["<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"]
 
@@ -48,7 +48,7 @@ def decoded(out: dict[str, Any], split: str) -> list[dict[str, Any]]:
     """Example rows with raw user/item ids attached (via the entity tables)."""
     users = out["users"]["user"].to_pylist()
     items = out["items"]["item"].to_pylist()
-    rows = out[split].drop_columns(["user_text"]).to_pylist()
+    rows = out[split].drop_columns(["user_text_key"]).to_pylist()
     for r in rows:
         r["user"], r["item"] = users[r["user_id"]], items[r["item_id"]]
     return rows

@@ -13,7 +13,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from tiny_reviews import read_outputs, vectors, with_review, write_raw
+from tiny_reviews import read_outputs, row_profiles, vectors, with_review, write_raw
+
+from features.profiles import time_blocks
+from features.stats import row_folds
 
 
 def by_pair(out: dict[str, Any]) -> dict[tuple[int, int], dict[str, Any]]:
@@ -21,8 +24,9 @@ def by_pair(out: dict[str, Any]) -> dict[tuple[int, int], dict[str, Any]]:
     rows = {}
     for split in ("train", "val", "test"):
         table = out[split]
-        prof = vectors(table, "user_text")
-        for k, r in enumerate(table.drop_columns(["user_text"]).to_pylist()):
+        prof = row_profiles(out, split)
+        plain = table.drop_columns(["user_text"]) if "user_text" in table.column_names else table
+        for k, r in enumerate(plain.to_pylist()):
             r["split"], r["user_text"] = split, prof[k]
             rows[(r["user_id"], r["item_id"])] = r
     return rows
@@ -101,32 +105,48 @@ def same_features(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return True
 
 
-def test_random_profiles_leave_the_row_out(built_random: dict[str, Any]) -> None:
-    """Train rows: mean over the user's OTHER train positives; val/test: all of them."""
+def test_random_profiles_read_the_other_folds(built_random: dict[str, Any]) -> None:
+    """Train rows: mean over the user's train positives OUTSIDE the row's hash fold (the
+    row itself is in its fold); val/test: all of them.  A slow reference per row."""
     item_vec = vectors(built_random["items"], "item_text").astype(np.float64)
+    names = built_random["users"]["user"].to_pylist(), built_random["items"]["item"].to_pylist()
     rows = by_pair(built_random)
+    fold = dict(zip(rows, row_folds(
+        [names[0][u] for u, _ in rows], [names[1][i] for _, i in rows],
+        np.array([r["timestamp"] for r in rows.values()]), 5, 3,
+    )))  # fmt: skip
     train_pos = [k for k, r in rows.items() if r["split"] == "train" and r["label"] == 1.0]
+    shared = 0
     for (user, item), r in rows.items():
-        others = [i for (u, i) in train_pos if u == user and (r["split"] != "train" or i != item)]
+        others = [
+            i for (u, i) in train_pos
+            if u == user and (r["split"] != "train" or fold[(u, i)] != fold[(user, item)])
+        ]  # fmt: skip
         want = item_vec[others].mean(axis=0) if others else np.zeros(item_vec.shape[1])
         np.testing.assert_allclose(r["user_text"].astype(np.float64), want, atol=1e-3)
+        shared += r["split"] == "train" and r["label"] == 1.0 and bool(others)
+    assert shared  # the tiny data has positives whose profile is not empty
 
 
-def test_temporal_profiles_use_strictly_earlier_positives(
+def test_temporal_profiles_use_strictly_earlier_blocks(
     built_temporal: dict[str, Any],
 ) -> None:
-    """Every split: mean over the user's positives with an earlier timestamp, any split."""
+    """Every split: mean over the user's positives, any split, in a strictly earlier time
+    block; blocks are cut at timestamps, so that is a strictly earlier timestamp."""
     item_vec = vectors(built_temporal["items"], "item_text").astype(np.float64)
     rows = list(by_pair(built_temporal).values())
+    ts = np.array([r["timestamp"] for r in rows])
+    block = time_blocks(ts, built_temporal["meta"]["config"]["profile_blocks"])
+    for a in range(len(rows)):  # blocks are monotone in time: lower block, earlier time
+        assert ((block < block[a]) == (ts < ts[block == block[a]].min())).all()
     n_ties = 0
-    for r in rows:
+    for a, r in enumerate(rows):
         earlier = [
             s["item_id"]
-            for s in rows
-            if s["user_id"] == r["user_id"]
-            and s["timestamp"] < r["timestamp"]
-            and s["label"] == 1.0
+            for b, s in enumerate(rows)
+            if s["user_id"] == r["user_id"] and block[b] < block[a] and s["label"] == 1.0
         ]
+        assert all(s["timestamp"] < r["timestamp"] for s in rows if s["item_id"] in earlier and s["user_id"] == r["user_id"])
         n_ties += sum(
             s is not r and s["user_id"] == r["user_id"] and s["timestamp"] == r["timestamp"]
             for s in rows

@@ -111,7 +111,20 @@ def read_outputs(run_dir: Path) -> dict:
         out[split] = pq.read_table(root / "examples" / split / "part-00000.parquet")
     out["users"] = pq.read_table(root / "entities" / "users.parquet")
     out["items"] = pq.read_table(root / "entities" / "items.parquet")
+    if (root / "entities" / "user_profiles.parquet").is_file():
+        out["profiles"] = pq.read_table(root / "entities" / "user_profiles.parquet")
     return out
+
+
+def row_profiles(out: dict, split: str) -> np.ndarray:
+    """float16 [n, D] user_text of each row of `split`, as the trainer sees it: the
+    profile-table row its `user_text_key` names (or the per-row column of an llm build)."""
+    table = out[split]
+    if "user_text" in table.column_names:
+        return vectors(table, "user_text")
+    keys = out["profiles"]["key"].to_numpy()
+    assert (keys == np.arange(len(keys))).all()  # row k of the table is key k
+    return vectors(out["profiles"], "user_text")[table["user_text_key"].to_numpy()]
 
 
 def vectors(table: pa.Table, column: str) -> np.ndarray:
