@@ -146,7 +146,11 @@ def test_temporal_profiles_use_strictly_earlier_blocks(
             for b, s in enumerate(rows)
             if s["user_id"] == r["user_id"] and block[b] < block[a] and s["label"] == 1.0
         ]
-        assert all(s["timestamp"] < r["timestamp"] for s in rows if s["item_id"] in earlier and s["user_id"] == r["user_id"])
+        assert all(
+            s["timestamp"] < r["timestamp"]
+            for s in rows
+            if s["item_id"] in earlier and s["user_id"] == r["user_id"]
+        )
         n_ties += sum(
             s is not r and s["user_id"] == r["user_id"] and s["timestamp"] == r["timestamp"]
             for s in rows
