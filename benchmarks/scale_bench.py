@@ -24,7 +24,8 @@ killed and reported as such (the machine is shared).
 of an older commit) on the same raw data and config, and prints ours / baseline
 ratios side by side.  MiniLM item vectors go through one shared embedding cache
 (entities: fixed cost, not the subject here), so every features run after the first
-finds them cached.  Wall clock on whatever else the machine is doing; the load
+finds them cached; each tree also compiles its SWING kernel untimed beforehand (see
+`warm_up`).  Wall clock on whatever else the machine is doing; the load
 average is printed.  `--json FILE` keeps the figures.  Never run as a test.
 """
 
@@ -229,27 +230,24 @@ def write_config(path: Path, run_dir: Path, raw: Path, cache: Path, bench: Bench
     path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
 
 
-def warm_embed_cache(work: Path, items: int, seed: int) -> None:
-    """Embed the (size-independent) item texts once, untimed, so no timed run pays MiniLM.
-
-    The items table depends only on (items, seed), so a small run's items are every
-    size's items.
+def warm_up(tree: Path, label: str, work: Path, items: int, seed: int) -> None:
+    """Untimed features + SWING from `tree` on 20k rows, so no timed run pays one-off costs:
+    MiniLM over the item texts (cached; the items table depends only on (items, seed),
+    so a small run's items are every size's) and numba compiling the SWING kernel (cached
+    in the tree's __pycache__).
     """
-    marker = work / "embed_cache" / f"warm-{items}-s{seed}"
-    if marker.exists():
-        return
     raw = work / f"raw-warm-{items}-s{seed}"
     generate(raw, 20_000, 2_000, items, seed)
-    run_dir = work / "run-warm"
+    run_dir = work / f"run-warm-{label}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     cfg = run_dir / "config.yaml"
     cfg.write_text(json.dumps({"run_dir": str(run_dir), "features": {
         "raw_dir": str(raw), "embed_cache_dir": str(work / "embed_cache")}}))  # fmt: skip
-    usage = run_tree(stage_cmd("features", cfg), REPO, run_dir / "features.log", 1e9)
-    if usage.exit_code:
-        raise SystemExit(f"warming the embedding cache failed: see {run_dir / 'features.log'}")
-    marker.touch()
+    for stage in ("features", "swing"):
+        usage = run_tree(stage_cmd(stage, cfg), tree, run_dir / f"{stage}.log", 1e9)
+        if usage.exit_code:
+            raise SystemExit(f"warm-up {stage} failed: see {run_dir / stage}.log")
 
 
 # ---------------------------------------------------------------- stages
@@ -427,13 +425,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{shape['seconds']} s at peak RSS {shape['peak_gib']} GiB ({raw})")  # fmt: skip
     print(f"batch {args.batch_size}, train steps {args.train_steps or 'one epoch'}, "
           f"{load()}, {mem_available_gib():.1f} GiB available")  # fmt: skip
-    warm_embed_cache(work, args.items, args.seed)
     trees = [] if args.only_baseline else [(REPO, "ours")]
     if args.baseline_tree:
         trees.insert(0, (args.baseline_tree.resolve(), "baseline"))
     bench = Bench(args.interactions, args.stages, args.batch_size, args.train_steps,
                   args.rss_limit_gib, args.keep)  # fmt: skip
-    results = {label: run_tree_stages(tree, label, work, raw, bench) for tree, label in trees}
+    results = {}
+    for tree, label in trees:
+        warm_up(tree, label, work, args.items, args.seed)
+        results[label] = run_tree_stages(tree, label, work, raw, bench)
     if args.baseline_json:  # figures of an earlier baseline run of the same size and shape
         saved = json.loads(args.baseline_json.read_text())
         if saved["shape"]["interactions"] != args.interactions or saved["shape"]["users"] != users:
