@@ -28,9 +28,9 @@ class TrainConfig:
         sparse_optimizer: optimizer fused into the embedding tables (fbgemm). `auto` =
             exact row-wise Adagrad on CPU and CUDA alike; `adam` exists only on CUDA.
         sparse_lr: learning rate of the fused sparse optimizer.
-        sparse_weight_decay: weight decay of the fused sparse optimizer: L2 (added to the
-            gradient) with rowwise_adagrad, decoupled (AdamW) with adam; adagrad and sgd
-            have none in fbgemm, so > 0 is refused there.
+        sparse_weight_decay: weight decay of the fused sparse optimizer, CUDA only: L2
+            (added to the gradient) with rowwise_adagrad, decoupled (AdamW) with adam.
+            fbgemm's CPU kernels ignore it and adagrad/sgd have none: > 0 is refused there.
         history_tables: the history bags' embedding tables (features.history_bags):
             `own` (one table per bag) or `shared` (each bag pooled from the table of the
             id feature whose ids it lists, `_meta.json` `ids_of`).

@@ -109,25 +109,27 @@ def resolve_sparse_optimizer(name: str, device: torch.device) -> str:
     return name
 
 
-def sparse_optimizer_kwargs(name: str, *, lr: float, weight_decay: float) -> dict[str, Any]:
+def sparse_optimizer_kwargs(name: str, device: torch.device, *, lr: float, weight_decay: float) -> dict[str, Any]:
     """The fused optimizer's arguments, as fbgemm's kernels take them.
 
-    Weight decay exists in two of them: row-wise Adagrad adds it to the gradient
-    (L2, `weight_decay_mode` 1) and Adam always decouples it (AdamW); exact Adagrad
-    and SGD have no weight-decay term, so asking for one there is refused.
+    Weight decay exists in two CUDA kernels: row-wise Adagrad adds it to the gradient
+    (L2, `weight_decay_mode` 1) and Adam always decouples it (AdamW). fbgemm's CPU
+    kernels ignore it (tests/trainer/test_devices.py shows it) and exact Adagrad and
+    SGD have no weight-decay term, so asking for it there is refused, not ignored.
 
     Raises:
-        ConfigError: `weight_decay > 0` with adagrad or sgd.
+        ConfigError: `weight_decay > 0` on CPU, or with adagrad or sgd.
     """
     kwargs: dict[str, Any] = {"lr": lr}
     if name == "adam":
         kwargs["eps"] = 1e-8
     if weight_decay <= 0:
         return kwargs
-    if name not in ("rowwise_adagrad", "adam"):
+    if device.type != "cuda" or name not in ("rowwise_adagrad", "adam"):
+        where = "CPU kernels ignore it" if device.type != "cuda" else f"fused {name} has none"
         raise ConfigError(
-            f"train.sparse_weight_decay: fbgemm's fused {name} has no weight decay; use "
-            "sparse_optimizer=rowwise_adagrad (L2) or adam (decoupled), or emb_l2"
+            f"train.sparse_weight_decay: fbgemm's {where}; use emb_l2, or on CUDA "
+            "sparse_optimizer=rowwise_adagrad (L2) or adam (decoupled)"
         )
     kwargs["weight_decay"] = weight_decay
     if name == "rowwise_adagrad":
@@ -265,7 +267,7 @@ def build_model(
         content_tables, data.tower_spec(),
         rating=rating_head_args(cfg, data),
     )  # fmt: skip
-    opt_kwargs = sparse_optimizer_kwargs(sparse_opt, lr=cfg.sparse_lr, weight_decay=cfg.sparse_weight_decay)
+    opt_kwargs = sparse_optimizer_kwargs(sparse_opt, env.device, lr=cfg.sparse_lr, weight_decay=cfg.sparse_weight_decay)
     apply_optimizer_in_backward(
         SPARSE_OPTIMIZERS[sparse_opt], train_model.model.sparse_arch.parameters(), opt_kwargs
     )
@@ -606,7 +608,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     out = Path(cfg.run_dir) / "train"
     data = read_variant_data(cfg)
     sparse_opt = resolve_sparse_optimizer(cfg.sparse_optimizer, env.device)
-    sparse_optimizer_kwargs(sparse_opt, lr=cfg.sparse_lr, weight_decay=cfg.sparse_weight_decay)  # refuse early
+    sparse_optimizer_kwargs(sparse_opt, env.device, lr=cfg.sparse_lr, weight_decay=cfg.sparse_weight_decay)  # refuse early
     trained_on = {"device": env.device.type, "sparse_optimizer": sparse_opt}
     fp = fingerprint(cfg, data, trained_on)
     report_path = out / "report.json"
