@@ -134,6 +134,14 @@ def test_export_is_reused_and_refuses_a_foreign_run(runs, tmp_path: Path, capsys
     assert export(run) == 0
     before = (run / "export" / "model.pt").stat().st_mtime
     assert export(run) == 0 and (run / "export" / "model.pt").stat().st_mtime == before
+    # a finished run stays exportable after the trainer's code changes (its train
+    # fingerprint, which hashes the trainer's sources, no longer recomputes)
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited, ignore=shutil.ignore_patterns("export"))
+    report = json.loads((edited / "train" / "report.json").read_text())
+    report["fingerprint"] = "e" * 64
+    (edited / "train" / "report.json").write_text(json.dumps(report))
+    assert export(edited) == 0 and (edited / "export" / "model.pt").is_file()
     # a run dir whose train/ was made from other features: refused by fingerprint
     other = tmp_path / "other"
     shutil.copytree(run, other, ignore=shutil.ignore_patterns("export"))
