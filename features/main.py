@@ -4,10 +4,12 @@ Raw reviews -> leakage-free examples and entity content tables (stage 1):
 
     RUN/features/examples/{train,val,test}/part-00000.parquet   one row per interaction
     RUN/features/entities/{users,items}.parquet                 content vectors, train history
+    RUN/features/entities/user_profiles.parquet                 per-(user, slot) profiles
     RUN/features/_meta.json                                     vocab sizes, dense stats, ...
 
-A row's features never depend on its own rating: user profiles leave the row out
-(random split) or use only strictly earlier interactions (temporal split); vocab,
+A row's features never depend on its own rating: its profile (a key into the
+per-(user, slot) table) leaves out the row's hash fold (random split) or reads only
+strictly earlier time blocks (temporal split, docs/features.md); vocab,
 dense statistics and entity profiles come from training rows only (see
 features/profiles.py and DESIGN.md "Leakage rules").
 """
