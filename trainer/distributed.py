@@ -44,7 +44,8 @@ def init_distributed(device: str = "auto") -> DistEnv:
     backend = "nccl" if use_cuda else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
-        check_ranks_per_gpu(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
+        ranks_here = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), local_rank + 1)
+        check_ranks_per_gpu(ranks_here, torch.cuda.device_count())
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
