@@ -6,7 +6,7 @@ The features stage's non-embedding path at scale: seeded synthetic raw reviews
     read_source("raw")   streaming scan (pyarrow iter_batches): types, nulls, ratings
                          in rating_range, blank texts, unique review ids, known ids
     entity_order/lookup  contiguous user/item indices
-    random_split         seeded 80/10/10
+    random_split         seeded 80/10/10 by (user, item) hash
     sparse_columns       train vocabularies, categories capped at 11, OOV counts
     dense                year/age standardised, price/has_price
 
@@ -219,7 +219,7 @@ def ingest(raw: Path, batch_rows: int) -> dict[str, float]:
     row_item = lookup(inter["item"], items["item"].combine_chunks())
     t["index"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    codes = split.random_split(inter.num_rows, [0.8, 0.1, 0.1], 0)
+    codes = split.random_split(row_user, row_item, [0.8, 0.1, 0.1], 0)
     train = codes == split.TRAIN
     t["split"] = time.perf_counter() - t1
     t1 = time.perf_counter()

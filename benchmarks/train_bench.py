@@ -65,6 +65,7 @@ import itertools
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -72,6 +73,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -88,6 +91,7 @@ from trainer.data import (  # noqa: E402
     Neighbors,
     SplitArrays,
     TrainingData,
+    scan_parts,
     train_batches,
 )
 from trainer.distributed import DistEnv, init_distributed, shutdown  # noqa: E402
@@ -137,10 +141,32 @@ def large_table_data(
         "content_dim": 384,
     }
     return TrainingData(
-        features_meta=meta, similarity_meta=None, splits={"train": split}, sparse_names=names,
-        sparse_vocab={n: rows for n in names}, dense_names=list(meta["dense_features"]),
+        features_meta=meta, similarity_meta=None, **as_parts(split, meta, rows, rows),
+        sparse_names=names, sparse_vocab={n: rows for n in names}, dense_names=list(meta["dense_features"]),
         towers=[], entity_columns={}, entity_tables=[], item_neighbors=None, user_neighbors=None,
     )  # fmt: skip
+
+
+def as_parts(split: SplitArrays, meta: dict[str, Any], n_users: int, n_items: int) -> dict[str, Any]:
+    """`split` written as the train examples of a temporary features folder (the trainer
+    streams Parquet blocks): TrainingData's `parts`, `row_content` and `train_rows`."""
+    cols: dict[str, Any] = {"user_id": split.user_id, "item_id": split.item_id, "label": split.label}
+    cols |= {n: split.dense[:, k] for k, n in enumerate(meta["dense_features"])} | split.single
+    for n, (offsets, values) in split.multi.items():
+        cols[n] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+    for n, vec in split.user_content.items():
+        cols[n] = pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), vec.shape[1])
+    if split.rating is not None:
+        cols["rating"] = split.rating
+    root = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    (root / "examples" / "train").mkdir(parents=True)
+    pq.write_table(pa.table(cols), root / "examples" / "train" / "part-00000.parquet", row_group_size=8192)
+    return {
+        "parts": {"train": scan_parts(root, "train", meta, list(split.user_content))},
+        "row_content": list(split.user_content),
+        "train_rows": {"user": np.bincount(split.user_id, minlength=n_users),
+                       "item": np.bincount(split.item_id, minlength=n_items)},
+    }  # fmt: skip
 
 
 # ML-100K's feature shapes (runs/movielens-100k/features/_meta.json, random split)
@@ -191,7 +217,7 @@ def ml100k_standin(n_rows: int, seed: int) -> TrainingData:
         "content_dim": c,
     }
     return TrainingData(
-        features_meta=meta, similarity_meta=None, splits={"train": split},
+        features_meta=meta, similarity_meta=None, **as_parts(split, meta, n_users, n_items),
         sparse_names=list(ML100K_SPARSE), sparse_vocab={n: v for n, (v, _) in ML100K_SPARSE.items()},
         dense_names=["year", "age"], towers=[("user", "user_text"), ("item", "item_text")],
         entity_columns={"user_text": ArrayColumn(vec["user"]), "item_text": ArrayColumn(vec["item"])},

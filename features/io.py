@@ -277,11 +277,31 @@ def write_table(path: Path, table: pa.Table) -> None:
     pq.write_table(table, path)
 
 
-def write_examples(stage_dir: Path, split: str, table: pa.Table) -> Path:
-    """`stage_dir/examples/SPLIT/part-00000.parquet` (one part: 100K rows is small)."""
-    path = stage_dir / "examples" / split / "part-00000.parquet"
-    write_table(path, table)
-    return path
+PART_ROWS = 1_048_576  # rows per examples part file
+ROW_GROUP_ROWS = 8192  # rows per row group: the trainer's read (and shuffle) unit
+
+
+def write_examples(stage_dir: Path, split: str, table: pa.Table, first_part: int = 0) -> int:
+    """`stage_dir/examples/SPLIT/part-NNNNN.parquet`, from `first_part` on: parts of at
+    most `PART_ROWS` rows in row groups of `ROW_GROUP_ROWS` (the trainer reads one row
+    group at a time). Returns the next free part number."""
+    folder = stage_dir / "examples" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    k = first_part
+    for lo in range(0, max(table.num_rows, 1), PART_ROWS):
+        pq.write_table(table.slice(lo, PART_ROWS), folder / f"part-{k:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
+        k += 1
+    return k
+
+
+def write_train_counts(stage_dir: Path, user_rows: np.ndarray, item_rows: np.ndarray) -> None:
+    """`counts/{users,items}.parquet`: each entity's number of training rows, so the
+    trainer gets what it needs over all rows (the InfoNCE sampler's marginal, which ids
+    are seen) without any rank reading every row."""
+    for entity, rows in (("user", user_rows), ("item", item_rows)):
+        ids = pa.array(np.arange(rows.size, dtype=np.int64))
+        table = pa.table({f"{entity}_id": ids, "train_rows": pa.array(rows.astype(np.int64))})
+        write_table(stage_dir / "counts" / f"{entity}s.parquet", table)
 
 
 def write_entities(stage_dir: Path, users: pa.Table, items: pa.Table) -> None:

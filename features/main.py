@@ -2,7 +2,8 @@
 
 Raw reviews -> leakage-free examples and entity content tables (stage 1):
 
-    RUN/features/examples/{train,val,test}/part-00000.parquet   one row per interaction
+    RUN/features/examples/{train,val,test}/part-*.parquet       one row per interaction
+    RUN/features/counts/{users,items}.parquet                   each entity's training rows
     RUN/features/entities/{users,items}.parquet                 content vectors, train history
     RUN/features/entities/user_profiles.parquet                 per-(user, slot) profiles
     RUN/features/_meta.json                                     vocab sizes, dense stats, ...
@@ -31,7 +32,7 @@ from features.config import FeaturesConfig
 from features.content import build_review_content
 from features.dense import price_features, standardize
 from features.embed_cache import model_id
-from features.io import write_entities, write_examples, write_table
+from features.io import write_entities, write_examples, write_table, write_train_counts
 from features.schema import DENSE_FEATURES, PROFILE_KEY, PROFILES_FILE, SPARSE_FEATURES
 from features.sources import read_source, source_input_hashes
 from features.vocab import entity_order, lookup
@@ -105,11 +106,19 @@ def features_fingerprint(cfg: FeaturesConfig, input_hashes: dict[str, str]) -> s
     return sha256_json({"config": fingerprint_config(cfg), "inputs": input_hashes, "code": code})
 
 
-def build_split(cfg: FeaturesConfig, timestamps: np.ndarray) -> tuple[np.ndarray, list[int] | None]:
+def build_split(
+    cfg: FeaturesConfig, timestamps: np.ndarray, users: np.ndarray, items: np.ndarray
+) -> tuple[np.ndarray, list[int] | None]:
     fractions = cfg.split_fractions or DEFAULT_FRACTIONS
     if cfg.split == "temporal":
         return split.temporal_split(timestamps, fractions)
-    return split.random_split(len(timestamps), fractions, cfg.seed), None
+    return split.random_split(users, items, fractions, cfg.seed), None
+
+
+def train_rating(ratings: np.ndarray) -> dict[str, float]:
+    """Mean and std of the training rows' ratings (the trainer's rating head scales by them)."""
+    r = ratings.astype(np.float64)
+    return {"mean": float(r.mean()) if r.size else 0.0, "std": float(r.std()) if r.size else 1.0}
 
 
 def build_profiles(
@@ -176,7 +185,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     timestamps = inter["timestamp"].to_numpy().astype(np.int64)
     label = inter["rating"].to_numpy() >= cfg.positive_min_rating
 
-    codes, cutoffs = build_split(cfg, timestamps)
+    codes, cutoffs = build_split(cfg, timestamps, row_user, row_item)
     train = codes == split.TRAIN
     if not train.any():
         raise DataError(
@@ -317,6 +326,9 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         "label_rule": f"rating >= {cfg.positive_min_rating}",
         "rows": {s: t.num_rows for s, t in tables.items()},
         "positives": {s: int(np.sum(t["label"].to_numpy())) for s, t in tables.items()},
+        # rows of one (user, item) pair share a split under the random split
+        "repeated_pairs": split.repeated_pairs(row_user, row_item),
+        "train_rating": train_rating(inter["rating"].to_numpy()[train]),
         "n_users": len(user_raw),
         "n_items": len(item_raw),
         "id_order": {"user": user_order, "item": item_order},
@@ -360,6 +372,10 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         write_entities(tmp, users_out, items_out)
         if keyed:
             write_table(tmp / PROFILES_FILE, examples.profiles_table(profile_rows))
+        write_train_counts(
+            tmp, np.bincount(row_user[train], minlength=len(user_raw)),
+            np.bincount(row_item[train], minlength=len(item_raw)),
+        )  # fmt: skip
         meta["seconds"] = round(time.time() - start, 3)
         write_json_atomic(tmp / "_meta.json", meta)
     log.info(

@@ -16,10 +16,12 @@ rows have weight 0) because the sharded embedding all-to-all wants equal batches
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +31,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
 from launch.artifacts import read_meta
-from launch.config import DataError
+from launch.config import ConfigError, DataError
 from trainer.content_tables import (
     EntityColumn,
     ParquetColumn,
@@ -144,7 +146,7 @@ class Neighbors:
     ids: np.ndarray
     cum_probs: np.ndarray
 
-    def sample(self, anchors: np.ndarray, rng: np.random.Generator, top1: bool) -> np.ndarray:
+    def sample(self, anchors: np.ndarray, rng: np.random.Generator | LaneRng, top1: bool) -> np.ndarray:
         """One positive per anchor (-1 when it has none), p ~ score or the top-1."""
         start, end = self.offsets[anchors], self.offsets[anchors + 1]
         has = end > start
@@ -192,7 +194,10 @@ class TrainingData:
 
     features_meta: dict[str, Any]
     similarity_meta: dict[str, Any] | None
-    splits: dict[str, SplitArrays]
+    parts: dict[str, SplitParts]  # train/val/test, read block by block
+    row_content: list[str]  # tower columns read per row from the examples
+    keyed_content: dict[str, dict[str, Any]]  # tower columns looked up by each row's key: spec
+    train_rows: dict[str, np.ndarray]  # entity -> [n] its training rows (features' counts)
     sparse_names: list[str]
     sparse_vocab: dict[str, int]
     dense_names: list[str]
@@ -210,12 +215,24 @@ class TrainingData:
         return int(self.features_meta["content_dim"])
 
     def per_row(self, col: str) -> bool:
-        """Whether tower column `col` is read per row from the examples (else from a table)."""
-        return col in self.splits["train"].user_content
+        """Whether tower column `col` is read per row from the examples (else from its table)."""
+        return col in self.row_content
+
+    def arrays(self, table: pa.Table, split: str) -> SplitArrays:
+        where = str(self.parts[split].folder)
+        return split_arrays(table, self.features_meta, self.row_content, self.keyed_content, where)
+
+    def read_rows(self, split: str, lo: int = 0, hi: int | None = None) -> SplitArrays:
+        """Rows [lo, hi) of `split` in file order (all by default): for tests and tools;
+        training and evaluation stream blocks instead (`train_batches`, `eval_batches`)."""
+        parts = self.parts[split]
+        hi = parts.n if hi is None else hi
+        tables = list(read_range(parts, np.arange(len(parts.blocks)), lo, hi, None))
+        return self.arrays(pa.concat_tables(tables) if tables else parts.empty(), split)
 
     def keyed(self, col: str) -> bool:
         """Whether tower column `col` is looked up by the row's key in a per-(entity, slot) table."""
-        return col in self.splits["train"].keys
+        return col in self.keyed_content
 
     def tower_spec(self) -> list[tuple[str, str]]:
         """(column, input) of each tower in tower order (what `DLRRECTrain` assembles):
@@ -227,16 +244,18 @@ class TrainingData:
 
     def sampler_tables(self, entity: str, top1: bool) -> tuple[np.ndarray, np.ndarray]:
         """(q, catalogue) of `entity`'s InfoNCE: q [n] is the positive sampler's marginal
-        (`Neighbors.marginal` over the train rows' anchors), catalogue the ids of the
+        (`Neighbors.marginal` over the train rows' anchors, counted by the features stage),
+        catalogue the ids of the
         entities that have a content vector (the uniform extra-negative pool)."""
         key = (entity, top1)
         if key not in self._sampler_cache:
             nb = self.item_neighbors if entity == "item" else self.user_neighbors
             col = next(c for e, c in self.towers if e == entity)
             has_content = self.entity_columns[col].has_content
-            anchors = self.splits["train"].item_id if entity == "item" else self.splits["train"].user_id
             n = has_content.size
-            q = nb.marginal(np.bincount(anchors, minlength=n), top1) if nb is not None else np.zeros(n)
+            counts = np.zeros(n, np.int64)
+            counts[: min(n, self.train_rows[entity].size)] = self.train_rows[entity][:n]
+            q = nb.marginal(counts, top1) if nb is not None else np.zeros(n)
             catalogue = np.flatnonzero(has_content)
             self._sampler_cache[key] = (q, catalogue)
         return self._sampler_cache[key]
@@ -247,21 +266,73 @@ def keyed_table(col: str) -> str:
     return f"{col}_keyed"
 
 
-def read_split(
+@dataclass
+class SplitParts:
+    """A split's Parquet row groups ("blocks") in file order, from the footers only.
+
+    Block k holds split rows [offsets[k], offsets[k + 1]); `columns` are the columns a
+    batch needs. Reading goes one block at a time (`read_block`), so memory follows the
+    row-group size, never the split's row count.
+    """
+
+    name: str
+    folder: Path
+    files: list[Path]
+    blocks: list[tuple[int, int]]  # (file index, row group)
+    offsets: np.ndarray  # [n_blocks + 1] int64
+    columns: list[str]
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets[-1])
+
+    def empty(self) -> pa.Table:
+        return pq.read_schema(self.files[0]).empty_table().select(self.columns)
+
+    def read_block(self, k: int) -> pa.Table:
+        f, g = self.blocks[k]
+        return pq.ParquetFile(self.files[f]).read_row_group(g, columns=self.columns)
+
+
+def scan_parts(
     root: Path, split: str, meta: dict[str, Any], content_cols: list[str], key_cols: dict[str, str]
-) -> SplitArrays:
+) -> SplitParts:
+    """The footers of `root/examples/split/part-*.parquet`: blocks, row counts, columns."""
     folder = root / "examples" / split
     files = sorted(folder.glob("part-*.parquet"))
     if not files:
         raise DataError(f"{folder}: no part-*.parquet files; run `dlrrec features build` first")
-    table = pa.concat_tables([pq.read_table(f) for f in files])
-    where = str(folder)
-    names = table.column_names
     need = ["user_id", "item_id", "label", *meta["dense_features"], *content_cols, *key_cols.values()]
     need += [n for n in meta["sparse_features"] if n not in ("user_id", "item_id")]
-    missing = [c for c in need if c not in names]
-    if missing:
-        raise DataError(f"{where}: missing column {missing[0]!r}")
+    blocks: list[tuple[int, int]] = []
+    sizes: list[int] = []
+    has_rating = True
+    for i, path in enumerate(files):
+        pf = pq.ParquetFile(path)
+        md = pf.metadata
+        names = set(pf.schema_arrow.names)
+        missing = [c for c in need if c not in names]
+        if missing:
+            raise DataError(f"{folder}: missing column {missing[0]!r} in {path.name}")
+        has_rating &= "rating" in names
+        for g in range(md.num_row_groups):
+            blocks.append((i, g))
+            sizes.append(md.row_group(g).num_rows)
+    # the 1-5 rating is the rating head's target: read for training rows only
+    columns = [*dict.fromkeys(need)] + (["rating"] if split == "train" and has_rating else [])
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+    return SplitParts(split, folder, files, blocks, offsets, columns)
+
+
+def split_arrays(
+    table: pa.Table, meta: dict[str, Any], content_cols: list[str], keyed: dict[str, dict[str, Any]], where: str
+) -> SplitArrays:
+    """Rows of a split (a block, a batch's rows) as column arrays; `keyed` maps each
+    keyed tower column to its `_meta.json` spec (key column, slots per user).
+
+    Raises:
+        DataError: NaN/inf dense values, or a key outside its user's slots.
+    """
     single: dict[str, np.ndarray] = {}
     multi: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, spec in meta["sparse_features"].items():
@@ -288,13 +359,26 @@ def read_split(
         single=single,
         multi=multi,
         user_content={c: fixed_list_to_numpy(table.column(c), f"{where}:{c}") for c in content_cols},
-        keys={c: table.column(k).to_numpy().astype(np.int64) for c, k in key_cols.items()},
+        keys={c: row_keys(table, c, spec, where) for c, spec in keyed.items()},
         rating=(
             table.column("rating").to_numpy().astype(np.float32)
-            if split == "train" and "rating" in names
+            if "rating" in table.column_names
             else None
         ),
     )
+
+
+def row_keys(table: pa.Table, col: str, spec: dict[str, Any], where: str) -> np.ndarray:
+    """The rows' keys into `col`'s per-(user, slot) table, each checked to be one of its
+    own user's slots."""
+    k = table.column(spec["key"]).to_numpy().astype(np.int64)
+    slots = int(spec["slots"])
+    if k.size and (k.min() < 0 or (k // slots != table.column("user_id").to_numpy()).any()):
+        raise DataError(
+            f"{where}:{spec['key']}: keys outside their user's slots "
+            f"[user * {slots}, user * {slots} + {slots}) of {spec['file']}"
+        )
+    return k
 
 
 def read_neighbors(folder: Path, n: int) -> Neighbors:
@@ -351,23 +435,27 @@ def check_similarity_input(sim_root: Path, sim_meta: dict[str, Any], features_me
         )
 
 
-def read_keyed_column(
-    root: Path, col: str, spec: dict[str, Any], meta: dict[str, Any], splits: dict[str, SplitArrays]
-) -> ParquetColumn:
-    """Scan a keyed column's table and check every row's key is one of its user's slots."""
+def read_keyed_column(root: Path, col: str, spec: dict[str, Any], meta: dict[str, Any]) -> ParquetColumn:
+    """Scan a keyed column's per-(user, slot) table; each row's key is checked against
+    its user's slots as its block is read (`split_arrays`)."""
     entity = "user"  # only user profiles are keyed so far
-    slots = int(spec["slots"])
-    n = int(meta[f"n_{entity}s"]) * slots
-    path = root / spec["file"]
-    column = ParquetColumn.scan(path, entity, col, n, int(meta["content_dim"]), id_col="key")
-    for name, sp in splits.items():
-        k = sp.keys[col]
-        if k.size and (k.min() < 0 or k.max() >= n or (k // slots != sp.user_id).any()):
-            raise DataError(
-                f"{root}/examples/{name}:{spec['key']}: keys outside their user's slots "
-                f"[user * {slots}, user * {slots} + {slots}) of {path}"
-            )
-    return column
+    n = int(meta[f"n_{entity}s"]) * int(spec["slots"])
+    return ParquetColumn.scan(root / spec["file"], entity, col, n, int(meta["content_dim"]), id_col="key")
+
+
+def read_train_rows(root: Path, entity: str, n: int) -> np.ndarray:
+    """[n] int64: each `entity`'s training rows, from the features stage's per-entity
+    counts (`counts/{entity}s.parquet`), so no rank reads every row to count them."""
+    path = root / "counts" / f"{entity}s.parquet"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; rebuild the features with this version (`dlrrec features build`)")
+    t = pq.read_table(path, columns=[f"{entity}_id", "train_rows"])
+    ids = t.column(0).to_numpy()
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        raise DataError(f"{path}:{entity}_id: ids outside [0, {n}) (n_{entity}s in _meta.json)")
+    out = np.zeros(n, np.int64)
+    out[ids] = t.column(1).to_numpy()
+    return out
 
 
 def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: bool) -> TrainingData:
@@ -391,7 +479,11 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
         c for e, c in towers if (e == "user" and c not in keyed) or c in meta.get("row_content", ())
     ]
     key_cols = {c: spec["key"] for c, spec in keyed.items()}
-    splits = {s: read_split(root, s, meta, user_cols, key_cols) for s in ("train", "val", "test")}
+    parts = {s: scan_parts(root, s, meta, user_cols, key_cols) for s in ("train", "val", "test")}
+    for s, p in parts.items():
+        if "rows" in meta and int(meta["rows"][s]) != p.n:
+            raise DataError(f"{p.folder}: {p.n} rows, _meta.json says {meta['rows'][s]}; rebuild the features")
+    train_rows = {e: read_train_rows(root, e, int(meta[f"n_{e}s"])) for e in ("user", "item")}
     # Entity vectors are scanned (ids, values, which entities have one), not kept: the
     # model reads each table shard's rows when it is built (trainer/content_tables.py).
     entity_columns: dict[str, EntityColumn] = {}
@@ -403,7 +495,7 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
             n = int(meta[f"n_{entity}s"])
             entity_columns[c] = ParquetColumn.scan(path, entity, c, n, int(meta["content_dim"]))
     for c, spec in keyed.items():
-        entity_columns[keyed_table(c)] = read_keyed_column(root, c, spec, meta, splits)
+        entity_columns[keyed_table(c)] = read_keyed_column(root, c, spec, meta)
     # tables: towers whose vector is neither per row nor keyed, each keyed tower's
     # per-(entity, slot) table, and each entity's InfoNCE column
     first = {e: next((c for x, c in towers if x == e), None) for e in ("user", "item")}
@@ -425,7 +517,10 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
     return TrainingData(
         features_meta=meta,
         similarity_meta=sim_meta,
-        splits=splits,
+        parts=parts,
+        row_content=user_cols,
+        keyed_content=keyed,
+        train_rows=train_rows,
         sparse_names=sparse_names,
         sparse_vocab={n: int(s["vocab_size"]) for n, s in meta["sparse_features"].items()},
         dense_names=list(meta["dense_features"]),
@@ -455,7 +550,7 @@ def make_batch(
     split: SplitArrays,
     rows: np.ndarray,
     valid: np.ndarray,
-    rng: np.random.Generator,
+    rng: np.random.Generator | LaneRng,
     top1: bool,
     extra_negatives: int = 0,
     positive_sets: bool = False,
@@ -576,6 +671,132 @@ def epoch_steps(n_rows: int, global_batch: int, max_steps: int = 0) -> int:
     return min(steps, max_steps) if max_steps else steps
 
 
+LANES = 8  # row streams per global batch; every world size must divide it
+PREFETCH = 4  # batches a rank's reader thread keeps ready
+_BLOCK_TAG = 2**31  # keeps block-permutation seeds apart from (seed, epoch, step, lane) ones
+
+
+def lane_layout(global_batch: int, world_size: int) -> int:
+    """Rows per lane and step; `global_batch` and `world_size` must fit the lanes.
+
+    Raises:
+        ConfigError: the batch or the world size does not divide into `LANES` lanes.
+    """
+    if LANES % world_size:
+        raise ConfigError(f"world size {world_size} must divide the {LANES} data lanes (use 1, 2, 4 or 8 ranks)")
+    if global_batch % LANES:
+        raise ConfigError(f"train.batch_size: {global_batch} is not a multiple of the {LANES} data lanes")
+    return global_batch // LANES
+
+
+class LaneRng:
+    """The random draws of one rank's local batch, whatever the rank count.
+
+    `random` (the per-row uniforms of positive sampling) concatenates draws from one
+    generator per lane, seeded by (seed, epoch, step, lane); `integers` (the extra
+    negatives, shared by the whole global batch) comes from one seeded by (seed, epoch,
+    step). So a lane's rows draw the same positives on any rank that owns it.
+    """
+
+    def __init__(self, seed: int, epoch: int, step: int, lanes: range, per_lane: int) -> None:
+        self.lanes = [np.random.default_rng([seed, epoch, step, lane]) for lane in lanes]
+        self.per_lane = per_lane
+        self.shared = np.random.default_rng([seed, epoch, step])
+
+    def random(self, shape: tuple[int, ...]) -> np.ndarray:
+        if shape != (len(self.lanes) * self.per_lane,):
+            raise ValueError(f"LaneRng.random: shape {shape} is not this rank's lanes' rows")
+        return np.concatenate([g.random(self.per_lane) for g in self.lanes])
+
+    def integers(self, low: int, high: int, size: int) -> np.ndarray:
+        return self.shared.integers(low, high, size)
+
+
+def read_range(
+    parts: SplitParts, order: np.ndarray, lo: int, hi: int, shuffle: tuple[int, int] | None
+) -> Iterator[pa.Table]:
+    """Rows [lo, hi) of the stream made of `parts`' blocks in `order`, block by block.
+
+    With `shuffle` = (seed, epoch) each block's rows are permuted by a generator seeded
+    by (seed, epoch, block), so any reader of any range sees the same stream. Only the
+    blocks that overlap the range are read.
+    """
+    sizes = np.diff(parts.offsets)[order]
+    ends = np.cumsum(sizes)
+    k = int(np.searchsorted(ends, lo, side="right"))
+    start = int(ends[k - 1]) if k else 0
+    while lo < hi and k < order.size:
+        block = int(order[k])
+        table = parts.read_block(block)
+        if shuffle is not None:
+            perm = np.random.default_rng([*shuffle, _BLOCK_TAG, block]).permutation(table.num_rows)
+            table = table.take(perm)
+        a, b = lo - start, min(hi, start + table.num_rows) - start
+        if b > a:
+            yield table.slice(a, b - a)
+        lo = max(lo, start + b)
+        start += table.num_rows
+        k += 1
+
+
+def rechunk(tables: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:
+    """The rows of `tables` re-cut into tables of `size` rows (the last may be shorter)."""
+    buf: list[pa.Table] = []
+    have = 0
+    for t in tables:
+        buf.append(t)
+        have += t.num_rows
+        while have >= size:
+            whole = pa.concat_tables(buf)
+            yield whole.slice(0, size)
+            rest = whole.slice(size)
+            buf, have = [rest], rest.num_rows
+    if have:
+        yield pa.concat_tables(buf)
+
+
+T = TypeVar("T")
+
+
+def prefetched(it: Iterator[T], depth: int = PREFETCH) -> Iterator[T]:
+    """`it` run by a background thread that keeps up to `depth` items ready, so the
+    training step does not wait on Parquet; its errors are raised here. Closing (or
+    dropping) this generator stops the thread."""
+    q: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for x in it:
+                if not put((x, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
+            put((None, e))
+
+    threading.Thread(target=work, daemon=True, name="dlrrec-reader").start()
+    try:
+        while True:
+            x, err = q.get()
+            if err is not None:
+                raise err
+            if x is end:
+                return
+            yield x
+    finally:
+        stop.set()
+
+
 def train_batches(
     data: TrainingData,
     global_batch: int,
@@ -589,22 +810,36 @@ def train_batches(
     extra_negatives: int = 0,
     positive_sets: bool = False,
 ) -> Iterator[Batch]:
-    """This rank's slices of the epoch's global batches (last partial batch dropped).
+    """This rank's part of the epoch's global batches (last partial batch dropped).
 
-    The permutation and the positive sampling depend only on (seed, epoch, step),
-    never on the rank count, so a resumed or re-sharded run sees the same data.
-    `start_step` skips the epoch's first steps (resuming inside an epoch).
+    The epoch's stream is the training blocks (Parquet row groups) in a (seed, epoch)
+    permutation, each block's rows permuted by (seed, epoch, block). It is cut into
+    `LANES` equal lanes; global batch s takes rows [s*b, (s+1)*b) of every lane (b =
+    global_batch / LANES), in lane order. Rank r owns a contiguous run of lanes and
+    reads only their blocks, so its local batch is rows [r*B/W, (r+1)*B/W) of the
+    global batch for any world size W, and a resumed or re-sharded run sees the same
+    data. `start_step` skips the epoch's first steps without reading them.
     """
-    split = data.splits["train"]
-    perm = np.random.default_rng([seed, epoch]).permutation(split.n)
-    local = global_batch // world_size
-    steps = epoch_steps(split.n, global_batch, max_steps)
-    for step in range(start_step, steps):
-        rows = perm[step * global_batch : (step + 1) * global_batch]
-        # positives are drawn for the whole global batch, then sliced: rank-count invariant
-        rng = np.random.default_rng([seed, epoch, step])
-        full = make_batch(data, split, rows, np.ones(rows.size, bool), rng, top1, extra_negatives, positive_sets)
-        yield full if world_size == 1 else slice_batch(full, data.sparse_names, rank * local, local)
+    parts = data.parts["train"]
+    per_lane = lane_layout(global_batch, world_size)
+    steps = epoch_steps(parts.n, global_batch, max_steps)
+    lane_len = parts.n // LANES
+    order = np.random.default_rng([seed, epoch]).permutation(len(parts.blocks))
+    mine = range(rank * LANES // world_size, (rank + 1) * LANES // world_size)
+
+    def batches() -> Iterator[Batch]:
+        lanes = [
+            rechunk(read_range(parts, order, lane * lane_len + start_step * per_lane,
+                               lane * lane_len + steps * per_lane, (seed, epoch)), per_lane)
+            for lane in mine
+        ]  # fmt: skip
+        for step in range(start_step, steps):
+            split = data.arrays(pa.concat_tables([next(lane) for lane in lanes]), "train")
+            rng = LaneRng(seed, epoch, step, mine, per_lane)
+            rows = np.arange(split.n)
+            yield make_batch(data, split, rows, np.ones(split.n, bool), rng, top1, extra_negatives, positive_sets)
+
+    return prefetched(batches())
 
 
 def slice_batch(full: Batch, keys: list[str], offset: int, size: int) -> Batch:
@@ -648,20 +883,32 @@ def eval_batches(
 ) -> Iterator[tuple[Batch, np.ndarray]]:
     """This rank's share of a split in equal-size padded batches, with the row ids it scores.
 
-    Row ids are -1 for padding, so gathered predictions map back to split rows exactly.
+    Rank r scores the contiguous rows [r*P, (r+1)*P) (P = ceil(n / W)), reading only
+    their blocks. Row ids are -1 for padding (weight 0), so gathered predictions map
+    back to split rows exactly.
     """
-    split = data.splits[split_name]
+    parts = data.parts[split_name]
+    n = parts.n
     local = max(1, global_batch // world_size)
-    per_rank = -(-split.n // world_size)
-    steps = -(-per_rank // local)
-    mine = np.arange(rank, split.n, world_size)
-    rng = np.random.default_rng(0)  # positives are unused in eval
-    for step in range(steps):
-        rows = mine[step * local : (step + 1) * local]
-        pad = local - rows.size
-        valid = np.concatenate([np.ones(rows.size, bool), np.zeros(pad, bool)])
-        padded = np.concatenate([rows, np.zeros(pad, np.int64)]) if pad else rows
-        if split.n == 0:
-            break
-        ids = np.where(valid, padded, -1)
-        yield make_batch(data, split, padded, valid, rng, True), ids
+    per_rank = -(-n // world_size)
+    steps = -(-per_rank // local) if n else 0
+    lo, hi = min(n, rank * per_rank), min(n, (rank + 1) * per_rank)
+
+    def batches() -> Iterator[tuple[Batch, np.ndarray]]:
+        chunks = rechunk(read_range(parts, np.arange(len(parts.blocks)), lo, hi, None), local)
+        start = lo
+        rng = np.random.default_rng(0)  # positives are unused in eval
+        for _ in range(steps):
+            table = next(chunks, None)
+            if table is None:  # this rank's rows ran out: pad with the split's first row
+                table = parts.read_block(0).slice(0, 0) if n == 0 else next(read_range(parts, np.arange(1), 0, 1, None))
+                k = 0
+            else:
+                k = table.num_rows
+            rows = np.concatenate([np.arange(k), np.zeros(local - k, np.int64)])
+            valid = np.arange(local) < k
+            ids = np.where(valid, start + np.arange(local), -1)
+            start += k
+            yield make_batch(data, data.arrays(table, split_name), rows, valid, rng, True), ids
+
+    return prefetched(batches())

@@ -65,10 +65,11 @@ from trainer.cold_start import ColdIds, build_cold_ids
 from trainer.config import TrainConfig, parse_selection_metric
 from trainer.content_tables import ContentTables, fill_content_tables, table_constraints
 from trainer.data import (
-    SplitArrays,
+    SplitParts,
     TrainingData,
     epoch_steps,
     eval_batches,
+    lane_layout,
     read_training_data,
     train_batches,
 )
@@ -205,6 +206,19 @@ def plan_summary(plan: ShardingPlan) -> dict[str, dict[str, Any]]:
     return out
 
 
+def split_counts(data: TrainingData, run_dir: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows (from the Parquet footers) and positives (from `_meta.json`) of each split.
+
+    Raises:
+        DataError: `_meta.json` has no positive counts (features built before them).
+    """
+    rows = {s: p.n for s, p in data.parts.items()}
+    positives = data.features_meta.get("positives")
+    if not isinstance(positives, dict) or set(positives) < set(rows):
+        raise DataError(f"{Path(run_dir) / 'features' / '_meta.json'}: no 'positives' per split; rebuild the features")
+    return rows, {s: int(positives[s]) for s in rows}
+
+
 def rating_head_args(cfg: TrainConfig, data: TrainingData) -> tuple[float, float, float]:
     """(weight, mean, std) of the rating head over the training rows' ratings.
 
@@ -213,14 +227,14 @@ def rating_head_args(cfg: TrainConfig, data: TrainingData) -> tuple[float, float
     """
     if cfg.rating_weight <= 0:
         return 0.0, 0.0, 1.0
-    r = data.splits["train"].rating
-    if r is None:
+    stats = data.features_meta.get("train_rating")
+    if "rating" not in data.parts["train"].columns or stats is None:
         raise DataError(
             f"{Path(cfg.run_dir) / 'features' / 'examples' / 'train'}: no 'rating' column "
             "(train.rating_weight > 0 needs features built after it was added)"
         )
-    std = float(r.std())
-    return float(cfg.rating_weight), float(r.mean()), std if std > 0 else 1.0
+    std = float(stats["std"])
+    return float(cfg.rating_weight), float(stats["mean"]), std if std > 0 else 1.0
 
 
 def build_model(
@@ -410,31 +424,40 @@ def evaluate(
     With cold-start ids, ids absent from the training rows are scored with the cold row.
     """
     dmp.eval()
-    ids_all, probs_all = [], []
+    ids_all, probs_all, labels_all = [], [], []
     with torch.no_grad():
         for batch, ids in eval_batches(data, split, cfg.eval_batch_size, env.rank, env.world_size):
             if cold is not None:
                 batch = cold.eval_batch(batch)
+            labels_all.append(batch.labels.numpy())
             _, (_, logits, _, _, _) = dmp(batch.to(env.device))
             ids_all.append(ids)
             probs_all.append(torch.sigmoid(logits.float()).cpu().numpy())
     dmp.train()
     ids = np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64)
     probs = np.concatenate(probs_all) if probs_all else np.zeros(0)
+    labels = np.concatenate(labels_all) if labels_all else np.zeros(0)
     row_ids, probs = gather_rows(ids, probs)
-    n = data.splits[split].n
+    _, labels = gather_rows(ids, labels)  # each rank read only its own rows' labels
+    n = data.parts[split].n
     if row_ids.size != n or (n and not np.array_equal(row_ids, np.arange(n))):
         raise RuntimeError(f"evaluate({split}): scored {row_ids.size} of {n} rows")
-    return data.splits[split].label, probs
+    return labels.astype(np.float32), probs
 
 
-def write_predictions(path: Path, split: SplitArrays, probs: np.ndarray) -> None:
+def write_predictions(path: Path, parts: SplitParts, probs: np.ndarray) -> None:
     """The reported model's probability for every row of a split, in row order (atomic):
-    what `dlrrec score` of the exported model is checked against."""
-    table = pa.table({"user_id": split.user_id, "item_id": split.item_id, "label": split.label,
-                      "prob": probs.astype(np.float32)})  # fmt: skip
+    what `dlrrec score` of the exported model is checked against. The split's ids and
+    labels are read block by block."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
+    schema = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("label", pa.float32()),
+                        ("prob", pa.float32())])  # fmt: skip
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for k in range(len(parts.blocks)):
+            t = parts.read_block(k).select(["user_id", "item_id", "label"])
+            lo = int(parts.offsets[k])
+            p = pa.array(probs[lo : lo + t.num_rows].astype(np.float32))
+            writer.write_table(t.append_column("prob", p).cast(schema))
     os.replace(tmp, path)
 
 
@@ -640,14 +663,15 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     selection, min_recall = parse_selection_metric(cfg.selection_metric)
     r0 = Rank0(env, out, cfg.tensorboard, cfg.progress_bar)
 
-    train = data.splits["train"]
-    n_pos = float(train.label.sum())
-    pos_weight = (train.n - n_pos) / max(n_pos, 1.0) if cfg.class_weight == "balanced" else 1.0
+    n_rows, n_positives = split_counts(data, cfg.run_dir)
+    n_pos = float(n_positives["train"])
+    pos_weight = (n_rows["train"] - n_pos) / max(n_pos, 1.0) if cfg.class_weight == "balanced" else 1.0
     if cfg.batch_size % env.world_size:
         raise ConfigError(
             f"train.batch_size: {cfg.batch_size} is not divisible by world size {env.world_size}"
         )
-    train_ids = {"user_id": train.user_id, "item_id": train.item_id}
+    lane_layout(cfg.batch_size, env.world_size)
+    train_ids = {"user_id": np.flatnonzero(data.train_rows["user"]), "item_id": np.flatnonzero(data.train_rows["item"])}
     cold = build_cold_ids(cfg.id_dropout, data.sparse_names, data.sparse_vocab, train_ids)
     dmp, optimizer, plan = build_model(cfg, data, env, pos_weight, sparse_opt, cold)
     sharding = plan_summary(plan)
@@ -675,17 +699,16 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
     dmp.register_forward_pre_hook(count_forward)
     r0.open_tensorboard(prog.step if resume_from is not None else None)
-    n_steps = epoch_steps(train.n, cfg.batch_size, cfg.max_steps_per_epoch)
+    n_steps = epoch_steps(n_rows["train"], cfg.batch_size, cfg.max_steps_per_epoch)
     for name in ("val", "test") if cfg.score_test else ("val",):
-        labels = np.asarray(data.splits[name].label)
-        if labels.size == 0 or labels.min() == labels.max():
+        if not 0 < n_positives[name] < n_rows[name]:
             raise DataError(
-                f"{Path(cfg.run_dir) / 'features'}: the {name} split has {labels.size} rows "
+                f"{Path(cfg.run_dir) / 'features'}: the {name} split has {n_rows[name]} rows "
                 "and not both classes, so AUC is undefined; use more data or another split"
             )
     if n_steps == 0:
         raise ConfigError(
-            f"train.batch_size: {cfg.batch_size} is more than the {train.n} training rows "
+            f"train.batch_size: {cfg.batch_size} is more than the {n_rows['train']} training rows "
             "(an epoch is whole global batches); lower it"
         )
 
@@ -888,7 +911,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     if env.is_main:
         write_plots(out, roc)
         if roc is not None:  # sealed runs write no test figure
-            write_predictions(out / "test_predictions.parquet", data.splits["test"], roc[1])
+            write_predictions(out / "test_predictions.parquet", data.parts["test"], roc[1])
         write_json_atomic(report_path, report)
         tested = (
             f"test auc {test['auc']:.4f} acc {test['accuracy']:.4f} fpr {test['fpr']:.4f}"

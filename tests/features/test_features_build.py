@@ -253,3 +253,29 @@ def test_reuse_refuse_overwrite(tiny_raw: Path, tmp_path: Path) -> None:
     new = run(FeaturesConfig(run_dir=str(run_dir), raw_dir=str(tiny_raw), seed=1, overwrite=True))
     assert new["fingerprint"] != meta["fingerprint"]
     assert [p.name for p in run_dir.iterdir()] == ["features"]  # no temp folders left
+
+
+def test_repeated_pairs_share_a_split_and_are_counted(
+    build: Any, tiny_tables: dict[str, pa.Table], tmp_path: Path
+) -> None:
+    """A (user, item) pair reviewed several times: all its rows land in one split, so a
+    val/test row never meets its own pair's label in train; _meta.json counts repeats."""
+    from tiny_reviews import write_raw
+
+    inter = tiny_tables["interactions.parquet"]
+    extra = []
+    for r in range(0, 40, 5):  # 8 pairs, 3 more rows each, other ratings and times
+        row = inter.slice(r, 1).to_pylist()[0]
+        for k in range(3):
+            extra.append(dict(row, rating=float(1 + (r + k) % 5), timestamp=row["timestamp"] + 1 + k,
+                              review_id=f"{row['review_id']}_again{k}"))  # fmt: skip
+    tables = dict(tiny_tables)
+    tables["interactions.parquet"] = pa.concat_tables([inter, pa.Table.from_pylist(extra, schema=inter.schema)])
+    out = build(write_raw(tmp_path / "raw", tables), split="random", seed=3)
+    where: dict[tuple[int, int], set[str]] = {}
+    for s in ("train", "val", "test"):
+        for u, i in zip(out[s]["user_id"].to_pylist(), out[s]["item_id"].to_pylist(), strict=True):
+            where.setdefault((u, i), set()).add(s)
+    assert all(len(v) == 1 for v in where.values())
+    assert out["meta"]["repeated_pairs"] == {"pairs": 8, "extra_rows": 24}
+    assert sum(out["meta"]["rows"].values()) == inter.num_rows + 24

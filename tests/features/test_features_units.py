@@ -17,7 +17,7 @@ from features.profiles import (
     positive_sums,
     strictly_earlier_profiles,
 )
-from features.split import random_split, temporal_split
+from features.split import random_split, repeated_pairs, temporal_split
 from features.text import item_text
 from features.vocab import age_buckets, build_vocab, encode, entity_order, prefixes
 
@@ -70,10 +70,24 @@ def test_leave_one_out_profiles_match_loop(data: tuple) -> None:
 
 
 def test_random_split_is_seeded_and_sized() -> None:
-    a = random_split(1000, [0.8, 0.1, 0.1], seed=5)
-    assert np.array_equal(a, random_split(1000, [0.8, 0.1, 0.1], seed=5))
-    assert not np.array_equal(a, random_split(1000, [0.8, 0.1, 0.1], seed=6))
+    users, items = np.arange(1000) // 40, np.arange(1000) % 40  # distinct pairs
+    a = random_split(users, items, [0.8, 0.1, 0.1], seed=5)
+    assert np.array_equal(a, random_split(users, items, [0.8, 0.1, 0.1], seed=5))
+    assert not np.array_equal(a, random_split(users, items, [0.8, 0.1, 0.1], seed=6))
     assert np.bincount(a).tolist() == [800, 100, 100]
+
+
+def test_random_split_keeps_repeated_pairs_together() -> None:
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 30, 3000), rng.integers(0, 20, 3000)  # ~600 pairs, most repeat
+    codes = random_split(users, items, [0.8, 0.1, 0.1], seed=1)
+    for u, i in set(zip(users.tolist(), items.tolist())):
+        assert len(set(codes[(users == u) & (items == i)].tolist())) == 1
+    shares = np.bincount(codes, minlength=3) / 3000
+    assert abs(shares[0] - 0.8) < 0.05 and shares[1] > 0.03 and shares[2] > 0.03
+    pairs = set(zip(users.tolist(), items.tolist()))
+    assert repeated_pairs(users, items) == {"pairs": sum(
+        ((users == u) & (items == i)).sum() > 1 for u, i in pairs), "extra_rows": 3000 - len(pairs)}
 
 
 @settings(max_examples=60, deadline=None)

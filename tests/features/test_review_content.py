@@ -245,7 +245,7 @@ def test_trainer_reads_item_vectors_per_row(built: dict[str, Any]) -> None:
     from trainer.data import make_batch, read_training_data
 
     data = read_training_data(built["run_dir"], ["text", "image"], contrastive=False)
-    split = data.splits["train"]
+    split = data.read_rows("train")
     assert set(split.user_content) == {"user_text", "user_image", "item_text", "item_image"}
     rows = np.arange(split.n)
     batch = make_batch(data, split, rows, np.ones(split.n, bool), np.random.default_rng(0), True)

@@ -86,6 +86,7 @@ def make_run(root: Path, n_users: int = 60, n_items: int = 40, n_rows: int = 300
         "content_dim": C,
     }
     (feats / "_meta.json").write_text(json.dumps(meta))
+    refresh_counts(root)
     # SWING-like neighbours from the planted factors
     sim = root / "similarity"
     for kind, f in (("item_item", i_f), ("user_user", u_f)):
@@ -111,6 +112,28 @@ def make_run(root: Path, n_users: int = 60, n_items: int = 40, n_rows: int = 300
     sim_meta = {"schema_version": 1, "fingerprint": "synthetic", "input": {"fingerprint": meta["fingerprint"]}}
     (sim / "_meta.json").write_text(json.dumps(sim_meta))
     return root
+
+
+def refresh_counts(root: Path) -> None:
+    """Rewrite what the features stage counts over all rows (per-entity training rows,
+    rows and positives per split, the training ratings' mean and std) from the parts,
+    after a test built or edited them by hand."""
+    from features.io import write_train_counts
+    from features.main import train_rating
+
+    feats = root / "features"
+    meta = json.loads((feats / "_meta.json").read_text())
+    tables = {s: pq.read_table(feats / "examples" / s) for s in ("train", "val", "test")}
+    meta["rows"] = {s: t.num_rows for s, t in tables.items()}
+    meta["positives"] = {s: int(t["label"].to_numpy().sum()) for s, t in tables.items()}
+    train = tables["train"]
+    if "rating" in train.column_names:
+        meta["train_rating"] = train_rating(train["rating"].to_numpy())
+    (feats / "_meta.json").write_text(json.dumps(meta))
+    users, items = (train[c].to_numpy() for c in ("user_id", "item_id"))
+    write_train_counts(
+        feats, np.bincount(users, minlength=meta["n_users"]), np.bincount(items, minlength=meta["n_items"])
+    )
 
 
 def copy_inputs(src: Path, dst: Path) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from synthetic import make_run
+from synthetic import make_run, refresh_counts
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.cold_start import ColdIds, build_cold_ids, id_dropout_mask, seen_ids, with_cold_ids
@@ -48,17 +48,18 @@ def run_without_user_0(tmp_path_factory) -> Path:
     t = pq.read_table(part)
     keep = np.asarray(t.column("user_id").to_numpy()) != 0
     pq.write_table(t.filter(keep), part)
+    refresh_counts(root)
     return root
 
 
 def test_unseen_ids_are_scored_with_the_cold_row_and_rank_slices_agree(run_without_user_0: Path):
     data = read_training_data(run_without_user_0, ["text"], False)
-    train = data.splits["train"]
+    train = data.read_rows("train")
     cold = build_cold_ids(0.3, data.sparse_names, data.sparse_vocab, {"user_id": train.user_id, "item_id": train.item_id})
     assert isinstance(cold, ColdIds)
     assert cold.cold_id == {"user_id": 60, "item_id": 40}
     assert not cold.seen["user_id"][0] and cold.seen["user_id"][1:].all()
-    test = data.splits["test"]
+    test = data.read_rows("test")
     rows = np.arange(test.n)
     batch = make_batch(data, test, rows, np.ones(test.n, bool), np.random.default_rng(0), True)
     out = cold.eval_batch(batch)

@@ -63,7 +63,7 @@ def data(tmp_path_factory):
 
 
 def test_extra_negatives_leave_positives_alone_and_come_from_the_catalogue(data):
-    split = data.splits["train"]
+    split = data.read_rows("train")
     rows = np.arange(64)
     valid = np.ones(64, bool)
     plain = make_batch(data, split, rows, valid, np.random.default_rng([1, 2]), False)
@@ -118,3 +118,88 @@ def test_positive_sets_are_the_anchors_swing_lists_and_slice_per_rank(data):
             np.concatenate([getattr(x, f"{prefix}_set_lengths").numpy() for x in parts]), lengths
         )
         assert np.array_equal(np.concatenate([getattr(x, f"{prefix}_set_ids").numpy() for x in parts]), flat)
+
+
+@pytest.fixture(scope="module")
+def blocked(tmp_path_factory):
+    """The synthetic run with its training rows in 97-row blocks (row groups) over 3 parts."""
+    run = make_run(tmp_path_factory.mktemp("blocked") / "run", n_rows=4000)
+    folder = run / "features" / "examples" / "train"
+    table = pq.read_table(folder / "part-00000.parquet")
+    (folder / "part-00000.parquet").unlink()
+    third = -(-table.num_rows // 3)
+    for k in range(3):
+        pq.write_table(table.slice(k * third, third), folder / f"part-{k:05d}.parquet", row_group_size=97)
+    return read_training_data(run, ["text"], contrastive=True), table
+
+
+def _cat(batches, name):
+    return np.concatenate([getattr(b, name).numpy() for b in batches])
+
+
+def test_any_world_size_builds_the_same_global_batches_from_its_own_blocks(blocked, monkeypatch):
+    from trainer.data import LANES, SplitParts
+
+    data, table = blocked
+    kw = {"global_batch": 128, "epoch": 2, "seed": 5, "top1": False, "max_steps": 6, "extra_negatives": 4}
+    one = list(train_batches(data, rank=0, world_size=1, **kw))
+    assert len(one) == 6
+    # every row of the epoch's 6 * 128 is a distinct training row
+    pairs = set(zip(_cat(one, "user_ids").tolist(), _cat(one, "item_ids").tolist(), _cat(one, "labels").tolist()))
+    assert pairs <= set(zip(*(table[c].to_pylist() for c in ("user_id", "item_id", "label"))))
+    read: list[int] = []
+    real = SplitParts.read_block
+    monkeypatch.setattr(SplitParts, "read_block", lambda self, k: read.append(k) or real(self, k))
+    for world in (2, 4, 8):
+        ranks = []
+        for r in range(world):
+            read.clear()
+            ranks.append(list(train_batches(data, rank=r, world_size=world, **kw)))
+            # the blocks this rank's lanes touch, and no other
+            n_blocks = len(data.parts["train"].blocks)
+            assert 0 < len(set(read)) <= -(-6 * 128 // world // 97) + LANES // world + 1 < n_blocks
+        for step in range(6):
+            local = [rk[step] for rk in ranks]
+            for name in ("user_ids", "item_ids", "labels", "ii_pos_ids", "uu_pos_ids", "ii_pos_q"):
+                np.testing.assert_array_equal(_cat(local, name), getattr(one[step], name).numpy())
+            for part in local:  # the shared extra negatives
+                np.testing.assert_array_equal(part.ii_neg_ids.numpy(), one[step].ii_neg_ids.numpy())
+    # resuming at step 4 reads on from there and gives the same batches
+    resumed = list(train_batches(data, rank=1, world_size=2, start_step=4, **kw))
+    full = list(train_batches(data, rank=1, world_size=2, **kw))
+    assert len(resumed) == 2
+    for a, b in zip(resumed, full[4:], strict=True):
+        np.testing.assert_array_equal(a.item_ids.numpy(), b.item_ids.numpy())
+        np.testing.assert_array_equal(a.uu_pos_ids.numpy(), b.uu_pos_ids.numpy())
+    # another epoch is another order
+    other = next(train_batches(data, rank=0, world_size=1, **{**kw, "epoch": 3}))
+    assert not np.array_equal(other.item_ids.numpy(), one[0].item_ids.numpy())
+
+
+def test_eval_ranks_score_contiguous_shares_of_every_row(blocked):
+    from trainer.data import eval_batches
+
+    data, _ = blocked
+    n = data.parts["train"].n
+    want = data.read_rows("train")
+    for world in (1, 2, 3):
+        ids, labels = [], []
+        for r in range(world):
+            for batch, rows in eval_batches(data, "train", 256, r, world):
+                assert rows.size == 256 // world
+                ids.append(rows)
+                labels.append(batch.labels.numpy())
+        ids_, labels_ = np.concatenate(ids), np.concatenate(labels)
+        keep = ids_ >= 0
+        order = np.argsort(ids_[keep])
+        np.testing.assert_array_equal(ids_[keep][order], np.arange(n))
+        np.testing.assert_array_equal(labels_[keep][order], want.label)
+
+
+def test_lanes_refuse_a_batch_or_world_size_they_cannot_split(data):
+    from launch.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.batch_size: 100 is not a multiple of the 8"):
+        next(train_batches(data, 100, 0, 1, 0, 0, False))
+    with pytest.raises(ConfigError, match="world size 3 must divide the 8"):
+        next(train_batches(data, 96, 0, 3, 0, 0, False))

@@ -110,7 +110,7 @@ def test_split_metrics_agree_with_torchmetrics(run_dir: Path, one: dict):
 
     data = read_training_data(run_dir, ["text"], contrastive=False)
     for split in SPLITS:
-        labels = torch.from_numpy(data.splits[split].label).long()
+        labels = torch.from_numpy(data.read_rows(split).label).long()
         probs = torch.tensor(one[split]["probs"], dtype=torch.float64)
         assert one[split]["auc"] == pytest.approx(float(binary_auroc(probs, labels)), abs=1e-6)
         eps = 1e-7

@@ -82,7 +82,7 @@ def test_bag_pools_the_mean_of_its_table_rows(bag_run: Path, history_tables: str
         bag_table = "t_user_pos_items"
     torch.manual_seed(0)
     ebc = EmbeddingBagCollection(tables=tables)
-    split = data.splits["val"]
+    split = data.read_rows("val")
     rows = np.arange(64)
     batch = make_batch(data, split, rows, np.ones(64, bool), np.random.default_rng(0), False)
     with torch.no_grad():

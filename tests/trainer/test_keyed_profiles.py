@@ -36,12 +36,12 @@ def test_tower_input_is_the_keyed_profile_row(run_dir: Path) -> None:
     col = keyed_table("user_text")
     assert data.tower_spec() == [("user_text", f"{col}/row"), ("item_text", "item_text/row")]
     assert data.entity_tables == [col, "item_text"]
-    assert data.splits["train"].user_content == {}  # no per-row vectors are read
+    assert data.read_rows("train").user_content == {}  # no per-row vectors are read
     tables = ContentTables({c: data.entity_columns[c].n for c in data.entity_tables}, 384)
     fill_content_tables(tables.requires_grad_(False), data.entity_columns)
     out = read_outputs(run_dir)
     for name in ("train", "val", "test"):
-        split = data.splits[name]
+        split = data.read_rows(name)
         rows = np.arange(split.n)
         batch = make_batch(
             data, split, rows, np.ones(split.n, bool), np.random.default_rng(0), True
@@ -66,5 +66,6 @@ def test_a_key_of_another_users_slot_is_refused(run_dir: Path, tmp_path: Path) -
     keys[0] += 6  # the same slot of the next user
     i = t.schema.get_field_index("user_text_key")
     pq.write_table(t.set_column(i, t.schema.field(i), pa.array(keys)), path)
+    data = read_training_data(bad, ["text"], contrastive=False)  # reads no rows yet
     with pytest.raises(DataError, match=r"examples/val:user_text_key: keys outside"):
-        read_training_data(bad, ["text"], contrastive=False)
+        data.read_rows("val")  # a rank checks the keys of every block it reads

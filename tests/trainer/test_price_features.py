@@ -50,7 +50,7 @@ def test_trainer_reads_price_columns(price_run: Path) -> None:
     assert data.dense_names == ["year", "age", "price", "has_price"]
     train = pq.read_table(price_run / "features" / "examples" / "train" / "part-00000.parquet")
     expect = np.stack([train[n].to_numpy() for n in data.dense_names], 1)
-    np.testing.assert_array_equal(data.splits["train"].dense, expect)
+    np.testing.assert_array_equal(data.read_rows("train").dense, expect)
     assert set(np.unique(expect[:, 3])) == {0.0, 1.0}  # items with and without a price
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from synthetic import make_run
+from synthetic import make_run, refresh_counts
 
 from launch.cli import main
 from trainer.config import TrainConfig
@@ -28,6 +28,7 @@ def with_ratings(run: Path) -> dict[str, np.ndarray]:
         r = np.where(label > 0.5, rng.integers(4, 6, t.num_rows), rng.integers(1, 4, t.num_rows))
         out[split] = r.astype(np.float32)
         pq.write_table(t.append_column("rating", pa.array(out[split], pa.float32())), part)
+    refresh_counts(run)
     return out
 
 
@@ -44,8 +45,8 @@ def test_only_training_ratings_are_read(tmp_path: Path):
     run = make_run(tmp_path / "run", n_rows=600)
     ratings = with_ratings(run)
     data = read_training_data(run, ["text"], True)
-    assert np.array_equal(data.splits["train"].rating, ratings["train"])
-    assert data.splits["val"].rating is None and data.splits["test"].rating is None
+    assert np.array_equal(data.read_rows("train").rating, ratings["train"])
+    assert data.read_rows("val").rating is None and data.read_rows("test").rating is None
 
 
 def test_head_adds_weight_times_mse_of_an_affine_map_of_the_logit(tmp_path: Path):

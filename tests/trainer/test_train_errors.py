@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from synthetic import make_run
+from synthetic import make_run, refresh_counts
 
 from launch.cli import main
 
@@ -32,6 +32,7 @@ def test_val_split_with_one_class(tmp_path: Path, capsys):
     t = pq.read_table(part)
     t = t.set_column(t.schema.get_field_index("label"), "label", pc.multiply(t["label"], 0.0))
     pq.write_table(t, part)
+    refresh_counts(run)  # the features stage counts the positives
     err = _fail(["train", f"run_dir={run}", "batch_size=64", "epochs=1"], capsys)
     assert "val split" in err and "not both classes" in err and "AUC is undefined" in err, err
     assert not (run / "train" / "report.json").exists()
