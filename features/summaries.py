@@ -134,7 +134,7 @@ class EntityExtraction:
     row_types: list[list[str]]  # [N]
     price: list[str]  # [E]
     types: list[list[str]]  # [E]
-    n_sets: int
+    n_sets: int  # review sets with at least one text: one prompt per kind each
 
 
 def extract_out_of_fold(
@@ -202,7 +202,7 @@ def extract_out_of_fold(
         row_types=[types[s] for s in rs.row_set],
         price=[price[s] for s in rs.entity_set],
         types=[types[s] for s in rs.entity_set],
-        n_sets=len(rs.sets),
+        n_sets=sum(1 for r in requests if r.texts),  # the sets that are prompted (some have no text)
     )
 
 
