@@ -53,8 +53,7 @@ def trainer_eval(run_dir: Path, split: str) -> tuple[Any, Any, Any, int]:
     tcfg.run_dir = str(run_dir)
     env = init_distributed("cpu")
     data = read_variant_data(tcfg)
-    train = data.splits["train"]
-    ids = {"user_id": train.user_id, "item_id": train.item_id}
+    ids = {f"{e}_id": np.flatnonzero(data.train_rows[e]) for e in ("user", "item")}
     cold = build_cold_ids(tcfg.id_dropout, data.sparse_names, data.sparse_vocab, ids)
     opt = resolve_sparse_optimizer(tcfg.sparse_optimizer, env.device)
     dmp, _, _ = build_model(tcfg, data, env, 1.0, opt, cold)
@@ -81,7 +80,7 @@ def trainer_eval(run_dir: Path, split: str) -> tuple[Any, Any, Any, int]:
                 out.append(torch.sigmoid(logits).numpy()[ids >= 0])
         return np.concatenate(out)
 
-    return run, logits_only, data.splits[split], tcfg.eval_batch_size
+    return run, logits_only, data.read_rows(split), tcfg.eval_batch_size
 
 
 def best_of(fn: Any, repeats: int) -> tuple[float, Any]:

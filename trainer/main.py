@@ -865,12 +865,12 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     else:
         threshold = best_accuracy_threshold(v_labels, v_probs)
     val = classification_report(v_labels, v_probs, threshold)
-    val.update(ranking_report(data.splits["val"].user_id, v_labels, v_probs))
+    val.update(ranking_report(data.column("val", "user_id"), v_labels, v_probs))
     test, roc = None, None
     if cfg.score_test:  # sealed (score_test=false): test rows are never scored
         t_labels, t_probs = evaluate(dmp, data, "test", cfg, env, cold)
         test = classification_report(t_labels, t_probs, threshold)
-        test.update(ranking_report(data.splits["test"].user_id, t_labels, t_probs))
+        test.update(ranking_report(data.column("test", "user_id"), t_labels, t_probs))
         roc = (t_labels, t_probs, test["auc"])
     report = {
         "dataset": data.features_meta.get("dataset", cfg.dataset),

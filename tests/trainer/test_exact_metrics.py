@@ -67,8 +67,8 @@ def _metrics(rank: int, run_dir: str) -> dict:
             out[split] = {
                 **classification_report(labels, probs, threshold),
                 # K = 3 as well: most synthetic users have fewer than 10 rows in a split
-                **ranking_report(data.splits[split].user_id, labels, probs, k=3),
-                **ranking_report(data.splits[split].user_id, labels, probs, k=10),
+                **ranking_report(data.read_rows(split).user_id, labels, probs, k=3),
+                **ranking_report(data.read_rows(split).user_id, labels, probs, k=10),
                 "fpr_at_recall_0.5": fpr_at_recall(labels, probs, 0.5),
                 "probs": probs.tolist(),
             }
@@ -128,7 +128,7 @@ def test_split_metrics_agree_with_torchmetrics(run_dir: Path, one: dict):
         assert one[split]["calibration"] == pytest.approx(float(probs.mean() / y.double().mean()), rel=1e-12)
         assert np.isfinite(one[split]["ne"])
         # per-user ranking metrics: the plain-loop reference (ranking_reference.py)
-        users = data.splits[split].user_id.tolist()
+        users = data.read_rows(split).user_id.tolist()
         for k in (3, 10):
             ref = ranking_reference(users, labels.tolist(), one[split]["probs"], k)
             for key, want in ref.items():
