@@ -79,6 +79,11 @@ def write_features(root: Path, n_rows: int, seed: int = 0) -> None:
 
 
 def peak_rss_gib() -> float:
+    """This process's peak RSS: VmHWM belongs to the exec'd image, whereas ru_maxrss
+    starts from the forking parent's (which wrote the data)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
