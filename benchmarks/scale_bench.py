@@ -395,6 +395,35 @@ def print_ratios(ours: dict, base: dict) -> None:
               f"{o['usage']['tree_peak_gib'] / b['usage']['tree_peak_gib']:7.2f} {bpr}")  # fmt: skip
 
 
+def markdown_rows(files: list[Path]) -> None:
+    """One markdown table row per (file, tree): what docs/scale.md shows."""
+    print("| interactions | tree | features s / GiB | examples B/row | SWING s / GiB per rank "
+          "| train s / GiB per rank | train ex/s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for f in files:
+        saved = json.loads(f.read_text())
+        for label, res in saved["results"].items():
+            cells = [f"{saved['shape']['interactions'] / 1e6:g}M",
+                     f"{label} {saved.get('versions', {}).get(label, '')}"]  # fmt: skip
+            for stage in STAGES:
+                r = res.get(stage)
+                if r is None:
+                    cells.append("not run")
+                elif r["usage"]["exit_code"] or r["usage"]["killed"]:
+                    cells.append(
+                        f"failed: {r['usage']['killed'] or 'exit ' + str(r['usage']['exit_code'])}"
+                    )
+                else:
+                    cells.append(f"{r['usage']['wall_s']:.0f} / {max_rank_gib(r):.2f}")
+                if stage == "features":
+                    cells.append(f"{r['bytes_per_row']:.0f}" if r and "bytes_per_row" in r else "")
+            train = res.get("train", {})
+            cells.append(
+                f"{train['train_examples_per_s']:,.0f}" if "train_examples_per_s" in train else ""
+            )
+            print("| " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--interactions", type=int, default=1_000_000)
@@ -411,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-limit-gib", type=float, default=13.5)
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    p.add_argument("--markdown", type=Path, nargs="+", help="print earlier --json files as a table")
     args = p.parse_args(argv)
+    if args.markdown:
+        markdown_rows(args.markdown)
+        return 0
     args.stages = [s for s in args.stages.split(",") if s]
     if bad := [s for s in args.stages if s not in STAGES]:
         p.error(f"--stages: unknown {bad}; choose from {','.join(STAGES)}")
