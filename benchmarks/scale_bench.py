@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-steps", type=int, default=500, help="0 = a whole epoch")
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--baseline-tree", type=Path, help="another checkout to compare against")
+    p.add_argument("--label", default="ours", help="this tree's name in the output and run dir")
     p.add_argument("--only-baseline", action="store_true", help="run the baseline tree only")
     p.add_argument("--baseline-json", type=Path, help="reuse the baseline of an earlier --json")
     p.add_argument("--work", type=Path, default=Path("/tmp/scale_bench"))
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{shape['seconds']} s at peak RSS {shape['peak_gib']} GiB ({raw})")  # fmt: skip
     print(f"batch {args.batch_size}, train steps {args.train_steps or 'one epoch'}, "
           f"{load()}, {mem_available_gib():.1f} GiB available")  # fmt: skip
-    trees = [] if args.only_baseline else [(REPO, "ours")]
+    trees = [] if args.only_baseline else [(REPO, args.label)]
     if args.baseline_tree:
         trees.insert(0, (args.baseline_tree.resolve(), "baseline"))
     bench = Bench(args.interactions, args.stages, args.batch_size, args.train_steps,
@@ -477,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         version = tree_version(tree)
         print_table(f"{label} ({tree}, {version}): {args.interactions:,} interactions",
                     results[label])  # fmt: skip
-    if "ours" in results and "baseline" in results:
-        print_ratios(results["ours"], results["baseline"])
+    if args.label in results and "baseline" in results:
+        print_ratios(results[args.label], results["baseline"])
     if args.json:
         versions = {label: tree_version(tree) for tree, label in trees}
         args.json.write_text(json.dumps({"shape": shape, "args": {k: str(v) for k, v in vars(args).items()},
