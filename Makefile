@@ -35,7 +35,7 @@ bench: setup
 	for b in benchmarks/*.py; do PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python $$b || exit 1; done
 
 lint: setup
-	$(BIN)/ruff check features similarity trainer launch serve tests benchmarks
+	$(BIN)/ruff check dlrrec features similarity trainer launch serve tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold style docker/Dockerfile.cpu docker/Dockerfile.cuda
 

@@ -36,8 +36,8 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dlrrec.artifacts import SCHEMA_VERSION  # noqa: E402
 from features.io import write_examples, write_train_counts  # noqa: E402
-from launch.artifacts import SCHEMA_VERSION  # noqa: E402
 from trainer.data import read_training_data, train_batches  # noqa: E402
 
 N_USERS, N_ITEMS = 400_000, 5_000

@@ -82,7 +82,7 @@ from torch.nn import functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from launch.config import load_config  # noqa: E402
+from dlrrec.config import load_config  # noqa: E402
 from trainer import main as trainer_main  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.content_tables import ArrayColumn, ContentTables, fill_content_tables  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from launch.config import DataError
+from dlrrec.config import DataError
 
 Policy = Literal["error", "skip"]
 REASONS = ("rating_out_of_range", "empty_text", "duplicate_review_id")

@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 import numpy as np
 import scipy.sparse as sp
 
-from launch.config import ConfigError, DataError
+from dlrrec.config import ConfigError, DataError
 
 log = logging.getLogger("dlrrec.features")
 

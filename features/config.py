@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from dlrrec.config import ConfigError
 from features.captions import ImagesConfig
 from features.llm import LLMConfig
-from launch.config import ConfigError
 
 
 @dataclass

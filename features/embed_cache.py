@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launch.config import DataError
+from dlrrec.config import DataError
 
 # SQLite's default limit on host parameters is 32766 (>= 3.32); stay well under it.
 _LOOKUP_CHUNK = 900

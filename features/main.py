@@ -27,6 +27,17 @@ import numpy as np
 import pyarrow.compute as pc
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from dlrrec.artifacts import (
+    SCHEMA_VERSION,
+    atomic_dir,
+    existing_output,
+    read_meta,
+    sha256_json,
+    write_json_atomic,
+)
+from dlrrec.code_version import code_version
+from dlrrec.config import DataError, to_dict
+from dlrrec.entry import run_job
 from features import examples, history, profiles, split, stats, text
 from features.config import FeaturesConfig
 from features.content import build_review_content
@@ -36,17 +47,6 @@ from features.io import write_entities, write_examples, write_table, write_train
 from features.schema import DENSE_FEATURES, PROFILE_KEY, PROFILES_FILE, SPARSE_FEATURES
 from features.sources import read_source, source_input_hashes
 from features.vocab import entity_order, lookup
-from launch.artifacts import (
-    SCHEMA_VERSION,
-    atomic_dir,
-    existing_output,
-    read_meta,
-    sha256_json,
-    write_json_atomic,
-)
-from launch.code_version import code_version
-from launch.config import DataError, to_dict
-from launch.entry import run_job
 
 log = logging.getLogger("dlrrec.features")
 
@@ -101,7 +101,7 @@ def fingerprint_config(cfg: FeaturesConfig) -> dict[str, Any]:
 
 def features_fingerprint(cfg: FeaturesConfig, input_hashes: dict[str, str]) -> str:
     """What the output depends on: the config, the raw inputs' hashes and the features
-    package's sources (launch/code_version.py)."""
+    package's sources (dlrrec/code_version.py)."""
     code = code_version("features")
     return sha256_json({"config": fingerprint_config(cfg), "inputs": input_hashes, "code": code})
 

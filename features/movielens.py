@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dlrrec.config import DataError
 from features.schema import RAW_INTERACTIONS, RAW_ITEMS, RAW_USERS
-from launch.config import DataError
 
 # The 19 genre flags of u.item, in file order (the GroupLens u.genre list).
 GENRES = (

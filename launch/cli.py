@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from launch.entry import fail
+from dlrrec.entry import fail
 
 # (words, module): the first matching prefix of argv wins.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [

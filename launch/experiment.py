@@ -21,8 +21,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from launch.config import ConfigError, build_dataclass, load_raw, read_yaml, section_values
-from launch.entry import ArgParser, user_errors
+from dlrrec.config import ConfigError, build_dataclass, load_raw, read_yaml, section_values
+from dlrrec.entry import ArgParser, user_errors
+from trainer.config import TrainConfig
+from trainer.main import run as train
 
 
 @dataclass
@@ -224,9 +226,6 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 
 def run(grid_path: str, extra: list[str], score_test: bool = False) -> dict[str, Any]:
-    from trainer.config import TrainConfig
-    from trainer.main import run as train
-
     raw_grid = read_yaml(grid_path)
     grid = build_dataclass(GridConfig, raw_grid, "grid")
     grid.score_test = grid.score_test or score_test

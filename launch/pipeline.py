@@ -18,8 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from launch.config import ConfigError, DataError, build_dataclass, load_raw, section_values
-from launch.entry import config_reference, job_parser, user_errors
+from dlrrec.config import ConfigError, DataError, build_dataclass, load_raw, section_values
+from dlrrec.entry import config_reference, job_parser, user_errors
+from features.config import FeaturesConfig
+from features.fetch import cache_dir, fetch_movielens_100k
+from features.main import run as run_features
+from launch import components
+from launch.report import format_report, read_report
+from similarity.config import SwingConfig
+from similarity.redis_export import run as export_redis
+from trainer.config import TrainConfig
 
 
 @dataclass
@@ -72,8 +80,6 @@ class PipelineConfig:
 def stage_apps(pcfg: PipelineConfig, child_args: list[str]) -> list[tuple[str, str, Any]]:
     """(stage, nodes x ranks, TorchX AppDef) of the distributed stages, in order, each
     with the pipeline's image, resources and mounts (GPUs for training only)."""
-    from launch import components
-
     res: dict[str, Any] = {"cpu": pcfg.cpu, "memMB": pcfg.mem_mb, "h": pcfg.resource or None}
     res["mounts"] = list(pcfg.mounts) or None
     if pcfg.image:
@@ -92,10 +98,6 @@ def _stage(name: str) -> None:
 
 def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
     """Validate the whole config up front, then run the stages in order."""
-    from features.config import FeaturesConfig
-    from similarity.config import SwingConfig
-    from trainer.config import TrainConfig
-
     bare = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
     bad = [o for o in bare if o.split("=", 1)[0] not in ("run_dir", "seed", "dataset")]
     if bad:
@@ -121,19 +123,13 @@ def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
             raise DataError(f"{raw_dir}: no interactions.parquet, and only movielens-100k is fetched automatically")
         _stage(f"fetch {pcfg.dataset} -> {raw_dir}")
         t = time.time()
-        from features.fetch import cache_dir, fetch_movielens_100k
-
         fetch_movielens_100k(raw_dir, cache_dir())
         timings["fetch"] = time.time() - t
 
     _stage("features")
     t = time.time()
-    from features.main import run as run_features
-
     run_features(fcfg)
     timings["features"] = time.time() - t
-
-    from launch import components
 
     for name, j, app in stage_apps(pcfg, child_args):
         _stage(f"{name} (torchx -s {pcfg.scheduler} -j {j})")
@@ -144,14 +140,10 @@ def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
             why = result.error or f"job {result.app_handle} ended {result.state}"
             raise DataError(f"stage {name} failed: {why} (logs under {log_dir})")
 
-    from launch.report import format_report, read_report
-
     report = read_report(run_dir)
     if pcfg.export_redis:
         _stage(f"export SWING pairs to Redis (prefix {scfg.redis_prefix})")
         t = time.time()
-        from similarity.redis_export import run as export_redis
-
         export_redis(scfg)
         timings["redis"] = time.time() - t
     _stage("report")
@@ -160,10 +152,6 @@ def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None, prog: str = "dlrrec pipeline") -> int:
-    from features.config import FeaturesConfig
-    from similarity.config import SwingConfig
-    from trainer.config import TrainConfig
-
     epilog = "\n\n".join(
         config_reference(cls, section)
         for cls, section in (

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launch.config import DataError
-from launch.entry import ArgParser, user_errors
+from dlrrec.config import DataError
+from dlrrec.entry import ArgParser, user_errors
 
 
 def read_report(run_dir: str | Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from launch.config import DataError
+from dlrrec.config import DataError
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launch.config import ConfigError
+from dlrrec.config import ConfigError
 
 
 @dataclass

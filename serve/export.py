@@ -33,7 +33,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from launch.artifacts import (
+from dlrrec.artifacts import (
     SCHEMA_VERSION,
     atomic_dir,
     existing_output,
@@ -41,8 +41,8 @@ from launch.artifacts import (
     sha256_json,
     write_json_atomic,
 )
-from launch.config import DataError
-from launch.entry import run_job
+from dlrrec.config import DataError
+from dlrrec.entry import run_job
 from serve.config import ServeConfig
 from serve.model import EntityInputs, ScoringModel, Towers
 from serve.recipe import EntityArrays, entity_arrays, entity_vectors, id_map, owner_of

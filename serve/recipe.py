@@ -42,9 +42,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dlrrec.config import DataError
 from features.history import HISTORY_FEATURES, history_bags
 from features.stats import STAT_FEATURES, rating_stats
-from launch.config import DataError
 
 # the owner of every feature the features stage writes (features/schema.py, dense.py)
 OWNER = {

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from launch.config import ConfigError
-from launch.entry import run_job
+from dlrrec.config import ConfigError
+from dlrrec.entry import run_job
 from serve.artifact import Export, read_export
 from serve.config import ServeConfig
 from serve.score import read_pairs

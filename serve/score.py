@@ -23,8 +23,8 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from launch.config import ConfigError, DataError
-from launch.entry import run_job
+from dlrrec.config import ConfigError, DataError
+from dlrrec.entry import run_job
 from serve.artifact import Export, read_export
 from serve.config import ServeConfig
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from launch.config import ConfigError
+from dlrrec.config import ConfigError
 
 
 @dataclass

@@ -4,7 +4,7 @@ The pair tables keep the ids the kernel and the trainer use: the features stage'
 ids, or the original integers of an `input=` table, or dense indexes of its string ids.
 Exports name entities by the source's ids (DESIGN.md), through `read_id_map`.  This
 module shapes no SWING output, so it is outside the SWING code version
-(`launch.code_version.NOT_SHAPING`).
+(`dlrrec.code_version.NOT_SHAPING`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from launch.artifacts import read_meta, sha256_file
-from launch.config import DataError
+from dlrrec.artifacts import read_meta, sha256_file
+from dlrrec.config import DataError
 
 ENTITY = {"item_item": "item", "user_user": "user"}  # whose ids a table holds
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from launch.artifacts import (
+from dlrrec.artifacts import (
     SCHEMA_VERSION,
     existing_output,
     publish_dir,
@@ -57,10 +57,10 @@ from launch.artifacts import (
     sha256_json,
     write_json_atomic,
 )
-from launch.code_version import code_version
-from launch.config import ConfigError, DlrrecError, to_dict
-from launch.elastic import init_process_group_from_env
-from launch.entry import run_job
+from dlrrec.code_version import code_version
+from dlrrec.config import ConfigError, DlrrecError, to_dict
+from dlrrec.elastic import init_process_group_from_env
+from dlrrec.entry import run_job
 from similarity import swing
 from similarity.config import SwingConfig
 from similarity.tables import KINDS, Positives, read_positives, write_ids, write_pairs
@@ -85,7 +85,7 @@ MAX_AUTO_PARTS = 1024
 def fingerprint(cfg: SwingConfig, input_fingerprint: str) -> str:
     """Hash of everything the tables depend on: the config's math keys and the input."""
     params = {k: v for k, v in to_dict(cfg).items() if k not in NOT_FINGERPRINTED}
-    code = code_version("similarity")  # the SWING job's sources (launch/code_version.py)
+    code = code_version("similarity")  # the SWING job's sources (dlrrec/code_version.py)
     return sha256_json({"config": params, "input": input_fingerprint, "schema": SCHEMA_VERSION, "code": code})
 
 

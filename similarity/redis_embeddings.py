@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from launch.artifacts import hash_tree
-from launch.config import DataError
+from dlrrec.artifacts import hash_tree
+from dlrrec.config import DataError
 from similarity.redis_export import switch_current
 from similarity.redis_store import connect, key_anchor, key_current, key_meta, safe_url, text
 

@@ -31,9 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from launch.artifacts import hash_tree, read_meta
-from launch.config import DataError
-from launch.entry import run_job
+from dlrrec.artifacts import hash_tree, read_meta
+from dlrrec.config import DataError
+from dlrrec.entry import run_job
 from similarity.config import SwingConfig
 from similarity.id_maps import ENTITY, IdMap, read_id_map, read_item_titles
 from similarity.redis_store import (

@@ -17,8 +17,8 @@ from typing import Any, cast
 
 import redis
 
-from launch.config import ConfigError, DataError, build_dataclass, load_raw, section_values
-from launch.entry import ArgParser, user_errors
+from dlrrec.config import ConfigError, DataError, build_dataclass, load_raw, section_values
+from dlrrec.entry import ArgParser, user_errors
 from similarity.config import SwingConfig
 from similarity.redis_store import (
     KIND_NAMES,

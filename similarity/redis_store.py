@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from launch.config import ConfigError, DlrrecError
+from dlrrec.config import ConfigError, DlrrecError
 
 KIND_NAMES = {"item": "item_item", "user": "user_user"}
 

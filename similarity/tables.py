@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from launch.artifacts import read_meta, sha256_file
-from launch.config import DataError
+from dlrrec.artifacts import read_meta, sha256_file
+from dlrrec.config import DataError
 
 PAIR_SCHEMA = pa.schema(
     [

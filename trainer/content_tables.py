@@ -39,7 +39,7 @@ from torchrec.modules.embedding_configs import DataType, EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from launch.config import DataError
+from dlrrec.config import DataError
 
 KINDS = ("row", "pos", "neg")
 # the DLRRECTrain attribute holding the tables: its state-dict keys are never checkpointed

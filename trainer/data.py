@@ -30,8 +30,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-from launch.artifacts import read_meta
-from launch.config import ConfigError, DataError
+from dlrrec.artifacts import read_meta
+from dlrrec.config import ConfigError, DataError
 from trainer.content_tables import (
     EntityColumn,
     ParquetColumn,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from launch.elastic import init_process_group_from_env
+from dlrrec.elastic import init_process_group_from_env
 
 
 @dataclass
@@ -38,7 +38,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
     """
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        from launch.config import ConfigError
+        from dlrrec.config import ConfigError
 
         raise ConfigError("train.device: cuda requested but no CUDA device is visible")
     backend = "nccl" if use_cuda else "gloo"
@@ -66,7 +66,7 @@ def check_ranks_per_gpu(nproc_per_node: int, gpus: int) -> None:
         ConfigError: more ranks on this node than visible GPUs, naming both.
     """
     if nproc_per_node > gpus:
-        from launch.config import ConfigError
+        from dlrrec.config import ConfigError
 
         raise ConfigError(
             f"train: nproc_per_node={nproc_per_node} but this node has {gpus} GPU(s); "

@@ -48,10 +48,10 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from tqdm import tqdm
 
-from launch.artifacts import sha256_json, write_json_atomic
-from launch.code_version import code_version
-from launch.config import ConfigError, DataError, to_dict
-from launch.entry import run_job
+from dlrrec.artifacts import sha256_json, write_json_atomic
+from dlrrec.code_version import code_version
+from dlrrec.config import ConfigError, DataError, to_dict
+from dlrrec.entry import run_job
 from trainer.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
@@ -495,7 +495,7 @@ def fingerprint(cfg: TrainConfig, data: TrainingData, trained_on: dict[str, str]
             "features": data.features_meta.get("fingerprint"),
             "similarity": (data.similarity_meta or {}).get("fingerprint"),
             **trained_on,
-            "code": code_version("train"),  # the trainer's sources (launch/code_version.py)
+            "code": code_version("train"),  # the trainer's sources (dlrrec/code_version.py)
         }
     )
 

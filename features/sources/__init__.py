@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+from dlrrec.artifacts import sha256_file
+from dlrrec.config import ConfigError, DataError
 from features.bad_rows import Policy
 from features.io import RawReviews, raw_input_hashes, read_raw_reviews
 from features.sources import amazon2023, generic, google_local, movielens_udata, yelp
-from launch.artifacts import sha256_file
-from launch.config import ConfigError, DataError
 
 ADAPTERS: dict[str, ModuleType] = {
     "generic": generic,

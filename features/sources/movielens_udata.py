@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dlrrec.config import DataError
 from features.bad_rows import Policy
 from features.io import RawReviews
 from features.sources import records
 from features.sources.records import Records, column
 from features.sources.tables import ReviewColumns, raw_reviews
-from launch.config import DataError
 
 FILES = {"ratings": "u.data"}
 OPTIONAL_FILES: tuple[str, ...] = ()

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from dlrrec.config import DataError
 from features.bad_rows import BadRows
-from launch.config import DataError
 
 Kind = Literal["id", "str", "text", "num", "int", "seconds", "millis", "date", "str_list"]
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dlrrec.config import DataError
 from features.bad_rows import BadRows, Policy, first_repeat, no_skips, repeated_rows, resolve
 from features.io import RawReviews
 from features.schema import OPTIONAL_COLUMNS, RAW_INTERACTIONS, RAW_ITEMS, RAW_USERS
@@ -26,7 +27,6 @@ from features.sources.records import (
     check_unique,
     out_of_range_rows,
 )
-from launch.config import DataError
 
 
 @dataclass

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_reviews import fails, write_raw
 
+from dlrrec.config import DataError
 from features.bad_rows import repeated_rows
 from features.io import read_raw_reviews
 from features.main import main
 from features.sources import read_source
-from launch.config import DataError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from tiny_blip2 import save_tiny_blip2, write_images
 
+from dlrrec.config import ConfigError, DataError
 from features.captions import (
     Blip2Captioner,
     ImagesConfig,
@@ -19,7 +20,6 @@ from features.captions import (
     leave_out_means,
     resolve_image,
 )
-from launch.config import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")

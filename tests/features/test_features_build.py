@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 from tiny_reviews import vectors
 
+from dlrrec.config import ConfigError
 from features.config import FeaturesConfig
 from features.main import run
-from launch.config import ConfigError
 
 D = 384
 EXAMPLE_COLUMNS = [

@@ -17,9 +17,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from dlrrec.config import DataError
 from features import fetch
 from features.schema import RAW_INTERACTIONS, RAW_ITEMS, RAW_USERS
-from launch.config import DataError
 
 PROG = "dlrrec data fetch"
 

@@ -24,6 +24,7 @@ from review_source import (
 from tiny_blip2 import save_tiny_blip2, write_images
 from tiny_reviews import read_outputs, vectors
 
+from dlrrec.config import ConfigError, load_config
 from features import text
 from features.captions import ImagesConfig
 from features.config import FeaturesConfig
@@ -37,7 +38,6 @@ from features.llm import (
     prompt_input,
 )
 from features.main import run
-from launch.config import ConfigError, load_config
 
 K = 3
 SEED = 1

@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from dlrrec.config import ConfigError, build_dataclass, load_raw, section_values
 from features.config import FeaturesConfig
 from features.main import fingerprint_config, main
 from features.sources import read_source
-from launch.config import ConfigError, build_dataclass, load_raw, section_values
 
 ROOT = Path(__file__).parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -247,7 +247,7 @@ def test_bad_yelp_input(
 def test_bad_udata_line(tmp_path: Path) -> None:
     d = Path(shutil.copytree(FIXTURES / "movielens_udata", tmp_path / "ml"))
     (d / "u.data").write_text((d / "u.data").read_text() + "7\t1\t4\n")
-    from launch.config import DataError
+    from dlrrec.config import DataError
 
     with pytest.raises(DataError, match=r"u\.data: line 13: expected 4 fields separated by '\\t'"):
         read_source("movielens_udata", d)
@@ -260,7 +260,7 @@ def test_bad_udata_line(tmp_path: Path) -> None:
 
 
 def test_bad_generic_csv(tmp_path: Path) -> None:
-    from launch.config import DataError
+    from dlrrec.config import DataError
 
     d = Path(shutil.copytree(FIXTURES / "generic", tmp_path / "g"))
     (d / "reviews.csv").write_text("")

@@ -202,7 +202,7 @@ def test_max_restarts_goes_to_torchrun(component: str, job: list[str]):
 def test_pipeline_submits_swing_and_train_with_its_image_resources_and_mounts():
     from torchx.runner import get_runner
 
-    from launch.config import build_dataclass, load_raw, section_values
+    from dlrrec.config import build_dataclass, load_raw, section_values
     from launch.pipeline import PipelineConfig, stage_apps
 
     args = ["--image", IMAGE, "--gpu", "4", "--cpu", "16", "--memMB", "65536",

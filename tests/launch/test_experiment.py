@@ -72,7 +72,7 @@ def test_variant_seeds_override_the_grid_seeds(tmp_path):
 
     import pytest
 
-    from launch.config import ConfigError, build_dataclass
+    from dlrrec.config import ConfigError, build_dataclass
     from launch.experiment import collect
 
     root = tmp_path / "root"

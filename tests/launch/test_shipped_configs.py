@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from dlrrec.config import build_dataclass, load_raw, read_yaml, section_values
 from features.config import FeaturesConfig
-from launch.config import build_dataclass, load_raw, read_yaml, section_values
 from launch.experiment import GridConfig
 from launch.pipeline import PipelineConfig
 from similarity.config import SwingConfig

@@ -331,7 +331,7 @@ def test_gather_bags_matches_a_loop():
 
 
 def test_recipe_refuses_a_feature_of_the_pair_by_name():
-    from launch.config import DataError
+    from dlrrec.config import DataError
     from serve.recipe import owner_of
 
     assert owner_of("user_pos_items", "m") == "user" and owner_of("item_hist_n", "m") == "item"

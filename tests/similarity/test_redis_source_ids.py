@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from services import start_redis
 
+from dlrrec.artifacts import hash_tree
 from features.config import FeaturesConfig
 from features.main import run as build_features
 from features.schema import RAW_INTERACTIONS, RAW_ITEMS, RAW_USERS
-from launch.artifacts import hash_tree
 from launch.cli import main as cli_main
 from similarity.config import SwingConfig
 from similarity.main import run as swing_run

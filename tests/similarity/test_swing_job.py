@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from launch.artifacts import SCHEMA_VERSION
+from dlrrec.artifacts import SCHEMA_VERSION
 from launch.cli import main as cli_main
 from similarity.config import SwingConfig
 from similarity.main import main, run

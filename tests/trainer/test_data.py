@@ -197,7 +197,7 @@ def test_eval_ranks_score_contiguous_shares_of_every_row(blocked):
 
 
 def test_lanes_refuse_a_batch_or_world_size_they_cannot_split(data):
-    from launch.config import ConfigError
+    from dlrrec.config import ConfigError
 
     with pytest.raises(ConfigError, match="train.batch_size: 100 is not a multiple of the 8"):
         next(train_batches(data, 100, 0, 1, 0, 0, False))

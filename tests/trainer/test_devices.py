@@ -13,7 +13,7 @@ from synthetic import make_run
 from test_train_errors import _fail
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-from launch.config import ConfigError
+from dlrrec.config import ConfigError
 from trainer.checkpoint import METADATA_FILE, STATE_FILE, STATE_VERSION
 from trainer.config import TrainConfig
 from trainer.main import (

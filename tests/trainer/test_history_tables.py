@@ -20,7 +20,7 @@ import torch
 from synthetic import make_run
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from launch.config import DataError
+from dlrrec.config import DataError
 from trainer.config import TrainConfig
 from trainer.data import make_batch, read_training_data
 from trainer.main import build_tables

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dlrrec.config import DataError
 from features.config import FeaturesConfig
 from features.main import run as build_features
-from launch.config import DataError
 from trainer.content_tables import ContentTables, fill_content_tables
 from trainer.data import keyed_table, make_batch, read_training_data
 

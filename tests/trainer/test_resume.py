@@ -57,7 +57,7 @@ def test_paused_and_resumed_run_equals_uninterrupted(synthetic_run: Path, tmp_pa
 def test_checkpoint_holds_tensors_only_and_refuses_pickled_objects(synthetic_run: Path, tmp_path: Path):
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    from launch.config import ConfigError
+    from dlrrec.config import ConfigError
     from trainer.checkpoint import latest_checkpoint, read_metadata_safely
 
     run = copy_inputs(synthetic_run, tmp_path / "run")

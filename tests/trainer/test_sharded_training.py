@@ -73,7 +73,7 @@ def test_rerun_with_same_config_reuses_and_different_config_refuses(synthetic_ru
     (first,) = run_ranks(_train, 1, str(run), cfg)
     (again,) = run_ranks(_train, 1, str(run), cfg)
     assert again == first
-    from launch.config import ConfigError
+    from dlrrec.config import ConfigError
 
     with pytest.raises(ConfigError, match="overwrite=true"):
         _train_single(run, {**cfg, "dropout": 0.3})

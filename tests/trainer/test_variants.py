@@ -13,7 +13,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from launch.config import ConfigError, DataError
+from dlrrec.config import ConfigError, DataError
 from trainer.config import TrainConfig
 from trainer.model import BiasedMF
 
@@ -122,7 +122,7 @@ def test_full_model_without_swing_tables_names_the_folder(synthetic_run: Path, t
 
 
 def test_unknown_variant_is_a_config_error():
-    from launch.config import build_dataclass
+    from dlrrec.config import build_dataclass
 
     with pytest.raises(ConfigError, match="variant"):
         build_dataclass(TrainConfig, {"run_dir": "x", "variant": "mf"}, "train")

@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from launch.config import ConfigError, load_config, parse_override
+from dlrrec.config import ConfigError, load_config, parse_override
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from launch.config import ConfigError, DataError
+from dlrrec.config import ConfigError, DataError
 
 SCHEMA_VERSION = 1
 

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal, NoReturn, TypeVar
 
-from launch.config import DlrrecError, load_config
+from dlrrec.config import DlrrecError, load_config
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Every stage's fingerprint holds its code version, so an artifact of other code is not reused.
 
-The version hashes the sources that shape the stage's output (launch/code_version.py): a
+The version hashes the sources that shape the stage's output (dlrrec/code_version.py): a
 changed SWING kernel changes the similarity fingerprint and the job refuses the old
 tables; a changed Redis exporter, README or test does not.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.code_version import NOT_SHAPING, code_version, package_root, sources_hash
+from dlrrec.code_version import NOT_SHAPING, code_version, package_root, sources_hash
 
 REPO = Path(__file__).parents[2]
 PACKAGES = ("features", "similarity", "trainer", "launch")
