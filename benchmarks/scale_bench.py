@@ -26,7 +26,9 @@ ratios side by side.  MiniLM item vectors go through one shared embedding cache
 (entities: fixed cost, not the subject here), so every features run after the first
 finds them cached; each tree also compiles its SWING kernel untimed beforehand (see
 `warm_up`).  Wall clock on whatever else the machine is doing; the load
-average is printed.  `--json FILE` keeps the figures.  Never run as a test.
+average is printed.  `--json FILE` keeps the figures; `--markdown F.json ...` prints
+several runs as one table (docs/scale.md).  `--label` names this checkout's runs.
+Figures and the model to 10^9: docs/scale.md.  Never run as a test.
 """
 
 from __future__ import annotations
