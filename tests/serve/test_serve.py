@@ -68,6 +68,16 @@ def source_pairs(run: Path, split: str) -> pa.Table:
     )
 
 
+
+def score_test_pairs(run: Path, tmp_path: Path) -> pa.Table:
+    """Writes the test split's source-id pairs to tmp_path/pairs.parquet and scores them
+    into tmp_path/out.parquet through the CLI; returns the pairs."""
+    pairs = source_pairs(run, "test")
+    pq.write_table(pairs, tmp_path / "pairs.parquet")
+    out = tmp_path / "out.parquet"
+    assert cli(["score", f"run_dir={run}", f"input={tmp_path / 'pairs.parquet'}", f"output={out}"]) == 0
+    return pairs
+
 def export(run: Path, *extra: str) -> int:
     return cli(["export", f"run_dir={run}", *extra])
 
@@ -80,19 +90,7 @@ def test_export_then_score_reproduces_the_trainers_test_predictions(runs, tmp_pa
     assert manifest["needs_torchrec"] is False and manifest["format"] == "torchscript"
     report = json.loads((run / "train" / "report.json").read_text())
     assert manifest["train_fingerprint"] == report["fingerprint"] and report["world_size"] == 2
-    pairs = source_pairs(run, "test")
-    pq.write_table(pairs, tmp_path / "pairs.parquet")
-    assert (
-        cli(
-            [
-                "score",
-                f"run_dir={run}",
-                f"input={tmp_path / 'pairs.parquet'}",
-                f"output={tmp_path / 'out.parquet'}",
-            ]
-        )
-        == 0
-    )
+    pairs = score_test_pairs(run, tmp_path)
     out = pq.read_table(tmp_path / "out.parquet")
     assert out.column_names == ["user", "item", "label", "score"]
     trainer = pq.read_table(run / "train" / "test_predictions.parquet")
@@ -250,19 +248,7 @@ def test_history_statistics_and_cold_start_rows(runs, tmp_path: Path, capsys):
     meta = json.loads((run / "features" / "_meta.json").read_text())
     assert "user_pos_items" in meta["sparse_features"] and "user_hist_n" in meta["dense_features"]
     assert export(run) == 0
-    pairs = source_pairs(run, "test")
-    pq.write_table(pairs, tmp_path / "pairs.parquet")
-    assert (
-        cli(
-            [
-                "score",
-                f"run_dir={run}",
-                f"input={tmp_path / 'pairs.parquet'}",
-                f"output={tmp_path / 'out.parquet'}",
-            ]
-        )
-        == 0
-    )
+    pairs = score_test_pairs(run, tmp_path)
     trainer = pq.read_table(run / "train" / "test_predictions.parquet")
     # the trainer maps ids absent from training to the cold row; so does the export
     np.testing.assert_allclose(
