@@ -167,6 +167,19 @@ def concat_bags(
     return torch.from_numpy(np.stack(offsets)), torch.from_numpy(np.concatenate(values))
 
 
+def tower_layers(tensors: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The towers' per-layer weights [T, a, b] and biases [T, 1, b] as the interaction sees
+    them: a linear `tower_map` (train.tower_dim < D) is folded into the last layer,
+    x W + b then (.) M + c = x (W M) + (b M + c), so serving needs no extra layer."""
+    n = len([k for k in tensors if k.startswith("projection_arch.weights.")])
+    weights = [tensors[f"projection_arch.weights.{i}"] for i in range(n)]
+    biases = [tensors[f"projection_arch.biases.{i}"] for i in range(n)]
+    if n and "tower_map.weights.0" in tensors:
+        m, c = tensors["tower_map.weights.0"], tensors["tower_map.biases.0"]
+        weights[-1], biases[-1] = torch.bmm(weights[-1], m), torch.baddbmm(c, biases[-1], m)
+    return weights, biases
+
+
 def build_scoring_model(
     tcfg: TrainConfig, meta: dict[str, Any], features: Path, tensors: dict[str, torch.Tensor]
 ) -> tuple[ScoringModel, dict[str, EntityArrays], dict[str, Any]]:
@@ -175,11 +188,7 @@ def build_scoring_model(
     arrays = entity_arrays(features, meta, sparse, dense, tcfg.id_dropout > 0)
     tables, feature_table, table_names = build_tables(tcfg, meta, sparse, tensors)
     d = tables[0].embedding_dim
-    layers = sorted(k for k in tensors if k.startswith("projection_arch.weights."))
-    towers_mod = Towers(
-        [tensors[f"projection_arch.weights.{i}"] for i in range(len(layers))],
-        [tensors[f"projection_arch.biases.{i}"] for i in range(len(layers))],
-    )
+    towers_mod = Towers(*tower_layers(tensors))
     dim = int(meta["content_dim"])
     inputs = {}
     for e in ("user", "item"):

@@ -21,6 +21,9 @@ class TrainConfig:
         batch_size: GLOBAL batch size, split evenly over ranks.
         embedding_dim: D, the dim of every embedding table and projection tower output.
         tower_hidden: hidden width of each 384->D projection tower (0 = one linear layer).
+        tower_dim: output dim of the projection towers (0 = embedding_dim). Below
+            embedding_dim, a learned per-tower linear tower_dim -> D map lifts the tower
+            outputs into the interaction; InfoNCE and serving's tower vectors stay tower_dim.
         dense_arch: hidden sizes of the MLP over dense features (its output is D).
         over_arch: hidden sizes of the MLP after the interaction (a final 1 is added).
         dropout: dropout in towers and over arch.
@@ -99,6 +102,7 @@ class TrainConfig:
     eval_batch_size: int = 8192
     embedding_dim: int = 32
     tower_hidden: int = 128
+    tower_dim: int = 0
     dense_arch: list[int] = field(default_factory=lambda: [64])
     over_arch: list[int] = field(default_factory=lambda: [256, 64])
     dropout: float = 0.1
@@ -160,6 +164,10 @@ class TrainConfig:
         for name in ("keep_checkpoints", "checkpoint_every_steps", "val_every_steps", "stop_after_epoch", "stop_after_step"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.tower_dim <= self.embedding_dim:
+            raise ConfigError(
+                f"train.tower_dim: must be in [0, embedding_dim={self.embedding_dim}], got {self.tower_dim}"
+            )
         for name in ("extra_negatives", "infonce_chunk_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")

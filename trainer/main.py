@@ -257,6 +257,7 @@ def build_model(
             "dense_arch": cfg.dense_arch,
             "over_arch": cfg.over_arch,
             "tower_hidden": cfg.tower_hidden,
+            "tower_dim": cfg.tower_dim,
             "dropout": cfg.dropout,
         },
     )

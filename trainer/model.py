@@ -240,9 +240,11 @@ class DLRREC(nn.Module):
     Args:
         ebc: EmbeddingBagCollection (dim D) over the F sparse features.
         dense_in: Dd.
-        towers: T content towers, each C -> D.
+        towers: T content towers, each C -> D (or C -> `tower_dim`, then lifted to D).
         content_dim: C.
-        arch: dict with `dense_arch`, `over_arch`, `tower_hidden`, `dropout`.
+        arch: dict with `dense_arch`, `over_arch`, `tower_hidden`, `dropout` and optionally
+            `tower_dim` (0 or D = towers output D; below D, a per-tower linear
+            tower_dim -> D map feeds the interaction, while InfoNCE reads the tower outputs).
 
     Example::
 
@@ -268,8 +270,15 @@ class DLRREC(nn.Module):
         self.towers = towers
         self.sparse_arch = SparseArch(ebc)
         self.dense_arch = DenseArch(dense_in, list(arch["dense_arch"]), d)  # type: ignore[call-overload]
+        tower_dim = int(arch.get("tower_dim", 0)) or d  # type: ignore[call-overload]
+        if tower_dim > d:
+            raise ValueError(f"tower_dim {tower_dim} is above the embedding dim {d}")
         self.projection_arch = ProjectionArch(
-            towers, content_dim, int(arch["tower_hidden"]), d, dropout  # type: ignore[call-overload]
+            towers, content_dim, int(arch["tower_hidden"]), tower_dim, dropout  # type: ignore[call-overload]
+        )
+        # narrow towers (the product's 32-d content embeddings) in a wider interaction space
+        self.tower_map: nn.Module = (
+            ProjectionArch(towers, tower_dim, 0, d, 0.0) if towers and tower_dim < d else nn.Identity()
         )
         self.inter_arch = InteractionArch(1 + n_sparse + towers)
         self.over_arch = OverArch(
@@ -282,7 +291,7 @@ class DLRREC(nn.Module):
         """Returns: logits [B] and the pooled sparse embeddings [B, F, D] (for regularisers)."""
         d = self.dense_arch(dense)
         e = self.sparse_arch(sparse)
-        p = self.projection_arch(content)
+        p = self.tower_map(self.projection_arch(content))
         others = torch.cat([e, p], dim=1) if self.towers else e  # static: fx-traced
         return self.over_arch(self.inter_arch(d, others)), e
 

@@ -48,3 +48,50 @@ def test_pairwise_dots_values_and_gradients_match_a_loop_reference():
     (grad_ref,) = torch.autograd.grad(ref, x, g)
     torch.testing.assert_close(grad, grad_ref)
     assert torch.autograd.gradcheck(lambda t: pairwise_dots(t, pairs), (x,))
+
+
+def _dlrrec(tower_dim: int):
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    from trainer.model import DLRREC
+
+    torch.manual_seed(0)
+    ebc = EmbeddingBagCollection(
+        tables=[EmbeddingBagConfig(name="t_u", embedding_dim=8, num_embeddings=5, feature_names=["u"])]
+    )
+    arch = {"dense_arch": [4], "over_arch": [6], "tower_hidden": 16, "tower_dim": tower_dim, "dropout": 0.0}
+    return DLRREC(ebc, dense_in=2, towers=2, content_dim=12, arch=arch).eval()
+
+
+def test_narrow_towers_are_lifted_into_the_interaction_by_a_linear_map():
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from serve.export import tower_layers
+    from serve.model import Towers
+
+    model = _dlrrec(tower_dim=4)
+    assert _dlrrec(tower_dim=0).projection_arch.weights[-1].shape == (2, 16, 8)  # 0 = D: no map
+    dense, content = torch.randn(3, 2), torch.randn(3, 2, 12)
+    kjt = KeyedJaggedTensor.from_lengths_sync(["u"], torch.tensor([1, 4, 2]), torch.ones(3, dtype=torch.long))
+    z = model.projection_arch(content)
+    assert z.shape == (3, 2, 4)  # what InfoNCE reads (project_one) stays tower_dim
+    m, c = model.tower_map.weights[0], model.tower_map.biases[0]
+    lifted = torch.stack([z[:, t] @ m[t] + c[t] for t in range(2)], dim=1)  # [3, 2, 8]
+    e = model.sparse_arch(kjt)
+    ref = model.over_arch(model.inter_arch(model.dense_arch(dense), torch.cat([e, lifted], dim=1)))
+    torch.testing.assert_close(model(dense, kjt, content)[0], ref)
+    # serving folds the map into the towers' last layer: the same 8-d tower outputs
+    towers = Towers(*tower_layers({k: v.detach() for k, v in model.state_dict().items()}))
+    for t in range(2):
+        torch.testing.assert_close(towers(content[:, t], t), lifted[:, t])
+
+
+def test_tower_dim_above_embedding_dim_is_refused():
+    import pytest
+
+    from dlrrec.config import ConfigError
+    from trainer.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="train.tower_dim"):
+        TrainConfig(run_dir="r", embedding_dim=32, tower_dim=64).validate()
