@@ -65,84 +65,152 @@ def swing_block(
     Returns (n_out, contributions W); out rows [0, n_out) are grouped by anchor in
     ascending order.
     """
-    dummy = len(bucket) - 1
     n_out = 0
     contributions = 0
     for a in range(lo, hi):
-        base = anchor_ptr[a]
-        n = anchor_ptr[a + 1] - base
-        # 1. members per target
-        n_touched = 0
-        for x in range(n):
-            m = anchor_members[base + x]
-            for t in range(member_ptr[m], member_ptr[m + 1]):
-                j = member_targets[t]
-                if j == a:
-                    continue
-                # branch-free: the hit pattern is random, mispredictions cost more
-                touched[n_touched] = j
-                n_touched += cnt[j] == 0
-                cnt[j] += 1
-        # 2. buckets of the targets with >= 2 members, in first-touch order (top-K
-        # sorts later; sorting here would cost more than the rest of this step)
-        n_groups = 0
-        for k in range(n_touched):
-            j = touched[k]
-            if cnt[j] >= 2:
-                groups[n_groups] = j
-                n_groups += 1
-
-        # Singletons (and the anchor's own target) write to a dummy slot past the end,
-        # again to keep the loop free of unpredictable branches.
-        for k in range(n_touched):
-            start[touched[k]] = dummy
-        start[a] = dummy
-        pos = 0
+        members = anchor_members[anchor_ptr[a] : anchor_ptr[a + 1]]
+        n = len(members)
+        n_touched = _count_targets(a, members, member_ptr, member_targets, cnt, touched)
+        n_groups = _shared_targets(touched, n_touched, cnt, groups)
+        _fill_buckets(
+            a, members, member_ptr, member_targets, weight, touched, n_touched, groups,
+            n_groups, cnt, start, bucket, wx,
+        )  # fmt: skip
+        contributions += _count_overlaps(groups, n_groups, cnt, start, bucket, overlap, n)
         for k in range(n_groups):
             j = groups[k]
-            start[j] = pos
-            pos += cnt[j]
-        for x in range(n):
-            m = anchor_members[base + x]
-            wx[x] = weight[m]
-            for t in range(member_ptr[m], member_ptr[m + 1]):
-                j = member_targets[t]
-                slot = start[j]
-                bucket[slot] = x
-                start[j] = slot + (slot != dummy)
-        # 3. overlaps (start[j] now points one past its bucket)
-        for k in range(n_groups):
-            j = groups[k]
-            c = cnt[j]
-            b0 = start[j] - c
-            contributions += c * (c - 1) // 2
-            for p in range(b0, b0 + c):
-                row = _tri_row(bucket[p], n)
-                for q in range(p + 1, b0 + c):
-                    overlap[row + bucket[q]] += 1
-        # 4. scores
-        for k in range(n_groups):
-            j = groups[k]
-            c = cnt[j]
-            b0 = start[j] - c
-            total = 0.0
-            for p in range(b0, b0 + c):
-                xp = bucket[p]
-                wp = wx[xp]
-                row = _tri_row(xp, n)
-                for q in range(p + 1, b0 + c):
-                    xq = bucket[q]
-                    denom = float(overlap[row + xq] + 1) + alpha2
-                    total += wp * wx[xq] / denom
             out_a[n_out] = a
             out_n[n_out] = j
-            out_s[n_out] = total
+            out_s[n_out] = _target_score(start[j] - cnt[j], cnt[j], bucket, wx, overlap, n, alpha2)
             n_out += 1
         # reset the scratch for the next anchor
         for k in range(n_touched):
             cnt[touched[k]] = 0
         overlap[: n * (n - 1) // 2] = 0
     return n_out, contributions
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_targets(
+    a: int,
+    members: np.ndarray,
+    member_ptr: np.ndarray,
+    member_targets: np.ndarray,
+    cnt: np.ndarray,
+    touched: np.ndarray,
+) -> int:
+    """Step 1: each target's members inside anchor a (`cnt`), skipping a itself; the
+    targets in first-touch order go to `touched`. Returns how many."""
+    n_touched = 0
+    for x in range(len(members)):
+        m = members[x]
+        for t in range(member_ptr[m], member_ptr[m + 1]):
+            j = member_targets[t]
+            if j == a:
+                continue
+            # branch-free: the hit pattern is random, mispredictions cost more
+            touched[n_touched] = j
+            n_touched += cnt[j] == 0
+            cnt[j] += 1
+    return n_touched
+
+
+@numba.njit(cache=True, nogil=True)
+def _shared_targets(
+    touched: np.ndarray, n_touched: int, cnt: np.ndarray, groups: np.ndarray
+) -> int:
+    """Step 2a: the targets with >= 2 members into `groups`, in first-touch order (top-K
+    sorts later; sorting here would cost more than the rest of the kernel). Returns how many."""
+    n_groups = 0
+    for k in range(n_touched):
+        j = touched[k]
+        if cnt[j] >= 2:
+            groups[n_groups] = j
+            n_groups += 1
+    return n_groups
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_buckets(
+    a: int,
+    members: np.ndarray,
+    member_ptr: np.ndarray,
+    member_targets: np.ndarray,
+    weight: np.ndarray,
+    touched: np.ndarray,
+    n_touched: int,
+    groups: np.ndarray,
+    n_groups: int,
+    cnt: np.ndarray,
+    start: np.ndarray,
+    bucket: np.ndarray,
+    wx: np.ndarray,
+) -> None:
+    """Step 2b: the members (by position x) of every shared target into its bucket,
+    members in order, and their weights into wx; afterwards start[j] points one past
+    target j's bucket."""
+    # Singletons (and the anchor's own target) write to a dummy slot past the end,
+    # again to keep the loop free of unpredictable branches.
+    dummy = len(bucket) - 1
+    for k in range(n_touched):
+        start[touched[k]] = dummy
+    start[a] = dummy
+    pos = 0
+    for k in range(n_groups):
+        j = groups[k]
+        start[j] = pos
+        pos += cnt[j]
+    for x in range(len(members)):
+        m = members[x]
+        wx[x] = weight[m]
+        for t in range(member_ptr[m], member_ptr[m + 1]):
+            j = member_targets[t]
+            slot = start[j]
+            bucket[slot] = x
+            start[j] = slot + (slot != dummy)
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_overlaps(
+    groups: np.ndarray,
+    n_groups: int,
+    cnt: np.ndarray,
+    start: np.ndarray,
+    bucket: np.ndarray,
+    overlap: np.ndarray,
+    n: int,
+) -> int:
+    """Step 3: the shared targets of every member pair of the anchor, in the packed
+    triangle `overlap`. Returns the pair contributions W of the anchor."""
+    contributions = 0
+    for k in range(n_groups):
+        j = groups[k]
+        c = cnt[j]
+        b0 = start[j] - c
+        contributions += c * (c - 1) // 2
+        for p in range(b0, b0 + c):
+            row = _tri_row(bucket[p], n)
+            for q in range(p + 1, b0 + c):
+                overlap[row + bucket[q]] += 1
+    return contributions
+
+
+@numba.njit(cache=True, nogil=True)
+def _target_score(
+    b0: int, c: int, bucket: np.ndarray, wx: np.ndarray, overlap: np.ndarray, n: int, alpha2: float
+) -> float:
+    """Step 4: one target's score, sum of w_p * w_q / (alpha2 + overlap + 1) over the
+    member pairs of its bucket bucket[b0:b0 + c], in row-major (p, q) order."""
+    total = 0.0
+    for p in range(b0, b0 + c):
+        xp = bucket[p]
+        wp = wx[xp]
+        row = _tri_row(xp, n)
+        for q in range(p + 1, b0 + c):
+            xq = bucket[q]
+            denom = float(overlap[row + xq] + 1) + alpha2
+            total += wp * wx[xq] / denom
+    return total
 
 
 @numba.njit(cache=True, nogil=True)
