@@ -413,23 +413,56 @@ def _swing_scores_numpy(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """`swing_scores` in NumPy/SciPy: list entries, group them, walk pairs in chunks."""
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64), 0)
+    members = anchor_members[int(anchor_ptr[lo]) : anchor_ptr[hi]]
+    if len(members) == 0:
+        return empty
+    row_anchor, row_x, row_key, n_keys = _anchor_rows(anchor_ptr, lo, hi)
+    rows, g_size, g_target, g_anchor = _target_groups(
+        members, row_anchor, member_ptr, member_targets, n_targets
+    )
+    if len(g_size) == 0:
+        return empty
+    ent_key, ent_x, ent_w = row_key[rows], row_x[rows], weight[members[rows]]
+    del rows  # the pairs below are the peak: hold only what they need
+    score = _group_scores(ent_key, ent_x, ent_w, g_size, n_keys, max_pairs, alpha2=alpha2)
+    contributions = int((g_size * (g_size - 1) // 2).sum())
+    order = np.lexsort((g_target, g_anchor))
+    return g_anchor[order], g_target[order], score[order], contributions
+
+
+def _anchor_rows(
+    anchor_ptr: np.ndarray, lo: int, hi: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One row per (anchor, member) of anchors [lo, hi): its anchor, x = the member's
+    position in the anchor's list, and the base of its overlap counters; and how many
+    counters there are."""
     n_a = np.diff(anchor_ptr[lo : hi + 1])
     slot0 = int(anchor_ptr[lo])
-    members = anchor_members[slot0 : anchor_ptr[hi]]
-    n_rows = len(members)
-    if n_rows == 0:
-        return empty
-    # One row per (anchor, member); x = the member's position in the anchor's list.
+    n_rows = int(anchor_ptr[hi]) - slot0
     row_anchor = np.repeat(np.arange(lo, hi, dtype=np.int64), n_a)
     row_x = np.arange(n_rows, dtype=np.int64) - np.repeat(anchor_ptr[lo:hi] - slot0, n_a)
     # Overlap counters: anchor a's pair (x, y), x < y, lives at key_base[a] + x * n_a + y.
     key_base = np.concatenate([[0], np.cumsum(n_a * n_a)[:-1]]).astype(np.int64)
     row_key = np.repeat(key_base, n_a) + row_x * np.repeat(n_a, n_a)
-    n_keys = int((n_a * n_a).sum())
+    return row_anchor, row_x, row_key, int((n_a * n_a).sum())
 
+
+def _target_groups(
+    members: np.ndarray,
+    row_anchor: np.ndarray,
+    member_ptr: np.ndarray,
+    member_targets: np.ndarray,
+    n_targets: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The (anchor, target) groups of >= 2 members, the anchor's own target left out.
+
+    Returns (rows, size, target, anchor): the groups' rows (entries of a group are
+    contiguous, its members in order) and per group its size, target and anchor.
+    """
     # Entries (row, target): each row's member's targets.  A linear counting sort
     # (CSR -> CSC) puts them target-major with rows ascending inside a target, so each
     # (anchor, target) group is one run with its members in order.
+    n_rows = len(members)
     deg = member_ptr[members + 1] - member_ptr[members]
     row_ptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(deg, out=row_ptr[1:])
@@ -463,17 +496,25 @@ def _swing_scores_numpy(
     # An anchor's own target is not its neighbour.
     keep = g_target != g_anchor
     g_start, g_size = g_start[keep], g_size[keep]
-    g_target, g_anchor = g_target[keep], g_anchor[keep]
-    if len(g_size) == 0:
-        return empty
     # Compact the entries to the kept groups before the per-entry gathers.
     rows = rows[np.repeat(g_start, g_size) + _ranks_in_runs(g_size)]
-    g_start = np.concatenate([[0], np.cumsum(g_size)[:-1]]).astype(np.int64)
-    ent_key = row_key[rows]
-    ent_x = row_x[rows]
-    ent_w = weight[members[rows]]
-    del rows
+    return rows, g_size, g_target[keep], g_anchor[keep]
 
+
+def _group_scores(
+    ent_key: np.ndarray,
+    ent_x: np.ndarray,
+    ent_w: np.ndarray,
+    g_size: np.ndarray,
+    n_keys: int,
+    max_pairs: int,
+    *,
+    alpha2: float,
+) -> np.ndarray:
+    """Each group's score, sum of w_m w_n / (alpha2 + overlap + 1) over its member pairs,
+    from its entries' overlap-counter bases, positions and weights (groups contiguous);
+    pairs are walked in chunks of about `max_pairs`."""
+    g_start = np.concatenate([[0], np.cumsum(g_size)[:-1]]).astype(np.int64)
     chunks = _chunks(g_size, max_pairs)
 
     def pairs(g0: int, g1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -503,9 +544,7 @@ def _swing_scores_numpy(
         term *= ent_w[second]
         term /= denom[key]
         score[g0:g1] = np.bincount(local, weights=term, minlength=g1 - g0)
-    contributions = int((g_size * (g_size - 1) // 2).sum())
-    order = np.lexsort((g_target, g_anchor))
-    return g_anchor[order], g_target[order], score[order], contributions
+    return score
 
 
 def _ranks_in_runs(sizes: np.ndarray) -> np.ndarray:
