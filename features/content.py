@@ -161,103 +161,131 @@ def build_review_content(
         embed: texts -> float16-exact vectors [len, D].
         dim: D.
     """
+    x = _Inputs(
+        raw, items, user_names, row_user, row_item, train, timestamps, temporal, seed,
+        raw_dir, embed, dim,
+    )  # fmt: skip
     out = ReviewContent()
-    inter = raw.interactions
     if llm_cfg is not None:
-        provider = llm.build_provider(llm_cfg)
-        k = llm_cfg.folds
-        # Folds hash the review id (or user|item|time where a table has none): never
-        # the text or the rating, which may change without moving a review's fold.
-        review_ids = _column(inter, "review_id") or [
-            f"{u}|{i}|{t}"
-            for u, i, t in zip(
-                inter["user"].to_pylist(), inter["item"].to_pylist(), inter["timestamp"].to_pylist()
-            )
-        ]
-        if temporal:
-            folds = summaries.time_blocks(timestamps, train, k)
-        else:
-            folds = summaries.review_folds(review_ids, k, seed)
-        texts = _column(inter, "text") or [None] * len(review_ids)
-        tiers = _column(items, "price_tier")
-        cats = _column(items, "categories")
-        item_names = items["item"].to_pylist()
-        u = summaries.extract_out_of_fold(
-            provider,
-            "user",
-            user_names,
-            row_user,
-            texts,
-            train,
-            folds,
-            k,
-            embed,
-            dim,
-            earlier=temporal,
-        )
-        i = summaries.extract_out_of_fold(
-            provider, "item", item_names, row_item, texts, train, folds, k, embed, dim, tiers,
-            cats, earlier=temporal,
-        )  # fmt: skip
-        out.row_columns.update(
-            user_text=u.row_vecs,
-            has_user_text=u.row_mask,
-            item_text=i.row_vecs,
-            has_item_text=i.row_mask,
-        )
-        out.user_columns.update(user_text=u.vecs, has_user_text=u.mask)
-        out.item_columns.update(item_text=i.vecs, has_item_text=i.mask)
-        if llm_cfg.base_url:  # offline: price and categories stay the metadata's
-            out.row_price = np.asarray(
-                [PRICE_CATEGORY_TIER.get(p, np.nan) for p in i.row_price], dtype=np.float64
-            )
-            out.row_types = i.row_types
-        out.meta["llm"] = {
-            **summaries.usage_meta(provider, k, u, i),
-            "base_url": llm_cfg.base_url or None,
-            "rows_read": (
-                "training reviews of earlier time blocks (train rows)"
-                if temporal
-                else "training reviews of other folds (train rows)"
-            )
-            + "; all training reviews (val/test rows, entities)",
-            "rows_with_summary": {"user": int(u.row_mask.sum()), "item": int(i.row_mask.sum())},
-            "entities_with_summary": {"user": int(u.mask.sum()), "item": int(i.mask.sum())},
-        }
-        log.info("features: llm %s, usage %s", provider.name, provider.usage.to_meta())
+        _add_llm_content(out, llm_cfg, x)
     if images_cfg is not None:
-        n = len(row_user)
-        iv = captions.build_image_vectors(
-            item_captions=_column(items, "captions") or [None] * items.num_rows,
-            item_images=_column(items, "image_urls") or [None] * items.num_rows,
-            review_images=_column(inter, "image_urls") or [None] * n,
-            row_user=row_user,
-            row_item=row_item,
-            train=train,
-            n_users=len(user_names),
-            n_items=items.num_rows,
-            embed=embed,
-            captioner=captions.build_captioner(images_cfg),
-            image_dir=Path(images_cfg.image_dir or raw_dir),
-            dim=dim,
-            timestamps=timestamps if temporal else None,
-        )
-        out.row_columns.update(
-            user_image=iv.user_rows,
-            has_user_image=iv.user_rows_mask,
-            item_image=iv.item_rows,
-            has_item_image=iv.item_rows_mask,
-        )
-        out.user_columns.update(user_image=iv.users, has_user_image=iv.users_mask)
-        out.item_columns.update(item_image=iv.items, has_item_image=iv.items_mask)
-        out.meta["images"] = {
-            **iv.meta,
-            "rows_read": (
-                "photos of reviews strictly earlier than the row (any split)"
-                if temporal
-                else "photos of training reviews except the row's own"
-            )
-            + ", and the item's own photos",
-        }
-        log.info("features: image captions %s", iv.meta)
+        _add_image_content(out, images_cfg, x)
     return out
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The arguments of `build_review_content` (see there), shared by its two steps."""
+
+    raw: RawReviews
+    items: pa.Table
+    user_names: list[str]
+    row_user: np.ndarray
+    row_item: np.ndarray
+    train: np.ndarray
+    timestamps: np.ndarray
+    temporal: bool
+    seed: int
+    raw_dir: str
+    embed: Callable[[list[str]], np.ndarray]
+    dim: int
+
+
+def _review_folds(x: _Inputs, k: int) -> tuple[np.ndarray, list[str]]:
+    """(fold of each review, review ids): time blocks on a temporal split, else a hash
+    of the review id (or user|item|time where a table has none): never the text or the
+    rating, which may change without moving a review's fold."""
+    inter = x.raw.interactions
+    review_ids = _column(inter, "review_id") or [
+        f"{u}|{i}|{t}"
+        for u, i, t in zip(
+            inter["user"].to_pylist(), inter["item"].to_pylist(), inter["timestamp"].to_pylist()
+        )
+    ]
+    if x.temporal:
+        return summaries.time_blocks(x.timestamps, x.train, k), review_ids
+    return summaries.review_folds(review_ids, k, x.seed), review_ids
+
+
+def _add_llm_content(out: ReviewContent, llm_cfg: llm.LLMConfig, x: _Inputs) -> None:
+    """User and item summaries out of fold (the `text` modality); with an LLM endpoint,
+    also each row's price category and restaurant types."""
+    provider = llm.build_provider(llm_cfg)
+    k = llm_cfg.folds
+    folds, review_ids = _review_folds(x, k)
+    texts = _column(x.raw.interactions, "text") or [None] * len(review_ids)
+    tiers = _column(x.items, "price_tier")
+    cats = _column(x.items, "categories")
+    item_names = x.items["item"].to_pylist()
+    u = summaries.extract_out_of_fold(
+        provider, "user", x.user_names, x.row_user, texts, x.train, folds, k, x.embed, x.dim,
+        earlier=x.temporal,
+    )  # fmt: skip
+    i = summaries.extract_out_of_fold(
+        provider, "item", item_names, x.row_item, texts, x.train, folds, k, x.embed, x.dim,
+        tiers, cats, earlier=x.temporal,
+    )  # fmt: skip
+    out.row_columns.update(
+        user_text=u.row_vecs,
+        has_user_text=u.row_mask,
+        item_text=i.row_vecs,
+        has_item_text=i.row_mask,
+    )
+    out.user_columns.update(user_text=u.vecs, has_user_text=u.mask)
+    out.item_columns.update(item_text=i.vecs, has_item_text=i.mask)
+    if llm_cfg.base_url:  # offline: price and categories stay the metadata's
+        out.row_price = np.asarray(
+            [PRICE_CATEGORY_TIER.get(p, np.nan) for p in i.row_price], dtype=np.float64
+        )
+        out.row_types = i.row_types
+    out.meta["llm"] = {
+        **summaries.usage_meta(provider, k, u, i),
+        "base_url": llm_cfg.base_url or None,
+        "rows_read": (
+            "training reviews of earlier time blocks (train rows)"
+            if x.temporal
+            else "training reviews of other folds (train rows)"
+        )
+        + "; all training reviews (val/test rows, entities)",
+        "rows_with_summary": {"user": int(u.row_mask.sum()), "item": int(i.row_mask.sum())},
+        "entities_with_summary": {"user": int(u.mask.sum()), "item": int(i.mask.sum())},
+    }
+    log.info("features: llm %s, usage %s", provider.name, provider.usage.to_meta())
+
+
+def _add_image_content(out: ReviewContent, images_cfg: captions.ImagesConfig, x: _Inputs) -> None:
+    """Caption vectors of review and item photos (the `image` modality)."""
+    n, n_items = len(x.row_user), x.items.num_rows
+    iv = captions.build_image_vectors(
+        item_captions=_column(x.items, "captions") or [None] * n_items,
+        item_images=_column(x.items, "image_urls") or [None] * n_items,
+        review_images=_column(x.raw.interactions, "image_urls") or [None] * n,
+        row_user=x.row_user,
+        row_item=x.row_item,
+        train=x.train,
+        n_users=len(x.user_names),
+        n_items=n_items,
+        embed=x.embed,
+        captioner=captions.build_captioner(images_cfg),
+        image_dir=Path(images_cfg.image_dir or x.raw_dir),
+        dim=x.dim,
+        timestamps=x.timestamps if x.temporal else None,
+    )
+    out.row_columns.update(
+        user_image=iv.user_rows,
+        has_user_image=iv.user_rows_mask,
+        item_image=iv.item_rows,
+        has_item_image=iv.item_rows_mask,
+    )
+    out.user_columns.update(user_image=iv.users, has_user_image=iv.users_mask)
+    out.item_columns.update(item_image=iv.items, has_item_image=iv.items_mask)
+    out.meta["images"] = {
+        **iv.meta,
+        "rows_read": (
+            "photos of reviews strictly earlier than the row (any split)"
+            if x.temporal
+            else "photos of training reviews except the row's own"
+        )
+        + ", and the item's own photos",
+    }
+    log.info("features: image captions %s", iv.meta)
