@@ -380,82 +380,30 @@ def build_image_vectors(
             plus the item's own photos; None: training reviews but the row's own.
     """
     stats = captioner.stats if captioner is not None else CaptionStats()
-    cap_item, cap_text = _flatten(item_captions)
-    stats.source_captions = len(cap_text)
-    img_item, img_refs = _flatten(item_images)
-    img_row, row_refs = _flatten(review_images)
-    refs = img_refs + row_refs
-    stats.images = len(refs)
-    texts: list[str | None] = [None] * len(refs)
-    if captioner is None:
-        stats.images_uncaptioned = len(refs)
-    elif refs:
-        paths = [resolve_image(r, image_dir) for r in refs]
-        found = [k for k, p in enumerate(paths) if p.is_file()]
-        stats.images_missing = len(refs) - len(found)
-        if stats.images_missing:
-            first = next(p for p in paths if not p.is_file())
-            log.warning(
-                "features: %d of %d images not found (first: %s); they are left out",
-                stats.images_missing,
-                len(refs),
-                first,
-            )
-        for k, text in zip(found, captioner.caption([paths[k] for k in found])):
-            texts[k] = text or None  # an empty caption is no caption
-    n_img_item = len(img_refs)
-    gen_item = [(int(img_item[k]), t) for k, t in enumerate(texts[:n_img_item]) if t]
-    gen_row = [(int(img_row[k]), t) for k, t in enumerate(texts[n_img_item:]) if t]
-
-    all_texts = cap_text + [t for _, t in gen_item] + [t for _, t in gen_row]
-    vecs = embed(all_texts) if all_texts else np.zeros((0, dim), np.float32)
-    d = dim
-    item_owner = np.concatenate([cap_item, np.asarray([i for i, _ in gen_item], np.int64)]).astype(
-        np.int64
+    caps = _embedded_captions(
+        item_captions, item_images, review_images, captioner, image_dir, stats
     )
-    n_item_level = len(item_owner)
-    item_level = vecs[:n_item_level]
-    review_vecs = vecs[n_item_level:]
-    caption_row = np.asarray([r for r, _ in gen_row], dtype=np.int64)
-
-    # Each review row's own caption sums, then only training reviews count anywhere.
-    own_rows = np.unique(caption_row[train[caption_row]])
-    slot = np.searchsorted(own_rows, caption_row)
-    in_own = np.zeros(len(caption_row), bool)
-    if len(own_rows):
-        in_own = own_rows[np.minimum(slot, len(own_rows) - 1)] == caption_row
-    own_sums, own_counts = caption_sums(
-        np.where(in_own, slot, -1), review_vecs.reshape(-1, d), len(own_rows)
-    )
-    in_train = train[caption_row] if len(caption_row) else np.zeros(0, bool)
-    u_owner = np.where(in_train, row_user[caption_row] if len(caption_row) else caption_row, -1)
-    i_owner = np.where(in_train, row_item[caption_row] if len(caption_row) else caption_row, -1)
-    u_sums, u_counts = caption_sums(u_owner, review_vecs.reshape(-1, d), n_users)
-    i_sums, i_counts = caption_sums(
-        np.concatenate([item_owner, i_owner]),
-        np.concatenate([item_level.reshape(-1, d), review_vecs.reshape(-1, d)]),
-        n_items,
+    vecs = embed(caps.texts) if caps.texts else np.zeros((0, dim), np.float32)
+    item_vecs = vecs[: len(caps.item_owner)].reshape(-1, dim)
+    review_vecs = vecs[len(caps.item_owner) :].reshape(-1, dim)
+    own, u, i = _training_sums(
+        caps, item_vecs, review_vecs, row_user, row_item, train, n_users, n_items
     )
     if timestamps is None:
-        user_rows, user_rows_mask = leave_out_means(
-            row_user, u_sums, u_counts, own_rows, own_sums, own_counts
-        )
-        item_rows, item_rows_mask = leave_out_means(
-            row_item, i_sums, i_counts, own_rows, own_sums, own_counts
-        )
+        user_rows, user_rows_mask = leave_out_means(row_user, *u, *own)
+        item_rows, item_rows_mask = leave_out_means(row_item, *i, *own)
     else:
         user_rows, user_rows_mask = earlier_means(
-            row_user, timestamps, caption_row, review_vecs.reshape(-1, d)
+            row_user, timestamps, caps.review_row, review_vecs
         )
         item_rows, item_rows_mask = earlier_means(
-            row_item, timestamps, caption_row, review_vecs.reshape(-1, d),
-            item_owner, item_level.reshape(-1, d),
-        )  # fmt: skip
-    users, users_mask = entity_means(u_sums, u_counts)
-    items, items_mask = entity_means(i_sums, i_counts)
+            row_item, timestamps, caps.review_row, review_vecs, caps.item_owner, item_vecs
+        )
+    users, users_mask = entity_means(*u)
+    items, items_mask = entity_means(*i)
     meta = {
         "provider": captioner.name if captioner is not None else "source",
-        "captions": len(all_texts),
+        "captions": len(caps.texts),
         "items_with_images": int(items_mask.sum()),
         "users_with_images": int(users_mask.sum()),
         **stats.to_meta(),
@@ -471,6 +419,105 @@ def build_image_vectors(
         items_mask,
         meta,
     )
+
+
+@dataclass
+class _Captions:
+    """Every caption to embed, item-level ones first: `texts[:len(item_owner)]` are
+    the items' (source captions, then generated ones), the rest the review rows'."""
+
+    texts: list[str]
+    item_owner: np.ndarray  # int64: the item of each item-level caption
+    review_row: np.ndarray  # int64: the row of each review caption
+
+
+def _embedded_captions(
+    item_captions: Sequence[Sequence[str] | None],
+    item_images: Sequence[Sequence[str] | None],
+    review_images: Sequence[Sequence[str] | None],
+    captioner: Captioner | None,
+    image_dir: Path,
+    stats: CaptionStats,
+) -> _Captions:
+    """The source's captions plus a generated caption of every image the captioner
+    finds and captions (counted in `stats`)."""
+    cap_item, cap_text = _flatten(item_captions)
+    stats.source_captions = len(cap_text)
+    img_item, img_refs = _flatten(item_images)
+    img_row, row_refs = _flatten(review_images)
+    texts = _caption_images(img_refs + row_refs, captioner, image_dir, stats)
+    n_img_item = len(img_refs)
+    gen_item = [(int(img_item[k]), t) for k, t in enumerate(texts[:n_img_item]) if t]
+    gen_row = [(int(img_row[k]), t) for k, t in enumerate(texts[n_img_item:]) if t]
+    item_owner = np.concatenate([cap_item, np.asarray([i for i, _ in gen_item], np.int64)])
+    return _Captions(
+        texts=cap_text + [t for _, t in gen_item] + [t for _, t in gen_row],
+        item_owner=item_owner.astype(np.int64),
+        review_row=np.asarray([r for r, _ in gen_row], dtype=np.int64),
+    )
+
+
+def _caption_images(
+    refs: list[str], captioner: Captioner | None, image_dir: Path, stats: CaptionStats
+) -> list[str | None]:
+    """A caption per image reference; None for a missing file, an empty caption or
+    when there is no captioner."""
+    stats.images = len(refs)
+    texts: list[str | None] = [None] * len(refs)
+    if captioner is None:
+        stats.images_uncaptioned = len(refs)
+        return texts
+    if not refs:
+        return texts
+    paths = [resolve_image(r, image_dir) for r in refs]
+    found = [k for k, p in enumerate(paths) if p.is_file()]
+    stats.images_missing = len(refs) - len(found)
+    if stats.images_missing:
+        first = next(p for p in paths if not p.is_file())
+        log.warning(
+            "features: %d of %d images not found (first: %s); they are left out",
+            stats.images_missing,
+            len(refs),
+            first,
+        )
+    for k, text in zip(found, captioner.caption([paths[k] for k in found])):
+        texts[k] = text or None  # an empty caption is no caption
+    return texts
+
+
+_Sums = tuple[np.ndarray, np.ndarray]
+
+
+def _training_sums(
+    caps: _Captions,
+    item_vecs: np.ndarray,
+    review_vecs: np.ndarray,
+    row_user: np.ndarray,
+    row_item: np.ndarray,
+    train: np.ndarray,
+    n_users: int,
+    n_items: int,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], _Sums, _Sums]:
+    """Caption sums and counts: (own rows, their sums, counts) of each training review
+    row's own captions, then per user and per item over training reviews only (items
+    also over their own photos)."""
+    caption_row = caps.review_row
+    own_rows = np.unique(caption_row[train[caption_row]])
+    slot = np.searchsorted(own_rows, caption_row)
+    in_own = np.zeros(len(caption_row), bool)
+    if len(own_rows):
+        in_own = own_rows[np.minimum(slot, len(own_rows) - 1)] == caption_row
+    own_sums, own_counts = caption_sums(np.where(in_own, slot, -1), review_vecs, len(own_rows))
+    in_train = train[caption_row] if len(caption_row) else np.zeros(0, bool)
+    u_owner = np.where(in_train, row_user[caption_row] if len(caption_row) else caption_row, -1)
+    i_owner = np.where(in_train, row_item[caption_row] if len(caption_row) else caption_row, -1)
+    u = caption_sums(u_owner, review_vecs, n_users)
+    i = caption_sums(
+        np.concatenate([caps.item_owner, i_owner]),
+        np.concatenate([item_vecs, review_vecs]),
+        n_items,
+    )
+    return (own_rows, own_sums, own_counts), u, i
 
 
 @dataclass
