@@ -125,6 +125,7 @@ def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
         ("dlrm_content", "dlrm", "DLRM + content vs plain DLRM"),
         ("full", "dlrm_content", "+ SWING InfoNCE vs DLRM + content"),
         ("full", "biased_mf", "full model vs biased MF"),
+        ("full", "dlrm", "full model vs plain DLRM"),
     ]
     for a, b, label in pairs:
         if a in selected and b in selected:

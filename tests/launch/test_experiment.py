@@ -205,3 +205,32 @@ def test_grid_trains_sealed_then_score_test_scores_only_the_chosen_run(tmp_path)
     assert tests[chosen]["auc"] == scored["variants"]["a"]["test_auc"][0]
     assert [t for name, t in tests.items() if name != chosen] == [None]
     assert {name: r["steps"] for name, r in reports().items()} == {n: 2 for n in vals}
+
+
+def test_full_model_is_paired_with_plain_dlrm_on_auc_and_gauc(tmp_path):
+    import json
+
+    from launch.experiment import collect
+
+    root = tmp_path / "root"
+    (root / "features").mkdir(parents=True)
+    (root / "features" / "_meta.json").write_text(json.dumps({"dataset": "d", "split": "random"}))
+    base = tmp_path / "base.yaml"
+    base.write_text(f"run_dir: {root}\n")
+    grid, out = tmp_path / "grid.yaml", tmp_path / "out"
+    grid.write_text(
+        f"base: {base}\nout_dir: {out}\nvariants:\n  full: {{}}\n  dlrm: {{variant: dlrm}}\n"
+        "dropouts: [0.1]\nseeds: [0, 1, 2]\n"
+    )
+    for name, seed_aucs in (("full", (0.80, 0.82, 0.81)), ("dlrm", (0.79, 0.80, 0.80))):
+        for s, auc in enumerate(seed_aucs):
+            p = out / "runs" / f"{name}-d0.1-s{s}" / "train"
+            p.mkdir(parents=True)
+            m = {"auc": auc, "gauc": auc - 0.1, "accuracy": 0.7, "fpr": 0.3}
+            (p / "report.json").write_text(json.dumps({"val": m, "test": m, "best_epoch": 1}))
+    c = collect(str(grid), [], score_test=True)["comparisons"]["full model vs plain DLRM"]
+    # differences 0.01, 0.02, 0.01: mean 0.01333, std 0.00577, SE 0.00333
+    for k in ("test_auc", "test_gauc"):
+        assert c[k]["n"] == 3 and math.isclose(c[k]["mean"], 0.04 / 3)
+        assert math.isclose(c[k]["se"], math.sqrt(1 / 3) / 100 / math.sqrt(3))
+    assert "full model vs plain DLRM, test_gauc" in (out / "table1.md").read_text()
