@@ -557,7 +557,7 @@ def make_batch(
     split: SplitArrays,
     rows: np.ndarray,
     valid: np.ndarray,
-    rng: np.random.Generator | LaneRng,
+    rng: np.random.Generator | LaneRng | None,
     top1: bool,
     extra_negatives: int = 0,
     positive_sets: bool = False,
@@ -567,6 +567,9 @@ def make_batch(
     `extra_negatives` M entities per InfoNCE are drawn uniformly from the catalogue
     after the positives, so M = 0 leaves the random stream (and any run) unchanged.
     `positive_sets` adds each anchor's SWING list, for masking all of it as negatives.
+    `rng` None draws no InfoNCE inputs at all (no positives, negatives or sets; every
+    `*_pos_ids` is -1): evaluation needs only the logits, and the model in eval mode
+    computes no InfoNCE terms.
     """
     lengths, values = [], []
     for name in data.sparse_names:
@@ -606,10 +609,10 @@ def make_batch(
     b = rows.size
     ii_pos_ids = np.full(b, -1, np.int64)
     uu_pos_ids = np.full(b, -1, np.int64)
-    if data.item_neighbors is not None and item_tower >= 0:
+    if rng is not None and data.item_neighbors is not None and item_tower >= 0:
         ii_pos_ids = data.item_neighbors.sample(items, rng, top1)
         lookups[feature_key(data.towers[item_tower][1], "pos")] = np.maximum(ii_pos_ids, 0)
-    if data.user_neighbors is not None and user_tower >= 0:
+    if rng is not None and data.user_neighbors is not None and user_tower >= 0:
         uu_pos_ids = data.user_neighbors.sample(users, rng, top1)
         col = data.towers[user_tower][1]
         lookups[feature_key(col, "row")] = users  # the anchor: the user's full train profile
@@ -622,7 +625,7 @@ def make_batch(
         ("user", user_tower, data.user_neighbors, uu_pos_ids),
     ):
         pos_q, neg_ids, neg_q = np.zeros(b), np.zeros(0, np.int64), np.zeros(0)
-        if nbs is not None and tower >= 0:
+        if rng is not None and nbs is not None and tower >= 0:
             q, catalogue = data.sampler_tables(entity, top1)
             pos_q = np.where(pos_ids >= 0, q[np.maximum(pos_ids, 0)], 0.0)
             if extra_negatives > 0 and catalogue.size:
@@ -635,7 +638,7 @@ def make_batch(
         ("item", item_tower, data.item_neighbors, items),
         ("user", user_tower, data.user_neighbors, users),
     ):
-        if positive_sets and nbs is not None and tower >= 0:
+        if rng is not None and positive_sets and nbs is not None and tower >= 0:
             sets[entity] = _gather_csr(nbs.offsets, nbs.ids, anchors)
         else:
             sets[entity] = (np.zeros(b, np.int64), np.zeros(0, np.int64))
@@ -904,7 +907,6 @@ def eval_batches(
     def batches() -> Iterator[tuple[Batch, np.ndarray]]:
         chunks = rechunk(read_range(parts, np.arange(len(parts.blocks)), lo, hi, None), local)
         start = lo
-        rng = np.random.default_rng(0)  # positives are unused in eval
         for _ in range(steps):
             table = next(chunks, None)
             if table is None:  # this rank's rows ran out: pad with the split's first row
@@ -916,6 +918,7 @@ def eval_batches(
             valid = np.arange(local) < k
             ids = np.where(valid, start + np.arange(local), -1)
             start += k
-            yield make_batch(data, data.arrays(table, split_name), rows, valid, rng, True), ids
+            # no InfoNCE inputs: the scores need only the logits
+            yield make_batch(data, data.arrays(table, split_name), rows, valid, None, True), ids
 
     return prefetched(batches())

@@ -348,7 +348,9 @@ class DLRRECTrain(nn.Module):
             feature to read (`{col}/row` by entity id, `{col}_keyed/row` by row key).
 
     Returns (forward): `(loss, (loss, logits, labels, weights, parts))`, all detached but
-    the first; `parts` is [3] = (rec, item_item, user_user).
+    the first; `parts` is [3] = (rec, item_item, user_user). In eval mode the InfoNCE
+    terms are not computed (0 in `loss` and `parts`): evaluation keeps only the logits,
+    and its batches carry no positives (`make_batch` with `rng=None`).
 
     Example::
 
@@ -409,7 +411,8 @@ class DLRRECTrain(nn.Module):
         rec = (bce * w).sum() / batch.weights.sum().clamp_min(1.0)
         zero = logits.new_zeros(())
         ii = uu = zero
-        if self.w_item_item > 0 and self.item_tower >= 0:
+        # eval mode scores rows: the InfoNCE terms (most of an eval batch's cost) stay 0
+        if self.training and self.w_item_item > 0 and self.item_tower >= 0:
             assert isinstance(self.model, DLRREC)
             towers = self.model.projection_arch
             col = self.tower_spec[self.item_tower][0]
@@ -422,7 +425,7 @@ class DLRRECTrain(nn.Module):
                 neg, batch.ii_neg_ids, q, self.nce.uniform_p[0], self.nce.chunk_size,
                 (batch.ii_set_lengths, batch.ii_set_ids),
             )  # fmt: skip
-        if self.w_user_user > 0 and self.user_tower >= 0:
+        if self.training and self.w_user_user > 0 and self.user_tower >= 0:
             assert isinstance(self.model, DLRREC)
             towers = self.model.projection_arch
             # anchors use the full train profile (the entity table), as positives do
