@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dlrrec.config import ConfigError, DataError
+from dlrrec.config import ConfigError, DataError, to_dict
 
 SCHEMA_VERSION = 1
 
@@ -43,6 +43,61 @@ def hash_tree(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+# Config keys that say where, how or whether to write, never what: left out of each
+# stage's fingerprint, so that e.g. moving the data folder, a cache folder, a batch size
+# or another Redis never invalidates a finished output.  `section.key` is a key inside a
+# nested section (features' `llm:` and `images:`; answers and captions are cached by
+# model and input, so their cache folder, concurrency or batch size change nothing).
+NOT_FINGERPRINTED: dict[str, tuple[str, ...]] = {
+    "features": (
+        "run_dir", "overwrite", "raw_dir", "embed_cache_dir",
+        "llm.cache_dir", "llm.api_key_env", "llm.max_concurrency", "llm.timeout_s", "llm.max_retries",
+        "images.cache_dir", "images.batch_size", "images.device",
+    ),
+    "similarity": (
+        "run_dir", "overwrite", "memory_budget_gb", "kernel",
+        "redis_url", "redis_prefix", "redis_grace_s",
+    ),
+    "train": (
+        "run_dir", "overwrite", "device", "log_every",
+        "resume", "checkpoint_every_steps", "stop_after_epoch", "stop_after_step",
+        "tensorboard", "progress_bar", "score_test",
+    ),
+}  # fmt: skip
+# Keys newer than outputs already out there: left out of the fingerprint at these values
+# (their defaults), so those outputs keep their fingerprints and stay reusable.
+NEWER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "features": {
+        "source": "raw", "files": None, "columns": None, "rating_range": None,
+        "max_categories": 11, "on_bad_rows": "error", "llm": None, "images": None,
+        "rating_stats": False, "rating_stats_folds": 5,
+        "history_bags": False, "history_folds": 5, "history_max_len": 100,
+        "temporal_history": "causal",
+    },
+    "similarity": {},
+    "train": {
+        "extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128,
+        "mask_positive_set": False, "rating_weight": 0.0, "lr_decay": 1.0,
+        "history_tables": "own", "val_every_steps": 0, "variant": "full", "id_dropout": 0.0,
+    },
+}  # fmt: skip
+
+
+def fingerprinted_config(cfg: Any, stage: str) -> dict[str, Any]:
+    """The keys of `stage`'s config dataclass that shape its output, as a plain dict:
+    less `NOT_FINGERPRINTED[stage]` and less `NEWER_DEFAULTS[stage]` at their defaults."""
+    d = to_dict(cfg)
+    for key in NOT_FINGERPRINTED[stage]:
+        section, _, name = key.rpartition(".")
+        node = d.get(section) if section else d
+        if isinstance(node, dict):  # a section that is off (None) has nothing to drop
+            node.pop(name, None)
+    for key, default in NEWER_DEFAULTS[stage].items():
+        if key in d and d[key] == default:
+            d.pop(key)
+    return d
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +122,36 @@ def read_meta(stage_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def reusable_record(path: Path, fingerprint: str, overwrite: bool) -> dict[str, Any] | None:
+    """The one reuse-or-refuse check on an earlier output's record (`_meta.json`, the
+    trainer's `report.json`).
+
+    Returns the record when its fingerprint is `fingerprint` (reuse the output), None
+    when there is no record or `overwrite` allows replacing the output.
+
+    Raises:
+        ConfigError: the record is of a different fingerprint and `overwrite` is false.
+    """
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        record = {}
+    if isinstance(record, dict) and record.get("fingerprint") == fingerprint:
+        return record
+    if overwrite:
+        return None
+    raise _different_output(path.parent)
+
+
+def _different_output(folder: Path) -> ConfigError:
+    return ConfigError(
+        f"{folder}: holds an output of a different config, input or code version; "
+        "pass overwrite=true to replace it or choose another run_dir"
+    )
+
+
 def existing_output(final: Path, fingerprint: str, overwrite: bool) -> bool:
     """Decide what to do with an existing output folder.
 
@@ -74,24 +159,17 @@ def existing_output(final: Path, fingerprint: str, overwrite: bool) -> bool:
     Returns False when the folder is absent or `overwrite` allows replacing it.
 
     Raises:
-        ConfigError: the folder holds a different run and `overwrite` is false.
+        ConfigError: the folder holds a different run (or no `_meta.json`: an unknown
+            one) and `overwrite` is false.
     """
-    meta_path = final / "_meta.json"
     if not final.exists():
         return False
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            meta = {}
-        if meta.get("fingerprint") == fingerprint:
-            return True
-    if overwrite:
+    meta_path = final / "_meta.json"
+    if reusable_record(meta_path, fingerprint, overwrite) is not None:
+        return True
+    if overwrite or meta_path.is_file():
         return False
-    raise ConfigError(
-        f"{final}: holds an output of a different config, input or code version; "
-        "pass overwrite=true to replace it or choose another run_dir"
-    )
+    raise _different_output(final)
 
 
 @contextlib.contextmanager

@@ -52,6 +52,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from dlrrec.artifacts import (
     SCHEMA_VERSION,
     existing_output,
+    fingerprinted_config,
     publish_dir,
     read_meta,
     sha256_json,
@@ -65,17 +66,6 @@ from similarity import swing
 from similarity.config import SwingConfig
 from similarity.tables import KINDS, Positives, read_positives, write_ids, write_pairs
 
-# Keys that change neither the tables nor their meaning; they stay out of the fingerprint
-# so that, e.g., exporting to another Redis never invalidates a finished SWING output.
-NOT_FINGERPRINTED = (
-    "run_dir",
-    "overwrite",
-    "memory_budget_gb",
-    "kernel",
-    "redis_url",
-    "redis_prefix",
-    "redis_grace_s",
-)
 # Auto `parts`: about this much estimated work (`swing.work_estimate`) per part file:
 # enough parts to balance ranks on big graphs, one file for a toy one.
 WORK_PER_PART = float(1 << 22)
@@ -84,7 +74,7 @@ MAX_AUTO_PARTS = 1024
 
 def fingerprint(cfg: SwingConfig, input_fingerprint: str) -> str:
     """Hash of everything the tables depend on: the config's math keys and the input."""
-    params = {k: v for k, v in to_dict(cfg).items() if k not in NOT_FINGERPRINTED}
+    params = fingerprinted_config(cfg, "similarity")
     code = code_version("similarity")  # the SWING job's sources (dlrrec/code_version.py)
     return sha256_json({"config": params, "input": input_fingerprint, "schema": SCHEMA_VERSION, "code": code})
 
