@@ -48,7 +48,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from tqdm import tqdm
 
-from dlrrec.artifacts import sha256_json, write_json_atomic
+from dlrrec.artifacts import fingerprinted_config, reusable_record, sha256_json, write_json_atomic
 from dlrrec.code_version import code_version
 from dlrrec.config import ConfigError, DataError, to_dict
 from dlrrec.entry import run_job
@@ -462,37 +462,13 @@ def write_predictions(path: Path, parts: SplitParts, probs: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-# keys that change neither the trained model nor the report's metrics
-NOT_FINGERPRINTED = (
-    "run_dir", "overwrite", "device", "log_every",
-    "resume", "checkpoint_every_steps", "stop_after_epoch", "stop_after_step",
-    "tensorboard", "progress_bar", "score_test",
-)  # fmt: skip
-# keys newer than their runs: left out of the fingerprint at their defaults so those
-# runs keep their fingerprints (the chunked InfoNCE equals the one-piece one)
-NEWER_DEFAULTS: dict[str, object] = {
-    "extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128, "mask_positive_set": False,
-    "rating_weight": 0.0, "lr_decay": 1.0, "history_tables": "own", "val_every_steps": 0,
-}  # fmt: skip
-
-
 def fingerprint(cfg: TrainConfig, data: TrainingData, trained_on: dict[str, str]) -> str:
     """Hash of what the model and report depend on: the config, the inputs, and
     `trained_on` = {device type, resolved sparse optimizer} (`auto` and fbgemm's
     kernels differ by device, so a CUDA run never reuses a CPU run's outputs)."""
-    c = to_dict(cfg)
-    for k in NOT_FINGERPRINTED:
-        c.pop(k, None)
-    for k, default in NEWER_DEFAULTS.items():
-        if c.get(k) == default:
-            c.pop(k)
-    if c.get("variant") == "full":
-        c.pop("variant")  # the key is newer than the full model: its runs keep their fingerprints
-    if c.get("id_dropout") == 0.0:
-        c.pop("id_dropout")  # likewise
     return sha256_json(
         {
-            "config": c,
+            "config": fingerprinted_config(cfg, "train"),
             "features": data.features_meta.get("fingerprint"),
             "similarity": (data.similarity_meta or {}).get("fingerprint"),
             **trained_on,
@@ -637,19 +613,13 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     fp = fingerprint(cfg, data, trained_on)
     report_path = out / "report.json"
     unsealing = False  # scoring test of a finished sealed run (no training)
-    if report_path.is_file():
-        old = json.loads(report_path.read_text())
-        if old.get("fingerprint") == fp and not cfg.overwrite:
-            unsealing = cfg.score_test and old.get("test") is None
-            if not unsealing:
-                if env.is_main:
-                    print(f"train: reusing {report_path} (same config and inputs)", flush=True)
-                return old if cfg.score_test else {**old, "test": None}
-        elif not cfg.overwrite:
-            raise ConfigError(
-                f"{out}: holds a run of a different config, input or code version; "
-                "pass overwrite=true to replace it or choose another run_dir"
-            )
+    old = None if cfg.overwrite else reusable_record(report_path, fp, overwrite=False)
+    if old is not None:
+        unsealing = cfg.score_test and old.get("test") is None
+        if not unsealing:
+            if env.is_main:
+                print(f"train: reusing {report_path} (same config and inputs)", flush=True)
+            return old if cfg.score_test else {**old, "test": None}
     ckpt_root = out / "checkpoints"
     # every rank decides from the same files; a sealed run's last checkpoint is its end
     resume_from = latest_checkpoint(ckpt_root) if unsealing else find_resume_point(out, fp, cfg, trained_on)
