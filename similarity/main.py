@@ -60,8 +60,8 @@ from dlrrec.artifacts import (
 )
 from dlrrec.code_version import code_version
 from dlrrec.config import ConfigError, DlrrecError, to_dict
-from dlrrec.elastic import init_process_group_from_env
 from dlrrec.entry import run_job
+from dlrrec.process_group import is_rank0, join_group, leave_group, rank0_print
 from similarity import swing
 from similarity.config import SwingConfig
 from similarity.tables import KINDS, Positives, read_positives, write_ids, write_pairs
@@ -88,11 +88,8 @@ class _Comm:
     """
 
     def __init__(self) -> None:
-        self.owns_group = False
+        self.owns_group = join_group("gloo", single_rank=False)
         self.group: Any = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-            init_process_group_from_env("gloo")
-            self.owns_group = True
         if dist.is_initialized():
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
             is_gloo = dist.get_backend() == "gloo"
@@ -131,14 +128,12 @@ class _Comm:
             yield j
 
     def close(self) -> None:
-        if self.owns_group:
-            dist.destroy_process_group()
+        leave_group(self.owns_group)
 
 
-def log(comm: _Comm, msg: str) -> None:
+def log(msg: str) -> None:
     """Progress lines on rank 0 only."""
-    if comm.rank == 0:
-        print(f"[swing] {msg}", file=sys.stderr, flush=True)
+    rank0_print(f"[swing] {msg}", file=sys.stderr)
 
 
 PROGRESS = "_progress"
@@ -159,7 +154,7 @@ def _shared_tmp(comm: _Comm, final: Path, fp: str) -> Iterator[Path]:
     fingerprints (an older config or input) are removed when a job starts.
     """
     tmp = partial_dir(final, fp)
-    if comm.rank == 0:
+    if is_rank0():
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in final.parent.glob(f".{final.name}.partial-*"):
             if stale != tmp:
@@ -167,7 +162,7 @@ def _shared_tmp(comm: _Comm, final: Path, fp: str) -> Iterator[Path]:
         tmp.mkdir(exist_ok=True)
     comm.gather(None)  # the folder exists before any rank writes into it
     yield tmp
-    if comm.rank == 0:
+    if is_rank0():
         shutil.rmtree(tmp / PROGRESS, ignore_errors=True)
         for leftover in tmp.rglob(".*.tmp-*"):  # writes cut short by an earlier crash
             leftover.unlink(missing_ok=True)
@@ -388,7 +383,7 @@ def _run(cfg: SwingConfig, comm: _Comm, start: float) -> dict[str, Any]:
     _PHASES["read_input"] = time.perf_counter() - t
     fp = fingerprint(cfg, pos.fingerprint)
     decision = None
-    if comm.rank == 0:
+    if is_rank0():
         try:
             decision = "reuse" if existing_output(final, fp, cfg.overwrite) else "write"
         except DlrrecError as e:
@@ -397,27 +392,27 @@ def _run(cfg: SwingConfig, comm: _Comm, start: float) -> dict[str, Any]:
     if decision.startswith("error:"):
         raise ConfigError(decision[len("error:") :])
     if decision == "reuse":
-        log(comm, f"reusing {final} (same config and input)")
+        log(f"reusing {final} (same config and input)")
         return read_meta(final)
 
     t = time.perf_counter()
     g, graph_counts = _graph(cfg, pos)
     _PHASES["graph"] = time.perf_counter() - t
-    log(comm, f"{graph_counts['edges_after_caps']} edges after caps; {comm.world} rank(s)")
+    log(f"{graph_counts['edges_after_caps']} edges after caps; {comm.world} rank(s)")
     with _shared_tmp(comm, final, fp) as tmp:
         t = time.perf_counter()
         ranks = comm.gather(_write_tables(comm, cfg, g, pos, tmp, fp))  # also the barrier
         _PHASES["tables"] = time.perf_counter() - t
         per_kind = {kind: [r[kind] for r in ranks] for kind in KINDS}
         for kind in KINDS:
-            log(comm, f"{kind}: {sum(c['pairs'] for c in per_kind[kind])} pairs")
+            log(f"{kind}: {sum(c['pairs'] for c in per_kind[kind])} pairs")
         # ru_maxrss is in KiB on Linux.
         usage = resource.getrusage(resource.RUSAGE_SELF)
         per_rank = comm.gather((peak_rss_mb(), usage.ru_utime + usage.ru_stime))
         meta = _meta(cfg, comm, pos, fp, graph_counts, per_kind, start)
         meta["rank_peak_rss_mb"] = [round(x[0], 1) for x in per_rank]
         meta["rank_cpu_seconds"] = [round(x[1], 2) for x in per_rank]
-        if comm.rank == 0:
+        if is_rank0():
             if pos.user_ids is not None and not isinstance(pos.user_ids, np.ndarray):
                 (tmp / "ids").mkdir(exist_ok=True)
                 write_ids(tmp / "ids" / "users.parquet", pos.user_ids)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dlrrec.elastic import init_process_group_from_env
+from dlrrec.process_group import join_group, leave_group
 
 
 @dataclass
@@ -50,13 +50,8 @@ def init_distributed(device: str = "auto") -> DistEnv:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    if dist.is_initialized():
-        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, False)
-    if "WORLD_SIZE" in os.environ:
-        init_process_group_from_env(backend)
-    else:
-        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
-    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, True)
+    created = join_group(backend, single_rank=True)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, created)
 
 
 def check_ranks_per_gpu(nproc_per_node: int, gpus: int) -> None:
@@ -75,8 +70,7 @@ def check_ranks_per_gpu(nproc_per_node: int, gpus: int) -> None:
 
 
 def shutdown(env: DistEnv) -> None:
-    if env.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+    leave_group(env.owns_group)
 
 
 def gather_rows(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

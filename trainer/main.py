@@ -52,6 +52,7 @@ from dlrrec.artifacts import fingerprinted_config, reusable_record, sha256_json,
 from dlrrec.code_version import code_version
 from dlrrec.config import ConfigError, DataError, to_dict
 from dlrrec.entry import run_job
+from dlrrec.process_group import rank0_print
 from trainer.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
@@ -403,8 +404,7 @@ class Rank0:
             self.tb = None
 
     def print(self, *args: Any) -> None:
-        if self.env.is_main:
-            print(*args, flush=True)
+        rank0_print(*args)
 
     def metrics(self, record_: dict[str, Any]) -> None:
         if self.env.is_main:
