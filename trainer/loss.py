@@ -20,6 +20,7 @@ loss and its gradients do not depend on the rank count.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -297,33 +298,48 @@ def mixed_log_q(cand_q: torch.Tensor, n_batch: int, n_extra: int, uniform_p: flo
 
 
 class _AllGatherRows(torch.autograd.Function):
-    """Every rank's [n, ...] rows, concatenated in rank order; differentiable.
+    """Every rank's [n, ...] rows of `x` and of each `extra`, concatenated in rank order, in
+    ONE collective; differentiable in `x` only.
 
-    Each rank's loss uses every rank's rows, so the gradient of this rank's slice is the
-    sum over ranks of their losses' gradients w.r.t. it: backward all-reduces the full
-    gradient and keeps the slice. gloo and nccl both have all_gather and all_reduce.
+    Each collective is a point where the ranks wait for each other, so `x` and the
+    extras (ids, sampling probabilities: the same n rows, no gradient) travel as one
+    byte matrix [n, row bytes] and are split back after the gather; bytes are copied,
+    never converted, so every value arrives exactly. Each rank's loss uses every rank's
+    rows, so the gradient of this rank's slice of `x` is the sum over ranks of their
+    losses' gradients w.r.t. it: backward all-reduces the full gradient and keeps the
+    slice. gloo and nccl both have all_gather and all_reduce.
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        world, rank = dist.get_world_size(), dist.get_rank()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rows = (rank * x.shape[0], (rank + 1) * x.shape[0])  # type: ignore[attr-defined]
-        return torch.cat(parts)
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        world, rank, n = dist.get_world_size(), dist.get_rank(), x.shape[0]
+        tensors = (x, *extras)
+        rows = [t.detach().contiguous().reshape(n, math.prod(t.shape[1:])).view(torch.uint8) for t in tensors]
+        widths = [r.shape[1] for r in rows]
+        packed = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+        parts = [torch.empty_like(packed) for _ in range(world)]
+        dist.all_gather(parts, packed)
+        gathered = torch.cat(parts).split(widths, dim=1)
+        out = tuple(
+            g.contiguous().view(t.dtype).reshape(world * n, *t.shape[1:]) for g, t in zip(gathered, tensors)
+        )
+        ctx.mark_non_differentiable(*out[1:])
+        ctx.rows = (rank * n, (rank + 1) * n)  # type: ignore[attr-defined]
+        return out
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor, *extra_grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
         lo, hi = ctx.rows  # type: ignore[attr-defined]
-        return grad[lo:hi]
+        return (grad[lo:hi], *([None] * len(extra_grads)))
 
 
-def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """[world * n, ...]: every rank's `x` (same shape on every rank) in rank order; gradients
-    flow back to each rank's own rows."""
-    return _AllGatherRows.apply(x)  # type: ignore[no-any-return]
+def all_gather_rows(x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """([world * n, ...] of `x`, then of each extra): every rank's rows (same shapes on every
+    rank) in rank order, all in one collective; gradients flow back to each rank's own
+    rows of `x`, the extras carry none."""
+    return _AllGatherRows.apply(x, *extras)  # type: ignore[no-any-return]
 
 
 def info_nce_across_ranks(
@@ -358,15 +374,16 @@ def info_nce_across_ranks(
             candidate_q, uniform_p, chunk_size, anchor_sets,
         )  # fmt: skip
     b = positive.shape[0]
-    q = None
-    if candidate_q is not None:
-        q = torch.cat([all_gather_rows(candidate_q[:b].detach()), candidate_q[b:]])
-    valid = (positive_ids >= 0).sum().to(torch.float64)
-    dist.all_reduce(valid)
+    # one collective for the positives, their ids and their q (each one is a wait for the
+    # slowest rank); the global count of anchors with a positive comes from the ids
+    extras = (positive_ids,) if candidate_q is None else (positive_ids, candidate_q[:b].detach())
+    cand, cand_ids, *cand_q = all_gather_rows(positive, *extras)
+    q = torch.cat([cand_q[0], candidate_q[b:]]) if candidate_q is not None else None
+    valid = (cand_ids >= 0).sum().to(torch.float64)
     return info_nce(
-        anchor, all_gather_rows(positive), anchor_ids, positive_ids, tau, negatives, negative_ids,
+        anchor, cand, anchor_ids, positive_ids, tau, negatives, negative_ids,
         q, uniform_p, chunk_size, anchor_sets,
-        candidate_ids=all_gather_rows(positive_ids), target_offset=dist.get_rank() * b,
+        candidate_ids=cand_ids, target_offset=dist.get_rank() * b,
         denominator=valid.clamp_min(1) / world,
     )  # fmt: skip
 

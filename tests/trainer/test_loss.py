@@ -259,16 +259,24 @@ def _nce_on_ranks(rank: int, device: str, cases: list[tuple[int, int, bool]]) ->
             torch.manual_seed(0)
             tower = torch.nn.Linear(8, 8).double().to(dev)
             extra = (tower(n), nid, torch.cat([q[:big_b][sl], q[big_b:]]), 0.02) if full else ()
-            loss = info_nce_across_ranks(
-                tower(a[sl]), tower(p[sl]), aid[sl], pid[sl], 0.3, *extra,
-                chunk_size=chunk, anchor_sets=sets if full else None,
-            )  # fmt: skip
-            loss.backward()
+            calls: list[str] = []  # the collectives of one forward and backward
+            real = {name: getattr(dist, name) for name in ("all_gather", "all_reduce")}
+            for name, fn in real.items():
+                setattr(dist, name, lambda *args, _n=name, _f=fn, _c=calls, **kw: _c.append(_n) or _f(*args, **kw))
+            try:
+                loss = info_nce_across_ranks(
+                    tower(a[sl]), tower(p[sl]), aid[sl], pid[sl], 0.3, *extra,
+                    chunk_size=chunk, anchor_sets=sets if full else None,
+                )  # fmt: skip
+                loss.backward()
+            finally:
+                for name, fn in real.items():
+                    setattr(dist, name, fn)
             stats = [loss.detach().clone(), *(w.grad for w in tower.parameters())]
             for t in stats:
                 dist.all_reduce(t)
                 t /= world
-            out.append({"loss": float(stats[0]), "grads": [t.cpu().numpy() for t in stats[1:]]})
+            out.append({"loss": float(stats[0]), "grads": [t.cpu().numpy() for t in stats[1:]], "calls": calls})
     finally:
         dist.destroy_process_group()
     return out
@@ -283,6 +291,10 @@ def test_one_rank_and_two_give_the_same_loss_and_gradients(device: str):
     (one,) = run_ranks(_nce_on_ranks, 1, device, cases)
     two = run_ranks(_nce_on_ranks, 2, device, cases)
     assert [r["loss"] for r in two[0]] == [r["loss"] for r in two[1]]
+    # each collective is a wait for the slowest rank: one gather (positives, their ids and
+    # q together) forward, one all-reduce backward, with or without logQ
+    assert all(r["calls"] == ["all_gather", "all_reduce"] for r in two[0] + two[1]), two[0]
+    assert all(r["calls"] == [] for r in one)
     for case, r1, r2 in zip(cases, one, two[0]):
         assert abs(r1["loss"] - r2["loss"]) < 1e-12, (case, r1["loss"], r2["loss"])
         assert r1["loss"] > 0.5, case
