@@ -17,12 +17,14 @@ import json
 import math
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dlrrec.config import ConfigError, build_dataclass, load_raw, read_yaml, section_values
 from dlrrec.entry import ArgParser, user_errors
+from dlrrec.meta import FeaturesMeta, read_train_report
 from trainer.config import TrainConfig
 from trainer.main import run as train
 
@@ -153,7 +155,7 @@ def _pm(m: dict[str, Any], key: str, digits: int = 4) -> str:
     return f"{m[key][0]:.{digits}f} ± {m[key][1]:.{digits}f}"
 
 
-def format_markdown(summary: dict[str, Any], grid: GridConfig, meta: dict[str, Any]) -> str:
+def format_markdown(summary: dict[str, Any], grid: GridConfig, meta: FeaturesMeta) -> str:
     lines = [
         f"# Table 1 on {meta['dataset']} ({meta['split']} split"
         + (f", {meta['temporal_history']} history)" if meta.get("temporal_history") else ")"),
@@ -272,7 +274,7 @@ def run(grid_path: str, extra: list[str], score_test: bool = False) -> dict[str,
     return summarise(rows, list(grid.variants))
 
 
-def row_of(name: str, dropout: float, seed: int, run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+def row_of(name: str, dropout: float, seed: int, run_dir: Path, report: Mapping[str, Any]) -> dict[str, Any]:
     """A run's row; its test figures are None when the report's test is sealed."""
     test = report.get("test") or {}
     return {
@@ -300,9 +302,10 @@ def collect(grid_path: str, extra: list[str], score_test: bool = False) -> dict[
                 run_dir = out / "runs" / f"{name}-d{dropout}-s{seed}"
                 p = run_dir / "train" / "report.json"
                 if p.is_file():
-                    report = json.loads(p.read_text())
-                    rows.append(row_of(name, dropout, seed, run_dir, {**report, "test": None}
-                                       if not grid.score_test else report))  # fmt: skip
+                    report = read_train_report(p)
+                    if not grid.score_test:
+                        report["test"] = None
+                    rows.append(row_of(name, dropout, seed, run_dir, report))
                 else:
                     missing.append(run_dir.name)
     if not rows:
@@ -321,7 +324,8 @@ def write_tables(
         w.writeheader()
         w.writerows(rows)
     summary = summarise(rows, [v for v in grid.variants if any(r["variant"] == v for r in rows)])
-    meta = json.loads((root / "features" / "_meta.json").read_text())
+    # as written, unchecked: a grid summary needs only the split and dataset names
+    meta = cast(FeaturesMeta, json.loads((root / "features" / "_meta.json").read_text()))
     text = format_markdown(summary, grid, meta)
     if missing:
         text += f"\n**Incomplete grid**: {len(missing)} runs not finished and not counted: {', '.join(missing)}.\n"

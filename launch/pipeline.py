@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from dlrrec.config import ConfigError, DataError, build_dataclass, load_raw, section_values
 from dlrrec.entry import config_reference, job_parser, user_errors
+from dlrrec.meta import TrainReport
 from features.config import FeaturesConfig
 from features.fetch import cache_dir, fetch_movielens_100k
 from features.main import run as run_features
@@ -96,7 +97,7 @@ def _stage(name: str) -> None:
     print(f"\n=== {name} ===", flush=True)
 
 
-def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
+def run(config: str | None, overrides: list[str]) -> TrainReport:
     """Validate the whole config up front, then run the stages in order."""
     bare = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
     bad = [o for o in bare if o.split("=", 1)[0] not in ("run_dir", "seed", "dataset")]

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from dlrrec.config import DataError
 from dlrrec.entry import ArgParser, user_errors
+from dlrrec.meta import TrainReport, read_train_report
 
 
-def read_report(run_dir: str | Path) -> dict[str, Any]:
-    p = Path(run_dir) / "train" / "report.json"
-    if not p.is_file():
-        raise DataError(f"{p}: missing; has `dlrrec train` finished for this run?")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise DataError(f"{p}: not valid JSON") from None
+def read_report(run_dir: str | Path) -> TrainReport:
+    return read_train_report(Path(run_dir) / "train" / "report.json")
 
 
-def format_report(report: dict[str, Any], timings: dict[str, float] | None = None) -> str:
+def format_report(report: TrainReport, timings: dict[str, float] | None = None) -> str:
     """A plain-text table of the val/test metrics and run facts."""
     v, t = report["val"], report.get("test")
     rows = [("metric", "val", "test")]

@@ -10,7 +10,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dlrrec.config import DataError
+from dlrrec.meta import ExportManifest, FeaturesMeta
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Export:
     """A loaded export: `model(user_rows, item_rows) -> logits`, id maps and manifest."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: ExportManifest
     model: torch.jit.ScriptModule
     users: pa.Table  # user, row
     items: pa.Table  # item, row (, title)
@@ -68,10 +69,10 @@ def read_export(run_dir: str | Path) -> Export:
     mpath = root / "_meta.json"
     if not mpath.is_file():
         raise DataError(f"{mpath}: missing; run `dlrrec export` first")
-    manifest = json.loads(mpath.read_text())
+    manifest = cast(ExportManifest, json.loads(mpath.read_text()))
     fmeta = Path(run_dir) / "features" / "_meta.json"
     if fmeta.is_file():
-        fp = json.loads(fmeta.read_text()).get("fingerprint")
+        fp = cast(FeaturesMeta, json.loads(fmeta.read_text())).get("fingerprint")
         if fp != manifest.get("features_fingerprint"):
             raise DataError(
                 f"{root}: exported from features {str(manifest.get('features_fingerprint'))[:12]}, but "

@@ -18,7 +18,6 @@ trained it: DCP reshards every saved shard into plain full-size tensors.
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import warnings
@@ -37,12 +36,21 @@ from dlrrec.artifacts import (
     SCHEMA_VERSION,
     atomic_dir,
     existing_output,
-    read_meta,
     sha256_json,
     write_json_atomic,
 )
 from dlrrec.config import DataError
 from dlrrec.entry import run_job
+from dlrrec.meta import (
+    ExportManifest,
+    FeaturesMeta,
+    TrainReport,
+    entity_count,
+    read_export_manifest,
+    read_features_meta,
+    read_similarity_meta,
+    read_train_report,
+)
 from serve.config import ServeConfig
 from serve.model import EntityInputs, ScoringModel, Towers
 from serve.recipe import EntityArrays, entity_arrays, entity_vectors, id_map, owner_of
@@ -68,13 +76,13 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {k[len(PREFIX) :]: v for k, v in state.items()}
 
 
-def read_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, Path]:
+def read_run(run_dir: Path) -> tuple[TrainReport, TrainConfig, Path]:
     """(report.json, the trainer's config, the best checkpoint folder)."""
     report_path = run_dir / "train" / "report.json"
     if not report_path.is_file():
         raise DataError(f"{report_path}: missing; run `dlrrec train` to completion first")
 
-    report = json.loads(report_path.read_text())
+    report = read_train_report(report_path)
     tcfg = TrainConfig(**report["config"])
     ckpt = run_dir / "train" / "checkpoints" / Path(report["best_checkpoint"]).name
     if not ckpt.is_dir():
@@ -83,7 +91,7 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, Path]:
 
 
 def model_features(
-    tcfg: TrainConfig, meta: dict[str, Any]
+    tcfg: TrainConfig, meta: FeaturesMeta
 ) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """(sparse names, dense names, towers) in the trainer's order (trainer/data.py, main.py)."""
     sparse, dense = list(meta["sparse_features"]), list(meta["dense_features"])
@@ -114,7 +122,7 @@ def mlp_from(tensors: dict[str, torch.Tensor], prefix: str, last_activation: boo
 
 
 def build_tables(
-    tcfg: TrainConfig, meta: dict[str, Any], sparse: list[str], tensors: dict[str, torch.Tensor]
+    tcfg: TrainConfig, meta: FeaturesMeta, sparse: list[str], tensors: dict[str, torch.Tensor]
 ) -> tuple[list[nn.EmbeddingBag], list[int], list[str]]:
     """(EmbeddingBags, table of each feature, table names) as `trainer.main.build_tables` groups them."""
     spec = meta["sparse_features"]
@@ -181,7 +189,7 @@ def tower_layers(tensors: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], 
 
 
 def build_scoring_model(
-    tcfg: TrainConfig, meta: dict[str, Any], features: Path, tensors: dict[str, torch.Tensor]
+    tcfg: TrainConfig, meta: FeaturesMeta, features: Path, tensors: dict[str, torch.Tensor]
 ) -> tuple[ScoringModel, dict[str, EntityArrays], dict[str, Any]]:
     """The scoring model of a run, its per-entity arrays and the recipe for the manifest."""
     sparse, dense, towers = model_features(tcfg, meta)
@@ -192,7 +200,7 @@ def build_scoring_model(
     dim = int(meta["content_dim"])
     inputs = {}
     for e in ("user", "item"):
-        n = int(meta[f"n_{e}s"])
+        n = entity_count(meta, e)
         vecs = {col: entity_vectors(features, e, col, n, dim) for x, col in towers if x == e}
         offsets, values = concat_bags(arrays[e].bags, n + 1)
         out = tower_outputs(towers_mod, towers, e, vecs, (n + 1, d))
@@ -244,7 +252,7 @@ def train_pairs(features: Path) -> pa.Table:
     from serve.recipe import _batches
 
     codes = []
-    n_items = int(read_meta(features)["n_items"])
+    n_items = int(read_features_meta(features)["n_items"])
     for b in _batches(features / "examples" / "train", ["user_id", "item_id"]):
         u = b.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
         i = b.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -253,7 +261,7 @@ def train_pairs(features: Path) -> pa.Table:
     return pa.table({"user_row": c // n_items, "item_row": c % n_items})
 
 
-def item_titles(meta: dict[str, Any], items: pa.Table) -> pa.Table:
+def item_titles(meta: FeaturesMeta, items: pa.Table) -> pa.Table:
     """The id map with a `title` column when the raw items table (source `raw`) has one."""
     raw = Path(str(meta.get("config", {}).get("raw_dir", ""))) / "items.parquet"
     if not raw.is_file() or "title" not in pq.read_schema(raw).names:
@@ -292,7 +300,7 @@ def embedding_tables(
     return out
 
 
-def check_trained_on(root: Path, meta: dict[str, Any], report: dict[str, Any]) -> None:
+def check_trained_on(root: Path, meta: FeaturesMeta, report: TrainReport) -> None:
     """Refuse a train/ made from other features (or similarity tables) than this run's.
 
     The report's recorded input fingerprints are compared, not a recomputed train
@@ -307,7 +315,7 @@ def check_trained_on(root: Path, meta: dict[str, Any], report: dict[str, Any]) -
     sim = root / "similarity" / "_meta.json"
     have = {
         "features": meta.get("fingerprint"),
-        "similarity": read_meta(sim.parent).get("fingerprint") if sim.is_file() else None,
+        "similarity": read_similarity_meta(sim.parent).get("fingerprint") if sim.is_file() else None,
     }
     for stage, fp in have.items():
         if inputs.get(stage) is not None and inputs.get(stage) != fp:
@@ -317,18 +325,18 @@ def check_trained_on(root: Path, meta: dict[str, Any], report: dict[str, Any]) -
             )
 
 
-def run(cfg: ServeConfig) -> dict[str, Any]:
+def run(cfg: ServeConfig) -> ExportManifest:
     """Write (or reuse) `run_dir/export/`; returns its manifest."""
     root = Path(cfg.run_dir)
     features = root / "features"
-    meta = read_meta(features)
+    meta = read_features_meta(features)
     report, tcfg, ckpt = read_run(root)
     check_trained_on(root, meta, report)
     fp = sha256_json({"train": report["fingerprint"], "export_version": EXPORT_VERSION})
     out = root / "export"
     if existing_output(out, fp, cfg.overwrite):
         print(f"export: reusing {out} (same run)", flush=True)
-        manifest = read_meta(out)
+        manifest = read_export_manifest(out)
     else:
         manifest = write_export(out, fp, features, meta, report, tcfg, ckpt)
     if cfg.redis_url:
@@ -345,22 +353,22 @@ def write_export(
     out: Path,
     fp: str,
     features: Path,
-    meta: dict[str, Any],
-    report: dict[str, Any],
+    meta: FeaturesMeta,
+    report: TrainReport,
     tcfg: TrainConfig,
     ckpt: Path,
-) -> dict[str, Any]:
+) -> ExportManifest:
     """Build the package of `ckpt` into `out` (atomically); returns the manifest."""
     model, arrays, recipe = build_scoring_model(tcfg, meta, features, read_checkpoint(ckpt))
     maps = {"user": id_map(features, "user"), "item": item_titles(meta, id_map(features, "item"))}
     for e, m in maps.items():
-        if m.num_rows != int(meta[f"n_{e}s"]) or not np.array_equal(
+        if m.num_rows != entity_count(meta, e) or not np.array_equal(
             m.column("row").to_numpy(), np.arange(m.num_rows)
         ):
             raise DataError(
                 f"{features / 'entities' / (e + 's.parquet')}: rows are not 0..n_{e}s-1"
             )
-    manifest = {
+    manifest: ExportManifest = {
         "schema_version": SCHEMA_VERSION,
         "fingerprint": fp,
         "export_version": EXPORT_VERSION,

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dlrrec.config import DataError
+from dlrrec.meta import FeaturesMeta
 from features.history import HISTORY_FEATURES, history_bags
 from features.stats import STAT_FEATURES, rating_stats
 
@@ -147,7 +148,7 @@ class _Collector:
 
 def entity_arrays(
     features: Path,
-    meta: dict[str, Any],
+    meta: FeaturesMeta,
     sparse_names: list[str],
     dense_names: list[str],
     cold: bool,
@@ -202,7 +203,7 @@ def entity_arrays(
 
 
 def derived_values(
-    features: Path, meta: dict[str, Any], names: list[str]
+    features: Path, meta: FeaturesMeta, names: list[str]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Test-row values of history bags ((offsets [n + 1], member ids)) and rating
     statistics ((values [n], unused)) per owner entity, by the features stage's functions

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dlrrec.artifacts import read_meta, sha256_file
+from dlrrec.artifacts import sha256_file
 from dlrrec.config import DataError
+from dlrrec.meta import SimilarityMeta, read_features_meta
 
 ENTITY = {"item_item": "item", "user_user": "user"}  # whose ids a table holds
 
@@ -39,7 +39,7 @@ class IdMap:
     order: str
 
 
-def read_id_map(stage: Path, meta: dict[str, Any], entity: str) -> IdMap:
+def read_id_map(stage: Path, meta: SimilarityMeta, entity: str) -> IdMap:
     """The id map of `entity` ("user" | "item") for the finished SWING output `stage`.
 
     Features input: the tables hold the features stage's dense ids, and
@@ -55,7 +55,7 @@ def read_id_map(stage: Path, meta: dict[str, Any], entity: str) -> IdMap:
     if how != "dense":
         raise DataError(f"{stage / '_meta.json'}: unknown ids.{entity} {how!r}")
     features = stage.parent / "features"
-    fmeta = read_meta(features)
+    fmeta = read_features_meta(features)
     built_from = meta.get("input", {}).get("fingerprint")
     if fmeta.get("fingerprint") != built_from:
         raise DataError(
@@ -78,7 +78,7 @@ def _names(path: Path, index_col: str, id_col: str) -> pa.Array:
     return names.cast(pa.string())
 
 
-def read_item_titles(stage: Path, meta: dict[str, Any]) -> pa.Table | None:
+def read_item_titles(stage: Path, meta: SimilarityMeta) -> pa.Table | None:
     """(item, title) of the raw items table the tables' features were built from.
 
     None when there is none: an `input=` table, a source other than the raw-reviews
@@ -87,7 +87,7 @@ def read_item_titles(stage: Path, meta: dict[str, Any]) -> pa.Table | None:
     """
     if meta.get("ids", {}).get("item") != "dense":
         return None
-    fmeta = read_meta(stage.parent / "features")
+    fmeta = read_features_meta(stage.parent / "features")
     if fmeta.get("config", {}).get("source") != "raw":
         return None
     path = Path(fmeta["config"]["raw_dir"]) / "items.parquet"

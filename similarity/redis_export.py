@@ -31,9 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from dlrrec.artifacts import hash_tree, read_meta
+from dlrrec.artifacts import hash_tree
 from dlrrec.config import DataError
 from dlrrec.entry import run_job
+from dlrrec.meta import SimilarityMeta, read_similarity_meta
 from similarity.config import SwingConfig
 from similarity.id_maps import ENTITY, IdMap, read_id_map, read_item_titles
 from similarity.redis_store import (
@@ -67,7 +68,7 @@ return old
 KEY_SCHEME = 2
 
 
-def table_version(stage: Path, meta: dict[str, Any]) -> str:
+def table_version(stage: Path, meta: SimilarityMeta) -> str:
     """A short content hash of the tables (and id maps) a version holds."""
     files = sorted(stage.glob("*/part-*.parquet")) + sorted(stage.glob("ids/*.parquet"))
     h = hashlib.sha256(f"{KEY_SCHEME}:{meta.get('fingerprint')}:{hash_tree(files)}".encode())
@@ -225,7 +226,7 @@ def export(
     client: redis.Redis, prefix: str, stage: Path, grace_s: int, batch_pairs: int = BATCH_PAIRS
 ) -> dict[str, Any]:
     """Export the tables in `stage` (a finished `run_dir/similarity`); see module doc."""
-    meta = read_meta(stage)
+    meta = read_similarity_meta(stage)
     version = table_version(stage, meta)
     start = time.perf_counter()
     current = client.get(key_current(prefix))

@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from dlrrec.artifacts import read_meta, sha256_file
+from dlrrec.artifacts import sha256_file
 from dlrrec.config import DataError
+from dlrrec.meta import read_features_meta
 
 PAIR_SCHEMA = pa.schema(
     [
@@ -64,7 +65,7 @@ def read_positives(run_dir: str, input_path: str) -> Positives:
 
 
 def _read_features(stage: Path) -> Positives:
-    meta = read_meta(stage)
+    meta = read_features_meta(stage)
     for key in ("n_users", "n_items", "fingerprint"):
         if key not in meta:
             raise DataError(f"{stage / '_meta.json'}: missing key {key!r}")

@@ -30,8 +30,15 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-from dlrrec.artifacts import read_meta
 from dlrrec.config import ConfigError, DataError
+from dlrrec.meta import (
+    FeaturesMeta,
+    KeyedContentMeta,
+    SimilarityMeta,
+    entity_count,
+    read_features_meta,
+    read_similarity_meta,
+)
 from trainer.content_tables import (
     EntityColumn,
     ParquetColumn,
@@ -192,11 +199,11 @@ class Neighbors:
 class TrainingData:
     """Everything the trainer reads, loaded once per rank."""
 
-    features_meta: dict[str, Any]
-    similarity_meta: dict[str, Any] | None
+    features_meta: FeaturesMeta
+    similarity_meta: SimilarityMeta | None
     parts: dict[str, SplitParts]  # train/val/test, read block by block
     row_content: list[str]  # tower columns read per row from the examples
-    keyed_content: dict[str, dict[str, Any]]  # tower columns looked up by each row's key: spec
+    keyed_content: dict[str, KeyedContentMeta]  # tower columns looked up by each row's key: spec
     train_rows: dict[str, np.ndarray]  # entity -> [n] its training rows (features' counts)
     sparse_names: list[str]
     sparse_vocab: dict[str, int]
@@ -302,7 +309,7 @@ class SplitParts:
 
 
 def scan_parts(
-    root: Path, split: str, meta: dict[str, Any], content_cols: list[str], key_cols: dict[str, str]
+    root: Path, split: str, meta: FeaturesMeta, content_cols: list[str], key_cols: dict[str, str]
 ) -> SplitParts:
     """The footers of `root/examples/split/part-*.parquet`: blocks, row counts, columns."""
     folder = root / "examples" / split
@@ -332,7 +339,7 @@ def scan_parts(
 
 
 def split_arrays(
-    table: pa.Table, meta: dict[str, Any], content_cols: list[str], keyed: dict[str, dict[str, Any]], where: str
+    table: pa.Table, meta: FeaturesMeta, content_cols: list[str], keyed: dict[str, KeyedContentMeta], where: str
 ) -> SplitArrays:
     """Rows of a split (a block, a batch's rows) as column arrays; `keyed` maps each
     keyed tower column to its `_meta.json` spec (key column, slots per user).
@@ -375,7 +382,7 @@ def split_arrays(
     )
 
 
-def row_keys(table: pa.Table, col: str, spec: dict[str, Any], where: str) -> np.ndarray:
+def row_keys(table: pa.Table, col: str, spec: KeyedContentMeta, where: str) -> np.ndarray:
     """The rows' keys into `col`'s per-(user, slot) table, each checked to be one of its
     own user's slots."""
     k = table.column(spec["key"]).to_numpy().astype(np.int64)
@@ -420,7 +427,7 @@ def read_neighbors(folder: Path, n: int) -> Neighbors:
     return Neighbors(offsets=offsets, ids=nb, cum_probs=cum)
 
 
-def check_similarity_input(sim_root: Path, sim_meta: dict[str, Any], features_meta: dict[str, Any]) -> None:
+def check_similarity_input(sim_root: Path, sim_meta: SimilarityMeta, features_meta: FeaturesMeta) -> None:
     """Refuse SWING tables that were not built from this features artifact.
 
     `similarity/_meta.json` records the fingerprint of the input SWING read. Tables of
@@ -442,11 +449,11 @@ def check_similarity_input(sim_root: Path, sim_meta: dict[str, Any], features_me
         )
 
 
-def read_keyed_column(root: Path, col: str, spec: dict[str, Any], meta: dict[str, Any]) -> ParquetColumn:
+def read_keyed_column(root: Path, col: str, spec: KeyedContentMeta, meta: FeaturesMeta) -> ParquetColumn:
     """Scan a keyed column's per-(user, slot) table; each row's key is checked against
     its user's slots as its block is read (`split_arrays`)."""
     entity = "user"  # only user profiles are keyed so far
-    n = int(meta[f"n_{entity}s"]) * int(spec["slots"])
+    n = entity_count(meta, entity) * int(spec["slots"])
     return ParquetColumn.scan(root / spec["file"], entity, col, n, int(meta["content_dim"]), id_col="key")
 
 
@@ -468,7 +475,7 @@ def read_train_rows(root: Path, entity: str, n: int) -> np.ndarray:
 def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: bool) -> TrainingData:
     """Load `run_dir/features` (and `run_dir/similarity` when `contrastive`)."""
     root = Path(run_dir) / "features"
-    meta = read_meta(root)
+    meta = read_features_meta(root)
     towers: list[tuple[str, str]] = []
     available = {e: set(meta["content"].get(e, [])) for e in ("user", "item")}
     for m in modalities:
@@ -490,7 +497,7 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
     for s, p in parts.items():
         if "rows" in meta and int(meta["rows"][s]) != p.n:
             raise DataError(f"{p.folder}: {p.n} rows, _meta.json says {meta['rows'][s]}; rebuild the features")
-    train_rows = {e: read_train_rows(root, e, int(meta[f"n_{e}s"])) for e in ("user", "item")}
+    train_rows = {e: read_train_rows(root, e, entity_count(meta, e)) for e in ("user", "item")}
     # Entity vectors are scanned (ids, values, which entities have one), not kept: the
     # model reads each table shard's rows when it is built (trainer/content_tables.py).
     entity_columns: dict[str, EntityColumn] = {}
@@ -499,7 +506,7 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
         if not path.is_file():
             raise DataError(f"{path}: missing; run `dlrrec features build` first")
         for c in [c for e, c in towers if e == entity]:
-            n = int(meta[f"n_{entity}s"])
+            n = entity_count(meta, entity)
             entity_columns[c] = ParquetColumn.scan(path, entity, c, n, int(meta["content_dim"]))
     for c, spec in keyed.items():
         entity_columns[keyed_table(c)] = read_keyed_column(root, c, spec, meta)
@@ -516,7 +523,7 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
     item_nb = user_nb = None
     if contrastive:
         sim_root = Path(run_dir) / "similarity"
-        sim_meta = read_meta(sim_root)
+        sim_meta = read_similarity_meta(sim_root)
         check_similarity_input(sim_root, sim_meta, meta)
         item_nb = read_neighbors(sim_root / "item_item", int(meta["n_items"]))
         user_nb = read_neighbors(sim_root / "user_user", int(meta["n_users"]))

@@ -470,7 +470,7 @@ def fingerprint(cfg: TrainConfig, data: TrainingData, trained_on: dict[str, str]
         {
             "config": fingerprinted_config(cfg, "train"),
             "features": data.features_meta.get("fingerprint"),
-            "similarity": (data.similarity_meta or {}).get("fingerprint"),
+            "similarity": data.similarity_meta.get("fingerprint") if data.similarity_meta else None,
             **trained_on,
             "code": code_version("train"),  # the trainer's sources (dlrrec/code_version.py)
         }
@@ -875,7 +875,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         # what `dlrrec export` checks the run's features/ and similarity/ against
         "inputs": {
             "features": data.features_meta.get("fingerprint"),
-            "similarity": (data.similarity_meta or {}).get("fingerprint"),
+            "similarity": data.similarity_meta.get("fingerprint") if data.similarity_meta else None,
         },
         "config": to_dict(cfg),
     }

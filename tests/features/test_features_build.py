@@ -279,3 +279,17 @@ def test_repeated_pairs_share_a_split_and_are_counted(
     assert all(len(v) == 1 for v in where.values())
     assert out["meta"]["repeated_pairs"] == {"pairs": 8, "extra_rows": 24}
     assert sum(out["meta"]["rows"].values()) == inter.num_rows + 24
+
+
+@pytest.mark.parametrize("which", ["built_random", "built_temporal"])
+def test_meta_keys_are_the_typed_schema(which: str, request: pytest.FixtureRequest) -> None:
+    # dlrrec/meta.py types what the readers use; a key renamed or added on one side only fails here
+    from dlrrec.meta import FeaturesMeta, SparseFeatureMeta
+
+    meta = request.getfixturevalue(which)["meta"]
+    declared = FeaturesMeta.__required_keys__ | FeaturesMeta.__optional_keys__
+    assert FeaturesMeta.__required_keys__ <= set(meta) <= declared, set(meta) ^ declared
+    for spec in meta["sparse_features"].values():
+        assert SparseFeatureMeta.__required_keys__ <= set(spec) <= (
+            SparseFeatureMeta.__required_keys__ | SparseFeatureMeta.__optional_keys__
+        )

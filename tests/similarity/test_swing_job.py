@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dlrrec.artifacts import SCHEMA_VERSION
+from dlrrec.meta import SimilarityInputMeta, SimilarityMeta, SimilarityTableMeta
 from launch.cli import main as cli_main
 from similarity.config import SwingConfig
 from similarity.main import main, run
@@ -137,6 +138,10 @@ def test_plain_input_integer_ids(tmp_path: Path, fmt: str) -> None:
     assert table_rows(stage, "item_item") == reference_top_k(reference_swing(graph, 15, 0, 0.3), 4)
     assert meta["ids"] == {"user": "original", "item": "original"}
     assert meta["input"]["source"] == str(path)
+    # the record is the typed schema the readers use (dlrrec/meta.py), key for key
+    assert set(meta) == set(SimilarityMeta.__required_keys__ | SimilarityMeta.__optional_keys__)
+    assert set(meta["item_item"]) == set(SimilarityTableMeta.__required_keys__)
+    assert set(meta["input"]) == set(SimilarityInputMeta.__required_keys__)
 
 
 def test_plain_input_string_ids(tmp_path: Path) -> None:
