@@ -90,12 +90,9 @@ class _Comm:
     def __init__(self) -> None:
         self.owns_group = join_group("gloo", single_rank=False)
         self.group: Any = None
-        if dist.is_initialized():
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-            is_gloo = dist.get_backend() == "gloo"
-            self.group = None if is_gloo else dist.new_group(backend="gloo")
-        else:
-            self.rank, self.world = 0, 1
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        if dist.is_initialized() and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")
 
     def broadcast(self, obj: Any) -> Any:
         if self.world == 1:
