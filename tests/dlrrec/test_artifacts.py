@@ -25,7 +25,11 @@ from features.llm import LLMConfig
 from similarity.config import SwingConfig
 from trainer.config import TrainConfig
 
-CONFIGS: dict[str, type] = {"features": FeaturesConfig, "similarity": SwingConfig, "train": TrainConfig}
+CONFIGS: dict[str, type] = {
+    "features": FeaturesConfig,
+    "similarity": SwingConfig,
+    "train": TrainConfig,
+}
 
 
 def _field_type(cls: type, name: str) -> Any:
@@ -72,7 +76,10 @@ def test_similarity_view() -> None:
     assert set(view) == {f.name for f in dataclasses.fields(SwingConfig)} - set(
         NOT_FINGERPRINTED["similarity"]
     )
-    assert fingerprinted_config(replace(base, kernel="numpy", redis_url="redis://x"), "similarity") == view
+    assert (
+        fingerprinted_config(replace(base, kernel="numpy", redis_url="redis://x"), "similarity")
+        == view
+    )
     assert fingerprinted_config(replace(base, alpha1=1.0), "similarity") != view
 
 
@@ -95,7 +102,10 @@ def test_features_view_equals_the_features_job_config_keys(cfg: FeaturesConfig) 
     from features.main import DEFAULT_FRACTIONS, fingerprint_config
 
     view = fingerprinted_config(cfg, "features")
-    assert fingerprint_config(cfg) == {**view, "split_fractions": cfg.split_fractions or DEFAULT_FRACTIONS}
+    assert fingerprint_config(cfg) == {
+        **view,
+        "split_fractions": cfg.split_fractions or DEFAULT_FRACTIONS,
+    }
 
 
 def _record(folder: Path, name: str, fp: str) -> Path:
@@ -110,7 +120,9 @@ def test_reusable_record_reuses_replaces_or_refuses(tmp_path: Path) -> None:
     assert reusable_record(path, "fp1", overwrite=False) == {"fingerprint": "fp1", "x": 1}
     assert reusable_record(path, "fp1", overwrite=True) == {"fingerprint": "fp1", "x": 1}
     assert reusable_record(path, "fp2", overwrite=True) is None
-    with pytest.raises(ConfigError, match=r"train: holds an output of a different config.*overwrite=true"):
+    with pytest.raises(
+        ConfigError, match=r"train: holds an output of a different config.*overwrite=true"
+    ):
         reusable_record(path, "fp2", overwrite=False)
     assert reusable_record(tmp_path / "none.json", "fp1", overwrite=False) is None
     path.write_text("{not json")
