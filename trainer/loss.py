@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -342,6 +343,21 @@ def all_gather_rows(x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tenso
     return _AllGatherRows.apply(x, *extras)  # type: ignore[no-any-return]
 
 
+class InfoNCETerm(NamedTuple):
+    """One InfoNCE term's local inputs: the arguments of `info_nce` but `tau` and
+    `chunk_size` (a NamedTuple, so TrainPipelineSparseDist's fx tracer passes it through)."""
+
+    anchor: torch.Tensor
+    positive: torch.Tensor
+    anchor_ids: torch.Tensor
+    positive_ids: torch.Tensor
+    negatives: torch.Tensor | None = None
+    negative_ids: torch.Tensor | None = None
+    candidate_q: torch.Tensor | None = None
+    uniform_p: float = 0.0
+    anchor_sets: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 def info_nce_across_ranks(
     anchor: torch.Tensor,
     positive: torch.Tensor,
@@ -367,25 +383,48 @@ def info_nce_across_ranks(
     `candidate_q` is [B + M] (this rank's positives, then the extra negatives).
     Collective: every rank calls it with the same B and M.
     """
+    term = InfoNCETerm(
+        anchor, positive, anchor_ids, positive_ids, negatives, negative_ids, candidate_q, uniform_p, anchor_sets
+    )
+    return info_nce_terms_across_ranks([term], tau, chunk_size)[0]
+
+
+def info_nce_terms_across_ranks(terms: list[InfoNCETerm], tau: float, chunk_size: int = 0) -> list[torch.Tensor]:
+    """`info_nce_across_ranks` of each term, with ONE collective forward and one backward
+    for all of them: each collective is a point where the ranks wait for the slowest,
+    so the terms' positives, their ids and q (same B rows on every rank) travel as one
+    all-gather, and the global count of anchors with a positive comes from the ids."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world == 1:
-        return info_nce(
-            anchor, positive, anchor_ids, positive_ids, tau, negatives, negative_ids,
-            candidate_q, uniform_p, chunk_size, anchor_sets,
-        )  # fmt: skip
-    b = positive.shape[0]
-    # one collective for the positives, their ids and their q (each one is a wait for the
-    # slowest rank); the global count of anchors with a positive comes from the ids
-    extras = (positive_ids,) if candidate_q is None else (positive_ids, candidate_q[:b].detach())
-    cand, cand_ids, *cand_q = all_gather_rows(positive, *extras)
-    q = torch.cat([cand_q[0], candidate_q[b:]]) if candidate_q is not None else None
-    valid = (cand_ids >= 0).sum().to(torch.float64)
-    return info_nce(
-        anchor, cand, anchor_ids, positive_ids, tau, negatives, negative_ids,
-        q, uniform_p, chunk_size, anchor_sets,
-        candidate_ids=cand_ids, target_offset=dist.get_rank() * b,
-        denominator=valid.clamp_min(1) / world,
-    )  # fmt: skip
+        return [
+            info_nce(t.anchor, t.positive, t.anchor_ids, t.positive_ids, tau, t.negatives, t.negative_ids,
+                     t.candidate_q, t.uniform_p, chunk_size, t.anchor_sets)
+            for t in terms
+        ]  # fmt: skip
+    b = terms[0].positive.shape[0]
+    extras = [x for t in terms for x in (t.positive_ids, *_local_q(t.candidate_q, b))]
+    widths = [t.positive.shape[1] for t in terms]
+    cands, *gathered = all_gather_rows(torch.cat([t.positive for t in terms], dim=1), *extras)
+    rest = iter(gathered)
+    out = []
+    for t, cand in zip(terms, cands.split(widths, dim=1)):
+        cand_ids = next(rest)
+        q = None if t.candidate_q is None else torch.cat([next(rest), t.candidate_q[b:]])
+        valid = (cand_ids >= 0).sum().to(torch.float64)
+        out.append(
+            info_nce(
+                t.anchor, cand.contiguous(), t.anchor_ids, t.positive_ids, tau, t.negatives, t.negative_ids,
+                q, t.uniform_p, chunk_size, t.anchor_sets,
+                candidate_ids=cand_ids, target_offset=dist.get_rank() * b,
+                denominator=valid.clamp_min(1) / world,
+            )  # fmt: skip
+        )
+    return out
+
+
+def _local_q(candidate_q: torch.Tensor | None, b: int) -> tuple[torch.Tensor, ...]:
+    """This rank's positives' q, to gather (none without logQ)."""
+    return () if candidate_q is None else (candidate_q[:b].detach(),)
 
 
 def rating_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

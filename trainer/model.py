@@ -26,11 +26,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.content_tables import ContentTables, feature_key
 from trainer.data import Batch
-from trainer.loss import InfoNCEOptions, info_nce_across_ranks, rating_loss
+from trainer.loss import InfoNCEOptions, InfoNCETerm, info_nce_terms_across_ranks, rating_loss
 
 # InfoNCE loops over row blocks by shape and gathers across ranks; keep it one opaque call when
 # TrainPipelineSparseDist fx-traces the forward to find the sharded modules.
-torch.fx.wrap("info_nce_across_ranks")
+torch.fx.wrap("info_nce_terms_across_ranks")
 
 
 class _PairwiseDots(torch.autograd.Function):
@@ -410,19 +410,18 @@ class DLRRECTrain(nn.Module):
         bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
         rec = (bce * w).sum() / batch.weights.sum().clamp_min(1.0)
         zero = logits.new_zeros(())
-        ii = uu = zero
+        terms: dict[str, InfoNCETerm] = {}
         # eval mode scores rows: the InfoNCE terms (most of an eval batch's cost) stay 0
         if self.training and self.w_item_item > 0 and self.item_tower >= 0:
             assert isinstance(self.model, DLRREC)
             towers = self.model.projection_arch
             col = self.tower_spec[self.item_tower][0]
-            anchor = towers.project_one(self.item_tower, content[:, self.item_tower])
-            pos = towers.project_one(self.item_tower, vec[feature_key(col, "pos")])
-            neg = towers.project_one(self.item_tower, vec[feature_key(col, "neg")])
-            q = torch.cat([batch.ii_pos_q, batch.ii_neg_q]) if self.nce.log_q else None
-            ii = info_nce_across_ranks(
-                anchor, pos, batch.item_ids, batch.ii_pos_ids, self.tau,
-                neg, batch.ii_neg_ids, q, self.nce.uniform_p[0], self.nce.chunk_size,
+            terms["ii"] = InfoNCETerm(
+                towers.project_one(self.item_tower, content[:, self.item_tower]),
+                towers.project_one(self.item_tower, vec[feature_key(col, "pos")]),
+                batch.item_ids, batch.ii_pos_ids,
+                towers.project_one(self.item_tower, vec[feature_key(col, "neg")]), batch.ii_neg_ids,
+                torch.cat([batch.ii_pos_q, batch.ii_neg_q]) if self.nce.log_q else None, self.nce.uniform_p[0],
                 (batch.ii_set_lengths, batch.ii_set_ids),
             )  # fmt: skip
         if self.training and self.w_user_user > 0 and self.user_tower >= 0:
@@ -430,15 +429,20 @@ class DLRRECTrain(nn.Module):
             towers = self.model.projection_arch
             # anchors use the full train profile (the entity table), as positives do
             col = self.tower_spec[self.user_tower][0]
-            anchor = towers.project_one(self.user_tower, vec[feature_key(col, "row")])
-            pos = towers.project_one(self.user_tower, vec[feature_key(col, "pos")])
-            neg = towers.project_one(self.user_tower, vec[feature_key(col, "neg")])
-            q = torch.cat([batch.uu_pos_q, batch.uu_neg_q]) if self.nce.log_q else None
-            uu = info_nce_across_ranks(
-                anchor, pos, batch.user_ids, batch.uu_pos_ids, self.tau,
-                neg, batch.uu_neg_ids, q, self.nce.uniform_p[1], self.nce.chunk_size,
+            terms["uu"] = InfoNCETerm(
+                towers.project_one(self.user_tower, vec[feature_key(col, "row")]),
+                towers.project_one(self.user_tower, vec[feature_key(col, "pos")]),
+                batch.user_ids, batch.uu_pos_ids,
+                towers.project_one(self.user_tower, vec[feature_key(col, "neg")]), batch.uu_neg_ids,
+                torch.cat([batch.uu_pos_q, batch.uu_neg_q]) if self.nce.log_q else None, self.nce.uniform_p[1],
                 (batch.uu_set_lengths, batch.uu_set_ids),
             )  # fmt: skip
+        # both terms share one gather across ranks (forward) and one all-reduce (backward);
+        # indexed by position: under the pipeline's fx trace the result is one proxy
+        names = list(terms)
+        nce = info_nce_terms_across_ranks(list(terms.values()), self.tau, self.nce.chunk_size) if terms else []
+        ii = nce[names.index("ii")] if "ii" in terms else zero
+        uu = nce[names.index("uu")] if "uu" in terms else zero
         loss = rec + self.w_item_item * ii + self.w_user_user * uu
         if self.rating_weight > 0:
             # an affine map of the logit regresses the standardised rating of training rows

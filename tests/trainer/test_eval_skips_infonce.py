@@ -30,13 +30,13 @@ def _rank(rank: int, run_dir: str) -> dict:
         dmp, _, _ = build_model(cfg, data, env, 1.0, "rowwise_adagrad")
         module = dmp.module
         calls = []
-        real = model_mod.info_nce_across_ranks
+        real = model_mod.info_nce_terms_across_ranks
 
         def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
             calls.append(1)
             return real(*args, **kwargs)
 
-        model_mod.info_nce_across_ranks = counting
+        model_mod.info_nce_terms_across_ranks = counting
         batch = next(iter(train_batches(data, cfg.batch_size, 0, 1, 0, cfg.seed, False, 0, 0, 8)))
         with torch.no_grad():
             _, (_, _, _, _, train_parts) = dmp(batch)
@@ -69,8 +69,8 @@ def _rank(rank: int, run_dir: str) -> dict:
 
 def test_evaluate_computes_no_infonce_and_scores_the_models_logits(run_dir: Path):
     (r,) = run_ranks(_rank, 1, str(run_dir))
-    # training computes both terms; evaluation neither (before: 2 calls per eval batch)
-    assert r["train_calls"] == 2 and min(r["train_parts"][1:]) > 0
+    # training computes both terms (in one call); evaluation neither (before: 2 calls per eval batch)
+    assert r["train_calls"] == 1 and min(r["train_parts"][1:]) > 0
     assert r["eval_calls"] == 0
     assert r["eval_parts"][1:] == [0.0, 0.0] and r["eval_parts"][0] > 0  # BCE only
     # eval batches look up no positives or negatives; the reference batch did sample them

@@ -300,3 +300,59 @@ def test_one_rank_and_two_give_the_same_loss_and_gradients(device: str):
         assert r1["loss"] > 0.5, case
         for g1, g2 in zip(r1["grads"], r2["grads"]):
             np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-13, err_msg=str(case))
+
+
+def _two_terms_on_ranks(rank: int, logq: bool) -> dict:
+    """Two InfoNCE terms (each its own tower, as the item and user terms) through one
+    `info_nce_terms_across_ranks` call on this rank's slice; the rank-mean of each term,
+    the rank-averaged gradients and the collectives of one forward and backward."""
+    import torch.distributed as dist
+    from dist_helpers import init_group
+
+    from trainer.loss import InfoNCETerm, info_nce_terms_across_ranks
+
+    init_group("cpu")
+    world = dist.get_world_size()
+    try:
+        torch.manual_seed(0)
+        towers = [torch.nn.Linear(8, 8).double(), torch.nn.Linear(8, 6).double()]
+        terms = []
+        for seed, tower in zip((11, 12), towers):
+            a, p, n, aid, pid, nid, q, lengths, set_ids = _global_case(seed)
+            b = a.shape[0] // world
+            sl = slice(rank * b, (rank + 1) * b)
+            start = int(lengths[: sl.start].sum())
+            sets = (lengths[sl], set_ids[start : start + int(lengths[sl].sum())])
+            qs = torch.cat([q[: a.shape[0]][sl], q[a.shape[0] :]]) if logq else None
+            terms.append(InfoNCETerm(tower(a[sl]), tower(p[sl]), aid[sl], pid[sl], tower(n), nid, qs, 0.02, sets))
+        calls: list[str] = []
+        real = {name: getattr(dist, name) for name in ("all_gather", "all_reduce")}
+        for name, fn in real.items():
+            setattr(dist, name, lambda *args, _n=name, _f=fn, _c=calls, **kw: _c.append(_n) or _f(*args, **kw))
+        try:
+            losses = info_nce_terms_across_ranks(terms, 0.3, chunk_size=5)
+            sum(losses).backward()
+        finally:
+            for name, fn in real.items():
+                setattr(dist, name, fn)
+        stats = [*(x.detach().clone() for x in losses), *(w.grad for t in towers for w in t.parameters())]
+        for t in stats:
+            dist.all_reduce(t)
+            t /= world
+        return {"losses": [float(x) for x in stats[:2]], "grads": [t.numpy() for t in stats[2:]], "calls": calls}
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("logq", [False, True])
+def test_two_terms_share_one_gather_and_equal_one_rank(logq: bool):
+    import numpy as np
+
+    (one,) = run_ranks(_two_terms_on_ranks, 1, logq)
+    two = run_ranks(_two_terms_on_ranks, 2, logq)
+    # the item and user terms of a step: one gather forward, one all-reduce backward in all
+    assert two[0]["calls"] == two[1]["calls"] == ["all_gather", "all_reduce"]
+    assert min(one["losses"]) > 0.5
+    np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=0, atol=1e-12)
+    for g1, g2 in zip(one["grads"], two[0]["grads"], strict=True):
+        np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-13)
