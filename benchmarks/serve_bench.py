@@ -60,7 +60,7 @@ def trainer_eval(run_dir: Path, split: str) -> tuple[Any, Any, Any, int]:
     load_checkpoint(ckpt, dmp, None)
 
     def run() -> np.ndarray:
-        return evaluate(dmp, data, split, tcfg, env, cold)[1]
+        return evaluate(dmp, data, split, tcfg.eval_batch_size, env, cold)[1]
 
     def logits_only() -> np.ndarray:
         """The same batches through the model alone: no InfoNCE terms (evaluate computes

@@ -66,6 +66,7 @@ from trainer.cold_start import ColdIds, build_cold_ids
 from trainer.config import TrainConfig, parse_selection_metric
 from trainer.content_tables import ContentTables, fill_content_tables, table_constraints
 from trainer.data import (
+    Batch,
     SplitParts,
     TrainingData,
     epoch_steps,
@@ -325,16 +326,29 @@ def planner_topology(world_size: int, device: torch.device, local_world_size: in
     )
 
 
+@dataclass(frozen=True)
+class LearningRates:
+    """The dense (Adam) and sparse (fused) learning rates of epoch 0 and their per-epoch decay."""
+
+    dense: float
+    sparse: float
+    decay: float
+
+
+def build_learning_rates(cfg: TrainConfig) -> LearningRates:
+    return LearningRates(dense=cfg.lr, sparse=cfg.sparse_lr, decay=cfg.lr_decay)
+
+
 def set_epoch_lr(
-    optimizer: CombinedOptimizer, dmp: DistributedModelParallel, cfg: TrainConfig, epoch: int
+    optimizer: CombinedOptimizer, dmp: DistributedModelParallel, rates: LearningRates, epoch: int
 ) -> None:
     """Both optimizers' learning rates for `epoch`: (sparse_)lr * lr_decay**epoch, a
     function of the epoch alone, so a resumed run trains at the same rates (and the
     checkpoint format does not change)."""
-    scale = cfg.lr_decay**epoch
+    scale = rates.decay**epoch
     fused = {id(g) for g in dmp.fused_optimizer.param_groups}
     for group in optimizer.param_groups:
-        group["lr"] = (cfg.sparse_lr if id(group) in fused else cfg.lr) * scale  # type: ignore[index]
+        group["lr"] = (rates.sparse if id(group) in fused else rates.dense) * scale  # type: ignore[index]
 
 
 def current_lrs(optimizer: CombinedOptimizer, dmp: DistributedModelParallel) -> dict[str, float]:
@@ -416,18 +430,19 @@ def evaluate(
     dmp: DistributedModelParallel,
     data: TrainingData,
     split: str,
-    cfg: TrainConfig,
+    batch_size: int,
     env: DistEnv,
     cold: ColdIds | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities for every row of `split`, identical on every rank, in row order.
+    """(labels, probabilities) of every row of `split` in row order, identical on every
+    rank; `batch_size` is the global eval batch.
 
     With cold-start ids, ids absent from the training rows are scored with the cold row.
     """
     dmp.eval()
     ids_all, probs_all, labels_all = [], [], []
     with torch.no_grad():
-        for batch, ids in eval_batches(data, split, cfg.eval_batch_size, env.rank, env.world_size):
+        for batch, ids in eval_batches(data, split, batch_size, env.rank, env.world_size):
             if cold is not None:
                 batch = cold.eval_batch(batch)
             labels_all.append(batch.labels.numpy())
@@ -513,6 +528,7 @@ class Progress:
 
 
 LOSS_NAMES = ("loss", "rec", "item_item", "user_user")
+Roc = tuple[np.ndarray, np.ndarray, float]  # test's (labels, probabilities, AUC)
 
 
 def segment(batches: Iterator[Any], done: int, val_every_steps: int) -> Iterator[Any]:
@@ -527,14 +543,15 @@ def segment(batches: Iterator[Any], done: int, val_every_steps: int) -> Iterator
     return itertools.islice(batches, val_every_steps - done % val_every_steps)
 
 
-def should_stop_early(prog: Progress, cfg: TrainConfig) -> bool:
-    return prog.epoch + 1 >= cfg.min_epochs and prog.bad_epochs >= cfg.patience
+def should_stop_early(prog: Progress, schedule: Schedule) -> bool:
+    return prog.epoch + 1 >= schedule.min_epochs and prog.bad_epochs >= schedule.patience
 
 
-def find_resume_point(out: Path, fp: str, cfg: TrainConfig, trained_on: dict[str, str]) -> Path | None:
-    """The checkpoint to resume from, None to start afresh; refuses another run's checkpoints,
-    and names the device or sparse optimizer when that is what differs."""
-    if cfg.overwrite or not cfg.resume:
+def find_resume_point(out: Path, fp: str, trained_on: dict[str, str], fresh: bool) -> Path | None:
+    """The checkpoint to resume from, None to start afresh (always when `fresh`: overwrite,
+    or resume off); refuses another run's checkpoints, and names the device or sparse
+    optimizer when that is what differs."""
+    if fresh:
         return None
     latest = latest_checkpoint(out / "checkpoints")
     if latest is None:
@@ -591,17 +608,235 @@ def quiet_known_warnings() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, select on val, report test. Returns the report (on every rank)."""
-    quiet_known_warnings()
-    env = init_distributed(cfg.device)
-    try:
-        return _run(cfg, env)
-    finally:
-        shutdown(env)
+@dataclass(frozen=True)
+class Schedule:
+    """When the loop logs, validates, checkpoints and stops (`build_schedule`).
+
+    `steps_per_epoch` is whole global batches (capped by `max_steps_per_epoch`); the
+    `stop_after_*` pauses and the periodic intervals are 0 when off.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    min_epochs: int
+    patience: int
+    log_every: int
+    val_every_steps: int
+    checkpoint_every_steps: int
+    keep_checkpoints: int
+    stop_after_epoch: int
+    stop_after_step: int
 
 
-def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Sampling:
+    """How batches are drawn (`build_sampling`): the arguments of `train_batches` and `evaluate`."""
+
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    top1: bool
+    max_steps_per_epoch: int
+    extra_negatives: int
+    positive_sets: bool
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How val picks the reported checkpoint and its threshold (`build_selection`)."""
+
+    metric: str  # auc | fpr_at_recall
+    min_recall: float
+    score_test: bool  # False: a sealed run, whose test rows are never scored
+
+
+@dataclass
+class Job:
+    """What `setup` hands to `train`, `evaluate_best` and `cleanup`: one run's handles.
+
+    `report` holds the report's fields known at setup; `evaluate_best` adds the results.
+    """
+
+    env: DistEnv
+    data: TrainingData
+    out: Path
+    fingerprint: str
+    trained_on: dict[str, str]
+    schedule: Schedule
+    sampling: Sampling
+    selection: Selection
+    rates: LearningRates
+    r0: Rank0
+    dmp: DistributedModelParallel
+    optimizer: CombinedOptimizer
+    pipeline: TrainPipelineSparseDist
+    cold: ColdIds | None
+    prog: Progress
+    report: dict[str, Any]
+    t_start: float = 0.0  # the run's start, set by `setup`
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+
+def build_schedule(cfg: TrainConfig, n_train_rows: int) -> Schedule:
+    return Schedule(
+        epochs=cfg.epochs,
+        steps_per_epoch=epoch_steps(n_train_rows, cfg.batch_size, cfg.max_steps_per_epoch),
+        min_epochs=cfg.min_epochs,
+        patience=cfg.patience,
+        log_every=cfg.log_every,
+        val_every_steps=cfg.val_every_steps,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        keep_checkpoints=cfg.keep_checkpoints,
+        stop_after_epoch=cfg.stop_after_epoch,
+        stop_after_step=cfg.stop_after_step,
+    )
+
+
+def build_sampling(cfg: TrainConfig) -> Sampling:
+    return Sampling(
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        seed=cfg.seed,
+        top1=cfg.positive_sampling == "top1",
+        max_steps_per_epoch=cfg.max_steps_per_epoch,
+        extra_negatives=cfg.extra_negatives,
+        positive_sets=cfg.mask_positive_set,
+    )
+
+
+def build_selection(cfg: TrainConfig) -> Selection:
+    metric, min_recall = parse_selection_metric(cfg.selection_metric)
+    return Selection(metric, min_recall, cfg.score_test)
+
+
+def build_report_fields(
+    cfg: TrainConfig, data: TrainingData, env: DistEnv, sparse_opt: str, sharding: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The report's fields that are known before training (the config, the run, the inputs)."""
+    meta = data.features_meta
+    return {
+        "dataset": meta.get("dataset", cfg.dataset),
+        "split": meta.get("split"),
+        "temporal_history": meta.get("temporal_history"),  # causal | frozen
+        "seed": cfg.seed,
+        "world_size": env.world_size,
+        "device": str(env.device),
+        "backend": env.backend,
+        "selection_metric": f"val_{cfg.selection_metric}",
+        "sharding_plan": sharding,
+        "sparse_optimizer": sparse_opt,
+        "variant": {
+            "model": cfg.variant,
+            "projection": cfg.projection if cfg.uses_content else None,
+            "contrastive": cfg.uses_contrastive,
+            "modalities": list(cfg.modalities) if cfg.uses_content else [],
+        },
+        "code_version": code_version("train"),
+        # what `dlrrec export` checks the run's features/ and similarity/ against
+        "inputs": {
+            "features": meta.get("fingerprint"),
+            "similarity": data.similarity_meta.get("fingerprint") if data.similarity_meta else None,
+        },
+        "config": to_dict(cfg),
+    }
+
+
+def finished_report(
+    out: Path, fp: str, env: DistEnv, *, overwrite: bool, score_test: bool
+) -> tuple[dict[str, Any] | None, bool]:
+    """(the report to reuse, whether to score test of a finished sealed run).
+
+    A finished run of this fingerprint is reused, unless it was sealed and test is now
+    asked for ("unsealing": its best checkpoint scores test, nothing is trained).
+
+    Raises:
+        ConfigError: `out` holds another run and `overwrite` is off (`reusable_record`).
+    """
+    report_path = out / "report.json"
+    old = None if overwrite else reusable_record(report_path, fp, overwrite=False)
+    if old is None:
+        return None, False
+    if score_test and old.get("test") is None:
+        return None, True
+    if env.is_main:
+        print(f"train: reusing {report_path} (same config and inputs)", flush=True)
+    return (old if score_test else {**old, "test": None}), False
+
+
+def prepare_run_dir(out: Path, env: DistEnv, config_yaml: str | None) -> None:
+    """A fresh `out` holding only `config.yaml` when `config_yaml` is given (else a resumed
+    run's `out` is kept). Collective: every rank waits for rank 0."""
+    torch.distributed.barrier()
+    if env.is_main and config_yaml is not None:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        (out / "config.yaml").write_text(config_yaml)
+    torch.distributed.barrier()
+
+
+def check_split_sizes(
+    run_dir: str, n_rows: dict[str, int], n_positives: dict[str, int], sampling: Sampling, score_test: bool
+) -> None:
+    """Refuse splits whose AUC is undefined and a batch larger than the training rows.
+
+    Raises:
+        DataError: val (or test, when scored) lacks one of the classes.
+        ConfigError: `batch_size` exceeds the training rows.
+    """
+    for name in ("val", "test") if score_test else ("val",):
+        if not 0 < n_positives[name] < n_rows[name]:
+            raise DataError(
+                f"{Path(run_dir) / 'features'}: the {name} split has {n_rows[name]} rows "
+                "and not both classes, so AUC is undefined; use more data or another split"
+            )
+    if epoch_steps(n_rows["train"], sampling.batch_size, sampling.max_steps_per_epoch) == 0:
+        raise ConfigError(
+            f"train.batch_size: {sampling.batch_size} is more than the {n_rows['train']} training rows "
+            "(an epoch is whole global batches); lower it"
+        )
+
+
+def restore_progress(
+    resume_from: Path | None, job: Job, unsealing: bool
+) -> Progress:
+    """The checkpoint's progress (a fresh one without), its model and optimizer loaded into `job`."""
+    if resume_from is None:
+        return Progress()
+    prog = Progress.from_state(load_checkpoint(resume_from, job.dmp, job.optimizer))
+    if unsealing:
+        job.r0.print(f"train: scoring test with the best checkpoint of the sealed run in {job.out}")
+        return prog
+    prog.resumed_from.append(prog.step)
+    if job.env.is_main:
+        truncate_metrics(job.out / "metrics.jsonl", prog.step)
+    job.r0.print(f"train: resuming from {resume_from} (epoch {prog.epoch}, step {prog.step})")
+    return prog
+
+
+def count_table_forwards(job: Job) -> None:
+    """Keep fbgemm's Adam step in `job.prog.table_forwards` and hand it back on resume.
+
+    fbgemm's Adam bias correction uses a step counter that every forward through the
+    tables advances (validation's too) and no state dict holds: count the forwards
+    here, checkpoint the count with the progress and restore it.
+    """
+    job.dmp.fused_optimizer.set_optimizer_step(job.prog.table_forwards)
+
+    def count_forward(*_: Any) -> None:
+        job.prog.table_forwards += 1
+
+    job.dmp.register_forward_pre_hook(count_forward)
+
+
+def setup(cfg: TrainConfig, env: DistEnv) -> Job | dict[str, Any]:
+    """Everything the loop needs, or the report of a finished run of this fingerprint.
+
+    Errors that need no training (bad flags, stale or foreign outputs) are raised before
+    anything is written; the run dir is then made fresh or kept for a resume.
+    """
     t_start = time.time()
     if cfg.tensorboard:
         require_tensorboard()  # before anything is written
@@ -611,29 +846,29 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     sparse_optimizer_kwargs(sparse_opt, env.device, lr=cfg.sparse_lr, weight_decay=cfg.sparse_weight_decay)  # refuse early
     trained_on = {"device": env.device.type, "sparse_optimizer": sparse_opt}
     fp = fingerprint(cfg, data, trained_on)
-    report_path = out / "report.json"
-    unsealing = False  # scoring test of a finished sealed run (no training)
-    old = None if cfg.overwrite else reusable_record(report_path, fp, overwrite=False)
+    old, unsealing = finished_report(out, fp, env, overwrite=cfg.overwrite, score_test=cfg.score_test)
     if old is not None:
-        unsealing = cfg.score_test and old.get("test") is None
-        if not unsealing:
-            if env.is_main:
-                print(f"train: reusing {report_path} (same config and inputs)", flush=True)
-            return old if cfg.score_test else {**old, "test": None}
-    ckpt_root = out / "checkpoints"
+        return old
     # every rank decides from the same files; a sealed run's last checkpoint is its end
-    resume_from = latest_checkpoint(ckpt_root) if unsealing else find_resume_point(out, fp, cfg, trained_on)
-    torch.distributed.barrier()
-    if env.is_main and resume_from is None:
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        (out / "config.yaml").write_text(
-            f"# fingerprint: {fp}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=True)
-        )
-    torch.distributed.barrier()
-    selection, min_recall = parse_selection_metric(cfg.selection_metric)
-    r0 = Rank0(env, out, cfg.tensorboard, cfg.progress_bar)
+    fresh = cfg.overwrite or not cfg.resume
+    resume_from = latest_checkpoint(out / "checkpoints") if unsealing else find_resume_point(out, fp, trained_on, fresh)
+    config_yaml = f"# fingerprint: {fp}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=True)
+    prepare_run_dir(out, env, config_yaml if resume_from is None else None)
+    job = build_job(cfg, env, data, out, trained_on, fp)
+    job.t_start = t_start
+    job.prog = restore_progress(resume_from, job, unsealing)
+    count_table_forwards(job)
+    job.r0.open_tensorboard(job.prog.step if resume_from is not None else None)
+    check_split_sizes(cfg.run_dir, *split_counts(data, cfg.run_dir), job.sampling, cfg.score_test)
+    return job
 
+
+def build_job(
+    cfg: TrainConfig, env: DistEnv, data: TrainingData, out: Path, trained_on: dict[str, str], fp: str
+) -> Job:
+    """The sharded model, its optimizers and pipeline and the loop's settings, at step 0."""
+    selection = build_selection(cfg)
+    r0 = Rank0(env, out, cfg.tensorboard, cfg.progress_bar)
     n_rows, n_positives = split_counts(data, cfg.run_dir)
     n_pos = float(n_positives["train"])
     pos_weight = (n_rows["train"] - n_pos) / max(n_pos, 1.0) if cfg.class_weight == "balanced" else 1.0
@@ -644,254 +879,296 @@ def _run(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     lane_layout(cfg.batch_size, env.world_size)
     train_ids = {"user_id": np.flatnonzero(data.train_rows["user"]), "item_id": np.flatnonzero(data.train_rows["item"])}
     cold = build_cold_ids(cfg.id_dropout, data.sparse_names, data.sparse_vocab, train_ids)
+    sparse_opt = trained_on["sparse_optimizer"]
     dmp, optimizer, plan = build_model(cfg, data, env, pos_weight, sparse_opt, cold)
     sharding = plan_summary(plan)
     r0.print(f"train: world_size={env.world_size} device={env.device} sparse_optimizer={sparse_opt}")
     r0.print("train: sharding plan " + json.dumps({k: (v["sharding_type"], v["ranks"]) for k, v in sharding.items()}))
-    pipeline = TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True)
+    return Job(
+        env=env, data=data, out=out, fingerprint=fp, trained_on=trained_on,
+        schedule=build_schedule(cfg, n_rows["train"]), sampling=build_sampling(cfg), selection=selection,
+        rates=build_learning_rates(cfg), r0=r0, dmp=dmp, optimizer=optimizer,
+        pipeline=TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True),
+        cold=cold, prog=Progress(), report=build_report_fields(cfg, data, env, sparse_opt, sharding),
+    )  # fmt: skip
 
-    prog = Progress()
-    if resume_from is not None:
-        prog = Progress.from_state(load_checkpoint(resume_from, dmp, optimizer))
-        if unsealing:
-            r0.print(f"train: scoring test with the best checkpoint of the sealed run in {out}")
-        else:
-            prog.resumed_from.append(prog.step)
-            if env.is_main:
-                truncate_metrics(out / "metrics.jsonl", prog.step)
-            r0.print(f"train: resuming from {resume_from} (epoch {prog.epoch}, step {prog.step})")
-    # fbgemm's Adam bias correction uses a step counter that every forward through the
-    # tables advances (validation's too) and no state dict holds: count the forwards
-    # here, checkpoint the count with the progress and hand it back on resume
-    dmp.fused_optimizer.set_optimizer_step(prog.table_forwards)
 
-    def count_forward(*_: Any) -> None:
-        prog.table_forwards += 1
+def checkpoint(job: Job) -> Path:
+    """Save the model, optimizers and progress at this step; prune all but the newest and the best."""
+    prog = job.prog
+    best = {job.ckpt_root / prog.best_checkpoint} if prog.best_checkpoint else set()
+    state = {**asdict(prog), "fingerprint": job.fingerprint, **job.trained_on}
+    path = save_checkpoint(job.ckpt_root, prog.step, job.dmp, job.optimizer, state, job.env.is_main)
+    prune_checkpoints(job.ckpt_root, job.schedule.keep_checkpoints, best, job.env.is_main)
+    return path
 
-    dmp.register_forward_pre_hook(count_forward)
-    r0.open_tensorboard(prog.step if resume_from is not None else None)
-    n_steps = epoch_steps(n_rows["train"], cfg.batch_size, cfg.max_steps_per_epoch)
-    for name in ("val", "test") if cfg.score_test else ("val",):
-        if not 0 < n_positives[name] < n_rows[name]:
-            raise DataError(
-                f"{Path(cfg.run_dir) / 'features'}: the {name} split has {n_rows[name]} rows "
-                "and not both classes, so AUC is undefined; use more data or another split"
-            )
-    if n_steps == 0:
-        raise ConfigError(
-            f"train.batch_size: {cfg.batch_size} is more than the {n_rows['train']} training rows "
-            "(an epoch is whole global batches); lower it"
-        )
 
-    def checkpoint() -> Path:
-        best = {ckpt_root / prog.best_checkpoint} if prog.best_checkpoint else set()
-        state = {**asdict(prog), "fingerprint": fp, **trained_on}
-        path = save_checkpoint(ckpt_root, prog.step, dmp, optimizer, state, env.is_main)
-        prune_checkpoints(ckpt_root, cfg.keep_checkpoints, best, env.is_main)
-        return path
+def validate(job: Job, epoch: int, losses: dict[str, float], dt: float | None) -> bool:
+    """Score val, log it, and make this step the best one if it beats the best so far.
 
-    def validate(epoch: int, losses: dict[str, float], dt: float | None) -> bool:
-        """Score val, log it, and make this step the best one if it beats the best so far.
+    `losses` are the epoch's mean training losses so far; `dt` is the epoch's seconds
+    at an epoch end and None for a `val_every_steps` validation inside the epoch.
+    Returns whether it improved.
+    """
+    prog, sel = job.prog, job.selection
+    labels, probs = evaluate(job.dmp, job.data, "val", job.sampling.eval_batch_size, job.env, job.cold)
+    val = classification_report(labels, probs, 0.5)
+    metric = selection_value(labels, probs, sel.metric, sel.min_recall)  # larger is better
+    improved = prog.best_metric is None or metric > prog.best_metric
+    if sel.metric == "fpr_at_recall":
+        val["fpr_at_recall"] = -metric
+    log_validation(job, epoch, losses, val, dt, "  *" if improved else "")
+    prog.val_auc = val["auc"]
+    if improved:
+        prog.best_metric, prog.best_epoch, prog.best_step = metric, epoch, prog.step
+        prog.best_losses = losses
+        prog.best_checkpoint = checkpoint_dir(job.ckpt_root, prog.step).name
+        prog.epoch_improved = dt is None
+    return improved
 
-        `losses` are the epoch's mean training losses so far; `dt` is the epoch's seconds
-        at an epoch end and None for a `val_every_steps` validation inside the epoch.
-        Returns whether it improved.
-        """
-        labels, probs = evaluate(dmp, data, "val", cfg, env, cold)
-        val = classification_report(labels, probs, 0.5)
-        metric = selection_value(labels, probs, selection, min_recall)  # larger is better
-        improved = prog.best_metric is None or metric > prog.best_metric
-        if selection == "fpr_at_recall":
-            val["fpr_at_recall"] = -metric
-        mark = "  *" if improved else ""
-        if dt is None:
-            r0.metrics({"kind": "val", "epoch": epoch, "step": prog.step, "epoch_step": prog.epoch_step,
-                        "train": losses, "val": val})  # fmt: skip
-            r0.scalars("val_step", {k: float(v) for k, v in val.items() if k != "n"}, prog.step)
-            r0.print(f"epoch {epoch:3d}  step {prog.epoch_step:5d}/{n_steps}  val auc {val['auc']:.4f} "
-                     f"logloss {val['logloss']:.4f}" + mark)  # fmt: skip
-        else:
-            examples_per_s = prog.epoch_step * cfg.batch_size / max(dt, 1e-9)
-            r0.metrics({"kind": "epoch", "epoch": epoch, "step": prog.step, "train": losses, "val": val,
-                        "lr": current_lrs(optimizer, dmp), "seconds": dt, "examples_per_s": examples_per_s})  # fmt: skip
-            r0.scalars("epoch", {**{f"train_{k}": v for k, v in losses.items()},
-                                 **{f"val_{k}": float(v) for k, v in val.items() if k != "n"},
-                                 "examples_per_s": examples_per_s}, epoch)  # fmt: skip
-            r0.print(
-                f"epoch {epoch:3d}  loss {losses['loss']:.4f} (rec {losses['rec']:.4f} ii {losses['item_item']:.4f} "
-                f"uu {losses['user_user']:.4f})  val auc {val['auc']:.4f} logloss {val['logloss']:.4f}  {dt:.1f}s" + mark
-            )
-        prog.val_auc = val["auc"]
-        if improved:
-            prog.best_metric, prog.best_epoch, prog.best_step = metric, epoch, prog.step
-            prog.best_losses = losses
-            prog.best_checkpoint = checkpoint_dir(ckpt_root, prog.step).name
-            prog.epoch_improved = dt is None
-        return improved
 
-    paused = False
+def log_validation(
+    job: Job, epoch: int, losses: dict[str, float], val: dict[str, Any], dt: float | None, mark: str
+) -> None:
+    """A validation's metrics.jsonl record, TensorBoard scalars and printed line."""
+    prog, r0 = job.prog, job.r0
+    if dt is None:
+        r0.metrics({"kind": "val", "epoch": epoch, "step": prog.step, "epoch_step": prog.epoch_step,
+                    "train": losses, "val": val})  # fmt: skip
+        r0.scalars("val_step", {k: float(v) for k, v in val.items() if k != "n"}, prog.step)
+        r0.print(f"epoch {epoch:3d}  step {prog.epoch_step:5d}/{job.schedule.steps_per_epoch}  val auc {val['auc']:.4f} "
+                 f"logloss {val['logloss']:.4f}" + mark)  # fmt: skip
+        return
+    examples_per_s = prog.epoch_step * job.sampling.batch_size / max(dt, 1e-9)
+    r0.metrics({"kind": "epoch", "epoch": epoch, "step": prog.step, "train": losses, "val": val,
+                "lr": current_lrs(job.optimizer, job.dmp), "seconds": dt, "examples_per_s": examples_per_s})  # fmt: skip
+    r0.scalars("epoch", {**{f"train_{k}": v for k, v in losses.items()},
+                         **{f"val_{k}": float(v) for k, v in val.items() if k != "n"},
+                         "examples_per_s": examples_per_s}, epoch)  # fmt: skip
+    r0.print(
+        f"epoch {epoch:3d}  loss {losses['loss']:.4f} (rec {losses['rec']:.4f} ii {losses['item_item']:.4f} "
+        f"uu {losses['user_user']:.4f})  val auc {val['auc']:.4f} logloss {val['logloss']:.4f}  {dt:.1f}s" + mark
+    )
+
+
+def epoch_batches(job: Job, epoch: int) -> Iterator[Batch]:
+    """This rank's batches of `epoch` from the step the progress is at (cold-start ids applied)."""
+    s, env, start = job.sampling, job.env, job.prog.epoch_step
+    it = train_batches(
+        job.data, s.batch_size, env.rank, env.world_size, epoch, s.seed, s.top1,
+        s.max_steps_per_epoch, start, s.extra_negatives, s.positive_sets,
+    )  # fmt: skip
+    cold = job.cold
+    if cold is None:
+        return it
+    return (
+        cold.train_batch(b, s.seed, epoch, step, s.batch_size, env.rank, env.world_size)
+        for step, b in enumerate(it, start=start)
+    )
+
+
+def train(job: Job) -> bool:
+    """The epochs left to run, with validation, checkpoints and early stopping.
+
+    Returns:
+        Whether the run paused (`stop_after_*`) before its end; a rerun resumes it.
+    """
+    prog, s = job.prog, job.schedule
     start_epoch = prog.epoch + 1 if prog.epoch_done else prog.epoch
-    if prog.epoch_done and should_stop_early(prog, cfg):
-        start_epoch = cfg.epochs  # stopped early just before the interruption
-    for epoch in range(start_epoch, cfg.epochs):
-        if prog.epoch != epoch or prog.epoch_done:
-            prog.epoch, prog.epoch_step, prog.epoch_done = epoch, 0, False
-            prog.epoch_sums, prog.epoch_seconds = [], 0.0
-        dmp.train()
-        set_epoch_lr(optimizer, dmp, cfg, epoch)
-        it = train_batches(
-            data, cfg.batch_size, env.rank, env.world_size, epoch, cfg.seed,
-            cfg.positive_sampling == "top1", cfg.max_steps_per_epoch, prog.epoch_step, cfg.extra_negatives,
-            cfg.mask_positive_set,
-        )  # fmt: skip
-        if cold is not None:
-            it = (
-                cold.train_batch(b, cfg.seed, epoch, step, cfg.batch_size, env.rank, env.world_size)
-                for step, b in enumerate(it, start=prog.epoch_step)
-            )
-        bar = r0.bar(n_steps, prog.epoch_step, f"epoch {epoch}")
-        sums = my_row(prog.epoch_sums, env.rank, env.world_size)
-        t0 = time.time() - prog.epoch_seconds
-
-        seg, seg_start = segment(it, prog.epoch_step, cfg.val_every_steps), prog.epoch_step
-        while True:
-            # dropout masks are a function of the step, so a resumed run draws the same ones
-            torch.manual_seed(step_seed(cfg.seed, epoch, prog.epoch_step, env.rank))
-            try:
-                loss, _, _, _, parts = pipeline.progress(seg)
-            except StopIteration:
-                if seg is it or prog.epoch_step >= n_steps or prog.epoch_step == seg_start:
-                    break
-                seg, seg_start = segment(it, prog.epoch_step, cfg.val_every_steps), prog.epoch_step
-                continue
-            prog.step += 1
-            prog.epoch_step += 1
-            sums += np.array([float(loss), *parts.tolist()])
-            bar.update(1)
-            if cfg.log_every and prog.step % cfg.log_every == 0:
-                step_losses = {"loss": float(loss), "rec": float(parts[0]),
-                               "item_item": float(parts[1]), "user_user": float(parts[2])}  # fmt: skip
-                r0.metrics({"kind": "step", "epoch": epoch, "step": prog.step, **step_losses})
-                r0.scalars("step", step_losses, prog.step)
-                bar.set_postfix(loss=f"{float(loss):.4f}")
-            if prog.epoch_step >= n_steps:
-                continue  # the epoch-end validation and checkpoint follow
-            pause = cfg.stop_after_step == prog.step
-            improved = False
-            if cfg.val_every_steps and prog.epoch_step % cfg.val_every_steps == 0:
-                t_val = time.time()
-                pipeline.detach()  # the segment ran dry here; the next progress() re-attaches
-                partial = all_reduce_mean((sums / prog.epoch_step).tolist())
-                improved = validate(epoch, dict(zip(LOSS_NAMES, partial)), None)
-                t0 += time.time() - t_val  # validation time is not training time
-            periodic = cfg.checkpoint_every_steps and prog.step % cfg.checkpoint_every_steps == 0
-            if pause or improved or periodic:
-                t_save = time.time()
-                prog.epoch_sums, prog.epoch_seconds = rank_rows(sums), t_save - t0
-                checkpoint()
-                t0 += time.time() - t_save  # checkpoint time is not training time
-            if pause:
-                paused = True
-                break
-        pipeline.detach()
-        bar.close()
-        if paused:
+    if prog.epoch_done and should_stop_early(prog, s):
+        start_epoch = s.epochs  # stopped early just before the interruption
+    paused = False
+    for epoch in range(start_epoch, s.epochs):
+        sums, t0, paused = train_epoch(job, epoch)
+        if paused or finish_epoch(job, epoch, sums, t0):
             break
-        dt = time.time() - t0
-        prog.epoch_done = True
-        prog.epoch_sums, prog.epoch_seconds = [], dt
-        prog.train_seconds += dt
-        prog.train_examples += prog.epoch_step * cfg.batch_size
-        means = all_reduce_mean((sums / max(prog.epoch_step, 1)).tolist())
-        losses = dict(zip(LOSS_NAMES, means))
-        improved = validate(epoch, losses, dt)
-        if improved or prog.epoch_improved:
-            prog.bad_epochs = 0
-        else:
-            prog.bad_epochs += 1
-        prog.epoch_improved = False
-        checkpoint()
-        if should_stop_early(prog, cfg):
-            r0.print(f"train: early stop after epoch {epoch} (best epoch {prog.best_epoch})")
-            break
-        if cfg.stop_after_epoch == epoch + 1 or (cfg.stop_after_step and cfg.stop_after_step == prog.step):
-            paused = epoch + 1 < cfg.epochs
+        if s.stop_after_epoch == epoch + 1 or (s.stop_after_step and s.stop_after_step == prog.step):
+            paused = epoch + 1 < s.epochs
             if paused:
                 break
-
     if paused:
-        r0.print(f"train: paused after step {prog.step} (epoch {prog.epoch}); rerun to resume")
-        r0.close()
-        torch.distributed.barrier()
-        return {"status": "paused", "epoch": prog.epoch, "step": prog.step, "fingerprint": fp}
-    r0.close()
+        job.r0.print(f"train: paused after step {prog.step} (epoch {prog.epoch}); rerun to resume")
+    job.r0.close()
+    return paused
+
+
+def train_epoch(job: Job, epoch: int) -> tuple[np.ndarray, float, bool]:
+    """The steps of `epoch` from where the progress is.
+
+    Returns:
+        This rank's loss sums [4], the epoch's start time (validation and checkpoint
+        time excluded), and whether the run paused inside the epoch.
+    """
+    prog, env, n_steps = job.prog, job.env, job.schedule.steps_per_epoch
+    if prog.epoch != epoch or prog.epoch_done:
+        prog.epoch, prog.epoch_step, prog.epoch_done = epoch, 0, False
+        prog.epoch_sums, prog.epoch_seconds = [], 0.0
+    job.dmp.train()
+    set_epoch_lr(job.optimizer, job.dmp, job.rates, epoch)
+    it = epoch_batches(job, epoch)
+    bar = job.r0.bar(n_steps, prog.epoch_step, f"epoch {epoch}")
+    sums = my_row(prog.epoch_sums, env.rank, env.world_size)
+    t0 = time.time() - prog.epoch_seconds
+    paused = False
+    seg, seg_start = segment(it, prog.epoch_step, job.schedule.val_every_steps), prog.epoch_step
+    while True:
+        # dropout masks are a function of the step, so a resumed run draws the same ones
+        torch.manual_seed(step_seed(job.sampling.seed, epoch, prog.epoch_step, env.rank))
+        try:
+            loss, _, _, _, parts = job.pipeline.progress(seg)
+        except StopIteration:
+            if seg is it or prog.epoch_step >= n_steps or prog.epoch_step == seg_start:
+                break
+            seg, seg_start = segment(it, prog.epoch_step, job.schedule.val_every_steps), prog.epoch_step
+            continue
+        prog.step += 1
+        prog.epoch_step += 1
+        sums += np.array([float(loss), *parts.tolist()])
+        bar.update(1)
+        log_step(job, epoch, loss, parts, bar)
+        if prog.epoch_step >= n_steps:
+            continue  # the epoch-end validation and checkpoint follow
+        t0, paused = after_step(job, epoch, sums, t0)
+        if paused:
+            break
+    job.pipeline.detach()
+    bar.close()
+    return sums, t0, paused
+
+
+def log_step(job: Job, epoch: int, loss: torch.Tensor, parts: torch.Tensor, bar: tqdm) -> None:
+    """Every `log_every` steps: the step's losses to metrics.jsonl, TensorBoard and the bar."""
+    step = job.prog.step
+    if not job.schedule.log_every or step % job.schedule.log_every:
+        return
+    step_losses = {"loss": float(loss), "rec": float(parts[0]),
+                   "item_item": float(parts[1]), "user_user": float(parts[2])}  # fmt: skip
+    job.r0.metrics({"kind": "step", "epoch": epoch, "step": step, **step_losses})
+    job.r0.scalars("step", step_losses, step)
+    bar.set_postfix(loss=f"{float(loss):.4f}")
+
+
+def after_step(job: Job, epoch: int, sums: np.ndarray, t0: float) -> tuple[float, bool]:
+    """A step inside the epoch: validate every `val_every_steps`, checkpoint when it improved,
+    periodically, or before a pause. Returns the shifted epoch start time and whether to pause."""
+    prog, s = job.prog, job.schedule
+    pause = s.stop_after_step == prog.step
+    improved = False
+    if s.val_every_steps and prog.epoch_step % s.val_every_steps == 0:
+        t_val = time.time()
+        job.pipeline.detach()  # the segment ran dry here; the next progress() re-attaches
+        partial = all_reduce_mean((sums / prog.epoch_step).tolist())
+        improved = validate(job, epoch, dict(zip(LOSS_NAMES, partial)), None)
+        t0 += time.time() - t_val  # validation time is not training time
+    periodic = s.checkpoint_every_steps and prog.step % s.checkpoint_every_steps == 0
+    if pause or improved or periodic:
+        t_save = time.time()
+        prog.epoch_sums, prog.epoch_seconds = rank_rows(sums), t_save - t0
+        checkpoint(job)
+        t0 += time.time() - t_save  # checkpoint time is not training time
+    return t0, pause
+
+
+def finish_epoch(job: Job, epoch: int, sums: np.ndarray, t0: float) -> bool:
+    """The epoch-end validation, patience count and checkpoint. Returns whether to stop early."""
+    prog = job.prog
+    dt = time.time() - t0
+    prog.epoch_done = True
+    prog.epoch_sums, prog.epoch_seconds = [], dt
+    prog.train_seconds += dt
+    prog.train_examples += prog.epoch_step * job.sampling.batch_size
+    means = all_reduce_mean((sums / max(prog.epoch_step, 1)).tolist())
+    improved = validate(job, epoch, dict(zip(LOSS_NAMES, means)), dt)
+    if improved or prog.epoch_improved:
+        prog.bad_epochs = 0
+    else:
+        prog.bad_epochs += 1
+    prog.epoch_improved = False
+    checkpoint(job)
+    if should_stop_early(prog, job.schedule):
+        job.r0.print(f"train: early stop after epoch {epoch} (best epoch {prog.best_epoch})")
+        return True
+    return False
+
+
+def evaluate_best(job: Job) -> tuple[dict[str, Any], Roc | None]:
+    """Reload the best checkpoint, pick the threshold on val and score test once.
+
+    Returns:
+        The report and test's (labels, probabilities, AUC) in row order (None when sealed).
+    """
+    prog, sel, data = job.prog, job.selection, job.data
     if prog.best_checkpoint is None:
-        raise RuntimeError(f"{ckpt_root}: no epoch finished, so there is no model to report")
-    best_path = ckpt_root / prog.best_checkpoint
-    # the best epoch by the selection metric; threshold on val; test scored once
-    load_checkpoint(best_path, dmp, None)
-    v_labels, v_probs = evaluate(dmp, data, "val", cfg, env, cold)
-    if selection == "fpr_at_recall":  # the operating point the selection asked for
-        threshold = fpr_at_recall(v_labels, v_probs, min_recall)[1]
+        raise RuntimeError(f"{job.ckpt_root}: no epoch finished, so there is no model to report")
+    best_path = job.ckpt_root / prog.best_checkpoint
+    load_checkpoint(best_path, job.dmp, None)
+    v_labels, v_probs = evaluate(job.dmp, data, "val", job.sampling.eval_batch_size, job.env, job.cold)
+    if sel.metric == "fpr_at_recall":  # the operating point the selection asked for
+        threshold = fpr_at_recall(v_labels, v_probs, sel.min_recall)[1]
     else:
         threshold = best_accuracy_threshold(v_labels, v_probs)
     val = classification_report(v_labels, v_probs, threshold)
     val.update(ranking_report(data.column("val", "user_id"), v_labels, v_probs))
     test, roc = None, None
-    if cfg.score_test:  # sealed (score_test=false): test rows are never scored
-        t_labels, t_probs = evaluate(dmp, data, "test", cfg, env, cold)
+    if sel.score_test:  # sealed (score_test=false): test rows are never scored
+        t_labels, t_probs = evaluate(job.dmp, data, "test", job.sampling.eval_batch_size, job.env, job.cold)
         test = classification_report(t_labels, t_probs, threshold)
         test.update(ranking_report(data.column("test", "user_id"), t_labels, t_probs))
         roc = (t_labels, t_probs, test["auc"])
     report = {
-        "dataset": data.features_meta.get("dataset", cfg.dataset),
-        "split": data.features_meta.get("split"),
-        "temporal_history": data.features_meta.get("temporal_history"),  # causal | frozen
-        "seed": cfg.seed,
-        "world_size": env.world_size,
-        "device": str(env.device),
-        "backend": env.backend,
+        **job.report,
         "best_epoch": prog.best_epoch,
         "best_step": prog.best_step,
         "best_checkpoint": str(best_path),
-        "selection_metric": f"val_{cfg.selection_metric}",
-        "sharding_plan": sharding,
-        "sparse_optimizer": sparse_opt,
         "val": val,
         "test": test,
         "throughput": {"train_examples_per_s": prog.train_examples / max(prog.train_seconds, 1e-9)},
         "losses": prog.best_losses,
-        "variant": {
-            "model": cfg.variant,
-            "projection": cfg.projection if cfg.uses_content else None,
-            "contrastive": cfg.uses_contrastive,
-            "modalities": list(cfg.modalities) if cfg.uses_content else [],
-        },
         "steps": prog.step,
         "resumed_from": prog.resumed_from,
-        "seconds": time.time() - t_start,
-        "fingerprint": fp,
-        "code_version": code_version("train"),
-        # what `dlrrec export` checks the run's features/ and similarity/ against
-        "inputs": {
-            "features": data.features_meta.get("fingerprint"),
-            "similarity": data.similarity_meta.get("fingerprint") if data.similarity_meta else None,
-        },
-        "config": to_dict(cfg),
+        "seconds": time.time() - job.t_start,
+        "fingerprint": job.fingerprint,
     }
-    if env.is_main:
-        write_plots(out, roc)
+    return report, roc
+
+
+def cleanup(job: Job, report: dict[str, Any], roc: Roc | None) -> dict[str, Any]:
+    """Rank 0 writes the figures, the test predictions and report.json (last: it marks
+    the run finished); every rank returns the report."""
+    if job.env.is_main:
+        write_plots(job.out, roc)
         if roc is not None:  # sealed runs write no test figure
-            write_predictions(out / "test_predictions.parquet", data.parts["test"], roc[1])
-        write_json_atomic(report_path, report)
+            write_predictions(job.out / "test_predictions.parquet", job.data.parts["test"], roc[1])
+        write_json_atomic(job.out / "report.json", report)
+        test = report["test"]
         tested = (
             f"test auc {test['auc']:.4f} acc {test['accuracy']:.4f} fpr {test['fpr']:.4f}"
             if test is not None
             else "test sealed (score_test=false)"
         )
-        print(f"train: best epoch {prog.best_epoch}  val auc {val['auc']:.4f}  {tested}", flush=True)
+        print(f"train: best epoch {report['best_epoch']}  val auc {report['val']['auc']:.4f}  {tested}", flush=True)
     torch.distributed.barrier()
     return report
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train, select on val, report test. Returns the report (on every rank).
+
+    The recipe: `setup` (or reuse a finished run) -> `train` -> `evaluate_best` ->
+    `cleanup`; a paused run returns its status instead of a report.
+    """
+    quiet_known_warnings()
+    env = init_distributed(cfg.device)
+    try:
+        job = setup(cfg, env)
+        if not isinstance(job, Job):
+            return job  # a finished run of this fingerprint
+        if train(job):
+            torch.distributed.barrier()
+            return {"status": "paused", "epoch": job.prog.epoch, "step": job.prog.step, "fingerprint": job.fingerprint}
+        return cleanup(job, *evaluate_best(job))
+    finally:
+        shutdown(env)
 
 
 @record

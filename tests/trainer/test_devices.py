@@ -84,14 +84,13 @@ def _fake_checkpoint(out: Path, state: dict) -> Path:
 def test_resume_across_devices_is_refused_naming_them(tmp_path: Path):
     cpu = {"device": "cpu", "sparse_optimizer": "rowwise_adagrad"}
     cuda = {"device": "cuda", "sparse_optimizer": "adam"}
-    cfg = TrainConfig(run_dir=str(tmp_path))
     ckpt = _fake_checkpoint(tmp_path / "train", {"fingerprint": "fp-cuda", **cuda})
     with pytest.raises(ConfigError) as e:
-        find_resume_point(tmp_path / "train", "fp-cpu", cfg, cpu)
+        find_resume_point(tmp_path / "train", "fp-cpu", cpu, fresh=False)
     msg = str(e.value)
     assert "\n" not in msg and str(ckpt) in msg
     assert "device=cuda sparse_optimizer=adam" in msg and "device=cpu sparse_optimizer=rowwise_adagrad" in msg
-    assert find_resume_point(tmp_path / "train", "fp-cuda", cfg, cuda) == ckpt
+    assert find_resume_point(tmp_path / "train", "fp-cuda", cuda, fresh=False) == ckpt
 
 
 def test_more_ranks_than_gpus_is_one_line_naming_both():

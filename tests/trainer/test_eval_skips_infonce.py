@@ -45,7 +45,7 @@ def _rank(rank: int, run_dir: str) -> dict:
         # eval batches carry no InfoNCE inputs
         eval_batch, _ = next(iter(eval_batches(data, "val", cfg.eval_batch_size, 0, 1)))
         pos_lengths = {k: int(eval_batch.entity[k].lengths().sum()) for k in eval_batch.entity.keys()}
-        labels, probs = evaluate(dmp, data, "val", cfg, env)
+        labels, probs = evaluate(dmp, data, "val", cfg.eval_batch_size, env)
         eval_calls = len(calls)
         # the reference: one batch of every val row built WITH sampled positives (as
         # evaluation did before), through the model alone in eval mode

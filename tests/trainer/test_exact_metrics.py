@@ -38,7 +38,6 @@ class RowScorer(nn.Module):
 
 
 def _metrics(rank: int, run_dir: str) -> dict:
-    from trainer.config import TrainConfig
     from trainer.data import read_training_data
     from trainer.distributed import init_distributed, shutdown
     from trainer.main import evaluate
@@ -56,14 +55,14 @@ def _metrics(rank: int, run_dir: str) -> dict:
         # x unroll, so each row takes the vectorised path of torch's elementwise kernels;
         # a row in a kernel's scalar tail loop gets a sigmoid that differs in the last bit.
         # The splits' row counts are not multiples of 128, so padding is still exercised.
-        cfg = TrainConfig(run_dir=run_dir, eval_batch_size=128)
+        eval_batch_size = 128
         out = {}
         items = data.entity_columns["item_text"]
         scorer = RowScorer(torch.from_numpy(items.read_rows(0, items.n)).float())
-        v_labels, v_probs = evaluate(scorer, data, "val", cfg, env)  # type: ignore[arg-type]
+        v_labels, v_probs = evaluate(scorer, data, "val", eval_batch_size, env)  # type: ignore[arg-type]
         threshold = best_accuracy_threshold(v_labels, v_probs)
         for split in SPLITS:
-            labels, probs = evaluate(scorer, data, split, cfg, env)  # type: ignore[arg-type]
+            labels, probs = evaluate(scorer, data, split, eval_batch_size, env)  # type: ignore[arg-type]
             out[split] = {
                 **classification_report(labels, probs, threshold),
                 # K = 3 as well: most synthetic users have fewer than 10 rows in a split
