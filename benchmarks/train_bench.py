@@ -83,7 +83,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dlrrec.config import load_config  # noqa: E402
-from trainer import main as trainer_main  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.content_tables import ArrayColumn, ContentTables, fill_content_tables  # noqa: E402
 from trainer.data import (  # noqa: E402
@@ -96,6 +95,9 @@ from trainer.data import (  # noqa: E402
 )
 from trainer.distributed import DistEnv, init_distributed, shutdown  # noqa: E402
 from trainer.main import (  # noqa: E402
+    build_arch_sizes,
+    build_contrastive_terms,
+    build_loss_weights,
     build_model,
     build_tables,
     quiet_known_warnings,
@@ -370,29 +372,22 @@ class Plain(Runner):
             dense_in=len(data.dense_names),
             towers=len(data.towers),
             content_dim=data.content_dim,
-            arch={"dense_arch": cfg.dense_arch, "over_arch": cfg.over_arch,
-                  "tower_hidden": cfg.tower_hidden, "dropout": cfg.dropout},
-        )  # fmt: skip
+            sizes=build_arch_sizes(cfg),
+        )
         if optimizer == "dense-only":
             model.sparse_arch = FixedSparseArch(cfg.batch_size, len(tables), cfg.embedding_dim)
         else:
             model.sparse_arch = PlainSparseArch(tables)
-        item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
-        user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
-        w_ii, w_uu = (cfg.w_item_item, cfg.w_user_user) if cfg.uses_contrastive else (0.0, 0.0)
-        # the trainer's InfoNCE options (chunking, logQ, extra negatives) where it has them
-        nce = getattr(trainer_main, "build_infonce_options", None)
-        extra = (nce(cfg, data),) if nce else ()
         # the frozen entity vectors: the same FP16 tables, unsharded (nn.Embedding)
         content = None
         if data.entity_tables:
             sizes = {c: data.entity_columns[c].n for c in data.entity_tables}
             content = ContentTables(sizes, data.content_dim).requires_grad_(False)
             fill_content_tables(content, {c: data.entity_columns[c] for c in sizes})
+        # the trainer's loss weights and InfoNCE terms (chunking, logQ, extra negatives)
         self.model = DLRRECTrain(
-            model, 1.0, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, *extra,
-            content_tables=content, tower_spec=data.tower_spec(),
-            rating=trainer_main.rating_head_args(cfg, data),
+            model, build_loss_weights(cfg, data, pos_weight=1.0), build_contrastive_terms(cfg, data),
+            content, data.tower_spec(),
         )  # fmt: skip
         self.bag_params = list(model.sparse_arch.parameters())
         ids = {id(p) for p in self.bag_params}

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,20 +56,59 @@ TOWER_COLUMNS = {
 
 
 @dataclass
+class PairBatch:
+    """One InfoNCE pair kind's part of a batch: item-item (`Batch.ii`) or user-user (`Batch.uu`).
+
+    Shapes: B = local batch, M = extra negatives, S = the positive sets' ids.
+
+    Args:
+        pos_ids: [B] the id of each anchor's sampled SWING positive (-1 when it has no
+            neighbour, and for padding rows).
+        pos_q: [B] the probability that one draw of the positive sampler gives that
+            entity (for logQ correction).
+        neg_ids: [M] extra negatives drawn uniformly from the catalogue, shared by every
+            row of the global batch (M = 0 without mixed negatives).
+        neg_q: [M] their positive-sampler probabilities.
+        set_lengths: [B] and set_ids: [S]: each anchor's whole SWING list as CSR rows
+            (all lengths 0 unless positive-set masking is on).
+    """
+
+    pos_ids: torch.Tensor
+    pos_q: torch.Tensor
+    neg_ids: torch.Tensor
+    neg_q: torch.Tensor
+    set_lengths: torch.Tensor
+    set_ids: torch.Tensor
+
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> PairBatch:
+        """`fn` of every tensor (a device move, pinning)."""
+        return PairBatch(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def rows(self, sl: slice) -> PairBatch:
+        """Rows `sl`; the extra negatives are shared by the whole global batch: kept whole."""
+        offsets = torch.cat([self.set_lengths.new_zeros(1), self.set_lengths.cumsum(0)])
+        return PairBatch(
+            pos_ids=self.pos_ids[sl],
+            pos_q=self.pos_q[sl],
+            neg_ids=self.neg_ids,
+            neg_q=self.neg_q,
+            set_lengths=self.set_lengths[sl],
+            set_ids=self.set_ids[int(offsets[sl.start]) : int(offsets[sl.stop])],
+        )
+
+
+@dataclass
 class Batch(Pipelineable):
     """One local batch. Shapes: dense [B, Dd], content [B, R, C] (the per-row tower
     vectors), the rest [B] unless stated.
 
     `entity` is the KJT of entity-table lookups (`trainer.content_tables.entity_kjt`):
     the rows' items (and users), the sampled positives and the extra negatives.
-    `ii_*` / `uu_*` are the item-item / user-user InfoNCE inputs: the id of the anchor's
-    SWING positive (-1 when it has no neighbour) and `*_pos_q`, the probability that one
-    draw of the positive sampler gives that entity (for logQ correction); `*_neg*` are
-    M extra negatives drawn uniformly from the catalogue, shared by every row of the
-    global batch: ids [M] and their positive-sampler probabilities [M] (M = 0 without
-    mixed negatives).
-    `*_set_lengths` [B] / `*_set_ids` hold each anchor's whole SWING list as CSR rows
-    (all lengths 0 unless positive-set masking is on).
+    `ii` / `uu` are the item-item / user-user InfoNCE inputs (`PairBatch`); their
+    anchors are `item_ids` / `user_ids`.
     """
 
     dense: torch.Tensor
@@ -81,50 +120,31 @@ class Batch(Pipelineable):
     ratings: torch.Tensor
     item_ids: torch.Tensor
     user_ids: torch.Tensor
-    ii_pos_ids: torch.Tensor
-    uu_pos_ids: torch.Tensor
-    item_tower: int
-    user_tower: int
-    ii_pos_q: torch.Tensor
-    ii_neg_ids: torch.Tensor
-    ii_neg_q: torch.Tensor
-    uu_pos_q: torch.Tensor
-    uu_neg_ids: torch.Tensor
-    uu_neg_q: torch.Tensor
-    ii_set_lengths: torch.Tensor
-    ii_set_ids: torch.Tensor
-    uu_set_lengths: torch.Tensor
-    uu_set_ids: torch.Tensor
+    ii: PairBatch
+    uu: PairBatch
 
-    def _tensors(self) -> list[str]:
-        return [
-            "dense", "content", "labels", "weights", "ratings", "item_ids", "user_ids",
-            "ii_pos_ids", "uu_pos_ids",
-            "ii_pos_q", "ii_neg_ids", "ii_neg_q",
-            "uu_pos_q", "uu_neg_ids", "uu_neg_q",
-            "ii_set_lengths", "ii_set_ids", "uu_set_lengths", "uu_set_ids",
-        ]  # fmt: skip
+    _ROW_TENSORS = ("dense", "content", "labels", "weights", "ratings", "item_ids", "user_ids")
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], kjt: Callable[[KeyedJaggedTensor], KeyedJaggedTensor]) -> Batch:
+        return Batch(
+            **{n: fn(getattr(self, n)) for n in self._ROW_TENSORS},
+            sparse=kjt(self.sparse), entity=kjt(self.entity), ii=self.ii.apply(fn), uu=self.uu.apply(fn),
+        )  # fmt: skip
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
-        kw: dict[str, Any] = {
-            n: getattr(self, n).to(device=device, non_blocking=non_blocking)
-            for n in self._tensors()
-        }
-        kw["sparse"] = self.sparse.to(device=device, non_blocking=non_blocking)
-        kw["entity"] = self.entity.to(device=device, non_blocking=non_blocking)
-        return Batch(**kw, item_tower=self.item_tower, user_tower=self.user_tower)
+        return self._apply(
+            lambda t: t.to(device=device, non_blocking=non_blocking),
+            lambda k: k.to(device=device, non_blocking=non_blocking),
+        )
 
     def record_stream(self, stream: torch.Stream) -> None:
-        for n in self._tensors():
-            getattr(self, n).record_stream(stream)
+        for t in [*(getattr(self, n) for n in self._ROW_TENSORS), *self.ii.tensors(), *self.uu.tensors()]:
+            t.record_stream(stream)
         self.sparse.record_stream(stream)
         self.entity.record_stream(stream)
 
     def pin_memory(self) -> Batch:
-        kw: dict[str, Any] = {n: getattr(self, n).pin_memory() for n in self._tensors()}
-        kw["sparse"] = self.sparse.pin_memory()
-        kw["entity"] = self.entity.pin_memory()
-        return Batch(**kw, item_tower=self.item_tower, user_tower=self.user_tower)
+        return self._apply(lambda t: t.pin_memory(), lambda k: k.pin_memory())
 
 
 @dataclass
@@ -559,25 +579,33 @@ def _gather_csr(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tu
     return lengths, values[start[row_of] + within]
 
 
-def make_batch(
-    data: TrainingData,
-    split: SplitArrays,
-    rows: np.ndarray,
-    valid: np.ndarray,
-    rng: np.random.Generator | LaneRng | None,
-    top1: bool,
-    extra_negatives: int = 0,
-    positive_sets: bool = False,
-) -> Batch:
-    """Assemble one batch from split rows (row ids repeat for padding; `valid` masks them).
+@dataclass(frozen=True)
+class PairKind:
+    """One InfoNCE pair kind as `make_batch` draws it.
 
-    `extra_negatives` M entities per InfoNCE are drawn uniformly from the catalogue
-    after the positives, so M = 0 leaves the random stream (and any run) unchanged.
-    `positive_sets` adds each anchor's SWING list, for masking all of it as negatives.
-    `rng` None draws no InfoNCE inputs at all (no positives, negatives or sets; every
-    `*_pos_ids` is -1): evaluation needs only the logits, and the model in eval mode
-    computes no InfoNCE terms.
+    Args:
+        entity: "item" or "user".
+        column: its tower's content column ("" when no tower is of this entity).
+        neighbors: its SWING lists; None when the kind is off (no pairs or no tower).
     """
+
+    entity: str
+    column: str
+    neighbors: Neighbors | None
+
+
+def pair_kinds(data: TrainingData, draw: bool) -> tuple[PairKind, PairKind]:
+    """The item-item and user-user kinds, in the order their random draws are made;
+    both off when not `draw` (evaluation)."""
+    item, user = (next((c for e, c in data.towers if e == entity), "") for entity in ("item", "user"))
+    return (
+        PairKind("item", item, data.item_neighbors if item and draw else None),
+        PairKind("user", user, data.user_neighbors if user and draw else None),
+    )
+
+
+def sparse_kjt(data: TrainingData, split: SplitArrays, rows: np.ndarray) -> KeyedJaggedTensor:
+    """The rows' sparse features, one bag per row and feature (multi-valued ones from CSR)."""
     lengths, values = [], []
     for name in data.sparse_names:
         if name == "user_id":
@@ -594,92 +622,123 @@ def make_batch(
             ln, vl = _gather_csr(offs, vals, rows)
             lengths.append(ln)
             values.append(vl)
-    kjt = KeyedJaggedTensor.from_lengths_sync(
+    return KeyedJaggedTensor.from_lengths_sync(
         keys=list(data.sparse_names),
         values=torch.from_numpy(np.concatenate(values)),
         lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)),
     )
-    users = split.user_id[rows]
-    items = split.item_id[rows]
-    # per-row tower vectors; the others are looked up by id in the model's tables
-    content = [split.user_content[col][rows] for _, col in data.towers if data.per_row(col)]
-    item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
-    user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
+
+
+def tower_lookups(
+    data: TrainingData, split: SplitArrays, rows: np.ndarray, anchors: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The entity-table ids of the towers whose vector is not per row: {feature: ids [B]}."""
     lookups: dict[str, np.ndarray] = {}
-    entity_of = {c: e for e, c in data.towers}
-    for col in entity_of:
+    for entity, col in data.towers:
         if data.keyed(col):  # a tower input: the row's own (entity, slot) row
             lookups[feature_key(keyed_table(col), "row")] = split.keys[col][rows]
         elif not data.per_row(col) and col in data.entity_tables:  # a tower input: the row's entity
-            lookups[feature_key(col, "row")] = items if entity_of[col] == "item" else users
-    c_dim = data.content_dim
+            lookups[feature_key(col, "row")] = anchors[entity]
+    return lookups
+
+
+def sample_positives(
+    kind: PairKind,
+    anchors: np.ndarray,
+    rng: np.random.Generator | LaneRng | None,
+    top1: bool,
+    lookups: dict[str, np.ndarray],
+) -> np.ndarray:
+    """Each anchor's SWING positive [B] (-1: none); adds the lookups of their vectors."""
+    if kind.neighbors is None or rng is None:
+        return np.full(anchors.size, -1, np.int64)
+    pos_ids = kind.neighbors.sample(anchors, rng, top1)
+    if kind.entity == "user":
+        lookups[feature_key(kind.column, "row")] = anchors  # the anchor: the user's full train profile
+    lookups[feature_key(kind.column, "pos")] = np.maximum(pos_ids, 0)
+    return pos_ids
+
+
+def draw_negatives(
+    data: TrainingData,
+    kind: PairKind,
+    pos_ids: np.ndarray,
+    rng: np.random.Generator | LaneRng | None,
+    top1: bool,
+    m: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pos_q [B], neg_ids [M], neg_q [M]): the positives' sampler probabilities and `m`
+    extra negatives drawn uniformly from the catalogue (none when `m` is 0)."""
+    pos_q, neg_ids, neg_q = np.zeros(pos_ids.size), np.zeros(0, np.int64), np.zeros(0)
+    if kind.neighbors is None or rng is None:
+        return pos_q, neg_ids, neg_q
+    q, catalogue = data.sampler_tables(kind.entity, top1)
+    pos_q = np.where(pos_ids >= 0, q[np.maximum(pos_ids, 0)], 0.0)
+    if m > 0 and catalogue.size:
+        neg_ids = catalogue[rng.integers(0, catalogue.size, m)]
+        neg_q = q[neg_ids]
+    return pos_q, neg_ids, neg_q
+
+
+def positive_set(kind: PairKind, anchors: np.ndarray, on: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each anchor's whole SWING list as CSR (lengths [B], ids); empty rows when off."""
+    if on and kind.neighbors is not None:
+        return _gather_csr(kind.neighbors.offsets, kind.neighbors.ids, anchors)
+    return np.zeros(anchors.size, np.int64), np.zeros(0, np.int64)
+
+
+def make_batch(
+    data: TrainingData,
+    split: SplitArrays,
+    rows: np.ndarray,
+    valid: np.ndarray,
+    rng: np.random.Generator | LaneRng | None,
+    top1: bool,
+    extra_negatives: int = 0,
+    positive_sets: bool = False,
+) -> Batch:
+    """Assemble one batch from split rows (row ids repeat for padding; `valid` masks them).
+
+    `extra_negatives` M entities per InfoNCE are drawn uniformly from the catalogue
+    after the positives, so M = 0 leaves the random stream (and any run) unchanged.
+    `positive_sets` adds each anchor's SWING list, for masking all of it as negatives.
+    `rng` None draws no InfoNCE inputs at all (no positives, negatives or sets; every
+    `pos_ids` is -1): evaluation needs only the logits, and the model in eval mode
+    computes no InfoNCE terms.
+    """
+    anchors = {"item": split.item_id[rows], "user": split.user_id[rows]}
+    lookups = tower_lookups(data, split, rows, anchors)
+    kinds = pair_kinds(data, draw=rng is not None)
+    # every kind's positives before any negatives (the order of the draws above)
+    positives = [sample_positives(k, anchors[k.entity], rng, top1, lookups) for k in kinds]
+    pairs = []
+    for kind, pos_ids in zip(kinds, positives):
+        pos_ids = np.where(valid, pos_ids, -1)
+        pos_q, neg_ids, neg_q = draw_negatives(data, kind, pos_ids, rng, top1, extra_negatives)
+        if neg_ids.size:
+            lookups[feature_key(kind.column, "neg")] = neg_ids
+        lengths, set_ids = positive_set(kind, anchors[kind.entity], positive_sets)
+        arrays = (pos_ids, pos_q, neg_ids, neg_q, lengths, set_ids)
+        dtypes = (np.int64, np.float32, np.int64, np.float32, np.int64, np.int64)
+        pairs.append(PairBatch(*(torch.from_numpy(a.astype(t)) for a, t in zip(arrays, dtypes))))
     b = rows.size
-    ii_pos_ids = np.full(b, -1, np.int64)
-    uu_pos_ids = np.full(b, -1, np.int64)
-    if rng is not None and data.item_neighbors is not None and item_tower >= 0:
-        ii_pos_ids = data.item_neighbors.sample(items, rng, top1)
-        lookups[feature_key(data.towers[item_tower][1], "pos")] = np.maximum(ii_pos_ids, 0)
-    if rng is not None and data.user_neighbors is not None and user_tower >= 0:
-        uu_pos_ids = data.user_neighbors.sample(users, rng, top1)
-        col = data.towers[user_tower][1]
-        lookups[feature_key(col, "row")] = users  # the anchor: the user's full train profile
-        lookups[feature_key(col, "pos")] = np.maximum(uu_pos_ids, 0)
-    ii_pos_ids = np.where(valid, ii_pos_ids, -1)
-    uu_pos_ids = np.where(valid, uu_pos_ids, -1)
-    neg: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for entity, tower, nbs, pos_ids in (
-        ("item", item_tower, data.item_neighbors, ii_pos_ids),
-        ("user", user_tower, data.user_neighbors, uu_pos_ids),
-    ):
-        pos_q, neg_ids, neg_q = np.zeros(b), np.zeros(0, np.int64), np.zeros(0)
-        if rng is not None and nbs is not None and tower >= 0:
-            q, catalogue = data.sampler_tables(entity, top1)
-            pos_q = np.where(pos_ids >= 0, q[np.maximum(pos_ids, 0)], 0.0)
-            if extra_negatives > 0 and catalogue.size:
-                neg_ids = catalogue[rng.integers(0, catalogue.size, extra_negatives)]
-                neg_q = q[neg_ids]
-                lookups[feature_key(data.towers[tower][1], "neg")] = neg_ids
-        neg[entity] = (pos_q, neg_ids, neg_q)
-    sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for entity, tower, nbs, anchors in (
-        ("item", item_tower, data.item_neighbors, items),
-        ("user", user_tower, data.user_neighbors, users),
-    ):
-        if rng is not None and positive_sets and nbs is not None and tower >= 0:
-            sets[entity] = _gather_csr(nbs.offsets, nbs.ids, anchors)
-        else:
-            sets[entity] = (np.zeros(b, np.int64), np.zeros(0, np.int64))
-    content_arr = np.stack(content, 1) if content else np.zeros((b, 0, c_dim), np.float16)
+    # per-row tower vectors; the others are looked up by id in the model's tables
+    content = [split.user_content[col][rows] for _, col in data.towers if data.per_row(col)]
+    content_arr = np.stack(content, 1) if content else np.zeros((b, 0, data.content_dim), np.float16)
+    ratings = split.rating[rows] if split.rating is not None else np.zeros(b, np.float32)
     return Batch(
         dense=torch.from_numpy(split.dense[rows]),
-        sparse=kjt,
+        sparse=sparse_kjt(data, split, rows),
         entity=entity_kjt(data.entity_tables, lookups, b),
         content=torch.from_numpy(content_arr.astype(np.float32)),
         labels=torch.from_numpy(split.label[rows]),
         weights=torch.from_numpy(valid.astype(np.float32)),
-        ratings=torch.from_numpy(
-            split.rating[rows] if split.rating is not None else np.zeros(rows.size, np.float32)
-        ),
-        item_ids=torch.from_numpy(items),
-        user_ids=torch.from_numpy(users),
-        ii_pos_ids=torch.from_numpy(ii_pos_ids),
-        uu_pos_ids=torch.from_numpy(uu_pos_ids),
-        item_tower=item_tower,
-        user_tower=user_tower,
-        **{
-            f"{p}_{name}": torch.from_numpy(arr.astype(dtype))
-            for p, entity in (("ii", "item"), ("uu", "user"))
-            for name, arr, dtype in zip(("pos_q", "neg_ids", "neg_q"), neg[entity], _NEG_DTYPES)
-        },
-        **{
-            f"{p}_set_{name}": torch.from_numpy(arr.astype(np.int64))
-            for p, entity in (("ii", "item"), ("uu", "user"))
-            for name, arr in zip(("lengths", "ids"), sets[entity])
-        },
+        ratings=torch.from_numpy(ratings),
+        item_ids=torch.from_numpy(anchors["item"]),
+        user_ids=torch.from_numpy(anchors["user"]),
+        ii=pairs[0],
+        uu=pairs[1],
     )
-
-
-_NEG_DTYPES = (np.float32, np.int64, np.float32)
 
 
 def epoch_steps(n_rows: int, global_batch: int, max_steps: int = 0) -> int:
@@ -866,20 +925,8 @@ def slice_batch(full: Batch, keys: list[str], offset: int, size: int) -> Batch:
         dense=full.dense[sl], sparse=_slice_kjt(full.sparse, keys, sl),
         entity=slice_entity_kjt(full.entity, sl), content=full.content[sl],
         labels=full.labels[sl], weights=full.weights[sl], ratings=full.ratings[sl], item_ids=full.item_ids[sl],
-        user_ids=full.user_ids[sl], ii_pos_ids=full.ii_pos_ids[sl], uu_pos_ids=full.uu_pos_ids[sl],
-        item_tower=full.item_tower, user_tower=full.user_tower,
-        ii_pos_q=full.ii_pos_q[sl], uu_pos_q=full.uu_pos_q[sl],
-        # the extra negatives are shared by the whole global batch: every rank keeps them all
-        ii_neg_ids=full.ii_neg_ids, ii_neg_q=full.ii_neg_q,
-        uu_neg_ids=full.uu_neg_ids, uu_neg_q=full.uu_neg_q,
-        **_slice_csr("ii_set", full.ii_set_lengths, full.ii_set_ids, sl),
-        **_slice_csr("uu_set", full.uu_set_lengths, full.uu_set_ids, sl),
+        user_ids=full.user_ids[sl], ii=full.ii.rows(sl), uu=full.uu.rows(sl),
     )  # fmt: skip
-
-
-def _slice_csr(prefix: str, lengths: torch.Tensor, ids: torch.Tensor, sl: slice) -> dict[str, torch.Tensor]:
-    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-    return {f"{prefix}_lengths": lengths[sl], f"{prefix}_ids": ids[int(offsets[sl.start]) : int(offsets[sl.stop])]}
 
 
 def _slice_kjt(kjt: KeyedJaggedTensor, keys: list[str], sl: slice) -> KeyedJaggedTensor:

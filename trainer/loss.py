@@ -13,7 +13,7 @@ mask, and computes each block's gradient contribution right after its softmax, s
 [B, N] buffer exists and every logit is exponentiated once (`benchmarks/infonce_bench.py`
 measures both).
 
-With N ranks (`info_nce_across_ranks`) the in-batch candidates are the GLOBAL batch's
+With N ranks (`info_nce_terms_across_ranks`) the in-batch candidates are the GLOBAL batch's
 positives, all-gathered with gradients flowing back to each rank's own rows, so the
 loss and its gradients do not depend on the rank count.
 """
@@ -31,19 +31,21 @@ from torch.nn import functional as F
 _NEG = -1e9  # a finite "minus infinity": masked logits stay NaN-free under autograd
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InfoNCEOptions:
-    """How a model computes its InfoNCE terms (the arguments of `info_nce` fixed per run).
+    """The arguments of one InfoNCE term (item-item or user-user) fixed per run.
 
     Args:
+        tau: temperature.
         log_q: subtract the log sampling probability of each candidate (logQ correction).
-        uniform_p: (item, user) probability of one catalogue entity under the uniform
-            extra-negative sampler (1 / catalogue size; 0 without extra negatives).
+        uniform_p: probability of one catalogue entity under the uniform extra-negative
+            sampler (1 / catalogue size; 0 without extra negatives).
         chunk_size: rows per block of the chunked computation (0 = one piece).
     """
 
+    tau: float
     log_q: bool = False
-    uniform_p: tuple[float, float] = (0.0, 0.0)
+    uniform_p: float = 0.0
     chunk_size: int = 0
 
 
@@ -94,7 +96,7 @@ def info_nce(
         chunk_size: rows per block of the chunked computation; 0 = one piece.
         anchor_sets: (lengths [B], ids [S]): each anchor's positive set as CSR rows.
         candidate_ids: [P] ids of the in-batch candidates when `positive` [P, D] holds more
-            rows than the anchors (every rank's positives, `info_nce_across_ranks`);
+            rows than the anchors (every rank's positives, `info_nce_terms_across_ranks`);
             default `positive_ids`.
         target_offset: the candidate column of anchor 0's positive (anchor i's is i + offset).
         denominator: what the loss sum is divided by (default: the anchors with a positive).
@@ -358,42 +360,28 @@ class InfoNCETerm(NamedTuple):
     anchor_sets: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def info_nce_across_ranks(
-    anchor: torch.Tensor,
-    positive: torch.Tensor,
-    anchor_ids: torch.Tensor,
-    positive_ids: torch.Tensor,
-    tau: float,
-    negatives: torch.Tensor | None = None,
-    negative_ids: torch.Tensor | None = None,
-    candidate_q: torch.Tensor | None = None,
-    uniform_p: float = 0.0,
-    chunk_size: int = 0,
-    anchor_sets: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """`info_nce` of this rank's anchors against the GLOBAL batch's candidates.
+def info_nce_terms_across_ranks(terms: list[InfoNCETerm], tau: float, chunk_size: int = 0) -> list[torch.Tensor]:
+    """`info_nce` of each term: this rank's anchors against the GLOBAL batch's candidates.
 
     The in-batch candidates are every rank's positives (an all-gather, in rank order:
     the global batch's order), plus the extra negatives, which every rank already holds
     in full. Anchor i's target is its own positive at column rank * B + i; logQ, the
     false-negative masks and the positive sets apply to the gathered candidates as to
-    one rank's. The loss is world_size times this rank's share of the global mean, so
+    one rank's. Each loss is world_size times this rank's share of the global mean, so
     the mean over ranks is the one-rank loss of the global batch and the averaged
-    gradients (what DDP applies) are its gradients. Arguments as `info_nce`, local;
-    `candidate_q` is [B + M] (this rank's positives, then the extra negatives).
-    Collective: every rank calls it with the same B and M.
+    gradients (what DDP applies) are its gradients.
+
+    ONE collective forward and one backward serve all the terms: each collective is a
+    point where the ranks wait for the slowest, so the terms' positives, their ids and
+    q (same B rows on every rank) travel as one all-gather, and the global count of
+    anchors with a positive comes from the ids. Collective: every rank calls it with
+    the same terms, B and M.
+
+    Args:
+        terms: each term's local inputs (`InfoNCETerm`; `candidate_q` is [B + M]: this
+            rank's positives, then the extra negatives).
+        tau, chunk_size: as `info_nce`, shared by the terms.
     """
-    term = InfoNCETerm(
-        anchor, positive, anchor_ids, positive_ids, negatives, negative_ids, candidate_q, uniform_p, anchor_sets
-    )
-    return info_nce_terms_across_ranks([term], tau, chunk_size)[0]
-
-
-def info_nce_terms_across_ranks(terms: list[InfoNCETerm], tau: float, chunk_size: int = 0) -> list[torch.Tensor]:
-    """`info_nce_across_ranks` of each term, with ONE collective forward and one backward
-    for all of them: each collective is a point where the ranks wait for the slowest,
-    so the terms' positives, their ids and q (same B rows on every rank) travel as one
-    all-gather, and the global count of anchors with a positive comes from the ids."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world == 1:
         return [

@@ -64,7 +64,12 @@ from trainer.checkpoint import (
 )
 from trainer.cold_start import ColdIds, build_cold_ids
 from trainer.config import TrainConfig, parse_selection_metric
-from trainer.content_tables import ContentTables, fill_content_tables, table_constraints
+from trainer.content_tables import (
+    ContentTables,
+    feature_key,
+    fill_content_tables,
+    table_constraints,
+)
 from trainer.data import (
     Batch,
     SplitParts,
@@ -84,7 +89,15 @@ from trainer.metrics import (
     ranking_report,
     selection_value,
 )
-from trainer.model import DLRREC, BiasedMF, DLRRECTrain
+from trainer.model import (
+    DLRREC,
+    ArchSizes,
+    BiasedMF,
+    ContrastiveTerm,
+    DLRRECTrain,
+    LossWeights,
+    ProjectionArch,
+)
 from trainer.plots import write_plots
 from trainer.pretrain import pretrain_towers_autoencoder
 from trainer.table_init import init_embedding_tables
@@ -221,14 +234,16 @@ def split_counts(data: TrainingData, run_dir: str) -> tuple[dict[str, int], dict
     return rows, {s: int(positives[s]) for s in rows}
 
 
-def rating_head_args(cfg: TrainConfig, data: TrainingData) -> tuple[float, float, float]:
-    """(weight, mean, std) of the rating head over the training rows' ratings.
+def build_loss_weights(cfg: TrainConfig, data: TrainingData, *, pos_weight: float) -> LossWeights:
+    """The BCE's positive weight, the embedding L2 and the rating head (its weight, and
+    the mean and std of the training rows' ratings).
 
     Raises:
         DataError: `rating_weight > 0` but the examples have no `rating` column.
     """
+    weights = LossWeights(pos_weight=pos_weight, emb_l2=cfg.emb_l2)
     if cfg.rating_weight <= 0:
-        return 0.0, 0.0, 1.0
+        return weights
     stats = data.features_meta.get("train_rating")
     if "rating" not in data.parts["train"].columns or stats is None:
         raise DataError(
@@ -236,7 +251,96 @@ def rating_head_args(cfg: TrainConfig, data: TrainingData) -> tuple[float, float
             "(train.rating_weight > 0 needs features built after it was added)"
         )
     std = float(stats["std"])
-    return float(cfg.rating_weight), float(stats["mean"]), std if std > 0 else 1.0
+    return replace(
+        weights, rating_weight=float(cfg.rating_weight), rating_mean=float(stats["mean"]),
+        rating_std=std if std > 0 else 1.0,
+    )  # fmt: skip
+
+
+def build_arch_sizes(cfg: TrainConfig) -> ArchSizes:
+    return ArchSizes(
+        dense_arch=tuple(cfg.dense_arch),
+        over_arch=tuple(cfg.over_arch),
+        tower_hidden=cfg.tower_hidden,
+        tower_dim=cfg.tower_dim,
+        dropout=cfg.dropout,
+    )
+
+
+def build_contrastive_terms(
+    cfg: TrainConfig, data: TrainingData
+) -> tuple[ContrastiveTerm | None, ContrastiveTerm | None]:
+    """The (item-item, user-user) InfoNCE terms the variant trains; None = off (no
+    contrastive loss, a zero weight, or no tower of that entity).
+
+    With extra negatives, each term's uniform probability is 1 / its catalogue size.
+    """
+    terms: list[ContrastiveTerm | None] = []
+    kinds = (("item", data.item_neighbors, cfg.w_item_item), ("user", data.user_neighbors, cfg.w_user_user))
+    for entity, nbs, weight in kinds:
+        tower = next((t for t, (e, _) in enumerate(data.towers) if e == entity), -1)
+        if not cfg.uses_contrastive or weight <= 0 or tower < 0:
+            terms.append(None)
+            continue
+        uniform = 0.0
+        if cfg.extra_negatives and nbs is not None:
+            size = data.sampler_tables(entity, cfg.positive_sampling == "top1")[1].size
+            uniform = 1.0 / size if size else 0.0
+        col = data.towers[tower][1]
+        options = InfoNCEOptions(
+            tau=cfg.tau, log_q=cfg.logq_correction, uniform_p=uniform, chunk_size=cfg.infonce_chunk_size
+        )
+        # user-user anchors are the users' full train profiles (the entity table), as positives are
+        anchor = feature_key(col, "row") if entity == "user" else ""
+        terms.append(ContrastiveTerm(tower, col, anchor, options, weight=weight))
+    return terms[0], terms[1]
+
+
+def build_train_model(
+    cfg: TrainConfig, data: TrainingData, tables: list[EmbeddingBagConfig], *, pos_weight: float
+) -> DLRRECTrain:
+    """The variant's model and loss on the `meta` device (tables are materialised by sharding)."""
+    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
+    model: DLRREC | BiasedMF = (
+        BiasedMF(ebc) if cfg.variant == "biased_mf"
+        else DLRREC(ebc, len(data.dense_names), len(data.towers), data.content_dim, build_arch_sizes(cfg))
+    )  # fmt: skip
+    if cfg.projection == "two_step" and isinstance(model, DLRREC) and data.towers:
+        pretrain_projection(model.projection_arch, data, cfg.pretrain_epochs, cfg.seed)
+    content_tables = None
+    if isinstance(model, DLRREC) and data.entity_tables:
+        sizes = {c: data.entity_columns[c].n for c in data.entity_tables}
+        content_tables = ContentTables(sizes, data.content_dim, torch.device("meta"))
+    weights = build_loss_weights(cfg, data, pos_weight=pos_weight)
+    return DLRRECTrain(model, weights, build_contrastive_terms(cfg, data), content_tables, data.tower_spec())
+
+
+def pretrain_projection(towers: ProjectionArch, data: TrainingData, epochs: int, seed: int) -> None:
+    """V0 (`projection: two_step`): the towers fitted as autoencoders on the entity
+    vectors, then frozen. Every rank fits the same towers on all entity vectors."""
+    vectors = []
+    for _, col in data.towers:
+        entities = data.entity_columns[col]
+        x = entities.read_rows(0, entities.n).astype(np.float32)
+        vectors.append(x[np.abs(x).sum(1) > 0])  # entities with no content are not data
+    pretrain_towers_autoencoder(towers, vectors, epochs, 1e-3, seed)
+
+
+def plan_sharding(
+    train_model: DLRRECTrain, tables: list[EmbeddingBagConfig], entity_tables: list[str], env: DistEnv
+) -> ShardingPlan:
+    """The planner's sharding of the id tables and the frozen entity-vector tables (collective)."""
+    # Shard, don't replicate: the point of the sparse arch is tables too big for one
+    # host, so data_parallel is excluded even for the small MovieLens tables.
+    constraints = {t.name: ParameterConstraints(sharding_types=["table_wise", "row_wise"]) for t in tables}
+    constraints.update(table_constraints(entity_tables))  # frozen entity vectors: row-wise
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+    planner = EmbeddingShardingPlanner(
+        topology=planner_topology(env.world_size, env.device, local_ranks), constraints=constraints
+    )
+    pg = torch.distributed.GroupMember.WORLD
+    assert pg is not None
+    return planner.collective_plan(train_model, None, pg)
 
 
 def build_model(
@@ -247,58 +351,16 @@ def build_model(
     sparse_opt: str,
     cold: ColdIds | None = None,
 ) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
+    """The sharded model (the torchrec setup order: EBC on meta, fused sparse optimizer,
+    planner, DistributedModelParallel) and the combined optimizer with dense Adam."""
     torch.manual_seed(cfg.seed)
     tables = build_tables(data, cfg.embedding_dim, cold, cfg.history_tables)
-    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
-    model: DLRREC | BiasedMF = BiasedMF(ebc) if cfg.variant == "biased_mf" else DLRREC(
-        ebc,
-        dense_in=len(data.dense_names),
-        towers=len(data.towers),
-        content_dim=data.content_dim,
-        arch={
-            "dense_arch": cfg.dense_arch,
-            "over_arch": cfg.over_arch,
-            "tower_hidden": cfg.tower_hidden,
-            "tower_dim": cfg.tower_dim,
-            "dropout": cfg.dropout,
-        },
-    )
-    if cfg.projection == "two_step" and isinstance(model, DLRREC) and data.towers:
-        # V0: towers fitted as autoencoders on the entity vectors, then frozen
-        vectors = []
-        for _, col in data.towers:  # every rank fits the same towers on all entity vectors
-            entities = data.entity_columns[col]
-            x = entities.read_rows(0, entities.n).astype(np.float32)
-            vectors.append(x[np.abs(x).sum(1) > 0])  # entities with no content are not data
-        pretrain_towers_autoencoder(model.projection_arch, vectors, cfg.pretrain_epochs, 1e-3, cfg.seed)
-    item_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "item"), -1)
-    user_tower = next((t for t, (e, _) in enumerate(data.towers) if e == "user"), -1)
-    w_ii = cfg.w_item_item if cfg.uses_contrastive else 0.0
-    w_uu = cfg.w_user_user if cfg.uses_contrastive else 0.0
-    content_tables = None
-    if isinstance(model, DLRREC) and data.entity_tables:
-        sizes = {c: data.entity_columns[c].n for c in data.entity_tables}
-        content_tables = ContentTables(sizes, data.content_dim, torch.device("meta"))
-    train_model = DLRRECTrain(
-        model, pos_weight, (item_tower, user_tower), w_ii, w_uu, cfg.tau, cfg.emb_l2, build_infonce_options(cfg, data),
-        content_tables, data.tower_spec(),
-        rating=rating_head_args(cfg, data),
-    )  # fmt: skip
+    train_model = build_train_model(cfg, data, tables, pos_weight=pos_weight)
     opt_kwargs = sparse_optimizer_kwargs(sparse_opt, env.device, lr=cfg.sparse_lr, weight_decay=cfg.sparse_weight_decay)
     apply_optimizer_in_backward(
         SPARSE_OPTIMIZERS[sparse_opt], train_model.model.sparse_arch.parameters(), opt_kwargs
     )
-    # Shard, don't replicate: the point of the sparse arch is tables too big for one
-    # host, so data_parallel is excluded even for the small MovieLens tables.
-    constraints = {t.name: ParameterConstraints(sharding_types=["table_wise", "row_wise"]) for t in tables}
-    constraints.update(table_constraints(data.entity_tables))  # frozen entity vectors: row-wise
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
-    planner = EmbeddingShardingPlanner(
-        topology=planner_topology(env.world_size, env.device, local_ranks), constraints=constraints
-    )
-    pg = torch.distributed.GroupMember.WORLD
-    assert pg is not None
-    plan = planner.collective_plan(train_model, None, pg)
+    plan = plan_sharding(train_model, tables, data.entity_tables, env)
     dmp = DistributedModelParallel(module=train_model, device=env.device, plan=plan)
     init_embedding_tables(dmp, tables, cfg.seed)  # the same initial tables for any rank count
     fill_content_tables(dmp, data.entity_columns)  # each rank reads its own shard's rows
@@ -358,16 +420,6 @@ def current_lrs(optimizer: CombinedOptimizer, dmp: DistributedModelParallel) -> 
     for group in optimizer.param_groups:
         out.setdefault("sparse" if id(group) in fused else "dense", float(group["lr"]))
     return out
-
-
-def build_infonce_options(cfg: TrainConfig, data: TrainingData) -> InfoNCEOptions:
-    """logQ flag, uniform extra-negative probabilities (1 / catalogue size) and chunking."""
-    uniform = [0.0, 0.0]
-    for k, (entity, nbs) in enumerate((("item", data.item_neighbors), ("user", data.user_neighbors))):
-        if cfg.extra_negatives and nbs is not None and any(e == entity for e, _ in data.towers):
-            size = data.sampler_tables(entity, cfg.positive_sampling == "top1")[1].size
-            uniform[k] = 1.0 / size if size else 0.0
-    return InfoNCEOptions(cfg.logq_correction, (uniform[0], uniform[1]), cfg.infonce_chunk_size)
 
 
 def require_tensorboard() -> None:

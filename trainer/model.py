@@ -8,7 +8,8 @@ C = content dim (384), Dd = dense features.
     content [B, T, C] --ProjectionArch (one batched op)--> [B, T, D]
 
 `DLRRECTrain` adds the loss: weighted BCE + w1 InfoNCE(item-item) + w2 InfoNCE(user-user)
-and returns what `TrainPipelineSparseDist` consumes. It also holds the frozen entity-vector
+(one `ContrastiveTerm` module serves both pair kinds) and returns what
+`TrainPipelineSparseDist` consumes. It also holds the frozen entity-vector
 tables (`trainer/content_tables.py`): towers whose vector is not per row, and every InfoNCE
 vector, are looked up there by id, and `content` is assembled in tower order. The baselines
 reuse it: a plain DLRM is `DLRREC` with no towers, and `BiasedMF` is p_u . q_i + b_u + b_i + g
@@ -18,6 +19,7 @@ over the id tables.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,7 +27,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.content_tables import ContentTables, feature_key
-from trainer.data import Batch
+from trainer.data import Batch, PairBatch
 from trainer.loss import InfoNCEOptions, InfoNCETerm, info_nce_terms_across_ranks, rating_loss
 
 # InfoNCE loops over row blocks by shape and gathers across ranks; keep it one opaque call when
@@ -234,6 +236,27 @@ class OverArch(nn.Module):
         return self.model(x).squeeze(-1)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ArchSizes:
+    """The layer sizes of `DLRREC` (`trainer.main.build_arch_sizes` reads them from the config).
+
+    Args:
+        dense_arch: hidden sizes of the dense MLP.
+        over_arch: hidden sizes of the prediction MLP (a final 1 is added).
+        tower_hidden: H of each projection tower (0 = a single C -> D layer).
+        tower_dim: output dim of the towers (0 or D = towers output D; below D, a
+            per-tower linear tower_dim -> D map feeds the interaction, while InfoNCE
+            reads the tower outputs).
+        dropout: after each tower's hidden layer and each over-arch hidden layer.
+    """
+
+    dense_arch: tuple[int, ...] = (64,)
+    over_arch: tuple[int, ...] = (256, 64)
+    tower_hidden: int = 128
+    tower_dim: int = 0
+    dropout: float = 0.1
+
+
 class DLRREC(nn.Module):
     """DLRM + co-trained projection towers.
 
@@ -242,14 +265,11 @@ class DLRREC(nn.Module):
         dense_in: Dd.
         towers: T content towers, each C -> D (or C -> `tower_dim`, then lifted to D).
         content_dim: C.
-        arch: dict with `dense_arch`, `over_arch`, `tower_hidden`, `dropout` and optionally
-            `tower_dim` (0 or D = towers output D; below D, a per-tower linear
-            tower_dim -> D map feeds the interaction, while InfoNCE reads the tower outputs).
+        sizes: the MLP and tower sizes and the dropout (`ArchSizes`).
 
     Example::
 
-        model = DLRREC(ebc, dense_in=2, towers=2, content_dim=384,
-                       arch={"dense_arch": [64], "over_arch": [256, 64], "tower_hidden": 128, "dropout": 0.1})
+        model = DLRREC(ebc, dense_in=2, towers=2, content_dim=384, sizes=ArchSizes(dropout=0.1))
     """
 
     def __init__(
@@ -258,7 +278,7 @@ class DLRREC(nn.Module):
         dense_in: int,
         towers: int,
         content_dim: int,
-        arch: dict[str, object],
+        sizes: ArchSizes,
     ) -> None:
         super().__init__()
         dims = {c.embedding_dim for c in ebc.embedding_bag_configs()}
@@ -266,24 +286,19 @@ class DLRREC(nn.Module):
             raise ValueError(f"all tables need one embedding dim, got {sorted(dims)}")
         d = dims.pop()
         n_sparse = sum(len(c.feature_names) for c in ebc.embedding_bag_configs())
-        dropout = float(arch["dropout"])  # type: ignore[arg-type]
         self.towers = towers
         self.sparse_arch = SparseArch(ebc)
-        self.dense_arch = DenseArch(dense_in, list(arch["dense_arch"]), d)  # type: ignore[call-overload]
-        tower_dim = int(arch.get("tower_dim", 0)) or d  # type: ignore[call-overload]
+        self.dense_arch = DenseArch(dense_in, list(sizes.dense_arch), d)
+        tower_dim = sizes.tower_dim or d
         if tower_dim > d:
             raise ValueError(f"tower_dim {tower_dim} is above the embedding dim {d}")
-        self.projection_arch = ProjectionArch(
-            towers, content_dim, int(arch["tower_hidden"]), tower_dim, dropout  # type: ignore[call-overload]
-        )
+        self.projection_arch = ProjectionArch(towers, content_dim, sizes.tower_hidden, tower_dim, sizes.dropout)
         # narrow towers (the product's 32-d content embeddings) in a wider interaction space
         self.tower_map: nn.Module = (
             ProjectionArch(towers, tower_dim, 0, d, 0.0) if towers and tower_dim < d else nn.Identity()
         )
         self.inter_arch = InteractionArch(1 + n_sparse + towers)
-        self.over_arch = OverArch(
-            d + self.inter_arch.num_pairs, list(arch["over_arch"]), dropout  # type: ignore[call-overload]
-        )
+        self.over_arch = OverArch(d + self.inter_arch.num_pairs, list(sizes.over_arch), sizes.dropout)
 
     def forward(
         self, dense: torch.Tensor, sparse: KeyedJaggedTensor, content: torch.Tensor
@@ -331,17 +346,86 @@ class BiasedMF(nn.Module):
         return (u[:, :-1] * i[:, :-1]).sum(-1) + u[:, -1] + i[:, -1] + self.global_bias, e
 
 
+@dataclass(frozen=True, kw_only=True)
+class LossWeights:
+    """The recommendation loss's weights beside InfoNCE (`trainer.main.build_loss_weights`).
+
+    Args:
+        pos_weight: weight of positive rows in the BCE (n_neg / n_pos for `balanced`).
+        emb_l2: L2 penalty on the batch's pooled embeddings (works with any fused optimizer).
+        rating_weight: weight of the rating head's loss (0 = no head; `trainer/loss.py`
+            rating_loss).
+        rating_mean, rating_std: the training ratings' mean and std (its target's scale).
+    """
+
+    pos_weight: float = 1.0
+    emb_l2: float = 0.0
+    rating_weight: float = 0.0
+    rating_mean: float = 0.0
+    rating_std: float = 1.0
+
+
+class ContrastiveTerm(nn.Module):
+    """The inputs of one InfoNCE term: a tower's projections of the anchors, of their
+    SWING positives and of the extra negatives, with their ids.
+
+    One module serves both pair kinds: item-item (anchors: the rows' items) and user-user
+    (anchors: the rows' users). Positives and extra negatives are looked up in the
+    entity tables (`{column}/pos`, `{column}/neg`). It holds no parameters: the towers
+    are the model's, handed to `forward`; `DLRRECTrain` computes every term's loss in
+    one `info_nce_terms_across_ranks` call.
+
+    Args:
+        tower: index of the content tower that projects this kind's vectors.
+        column: that tower's content column.
+        anchor: where the anchors' vectors come from: "" = the tower's input
+            (`content[:, tower]`), else the entity-KJT feature to read (user-user: the
+            user's full train profile, as for the positives).
+        options: tau, logQ, the uniform extra-negative probability and chunking.
+        weight: the term's weight in the loss (the paper's w1 or w2).
+
+    Example::
+
+        term = ContrastiveTerm(1, "item_text", "", InfoNCEOptions(tau=0.2), weight=0.1)
+        inputs = term(model.projection_arch, content, vec, batch.item_ids, batch.ii)  # InfoNCETerm
+    """
+
+    def __init__(self, tower: int, column: str, anchor: str, options: InfoNCEOptions, *, weight: float) -> None:
+        super().__init__()
+        self.tower = tower
+        self.column = column
+        self.anchor = anchor
+        self.options = options
+        self.loss_weight = weight
+
+    def forward(
+        self,
+        towers: ProjectionArch,
+        content: torch.Tensor,
+        vec: dict[str, torch.Tensor],
+        anchor_ids: torch.Tensor,
+        pairs: PairBatch,
+    ) -> InfoNCETerm:
+        """content: [B, T, C] the towers' input; vec: the looked-up entity vectors."""
+        t, o = self.tower, self.options
+        anchor = vec[self.anchor] if self.anchor else content[:, t]
+        return InfoNCETerm(
+            towers.project_one(t, anchor),
+            towers.project_one(t, vec[feature_key(self.column, "pos")]),
+            anchor_ids, pairs.pos_ids,
+            towers.project_one(t, vec[feature_key(self.column, "neg")]), pairs.neg_ids,
+            torch.cat([pairs.pos_q, pairs.neg_q]) if o.log_q else None, o.uniform_p,
+            (pairs.set_lengths, pairs.set_ids),
+        )  # fmt: skip
+
+
 class DLRRECTrain(nn.Module):
     """DLRREC plus its loss: weighted BCE + w1 InfoNCE(item-item) + w2 InfoNCE(user-user).
 
     Args:
         model: the DLRREC model (or the BiasedMF baseline, which has no towers).
-        pos_weight: weight of positive rows in the BCE (n_neg / n_pos for `balanced`).
-        towers: (item_tower, user_tower) indices into the content towers, -1 if absent.
-        w_item_item, w_user_user: the paper's w1, w2 (0 disables a term).
-        tau: InfoNCE temperature.
-        emb_l2: L2 penalty on the batch's pooled embeddings (works with any fused optimizer).
-        nce: logQ correction, extra-negative catalogue sizes and chunking of InfoNCE.
+        weights: the BCE's positive weight, the embedding L2 and the rating head.
+        terms: the (item-item, user-user) InfoNCE terms; None = off.
         content_tables: the frozen entity-vector tables (None when no tower needs one).
         tower_spec: (column, input) of each tower (`TrainingData.tower_spec`): input ""
             = the next per-row vector of `batch.content`, else the `content_tables`
@@ -354,43 +438,35 @@ class DLRRECTrain(nn.Module):
 
     Example::
 
-        train_model = DLRRECTrain(model, 0.8, (1, 0), w_item_item=0.1, w_user_user=0.1, tau=0.2)
+        train_model = DLRRECTrain(model, LossWeights(pos_weight=0.8), (item_item, None), tables, spec)
         loss, (_, logits, labels, weights, parts) = train_model(batch)
     """
 
     def __init__(
         self,
         model: DLRREC | BiasedMF,
-        pos_weight: float,
-        towers: tuple[int, int],
-        w_item_item: float,
-        w_user_user: float,
-        tau: float,
-        emb_l2: float = 0.0,
-        nce: InfoNCEOptions | None = None,
+        weights: LossWeights | None = None,
+        terms: tuple[ContrastiveTerm | None, ContrastiveTerm | None] = (None, None),
         content_tables: ContentTables | None = None,
         tower_spec: list[tuple[str, str]] | None = None,
-        rating: tuple[float, float, float] = (0.0, 0.0, 1.0),
     ) -> None:
         super().__init__()
-        # the rating head (trainer/loss.py rating_loss): (weight, train mean, train std)
-        self.rating_weight, self.rating_mean, self.rating_std = rating
-        if self.rating_weight > 0:
+        self.weights = weights or LossWeights()
+        if self.weights.rating_weight > 0:  # an affine map of the logit: starts as the identity
             self.rating_head = nn.Linear(1, 1)
             nn.init.ones_(self.rating_head.weight)
             nn.init.zeros_(self.rating_head.bias)
         self.tower_spec = list(tower_spec or [])
         if content_tables is None and any(src for _, src in self.tower_spec):
             raise ValueError("towers read from entity tables need content_tables")
-        self.emb_l2 = emb_l2
-        self.nce = nce or InfoNCEOptions()
+        on = [t for t in terms if t is not None]
+        if on and not isinstance(model, DLRREC):
+            raise ValueError("InfoNCE terms need a model with projection towers (DLRREC)")
+        if len({(t.options.tau, t.options.chunk_size) for t in on}) > 1:
+            raise ValueError("the InfoNCE terms share one tau and chunk size (one call across ranks)")
         self.model = model
-        self.pos_weight = pos_weight
         # fixed per run (not read from the batch) so the forward stays fx-traceable
-        self.item_tower, self.user_tower = towers
-        self.w_item_item = w_item_item
-        self.w_user_user = w_user_user
-        self.tau = tau
+        self.item_item, self.user_user = terms
         # registered last: sharding materialises (randomly initialises) tables in module
         # order, so the id tables draw the same initial weights as without content tables
         self.content_tables = content_tables
@@ -405,55 +481,47 @@ class DLRRECTrain(nn.Module):
         self, batch: Batch, content: torch.Tensor, vec: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The forward given the towers' input [B, T, C] and the looked-up entity vectors."""
+        lw = self.weights
         logits, emb = self.model(batch.dense, batch.sparse, content)
-        w = batch.weights * torch.where(batch.labels > 0.5, self.pos_weight, 1.0)
+        w = batch.weights * torch.where(batch.labels > 0.5, lw.pos_weight, 1.0)
         bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
         rec = (bce * w).sum() / batch.weights.sum().clamp_min(1.0)
         zero = logits.new_zeros(())
-        terms: dict[str, InfoNCETerm] = {}
-        # eval mode scores rows: the InfoNCE terms (most of an eval batch's cost) stay 0
-        if self.training and self.w_item_item > 0 and self.item_tower >= 0:
-            assert isinstance(self.model, DLRREC)
-            towers = self.model.projection_arch
-            col = self.tower_spec[self.item_tower][0]
-            terms["ii"] = InfoNCETerm(
-                towers.project_one(self.item_tower, content[:, self.item_tower]),
-                towers.project_one(self.item_tower, vec[feature_key(col, "pos")]),
-                batch.item_ids, batch.ii_pos_ids,
-                towers.project_one(self.item_tower, vec[feature_key(col, "neg")]), batch.ii_neg_ids,
-                torch.cat([batch.ii_pos_q, batch.ii_neg_q]) if self.nce.log_q else None, self.nce.uniform_p[0],
-                (batch.ii_set_lengths, batch.ii_set_ids),
-            )  # fmt: skip
-        if self.training and self.w_user_user > 0 and self.user_tower >= 0:
-            assert isinstance(self.model, DLRREC)
-            towers = self.model.projection_arch
-            # anchors use the full train profile (the entity table), as positives do
-            col = self.tower_spec[self.user_tower][0]
-            terms["uu"] = InfoNCETerm(
-                towers.project_one(self.user_tower, vec[feature_key(col, "row")]),
-                towers.project_one(self.user_tower, vec[feature_key(col, "pos")]),
-                batch.user_ids, batch.uu_pos_ids,
-                towers.project_one(self.user_tower, vec[feature_key(col, "neg")]), batch.uu_neg_ids,
-                torch.cat([batch.uu_pos_q, batch.uu_neg_q]) if self.nce.log_q else None, self.nce.uniform_p[1],
-                (batch.uu_set_lengths, batch.uu_set_ids),
-            )  # fmt: skip
-        # both terms share one gather across ranks (forward) and one all-reduce (backward);
-        # indexed by position: under the pipeline's fx trace the result is one proxy
-        names = list(terms)
-        nce = info_nce_terms_across_ranks(list(terms.values()), self.tau, self.nce.chunk_size) if terms else []
-        ii = nce[names.index("ii")] if "ii" in terms else zero
-        uu = nce[names.index("uu")] if "uu" in terms else zero
-        loss = rec + self.w_item_item * ii + self.w_user_user * uu
-        if self.rating_weight > 0:
+        ii, uu = self.contrastive(batch, content, vec, zero)
+        w_ii = self.item_item.loss_weight if self.item_item is not None else 0.0
+        w_uu = self.user_user.loss_weight if self.user_user is not None else 0.0
+        loss = rec + w_ii * ii + w_uu * uu
+        if lw.rating_weight > 0:
             # an affine map of the logit regresses the standardised rating of training rows
             pred = self.rating_head(logits.unsqueeze(1)).squeeze(1)
-            target = (batch.ratings - self.rating_mean) / self.rating_std
-            loss = loss + self.rating_weight * rating_loss(pred, target, batch.weights)
-        if self.emb_l2 > 0:
+            target = (batch.ratings - lw.rating_mean) / lw.rating_std
+            loss = loss + lw.rating_weight * rating_loss(pred, target, batch.weights)
+        if lw.emb_l2 > 0:
             sq = emb.pow(2).sum(dim=(1, 2))
-            loss = loss + self.emb_l2 * (sq * batch.weights).sum() / batch.weights.sum().clamp_min(1.0)
+            loss = loss + lw.emb_l2 * (sq * batch.weights).sum() / batch.weights.sum().clamp_min(1.0)
         parts = torch.stack([rec.detach(), ii.detach(), uu.detach()])
         return loss, (loss.detach(), logits.detach(), batch.labels, batch.weights, parts)
+
+    def contrastive(
+        self, batch: Batch, content: torch.Tensor, vec: dict[str, torch.Tensor], zero: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (item-item, user-user) InfoNCE losses, unweighted; `zero` for a term that is
+        off, and for both in eval mode: scoring rows needs only the logits (the terms are
+        most of an eval batch's cost). The terms share one gather across ranks (forward)
+        and one all-reduce (backward)."""
+        kinds = ((self.item_item, batch.item_ids, batch.ii), (self.user_user, batch.user_ids, batch.uu))
+        on = [(term, ids, pairs) for term, ids, pairs in kinds if term is not None] if self.training else []
+        if not on:
+            return zero, zero
+        assert isinstance(self.model, DLRREC)
+        towers = self.model.projection_arch
+        inputs = [term(towers, content, vec, ids, pairs) for term, ids, pairs in on]
+        options = on[0][0].options  # every term's tau and chunking are the same (__init__)
+        nce = info_nce_terms_across_ranks(inputs, options.tau, options.chunk_size)
+        # indexed by position: under the pipeline's fx trace the result is one proxy
+        ii = nce[0] if self.item_item is not None else zero
+        uu = nce[len(on) - 1] if self.user_user is not None else zero
+        return ii, uu
 
     def tower_input(self, per_row: torch.Tensor, vec: dict[str, torch.Tensor]) -> torch.Tensor:
         """per_row [B, R, C] and the looked-up vectors -> the towers' input [B, T, C]."""

@@ -135,11 +135,11 @@ def _sharded(rank: int, run_dir: str, device: str = "cpu") -> dict:
         assert [c for c, _ in module.tower_spec] == ["user_text", "item_text"]
         content = torch.stack([batch.content[:, 0], full["item_text"][batch.item_ids]], 1).to(dev)
         ref_vec = {
-            "item_text/pos": full["item_text"][batch.ii_pos_ids.clamp_min(0)],
-            "item_text/neg": full["item_text"][batch.ii_neg_ids],
+            "item_text/pos": full["item_text"][batch.ii.pos_ids.clamp_min(0)],
+            "item_text/neg": full["item_text"][batch.ii.neg_ids],
             "user_text/row": full["user_text"][batch.user_ids],
-            "user_text/pos": full["user_text"][batch.uu_pos_ids.clamp_min(0)],
-            "user_text/neg": full["user_text"][batch.uu_neg_ids],
+            "user_text/pos": full["user_text"][batch.uu.pos_ids.clamp_min(0)],
+            "user_text/neg": full["user_text"][batch.uu.neg_ids],
         }
         ref_vec = {k: v.to(dev) for k, v in ref_vec.items()}
         batch = batch.to(dev)

@@ -1,5 +1,6 @@
 """The InfoNCE sampler's data side: positive-sampler marginals (for logQ) and extra negatives."""
 
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -68,24 +69,24 @@ def test_extra_negatives_leave_positives_alone_and_come_from_the_catalogue(data)
     valid = np.ones(64, bool)
     plain = make_batch(data, split, rows, valid, np.random.default_rng([1, 2]), False)
     mixed = make_batch(data, split, rows, valid, np.random.default_rng([1, 2]), False, extra_negatives=16)
-    assert plain.ii_neg_ids.numel() == 0 and plain.entity["item_text/neg"].values().numel() == 0
+    assert plain.ii.neg_ids.numel() == 0 and plain.entity["item_text/neg"].values().numel() == 0
     # the same positives: the negatives are drawn after them from the same stream
-    assert np.array_equal(plain.ii_pos_ids.numpy(), mixed.ii_pos_ids.numpy())
-    assert np.array_equal(plain.uu_pos_ids.numpy(), mixed.uu_pos_ids.numpy())
+    assert np.array_equal(plain.ii.pos_ids.numpy(), mixed.ii.pos_ids.numpy())
+    assert np.array_equal(plain.uu.pos_ids.numpy(), mixed.uu.pos_ids.numpy())
     for prefix, entity, col in (("ii", "item", "item_text"), ("uu", "user", "user_text")):
         q, catalogue = data.sampler_tables(entity, False)
         content = data.entity_columns[col].read_rows(0, data.entity_columns[col].n)
         np.testing.assert_array_equal(catalogue, np.flatnonzero(np.abs(content).max(1) > 0))
-        ids = getattr(mixed, f"{prefix}_neg_ids").numpy()
+        ids = getattr(mixed, prefix).neg_ids.numpy()
         assert ids.shape == (16,) and np.isin(ids, catalogue).all()
         # the model looks the negatives up by these ids: all 16 in the first bag
         neg = mixed.entity[f"{col}/neg"]
         np.testing.assert_array_equal(neg.values().numpy(), ids)
         assert neg.lengths().tolist() == [16] + [0] * 63
-        np.testing.assert_allclose(getattr(mixed, f"{prefix}_neg_q").numpy(), q[ids], rtol=1e-6)
-        pos = getattr(mixed, f"{prefix}_pos_ids").numpy()
+        np.testing.assert_allclose(getattr(mixed, prefix).neg_q.numpy(), q[ids], rtol=1e-6)
+        pos = getattr(mixed, prefix).pos_ids.numpy()
         want = np.where(pos >= 0, q[np.maximum(pos, 0)], 0)
-        np.testing.assert_allclose(getattr(mixed, f"{prefix}_pos_q").numpy(), want, rtol=1e-6)
+        np.testing.assert_allclose(getattr(mixed, prefix).pos_q.numpy(), want, rtol=1e-6)
 
 
 def test_ranks_share_the_global_batch_extra_negatives(data):
@@ -93,31 +94,31 @@ def test_ranks_share_the_global_batch_extra_negatives(data):
     (full,) = [next(train_batches(data, rank=0, world_size=1, **kw))]
     parts = [next(train_batches(data, rank=r, world_size=2, **kw)) for r in (0, 1)]
     for r, part in enumerate(parts):
-        assert np.array_equal(part.ii_neg_ids.numpy(), full.ii_neg_ids.numpy())
-        assert np.array_equal(part.uu_neg_ids.numpy(), full.uu_neg_ids.numpy())
+        assert np.array_equal(part.ii.neg_ids.numpy(), full.ii.neg_ids.numpy())
+        assert np.array_equal(part.uu.neg_ids.numpy(), full.uu.neg_ids.numpy())
         sl = slice(32 * r, 32 * (r + 1))
-        assert np.array_equal(part.ii_pos_q.numpy(), full.ii_pos_q[sl].numpy())
-        assert np.array_equal(part.uu_pos_ids.numpy(), full.uu_pos_ids[sl].numpy())
+        assert np.array_equal(part.ii.pos_q.numpy(), full.ii.pos_q[sl].numpy())
+        assert np.array_equal(part.uu.pos_ids.numpy(), full.uu.pos_ids[sl].numpy())
 
 
 def test_positive_sets_are_the_anchors_swing_lists_and_slice_per_rank(data):
     kw = {"global_batch": 64, "epoch": 1, "seed": 0, "top1": False, "max_steps": 1}
     plain = next(train_batches(data, rank=0, world_size=1, **kw))
-    assert plain.ii_set_lengths.sum() == 0 and plain.ii_set_ids.numel() == 0
+    assert plain.ii.set_lengths.sum() == 0 and plain.ii.set_ids.numel() == 0
     full = next(train_batches(data, rank=0, world_size=1, positive_sets=True, **kw))
-    assert np.array_equal(full.ii_pos_ids.numpy(), plain.ii_pos_ids.numpy())  # same stream
+    assert np.array_equal(full.ii.pos_ids.numpy(), plain.ii.pos_ids.numpy())  # same stream
     for prefix, ids, nb in (("ii", full.item_ids, data.item_neighbors), ("uu", full.user_ids, data.user_neighbors)):
-        lengths = getattr(full, f"{prefix}_set_lengths").numpy()
-        flat = getattr(full, f"{prefix}_set_ids").numpy()
+        lengths = getattr(full, prefix).set_lengths.numpy()
+        flat = getattr(full, prefix).set_ids.numpy()
         ends = np.cumsum(lengths)
         for r, anchor in enumerate(ids.numpy()):
             want = nb.ids[nb.offsets[anchor] : nb.offsets[anchor + 1]]
             assert np.array_equal(flat[ends[r] - lengths[r] : ends[r]], want)
         parts = [next(train_batches(data, rank=k, world_size=2, positive_sets=True, **kw)) for k in (0, 1)]
         assert np.array_equal(
-            np.concatenate([getattr(x, f"{prefix}_set_lengths").numpy() for x in parts]), lengths
+            np.concatenate([getattr(x, prefix).set_lengths.numpy() for x in parts]), lengths
         )
-        assert np.array_equal(np.concatenate([getattr(x, f"{prefix}_set_ids").numpy() for x in parts]), flat)
+        assert np.array_equal(np.concatenate([getattr(x, prefix).set_ids.numpy() for x in parts]), flat)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def blocked(tmp_path_factory):
 
 
 def _cat(batches, name):
-    return np.concatenate([getattr(b, name).numpy() for b in batches])
+    return np.concatenate([attrgetter(name)(b).numpy() for b in batches])
 
 
 def test_any_world_size_builds_the_same_global_batches_from_its_own_blocks(blocked, monkeypatch):
@@ -160,17 +161,17 @@ def test_any_world_size_builds_the_same_global_batches_from_its_own_blocks(block
             assert 0 < len(set(read)) <= -(-6 * 128 // world // 97) + LANES // world + 1 < n_blocks
         for step in range(6):
             local = [rk[step] for rk in ranks]
-            for name in ("user_ids", "item_ids", "labels", "ii_pos_ids", "uu_pos_ids", "ii_pos_q"):
-                np.testing.assert_array_equal(_cat(local, name), getattr(one[step], name).numpy())
+            for name in ("user_ids", "item_ids", "labels", "ii.pos_ids", "uu.pos_ids", "ii.pos_q"):
+                np.testing.assert_array_equal(_cat(local, name), attrgetter(name)(one[step]).numpy())
             for part in local:  # the shared extra negatives
-                np.testing.assert_array_equal(part.ii_neg_ids.numpy(), one[step].ii_neg_ids.numpy())
+                np.testing.assert_array_equal(part.ii.neg_ids.numpy(), one[step].ii.neg_ids.numpy())
     # resuming at step 4 reads on from there and gives the same batches
     resumed = list(train_batches(data, rank=1, world_size=2, start_step=4, **kw))
     full = list(train_batches(data, rank=1, world_size=2, **kw))
     assert len(resumed) == 2
     for a, b in zip(resumed, full[4:], strict=True):
         np.testing.assert_array_equal(a.item_ids.numpy(), b.item_ids.numpy())
-        np.testing.assert_array_equal(a.uu_pos_ids.numpy(), b.uu_pos_ids.numpy())
+        np.testing.assert_array_equal(a.uu.pos_ids.numpy(), b.uu.pos_ids.numpy())
     # another epoch is another order
     other = next(train_batches(data, rank=0, world_size=1, **{**kw, "epoch": 3}))
     assert not np.array_equal(other.item_ids.numpy(), one[0].item_ids.numpy())

@@ -58,9 +58,9 @@ def _rank(rank: int, run_dir: str) -> dict:
             _, (_, _, _, _, eval_parts) = dmp(full)
         return {
             "train_calls": train_calls, "train_parts": train_parts.tolist(), "eval_calls": eval_calls,
-            "eval_parts": eval_parts.tolist(), "pos_ids": int((eval_batch.ii_pos_ids >= 0).sum() + (eval_batch.uu_pos_ids >= 0).sum()),
+            "eval_parts": eval_parts.tolist(), "pos_ids": int((eval_batch.ii.pos_ids >= 0).sum() + (eval_batch.uu.pos_ids >= 0).sum()),
             "pos_lengths": {k: v for k, v in pos_lengths.items() if not k.endswith("/row")},
-            "full_pos_ids": int((full.ii_pos_ids >= 0).sum()),
+            "full_pos_ids": int((full.ii.pos_ids >= 0).sum()),
             "probs": probs, "labels": labels, "ref": torch.sigmoid(logits).numpy(), "ref_labels": split.label,
         }  # fmt: skip
     finally:

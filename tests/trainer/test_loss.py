@@ -243,7 +243,7 @@ def _nce_on_ranks(rank: int, device: str, cases: list[tuple[int, int, bool]]) ->
     import torch.distributed as dist
     from dist_helpers import init_group
 
-    from trainer.loss import info_nce_across_ranks
+    from trainer.loss import InfoNCETerm, info_nce_terms_across_ranks
 
     dev = init_group(device)
     world = dist.get_world_size()
@@ -259,15 +259,13 @@ def _nce_on_ranks(rank: int, device: str, cases: list[tuple[int, int, bool]]) ->
             torch.manual_seed(0)
             tower = torch.nn.Linear(8, 8).double().to(dev)
             extra = (tower(n), nid, torch.cat([q[:big_b][sl], q[big_b:]]), 0.02) if full else ()
+            term = InfoNCETerm(tower(a[sl]), tower(p[sl]), aid[sl], pid[sl], *extra, anchor_sets=sets if full else None)
             calls: list[str] = []  # the collectives of one forward and backward
             real = {name: getattr(dist, name) for name in ("all_gather", "all_reduce")}
             for name, fn in real.items():
                 setattr(dist, name, lambda *args, _n=name, _f=fn, _c=calls, **kw: _c.append(_n) or _f(*args, **kw))
             try:
-                loss = info_nce_across_ranks(
-                    tower(a[sl]), tower(p[sl]), aid[sl], pid[sl], 0.3, *extra,
-                    chunk_size=chunk, anchor_sets=sets if full else None,
-                )  # fmt: skip
+                (loss,) = info_nce_terms_across_ranks([term], 0.3, chunk)
                 loss.backward()
             finally:
                 for name, fn in real.items():

@@ -54,14 +54,14 @@ def _dlrrec(tower_dim: int):
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-    from trainer.model import DLRREC
+    from trainer.model import DLRREC, ArchSizes
 
     torch.manual_seed(0)
     ebc = EmbeddingBagCollection(
         tables=[EmbeddingBagConfig(name="t_u", embedding_dim=8, num_embeddings=5, feature_names=["u"])]
     )
-    arch = {"dense_arch": [4], "over_arch": [6], "tower_hidden": 16, "tower_dim": tower_dim, "dropout": 0.0}
-    return DLRREC(ebc, dense_in=2, towers=2, content_dim=12, arch=arch).eval()
+    sizes = ArchSizes(dense_arch=(4,), over_arch=(6,), tower_hidden=16, tower_dim=tower_dim, dropout=0.0)
+    return DLRREC(ebc, dense_in=2, towers=2, content_dim=12, sizes=sizes).eval()
 
 
 def test_narrow_towers_are_lifted_into_the_interaction_by_a_linear_map():

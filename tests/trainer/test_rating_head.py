@@ -51,14 +51,15 @@ def test_only_training_ratings_are_read(tmp_path: Path):
 
 def test_head_adds_weight_times_mse_of_an_affine_map_of_the_logit(tmp_path: Path):
     from trainer.data import train_batches
-    from trainer.main import rating_head_args
-    from trainer.model import DLRRECTrain
+    from trainer.main import build_loss_weights
+    from trainer.model import DLRRECTrain, LossWeights
 
     run = make_run(tmp_path / "run", n_rows=600)
     ratings = with_ratings(run)
     cfg = TrainConfig(run_dir=str(run), rating_weight=0.5, contrastive=False, embedding_dim=8)
     data = read_training_data(run, ["text"], False)
-    w, mean, std = rating_head_args(cfg, data)
+    weights = build_loss_weights(cfg, data, pos_weight=1.0)
+    w, mean, std = weights.rating_weight, weights.rating_mean, weights.rating_std
     assert (w, mean, std) == pytest.approx((0.5, ratings["train"].mean(), ratings["train"].std()))
     batch = next(iter(train_batches(data, 64, 0, 1, 0, 0, False)))
     # each row carries its own rating (the fixture's ratings agree with the labels)
@@ -68,8 +69,8 @@ def test_head_adds_weight_times_mse_of_an_affine_map_of_the_logit(tmp_path: Path
         def forward(self, dense, sparse, content):
             return torch.linspace(-2.0, 2.0, dense.shape[0]), torch.zeros(dense.shape[0], 1, 1)
 
-    plain = DLRRECTrain(Fixed(), 1.0, (-1, -1), 0.0, 0.0, 0.2)
-    head = DLRRECTrain(Fixed(), 1.0, (-1, -1), 0.0, 0.0, 0.2, rating=(w, mean, std))
+    plain = DLRRECTrain(Fixed(), LossWeights())
+    head = DLRRECTrain(Fixed(), LossWeights(rating_weight=w, rating_mean=mean, rating_std=std))
     with torch.no_grad():
         head.rating_head.weight.fill_(0.7)
         head.rating_head.bias.fill_(-0.2)
