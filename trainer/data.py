@@ -492,10 +492,12 @@ def read_train_rows(root: Path, entity: str, n: int) -> np.ndarray:
     return out
 
 
-def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: bool) -> TrainingData:
-    """Load `run_dir/features` (and `run_dir/similarity` when `contrastive`)."""
-    root = Path(run_dir) / "features"
-    meta = read_features_meta(root)
+def modality_towers(root: Path, meta: FeaturesMeta, modalities: list[str]) -> list[tuple[str, str]]:
+    """(entity, column) of every tower the modalities need, in `TOWER_COLUMNS` order.
+
+    Raises:
+        DataError: the features lack a modality's content column.
+    """
     towers: list[tuple[str, str]] = []
     available = {e: set(meta["content"].get(e, [])) for e in ("user", "item")}
     for m in modalities:
@@ -506,6 +508,37 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
                     f"which this dataset lacks (has {sorted(available[entity])})"
                 )
             towers.append((entity, col))
+    return towers
+
+
+def scan_entity_columns(
+    root: Path, meta: FeaturesMeta, towers: list[tuple[str, str]], keyed: dict[str, KeyedContentMeta]
+) -> dict[str, EntityColumn]:
+    """Every tower column's entity vectors, and each keyed column's per-(entity, slot)
+    table, scanned (ids, values, which entities have one), not kept: the model reads
+    each table shard's rows when it is built (trainer/content_tables.py).
+
+    Raises:
+        DataError: an entity table is missing.
+    """
+    entity_columns: dict[str, EntityColumn] = {}
+    for entity in ("user", "item"):
+        path = root / "entities" / f"{entity}s.parquet"
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run `dlrrec features build` first")
+        for c in [c for e, c in towers if e == entity]:
+            n = entity_count(meta, entity)
+            entity_columns[c] = ParquetColumn.scan(path, entity, c, n, int(meta["content_dim"]))
+    for c, spec in keyed.items():
+        entity_columns[keyed_table(c)] = read_keyed_column(root, c, spec, meta)
+    return entity_columns
+
+
+def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: bool) -> TrainingData:
+    """Load `run_dir/features` (and `run_dir/similarity` when `contrastive`)."""
+    root = Path(run_dir) / "features"
+    meta = read_features_meta(root)
+    towers = modality_towers(root, meta, modalities)
     # User vectors are looked up by each row's key in a per-(user, slot) table; an llm
     # section's summaries, and item vectors built from reviews (out of fold), are per row.
     keyed = {c: spec for c, spec in meta.get("keyed_content", {}).items() if c in {x for _, x in towers}}
@@ -518,18 +551,7 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
         if "rows" in meta and int(meta["rows"][s]) != p.n:
             raise DataError(f"{p.folder}: {p.n} rows, _meta.json says {meta['rows'][s]}; rebuild the features")
     train_rows = {e: read_train_rows(root, e, entity_count(meta, e)) for e in ("user", "item")}
-    # Entity vectors are scanned (ids, values, which entities have one), not kept: the
-    # model reads each table shard's rows when it is built (trainer/content_tables.py).
-    entity_columns: dict[str, EntityColumn] = {}
-    for entity in ("user", "item"):
-        path = root / "entities" / f"{entity}s.parquet"
-        if not path.is_file():
-            raise DataError(f"{path}: missing; run `dlrrec features build` first")
-        for c in [c for e, c in towers if e == entity]:
-            n = entity_count(meta, entity)
-            entity_columns[c] = ParquetColumn.scan(path, entity, c, n, int(meta["content_dim"]))
-    for c, spec in keyed.items():
-        entity_columns[keyed_table(c)] = read_keyed_column(root, c, spec, meta)
+    entity_columns = scan_entity_columns(root, meta, towers, keyed)
     # tables: towers whose vector is neither per row nor keyed, each keyed tower's
     # per-(entity, slot) table, and each entity's InfoNCE column
     first = {e: next((c for x, c in towers if x == e), None) for e in ("user", "item")}
