@@ -63,6 +63,8 @@ class FeaturesConfig:
             (features/profiles.py, docs/features.md).
         profile_blocks: B global time blocks of the temporal split's profiles (>= 1):
             a row reads its user's positives (any split) in strictly earlier blocks.
+        workers: processes for the CPU-bound steps (row hashing, bucket jobs); 0 = one
+            per core.  Never changes the output.
         overwrite: replace an existing output made from another config or input.
     """
 
@@ -95,6 +97,7 @@ class FeaturesConfig:
     temporal_history: Literal["causal", "frozen"] = "causal"
     profile_folds: int = 5
     profile_blocks: int = 20
+    workers: int = 0
     overwrite: bool = False
 
     def validate(self) -> None:

@@ -13,21 +13,27 @@ import pyarrow.compute as pc
 PRICE_CATEGORY_TIER = {"cheap": 1, "fair": 2, "overpriced": 3}
 
 
-def standardize(values: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """z = (x - mean) / std with mean/std over the training rows; missing -> 0.
+def standardize(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """z = (x - mean) / std, mean and std over the training rows; missing -> 0.
+
+    The values are per owner (an entity, or a row) and `weights` count each owner's
+    training rows, so the statistics are those of the training rows without a per-row
+    array: a user's age weighs as many times as the user has training rows.
 
     Args:
         values: float64, shape [n]; NaN marks a missing value.
-        train: bool, shape [n]; which rows are training rows.
+        weights: shape [n], training rows per value (bool: is a training row).
 
     Returns:
         (float32 z [n], mean, std).  Missing values take the training mean, so they
         standardise to 0.  A constant (or absent) training column has std 1.
     """
-    x = values[train]
-    x = x[~np.isnan(x)]
-    mean = float(x.mean()) if x.size else 0.0
-    std = float(x.std()) if x.size else 0.0
+    w = np.asarray(weights, dtype=np.float64)
+    keep = (w > 0) & ~np.isnan(values)
+    x, w = values[keep], w[keep]
+    total = float(w.sum())
+    mean = float(np.dot(w, x) / total) if total else 0.0
+    std = float(np.sqrt(np.dot(w, (x - mean) ** 2) / total)) if total else 0.0
     if not np.isfinite(std) or std == 0.0:
         std = 1.0
     z = (np.where(np.isnan(values), mean, values) - mean) / std
@@ -56,34 +62,33 @@ def item_prices(items: pa.Table) -> tuple[np.ndarray, str | None]:
 
 
 def price_features(
-    item_price: np.ndarray, source: str | None, row_item: np.ndarray, train: np.ndarray
+    price: np.ndarray, source: str | None, train_rows: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The dense `price` (z-scored with training rows) and `has_price` (0/1) per row.
+    """The dense `price` (z-scored with training rows) and `has_price` (0/1) per owner.
 
     A missing price standardises to 0 and has `has_price` 0, so "none" never looks
     like an average price.  When no training row's item has a price (MovieLens) both
-    features are absent rather than constant columns.
+    features are absent rather than constant columns.  A row takes its owner's values
+    (its item's, or its own for the LLM's per-row price).
 
     Args:
-        item_price: float64 [I] from `item_prices` (NaN = none).
+        price: float64 [P] from `item_prices` (NaN = none).
         source: the column it came from, for `_meta.json`.
-        row_item: int64 [N] item index per row.
-        train: bool [N].
+        train_rows: int [P] training rows per owner.
 
     Returns:
-        ({"price": float32 [N], "has_price": float32 [N]} or {},
+        ({"price": float32 [P], "has_price": float32 [P]} or {},
          the `_meta.json` record: source, counts, train mean/std, present).
     """
-    x = item_price[row_item]
-    has = ~np.isnan(x)
+    has = ~np.isnan(price)
     info: dict[str, Any] = {
         "source": source,
-        "items_with_price": int(np.sum(~np.isnan(item_price))),
-        "train_rows_with_price": int(np.sum(has & train)),
+        "items_with_price": int(np.sum(has)),
+        "train_rows_with_price": int(np.sum(np.where(has, train_rows, 0))),
     }
     if not info["train_rows_with_price"]:
         info["present"] = False
         return {}, info
-    z, mean, std = standardize(x, train)
+    z, mean, std = standardize(price, train_rows)
     info.update(present=True, mean=mean, std=std)
     return {"price": z, "has_price": has.astype(np.float32)}, info

@@ -6,6 +6,7 @@ Shapes: N = interaction rows, U = users, I = items, D = content dim.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -83,16 +84,29 @@ def oov_counts(
     return out
 
 
-def sparse_columns(
+@dataclass
+class EntitySparse:
+    """Each entity's vocab-encoded attributes; a row takes its user's and its item's."""
+
+    user: dict[str, np.ndarray]  # name -> int64 [U] ids
+    categories: pa.ListArray  # [I] list<int64> ids
+    vocabs: dict[str, list]  # name -> values, id k + 1 = values[k]
+    truncated: int  # items whose category list was cut to `max_categories`
+
+    def rows(self, row_user: np.ndarray, row_item: np.ndarray) -> dict[str, np.ndarray | pa.Array]:
+        out: dict[str, np.ndarray | pa.Array] = {"categories": self.categories.take(pa.array(row_item))}
+        return out | {name: ids[row_user] for name, ids in self.user.items()}
+
+
+def entity_sparse(
     users: pa.Table,
     items: pa.Table,
-    row_user: np.ndarray,
-    row_item: np.ndarray,
-    train: np.ndarray,
+    train_users: np.ndarray,
+    train_items: np.ndarray,
     zip_prefix_len: int,
     max_categories: int = 11,
-) -> tuple[dict[str, np.ndarray | pa.Array], dict[str, list], int]:
-    """Vocab-encode the categorical attributes of each row's user and item.
+) -> EntitySparse:
+    """Vocab-encode the categorical attributes of every user and item.
 
     Vocabularies hold the values of the entities in TRAINING rows only (sorted), so
     nothing about val/test rows shapes the id space.  Id 0 is every feature's OOV
@@ -102,28 +116,17 @@ def sparse_columns(
 
     Args:
         users, items: entity tables in index order (RAW_USERS / RAW_ITEMS columns).
-        row_user, row_item: int64 [N] entity indices.
-        train: bool [N].
+        train_users, train_items: int64 indices of the entities with training rows.
         zip_prefix_len: characters of the zip code kept.
         max_categories: the cap on an item's categories.
-
-    Returns:
-        ({name: int64 [N] ids, or for `categories` a list<int64> array [N]},
-         {name: vocabulary values, id k+1 = values[k]},
-         number of items whose category list was cut to `max_categories`).
     """
-    train_users = np.unique(row_user[train])
-    train_items = np.unique(row_item[train])
-    cols: dict[str, np.ndarray | pa.Array] = {}
     vocabs: dict[str, list] = {}
-
     cats, truncated = cap_lists(items["categories"], max_categories)
     lengths = _numpy(pc.fill_null(pc.list_value_length(cats), 0)).astype(np.int64)
     flat = pc.list_flatten(cats)
     owner = np.repeat(np.arange(len(lengths)), lengths)
     vocab = build_vocab(flat.filter(pa.array(np.isin(owner, train_items))))
     item_lists = _lists(lengths, encode(flat, vocab))
-    cols["categories"] = item_lists.take(pa.array(row_item))
     vocabs["categories"] = vocab.to_pylist()
 
     user_values = {
@@ -132,21 +135,21 @@ def sparse_columns(
         "age_bucket": age_buckets(users["age"]),
         "zip_prefix": prefixes(users["zip"], zip_prefix_len),
     }
+    user_ids = {}
     for name, values in user_values.items():
         vocab = build_vocab(values.take(pa.array(train_users)))
-        cols[name] = encode(values, vocab)[row_user]
+        user_ids[name] = encode(values, vocab)
         vocabs[name] = vocab.to_pylist()
     vocabs["age_bucket"] = [AGE_BUCKET_NAMES[b] for b in vocabs["age_bucket"]]
-    return cols, vocabs, truncated
+    return EntitySparse(user_ids, item_lists, vocabs, truncated)
 
 
-def dense_inputs(
-    users: pa.Table, items: pa.Table, row_user: np.ndarray, row_item: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Raw dense values per row, float64 [N] with NaN for missing: item year, user age."""
+def dense_inputs(users: pa.Table, items: pa.Table) -> dict[str, tuple[str, np.ndarray]]:
+    """Raw dense values per entity, float64 with NaN for missing: {name: (owner, values)}
+    (item year [I], user age [U])."""
     year = _numpy(pc.cast(items["year"], pa.float64()).fill_null(np.nan))
     age = _numpy(pc.cast(users["age"], pa.float64()).fill_null(np.nan))
-    return {"year": year[row_item], "age": age[row_user]}
+    return {"year": ("item", year), "age": ("user", age)}
 
 
 def example_tables(

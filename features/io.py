@@ -6,6 +6,7 @@ the column (and the row or value where there is one), so a user can fix the tabl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,64 +143,83 @@ def _row_findings(
     return out
 
 
-def scan_table(
-    path: Path,
-    rating_range: tuple[float, float] | None = None,
-    on_bad_rows: Policy = "error",
-    batch_rows: int = SCAN_BATCH_ROWS,
-) -> tuple[pa.Table, dict[str, int]]:
-    """Read one raw-reviews Parquet file in batches, checking each batch as it comes.
-
-    Only the schema's columns are read (a review dump's other columns never load),
-    each batch is cast to the raw schema and checked before the next is read, so a
-    bad row fails fast and temporaries stay one batch in size.  Interaction rows
-    get the bad-row checks of features/bad_rows.py.
-
-    Returns:
-        (the table with the raw schema's columns, {reason: rows skipped}).
-
-    Raises:
-        DataError: naming the file, the column and the first bad row.
-    """
-    name = path.name
+def _open_scan(path: Path) -> tuple[pq.ParquetFile, pa.Schema]:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     if pf.metadata.num_rows == 0:
         raise DataError(f"{path}: the file is empty (no rows)")
-    fields = _fields_to_read(path, name, pf.schema_arrow)
-    schema = pa.schema(fields)
-    skipped = no_skips()
-    batches = []
+    return pf, pa.schema(_fields_to_read(path, path.name, pf.schema_arrow))
+
+
+def _checked(path: Path, batch: pa.RecordBatch, schema: pa.Schema, offset: int) -> pa.RecordBatch:
+    arrays = []
+    for want in schema:
+        array = batch.column(want.name)
+        if not want.nullable and array.null_count:
+            row = offset + pc.index(pc.is_null(array), True).as_py()
+            raise DataError(f"{path}: column {want.name!r} is null in row {row}; it must be set")
+        try:
+            arrays.append(pc.cast(array, want.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise DataError(
+                f"{path}: column {want.name!r} rows {offset}..{offset + batch.num_rows - 1}: "
+                f"a value does not fit {want.type} ({str(e).splitlines()[0]})"
+            ) from None
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def scan_batches(
+    path: Path,
+    rating_range: tuple[float, float] | None = None,
+    on_bad_rows: Policy = "error",
+    batch_rows: int = SCAN_BATCH_ROWS,
+    skipped: dict[str, int] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """One raw-reviews Parquet file, batch by batch, each checked before the next is read.
+
+    Only the schema's columns are read (a review dump's other columns never load) and
+    each batch is cast to the raw schema, so a bad row fails fast and nothing but one
+    batch is held.  Interaction rows get the bad-row checks of features/bad_rows.py;
+    with `skip` the dropped rows are added to `skipped` (repeated review ids are
+    `repeated_review_rows`' job: they need the whole file).
+
+    Raises:
+        DataError: naming the file, the column and the first bad row.
+    """
+    pf, schema = _open_scan(path)
     offset = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=[f.name for f in fields]):
-        arrays = []
-        for want in fields:
-            array = batch.column(want.name)
-            if not want.nullable and array.null_count:
-                row = offset + pc.index(pc.is_null(array), True).as_py()
-                raise DataError(
-                    f"{path}: column {want.name!r} is null in row {row}; it must be set"
-                )
-            try:
-                arrays.append(pc.cast(array, want.type))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise DataError(
-                    f"{path}: column {want.name!r} rows {offset}..{offset + batch.num_rows - 1}: "
-                    f"a value does not fit {want.type} ({str(e).splitlines()[0]})"
-                ) from None
-        checked = pa.RecordBatch.from_arrays(arrays, schema=schema)
-        if name == "interactions.parquet":
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=schema.names):
+        checked = _checked(path, batch, schema, offset)
+        if path.name == "interactions.parquet":
             findings = _row_findings(path, checked, offset, rating_range)
             keep, counts = resolve(findings, checked.num_rows, on_bad_rows)
             if keep is not None:
                 checked = checked.filter(pa.array(keep))
-                skipped = {r: skipped[r] + counts[r] for r in skipped}
-        batches.append(checked)
+                for reason, count in counts.items():
+                    if skipped is not None:
+                        skipped[reason] += count
         offset += batch.num_rows
+        yield checked
+
+
+def scan_table(
+    path: Path,
+    rating_range: tuple[float, float] | None = None,
+    on_bad_rows: Policy = "error",
+    batch_rows: int = SCAN_BATCH_ROWS,
+) -> tuple[pa.Table, dict[str, int]]:
+    """The whole file through `scan_batches` (entity tables, and the in-memory sources).
+
+    Returns:
+        (the table with the raw schema's columns, {reason: rows skipped}).
+    """
+    skipped = no_skips()
+    schema = _open_scan(path)[1]
+    batches = list(scan_batches(path, rating_range, on_bad_rows, batch_rows, skipped))
     table = pa.Table.from_batches(batches, schema=schema)
-    if name == "interactions.parquet" and "review_id" in schema.names:
+    if path.name == "interactions.parquet" and "review_id" in schema.names:
         table, skipped["duplicate_review_id"] = _drop_repeated_ids(path, table, on_bad_rows)
     if table.num_rows == 0:
         raise DataError(f"{path}: on_bad_rows=skip dropped every row ({skipped})")
@@ -281,17 +301,58 @@ PART_ROWS = 1_048_576  # rows per examples part file
 ROW_GROUP_ROWS = 8192  # rows per row group: the trainer's read (and shuffle) unit
 
 
-def write_examples(stage_dir: Path, split: str, table: pa.Table, first_part: int = 0) -> int:
-    """`stage_dir/examples/SPLIT/part-NNNNN.parquet`, from `first_part` on: parts of at
+class ExamplesWriter:
+    """`stage_dir/examples/SPLIT/part-NNNNN.parquet`, appended chunk by chunk: parts of at
     most `PART_ROWS` rows in row groups of `ROW_GROUP_ROWS` (the trainer reads one row
-    group at a time). Returns the next free part number."""
-    folder = stage_dir / "examples" / split
-    folder.mkdir(parents=True, exist_ok=True)
-    k = first_part
-    for lo in range(0, max(table.num_rows, 1), PART_ROWS):
-        pq.write_table(table.slice(lo, PART_ROWS), folder / f"part-{k:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
-        k += 1
-    return k
+    group at a time).  Holds less than one row group between writes."""
+
+    def __init__(self, stage_dir: Path, split: str, schema: pa.Schema) -> None:
+        self.folder = stage_dir / "examples" / split
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.parts = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._in_part = 0
+        self._held: list[pa.Table] = []
+        self._held_rows = 0
+
+    def _emit(self, table: pa.Table) -> None:
+        while table.num_rows:
+            if self._writer is None or self._in_part == PART_ROWS:
+                if self._writer is not None:
+                    self._writer.close()
+                self._writer = pq.ParquetWriter(self.folder / f"part-{self.parts:05d}.parquet", self.schema)
+                self.parts, self._in_part = self.parts + 1, 0
+            n = min(table.num_rows, PART_ROWS - self._in_part)
+            self._writer.write_table(table.slice(0, n), row_group_size=ROW_GROUP_ROWS)
+            self._in_part += n
+            table = table.slice(n)
+
+    def write(self, table: pa.Table) -> None:
+        self._held.append(table)
+        self._held_rows += table.num_rows
+        if self._held_rows >= ROW_GROUP_ROWS:
+            held = pa.concat_tables(self._held).combine_chunks()
+            whole = held.num_rows - held.num_rows % ROW_GROUP_ROWS
+            self._emit(held.slice(0, whole))
+            self._held, self._held_rows = [held.slice(whole)], held.num_rows - whole
+
+    def close(self) -> int:
+        """Write what is held (an empty split gets one empty part); returns the parts."""
+        if self._held_rows:
+            self._emit(pa.concat_tables(self._held))
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.folder / "part-00000.parquet", self.schema)
+            self.parts = 1
+        self._writer.close()
+        return self.parts
+
+
+def write_examples(stage_dir: Path, split: str, table: pa.Table) -> int:
+    """A whole split through `ExamplesWriter`; returns the number of parts."""
+    writer = ExamplesWriter(stage_dir, split, table.schema)
+    writer.write(table)
+    return writer.close()
 
 
 def write_train_counts(stage_dir: Path, user_rows: np.ndarray, item_rows: np.ndarray) -> None:

@@ -18,13 +18,16 @@ features/profiles.py and DESIGN.md "Leakage rules").
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
+from concurrent.futures import Executor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
+import pyarrow as pa
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from dlrrec.artifacts import (
@@ -36,17 +39,16 @@ from dlrrec.artifacts import (
     write_json_atomic,
 )
 from dlrrec.code_version import code_version
-from dlrrec.config import DataError, to_dict
+from dlrrec.config import to_dict
 from dlrrec.entry import run_job
-from features import examples, history, profiles, split, stats, text
+from features import build, examples, history, split, text
 from features.config import FeaturesConfig
-from features.content import build_review_content
-from features.dense import price_features, standardize
+from features.content import ReviewContent, build_review_content
 from features.embed_cache import model_id
-from features.io import write_entities, write_examples, write_table, write_train_counts
-from features.schema import DENSE_FEATURES, PROFILE_KEY, PROFILES_FILE, SPARSE_FEATURES
-from features.sources import read_source, source_input_hashes
-from features.vocab import entity_order, lookup
+from features.io import write_table, write_train_counts
+from features.owners import OwnerPlan
+from features.schema import PROFILE_KEY, PROFILES_FILE, SPARSE_FEATURES
+from features.sources import source_input_hashes
 
 log = logging.getLogger("dlrrec.features")
 
@@ -64,7 +66,7 @@ SOURCE_DEFAULTS.update(rating_stats=False, rating_stats_folds=5)
 SOURCE_DEFAULTS.update(history_bags=False, history_folds=5, history_max_len=100)
 SOURCE_DEFAULTS.update(temporal_history="causal")
 # Keys that say where or how, never what: left out of the fingerprint.
-LOCATION_KEYS = ("run_dir", "overwrite", "raw_dir", "embed_cache_dir")
+LOCATION_KEYS = ("run_dir", "overwrite", "raw_dir", "embed_cache_dir", "workers")
 # ... and their like inside the llm/images sections (answers and captions are cached by
 # model and input, so the cache folder, concurrency or batch size change nothing).
 SECTION_HOW_KEYS = {
@@ -106,57 +108,157 @@ def features_fingerprint(cfg: FeaturesConfig, input_hashes: dict[str, str]) -> s
     return sha256_json({"config": fingerprint_config(cfg), "inputs": input_hashes, "code": code})
 
 
-def build_split(
-    cfg: FeaturesConfig, timestamps: np.ndarray, users: np.ndarray, items: np.ndarray
-) -> tuple[np.ndarray, list[int] | None]:
+def build_plan(cfg: FeaturesConfig, sp: build.Split, keyed: bool) -> OwnerPlan:
+    return OwnerPlan(
+        temporal=cfg.split == "temporal",
+        frozen=cfg.split == "temporal" and cfg.temporal_history == "frozen",
+        positive_min_rating=cfg.positive_min_rating,
+        profile_folds=cfg.profile_folds,
+        block_cuts=tuple(sp.block_cuts),
+        keyed=keyed,
+        stats_folds=cfg.rating_stats_folds if cfg.rating_stats else None,
+        bag_folds=cfg.history_folds if cfg.history_bags else None,
+        bag_max_len=cfg.history_max_len,
+    )
+
+
+def embed_items(cfg: FeaturesConfig, items: pa.Table) -> np.ndarray:
+    """MiniLM over each item's title, genres and year: float16 [I, D]."""
+    t0 = time.time()
+    texts = text.item_texts(
+        items["title"].to_pylist(), items["categories"].to_pylist(), items["year"].to_pylist()
+    )
+    vecs = text.embed_texts(texts, text.model_path(cfg.text_model), cfg.embed_batch_size,
+                            cfg.embed_cache_dir).astype(np.float16)  # fmt: skip
+    log.info("features: embedded %d item texts in %.1f s", len(texts), time.time() - t0)
+    return vecs
+
+
+def review_content(
+    cfg: FeaturesConfig, inp: build.Input, sp: build.Split, dim: int
+) -> tuple[ReviewContent, np.ndarray | None]:
+    """The llm/images content (in memory: it is per row) and every row's split code, or
+    an empty content and None when neither section is set."""
+    if inp.raw is None or (cfg.llm is None and cfg.images is None):
+        return ReviewContent(), None
+    index = inp.index
+    codes = np.concatenate([sp.codes(c) for _, c in index.chunks(["user", "item", "timestamp"])])
+    model = text.model_path(cfg.text_model)
+    review = build_review_content(
+        cfg.llm, cfg.images, inp.raw, inp.items, inp.users["user"].to_pylist(),
+        index.column("user"), index.column("item"), codes == split.TRAIN,
+        index.column("timestamp"), cfg.split == "temporal", cfg.seed, cfg.raw_dir,
+        lambda t: text.embed_texts(t, model, cfg.embed_batch_size, cfg.embed_cache_dir), dim,
+    )  # fmt: skip
+    return review, codes
+
+
+def write_entities(
+    stage: Path, inp: build.Input, outs: build.OwnerOutputs, review: ReviewContent,
+    item_vecs: np.ndarray, t: build.Tallies, keyed: bool,
+) -> None:  # fmt: skip
+    """entities/{users,items,user_profiles}.parquet and counts/, from the bucket jobs' files."""
+    items = examples.items_table(inp.items["item"].combine_chunks(), item_vecs, t.item_train_pos)
+    users_of = {k: v for k, v in review.user_columns.items()}
+    empty = items.slice(0, 0)  # add_to_entities sets both tables' columns; one is a stand-in
+
+    def user_content(_: int, table: pa.Table) -> pa.Table:
+        ids = table["user_id"].to_numpy()
+        return ReviewContent(user_columns={k: v[ids] for k, v in users_of.items()}).add_to_entities(table, empty)[0]
+
+    build.concat_parquet([Path(f"{p}-users.parquet") for p in outs.user_files],
+                         stage / "entities" / "users.parquet", user_content if users_of else None)  # fmt: skip
+    items = ReviewContent(item_columns=review.item_columns).add_to_entities(empty, items)[1]
+    write_table(stage / "entities" / "items.parquet", items)
+    if keyed:
+        build.concat_parquet([Path(f"{p}-profiles.parquet") for p in outs.user_files], stage / PROFILES_FILE)
+    write_train_counts(stage, t.user_train, t.item_train)
+
+
+def _build(cfg: FeaturesConfig, stage: Path, workers: Executor | None) -> dict[str, Any]:
+    """Every step of the build into `stage`; returns what `_meta.json` says of the data."""
+    work = stage / "_work"
+    work.mkdir()
     fractions = cfg.split_fractions or DEFAULT_FRACTIONS
-    if cfg.split == "temporal":
-        return split.temporal_split(timestamps, fractions)
-    return split.random_split(users, items, fractions, cfg.seed), None
+    inp = build.read_input(cfg, work, workers)
+    log.info("features: %d rows, %d users, %d items", inp.index.rows, len(inp.users), len(inp.items))
+    item_vecs = embed_items(cfg, inp.items)
+    dim = item_vecs.shape[1]
+    sp = build.cut_split(cfg, inp.index, fractions)
+    review, codes = review_content(cfg, inp, sp, dim)
+    plan = build_plan(cfg, sp, keyed="user_text" not in review.row_columns)
+    tallies, buckets = build.spill_rows(cfg, inp, sp, work, by_item=not build.no_owner_columns(plan))
+    outs = build.owner_jobs(buckets, plan, item_vecs.astype(np.float32), inp.users["user"].combine_chunks(),
+                            work, workers)  # fmt: skip
+    enc = build.encode(cfg, inp, tallies, review, codes)
+    written = build.write_rows(inp, sp, plan, enc, outs, review, stage, dim)
+    write_entities(stage, inp, outs, review, item_vecs, tallies, plan.keyed)
+    shutil.rmtree(work)
+    return data_meta(cfg, inp, sp, plan, enc, written, tallies, outs, review, dim)
 
 
-def train_rating(ratings: np.ndarray) -> dict[str, float]:
-    """Mean and std of the training rows' ratings (the trainer's rating head scales by them)."""
-    r = ratings.astype(np.float64)
-    return {"mean": float(r.mean()) if r.size else 0.0, "std": float(r.std()) if r.size else 1.0}
+def data_meta(
+    cfg: FeaturesConfig, inp: build.Input, sp: build.Split, plan: OwnerPlan, enc: build.Encoded,
+    written: build.Written, t: build.Tallies, outs: build.OwnerOutputs, review: ReviewContent, dim: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The data half of `_meta.json` (the config half is added by `run`)."""
+    vocabs = enc.sparse.vocabs
+    sizes = {"user_id": (len(inp.users), 1), "item_id": (len(inp.items), 1),
+             "categories": (len(vocabs["categories"]) + 1, written.cat_max),
+             **{n: (len(vocabs[n]) + 1, 1) for n in vocabs if n != "categories"}}  # fmt: skip
+    rows = build.meta_rows(t)
+    return {
+        "split": cfg.split,
+        "split_fractions": cfg.split_fractions or DEFAULT_FRACTIONS,
+        "split_cutoffs": None if sp.random else sp.cuts,
+        "temporal_history": cfg.temporal_history if cfg.split == "temporal" else None,
+        **rows,
+        # rows of one (user, item) pair share a split under the random split
+        "repeated_pairs": outs.repeated_pairs,
+        "train_rating": t.train_rating(),
+        "n_users": len(inp.users),
+        "n_items": len(inp.items),
+        "id_order": inp.id_order,
+        "sparse_features": {
+            name: {"vocab_size": sizes[name][0], "multi_valued": multi, "max_len": sizes[name][1]}
+            for name, multi in SPARSE_FEATURES
+        } | history_meta(inp, written, rows["rows"]),
+        "vocab": vocabs,
+        # Id 0 of every vocabulary is the OOV bucket (features/vocab.py).
+        "sparse_oov": {"id": 0, "counts": written.oov},
+        "categories": {"max_categories": cfg.max_categories, "truncated_lists": enc.sparse.truncated},
+        "dense_features": build.dense_names(enc, plan),
+        "dense_stats": enc.dense_stats,
+        "price": enc.price_info,
+        "skipped_rows": {"policy": cfg.on_bad_rows, **inp.skipped},
+        "content": review.content,
+        "row_content": review.row_content,
+        # tower column -> its per-row key column and the per-(entity, slot) table it keys
+        "keyed_content": {"user_text": {
+            "key": PROFILE_KEY, "file": PROFILES_FILE, "slots": plan.profile_slots,
+            "scheme": "earlier_blocks" if plan.temporal else "out_of_fold",
+        }} if plan.keyed else {},  # fmt: skip
+        **review.meta,
+        "content_dim": dim,
+    }
 
 
-def build_profiles(
-    cfg: FeaturesConfig,
-    inter: Any,
-    row_user: np.ndarray,
-    row_item: np.ndarray,
-    label: np.ndarray,
-    timestamps: np.ndarray,
-    train: np.ndarray,
-    vecs: np.ndarray,
-    sums: np.ndarray,
-    counts: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(profiles [U, S, D] float32, each row's key int64 [N] = user * S + slot).
-
-    Random split: slot = the row's hash fold (training rows) or K (val/test rows: all
-    training positives).  Temporal: slot = the row's time block; slot B is the entity
-    vector (training positives), which no row keys.  See features/profiles.py.
-    """
-    if cfg.split == "temporal":
-        # `temporal_history: frozen`: training positives only (docs/evaluation.md)
-        positive = label & train if cfg.temporal_history == "frozen" else label
-        slot = profiles.time_blocks(timestamps, cfg.profile_blocks)
-        table = profiles.profile_table(
-            row_user, row_item, positive, slot, cfg.profile_blocks, len(sums), vecs, earlier=True
-        )
-        table = np.concatenate([table, profiles.mean_profiles(sums, counts)[:, None]], axis=1)
-    else:
-        k = cfg.profile_folds
-        folds = stats.row_folds(
-            inter["user"].to_pylist(), inter["item"].to_pylist(), timestamps, k, cfg.seed
-        )
-        table = profiles.profile_table(
-            row_user, row_item, train & label, folds, k, len(sums), vecs, earlier=False
-        )
-        slot = np.where(train, folds, k)
-    return table, row_user * table.shape[1] + slot
+def history_meta(inp: build.Input, written: build.Written, rows: dict[str, int]) -> dict[str, Any]:
+    out = {}
+    for name, (_, member, _) in history.HISTORY_FEATURES.items():
+        if name not in written.bag_len:
+            continue
+        out[name] = {
+            "vocab_size": len(inp.users if member == "user" else inp.items),
+            "multi_valued": True,
+            "max_len": written.bag_max[name],
+            "ids_of": f"{member}_id",  # the id feature whose ids the bag lists
+            "mean_len": {
+                s: round(float(written.bag_len[name][c] / rows[s]) if rows[s] else 0.0, 2)
+                for c, s in enumerate(split.SPLITS)
+            },
+        }
+    return out
 
 
 def run(cfg: FeaturesConfig) -> dict[str, Any]:
@@ -168,222 +270,25 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     if existing_output(final, fingerprint, cfg.overwrite):
         log.info("features: reusing %s (same config and inputs)", final)
         return read_meta(final)
-
-    rating_range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
-    raw = read_source(
-        cfg.source, cfg.raw_dir, cfg.files, cfg.columns, rating_range, cfg.on_bad_rows
-    )
-    user_perm, user_order = entity_order(raw.users["user"].combine_chunks())
-    item_perm, item_order = entity_order(raw.items["item"].combine_chunks())
-    users = raw.users.take(user_perm)
-    items = raw.items.take(item_perm)
-    user_raw = users["user"].combine_chunks()
-    item_raw = items["item"].combine_chunks()
-    inter = raw.interactions
-    row_user = lookup(inter["user"], user_raw)
-    row_item = lookup(inter["item"], item_raw)
-    timestamps = inter["timestamp"].to_numpy().astype(np.int64)
-    label = inter["rating"].to_numpy() >= cfg.positive_min_rating
-
-    codes, cutoffs = build_split(cfg, timestamps, row_user, row_item)
-    train = codes == split.TRAIN
-    if not train.any():
-        raise DataError(
-            f"{Path(cfg.raw_dir) / ('interactions.parquet' if cfg.source == 'raw' else '')}: "
-            f"the {cfg.split} split leaves no "
-            f"training rows out of {len(codes)}; check split_fractions and the timestamps"
-        )
-    log.info("features: %d rows, %d users, %d items", len(codes), len(user_raw), len(item_raw))
-
-    # Item content: MiniLM over title, genres and year.
-    model = text.model_path(cfg.text_model)
-    t0 = time.time()
-    texts = text.item_texts(
-        items["title"].to_pylist(), items["categories"].to_pylist(), items["year"].to_pylist()
-    )
-    item_vecs = text.embed_texts(texts, model, cfg.embed_batch_size, cfg.embed_cache_dir).astype(
-        np.float16
-    )
-    dim = item_vecs.shape[1]
-    log.info("features: embedded %d item texts in %.1f s", len(texts), time.time() - t0)
-
-    # Profiles average exactly the stored (float16) item vectors.
-    vecs = item_vecs.astype(np.float32)
-    train_pos = train & label
-    sums, counts = profiles.positive_sums(row_user, row_item, train_pos, len(user_raw), vecs)
-    # temporal split: the interactions a row's history may read (docs/evaluation.md)
-    readable = train if cfg.temporal_history == "frozen" else None
-    profile_rows, row_key = build_profiles(
-        cfg, inter, row_user, row_item, label, timestamps, train, vecs, sums, counts
-    )
-
-    # LLM summaries/price/types (out of fold) and image captions, when configured.
-    review = build_review_content(
-        cfg.llm, cfg.images, raw, items, user_raw.to_pylist(), row_user, row_item, train,
-        timestamps, cfg.split == "temporal", cfg.seed, cfg.raw_dir,
-        lambda t: text.embed_texts(t, model, cfg.embed_batch_size, cfg.embed_cache_dir), dim,
-    )  # fmt: skip
-
-    sparse, vocabs, cats_truncated = examples.sparse_columns(
-        users, items, row_user, row_item, train, cfg.zip_prefix_len, cfg.max_categories
-    )
-    if review.row_types is not None:
-        sparse["categories"], vocabs["categories"], cats_truncated = review.categories(
-            train, cfg.max_categories
-        )
-    dense_raw = examples.dense_inputs(users, items, row_user, row_item)
-    dense, dense_stats = {}, {}
-    for name in DENSE_FEATURES:
-        dense[name], mean, std = standardize(dense_raw[name], train)
-        dense_stats[name] = {"mean": mean, "std": std}
-    price, price_info = price_features(*review.price_inputs(items, row_item), train)
-    dense.update(price)
-    if price:
-        dense_stats["price"] = {"mean": price_info["mean"], "std": price_info["std"]}
-    if cfg.rating_stats:
-        folds = stats.row_folds(
-            inter["user"].to_pylist(), inter["item"].to_pylist(), timestamps,
-            cfg.rating_stats_folds, cfg.seed,
-        )  # fmt: skip
-        dense.update(
-            stats.rating_stats(
-                row_user,
-                row_item,
-                inter["rating"].to_numpy(),
-                label,
-                timestamps,
-                train,
-                cfg.split == "temporal",
-                folds,
-                cfg.rating_stats_folds,
-                cfg.positive_min_rating,
-                readable,
-            )  # fmt: skip
-        )
-
-    history_features: dict[str, dict[str, Any]] = {}
-    bags: dict[str, Any] = {}
-    if cfg.history_bags:
-        bags = history.history_bags(
-            row_user, row_item, label, timestamps, train, cfg.split == "temporal",
-            stats.row_folds(
-                inter["user"].to_pylist(), inter["item"].to_pylist(), timestamps,
-                cfg.history_folds, cfg.seed,
-            ),
-            cfg.history_folds, cfg.history_max_len, readable,
-        )  # fmt: skip
-        for name, (_, member, _) in history.HISTORY_FEATURES.items():
-            lengths = np.asarray(pc.list_value_length(bags[name]))
-            history_features[name] = {
-                "vocab_size": len(user_raw if member == "user" else item_raw),
-                "multi_valued": True,
-                "max_len": int(lengths.max(initial=0)),
-                "ids_of": f"{member}_id",  # the id feature whose ids the bag lists
-                "mean_len": {
-                    s: round(float(lengths[codes == c].mean()) if (codes == c).any() else 0.0, 2)
-                    for c, s in enumerate(split.SPLITS)
-                },
-            }
-
-    columns = {
-        "user_id": row_user,
-        "item_id": row_item,
-        "label": label.astype(np.float32),
-        "rating": inter["rating"].to_numpy().astype(np.float32),
-        "timestamp": timestamps,
-        **sparse,
-        **dense,
-        PROFILE_KEY: row_key,
-        **bags,
-    }
-    # An llm section's per-row summary vectors replace the MiniLM profiles (content.py).
-    keyed = "user_text" not in review.row_columns
-    tables = examples.example_tables(codes, columns, dim, list(dense), list(bags), keyed)
-    items_out = examples.items_table(
-        item_raw, item_vecs, np.bincount(row_item[train_pos], minlength=len(item_raw))
-    )
-    users_out = examples.users_table(user_raw, profiles.mean_profiles(sums, counts), counts)
-    tables = review.add_to_examples(tables, codes)
-    users_out, items_out = review.add_to_entities(users_out, items_out)
-
-    cat_lengths = np.asarray(pc.list_value_length(sparse["categories"]).fill_null(0))
-    sizes = {
-        "user_id": (len(user_raw), 1),
-        "item_id": (len(item_raw), 1),
-        "categories": (len(vocabs["categories"]) + 1, int(cat_lengths.max(initial=0))),
-        **{name: (len(vocabs[name]) + 1, 1) for name in vocabs if name != "categories"},
-    }
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "fingerprint": fingerprint,
-        "code_version": code_version("features"),
-        "dataset": cfg.dataset,
-        "split": cfg.split,
-        "split_fractions": cfg.split_fractions or DEFAULT_FRACTIONS,
-        "split_cutoffs": cutoffs,
-        "temporal_history": cfg.temporal_history if cfg.split == "temporal" else None,
-        "seed": cfg.seed,
-        "label_rule": f"rating >= {cfg.positive_min_rating}",
-        "rows": {s: t.num_rows for s, t in tables.items()},
-        "positives": {s: int(np.sum(t["label"].to_numpy())) for s, t in tables.items()},
-        # rows of one (user, item) pair share a split under the random split
-        "repeated_pairs": split.repeated_pairs(row_user, row_item),
-        "train_rating": train_rating(inter["rating"].to_numpy()[train]),
-        "n_users": len(user_raw),
-        "n_items": len(item_raw),
-        "id_order": {"user": user_order, "item": item_order},
-        "sparse_features": {
-            name: {"vocab_size": sizes[name][0], "multi_valued": multi, "max_len": sizes[name][1]}
-            for name, multi in SPARSE_FEATURES
-        }
-        | history_features,
-        "vocab": vocabs,
-        # Id 0 of every vocabulary is the OOV bucket (features/vocab.py).
-        "sparse_oov": {"id": 0, "counts": examples.oov_counts(sparse, codes)},
-        "categories": {"max_categories": cfg.max_categories, "truncated_lists": cats_truncated},
-        "dense_features": list(dense),
-        "dense_stats": dense_stats,
-        "price": price_info,
-        "skipped_rows": {"policy": cfg.on_bad_rows, **raw.skipped},
-        "content": review.content,
-        "row_content": review.row_content,
-        # tower column -> its per-row key column and the per-(entity, slot) table it keys
-        "keyed_content": (
-            {
-                "user_text": {
-                    "key": PROFILE_KEY,
-                    "file": PROFILES_FILE,
-                    "slots": profile_rows.shape[1],
-                    "scheme": "earlier_blocks" if cfg.split == "temporal" else "out_of_fold",
-                }
-            }
-            if keyed
-            else {}
-        ),  # fmt: skip
-        **review.meta,
-        "content_dim": dim,
-        "text_model": cfg.text_model or text.DEFAULT_TEXT_MODEL,
-        "input_hashes": input_hashes,
-        "config": to_dict(cfg),
-    }
     with atomic_dir(final) as tmp:
-        for name, table in tables.items():
-            write_examples(tmp, name, table)
-        write_entities(tmp, users_out, items_out)
-        if keyed:
-            write_table(tmp / PROFILES_FILE, examples.profiles_table(profile_rows))
-        write_train_counts(
-            tmp, np.bincount(row_user[train], minlength=len(user_raw)),
-            np.bincount(row_item[train], minlength=len(item_raw)),
-        )  # fmt: skip
-        meta["seconds"] = round(time.time() - start, 3)
+        with build.pool(cfg.workers) or nullcontext() as workers:
+            data = _build(cfg, tmp, workers)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "fingerprint": fingerprint,
+            "code_version": code_version("features"),
+            "dataset": cfg.dataset,
+            "seed": cfg.seed,
+            "label_rule": f"rating >= {cfg.positive_min_rating}",
+            **data,
+            "text_model": cfg.text_model or text.DEFAULT_TEXT_MODEL,
+            "input_hashes": input_hashes,
+            "config": to_dict(cfg),
+            "seconds": round(time.time() - start, 3),
+        }
         write_json_atomic(tmp / "_meta.json", meta)
-    log.info(
-        "features: wrote %s (train/val/test rows %s) in %.1f s",
-        final,
-        "/".join(str(meta["rows"][s]) for s in split.SPLITS),
-        meta["seconds"],
-    )
+    log.info("features: wrote %s (train/val/test rows %s) in %.1f s", final,
+             "/".join(str(meta["rows"][s]) for s in split.SPLITS), meta["seconds"])  # fmt: skip
     return meta
 
 

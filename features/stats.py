@@ -39,18 +39,23 @@ ENTITIES = ("user", "item")
 STAT_FEATURES = tuple(f"{e}_hist_{s}" for e in ENTITIES for s in ("n", "rating", "pos"))
 
 
+def fold_hashes(users: list, items: list, timestamps: list, seed: int) -> np.ndarray:
+    """uint64 [N] sha256(seed, user, item, timestamp) of each row: its fold for any K is
+    this mod K, so a build hashes each row once whatever folds it cuts."""
+    return np.asarray(
+        [
+            int.from_bytes(hashlib.sha256(f"{seed}\0{u}\0{i}\0{t}".encode()).digest()[:8], "little")
+            for u, i, t in zip(users, items, timestamps, strict=True)
+        ],
+        dtype=np.uint64,
+    )
+
+
 def row_folds(
     users: list[str], items: list[str], timestamps: np.ndarray, k: int, seed: int
 ) -> np.ndarray:
     """int64 [N] fold of each row: sha256(seed, user, item, timestamp) mod k."""
-    return np.asarray(
-        [
-            int.from_bytes(hashlib.sha256(f"{seed}\0{u}\0{i}\0{t}".encode()).digest()[:8], "little")
-            % k
-            for u, i, t in zip(users, items, timestamps.tolist(), strict=True)
-        ],
-        dtype=np.int64,
-    )
+    return (fold_hashes(users, items, timestamps.tolist(), seed) % np.uint64(k)).astype(np.int64)
 
 
 def out_of_fold_sums(

@@ -1,0 +1,208 @@
+"""Pass 1 of the streaming build: the interactions -> the row index, chunk by chunk.
+
+The index is a Parquet file of five fixed-width columns per row, in input order (bad
+rows dropped): the user and item indices, the timestamp, the rating, and the row's
+fold hash (`stats.fold_hashes`: the only per-row value that needs the raw id strings).
+Every later pass of the build reads it, a chunk at a time, instead of the input.
+Per-entity row counts come out of the same pass; that is what sizes the buckets of
+features/spill.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dlrrec.config import DataError
+from features.bad_rows import BadRows, Policy, first_repeat, repeated_rows, resolve
+from features.io import scan_batches
+from features.spill import Spill
+from features.split import _mix64
+from features.stats import fold_hashes
+
+CHUNK_ROWS = 1 << 18  # rows per index chunk: what every pass holds at once
+INDEX_SCHEMA = pa.schema(
+    [
+        ("user", pa.int64()),
+        ("item", pa.int64()),
+        ("timestamp", pa.int64()),
+        ("rating", pa.float64()),
+        ("fold_hash", pa.uint64()),
+    ]
+)
+SEQ_BUCKETS = 64  # hash partitions of the review-id check
+
+
+@dataclass
+class RowIndex:
+    path: Path
+    rows: int
+    user_rows: np.ndarray  # int64 [U]: rows per user, every split
+    item_rows: np.ndarray  # int64 [I]
+
+    def chunks(self, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+        """(seq of the chunk's first row, the chunk) in input order."""
+        seq = 0
+        pf = pq.ParquetFile(self.path)
+        for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=columns):
+            yield seq, pa.Table.from_batches([batch])
+            seq += batch.num_rows
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole column (only the in-memory llm/images path needs one)."""
+        return pq.read_table(self.path, columns=[name])[name].to_numpy()
+
+
+def string_hashes(values: pa.Array) -> np.ndarray:
+    """uint64 [N] hash of each string's bytes (partitions rows by id; never a key)."""
+    values = pc.cast(values, pa.large_binary())
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[
+        values.offset : values.offset + len(values) + 1
+    ]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    lengths = np.diff(offsets)
+    pos = np.arange(len(data), dtype=np.int64) - np.repeat(offsets[:-1] - offsets[0], lengths)
+    with np.errstate(over="ignore"):
+        mixed = _mix64((data.astype(np.uint64) << np.uint64(32)) | pos.astype(np.uint64))
+        cum = np.concatenate([np.zeros(1, np.uint64), np.cumsum(mixed, dtype=np.uint64)])
+        ends = offsets - offsets[0]
+        return _mix64(cum[ends[1:]] - cum[ends[:-1]] + lengths.astype(np.uint64))
+
+
+def repeated_review_rows(
+    path: Path,
+    rating_range: tuple[float, float] | None,
+    on_bad_rows: Policy,
+    work: Path,
+) -> tuple[np.ndarray, int]:
+    """Rows (numbered after bad rows are dropped) whose review id repeats an earlier row's.
+
+    The ids are partitioned by hash into `SEQ_BUCKETS` spill files, so each bucket holds
+    every row of its ids and is checked alone (features/bad_rows.py `repeated_rows`).
+
+    Returns:
+        (sorted int64 rows to drop, how many).
+
+    Raises:
+        DataError: with `error`, naming the first repeat and the row it repeats.
+    """
+    spill = Spill(work / "review-ids", SEQ_BUCKETS)
+    seq = 0
+    for batch in scan_batches(path, rating_range, on_bad_rows):
+        ids = batch.column("review_id")
+        table = pa.table({"seq": pa.array(np.arange(seq, seq + len(ids))), "id": ids})
+        spill.add(table, (string_hashes(ids) % np.uint64(SEQ_BUCKETS)).astype(np.int64))
+        seq += len(ids)
+    spill.close()
+    drop, first = [], None
+    for b in range(SEQ_BUCKETS):
+        table = spill.read(b)
+        if table is None:
+            continue
+        mask = repeated_rows(table["id"])
+        if mask.any():
+            seqs = table["seq"].to_numpy()
+            drop.append(seqs[mask])
+            row, earlier, value = first_repeat(table["id"], mask)
+            if first is None or seqs[row] < first[0]:
+                first = (int(seqs[row]), int(seqs[earlier]), value)
+    if first is None:
+        return np.zeros(0, dtype=np.int64), 0
+    rows = np.sort(np.concatenate(drop))
+    message = (
+        f"{path}: column 'review_id' row {first[0]}: repeats the id {first[2]!r} of row "
+        f"{first[1]}; ids must be unique"
+    )
+    resolve([BadRows("duplicate_review_id", np.ones(1, dtype=bool), message)], 1, on_bad_rows)
+    return rows, len(rows)
+
+
+def _lookup(
+    values: pa.Array, ids: pa.Array, seq: int, where: tuple[Path, str, Path]
+) -> np.ndarray:
+    idx = pc.index_in(values, value_set=ids)
+    if idx.null_count:
+        row = pc.index(pc.is_null(idx), True).as_py()
+        path, col, known = where
+        raise DataError(
+            f"{path}: column {col!r} row {seq + row}: names {values[row].as_py()!r}, "
+            f"which is not in {known}"
+        )
+    return np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _index_chunk(
+    batch: pa.RecordBatch, user_ids: pa.Array, item_ids: pa.Array, seq: int, paths: dict[str, Path]
+) -> tuple[pa.Table, list, list, list]:
+    user = _lookup(batch.column("user"), user_ids, seq, (paths["interactions"], "user", paths["users"]))
+    item = _lookup(batch.column("item"), item_ids, seq, (paths["interactions"], "item", paths["items"]))
+    ts = np.asarray(batch.column("timestamp").to_numpy(zero_copy_only=False), dtype=np.int64)
+    rating = np.asarray(batch.column("rating").to_numpy(zero_copy_only=False), dtype=np.float64)
+    table = pa.table({"user": user, "item": item, "timestamp": ts, "rating": rating})
+    return table, batch.column("user").to_pylist(), batch.column("item").to_pylist(), ts.tolist()
+
+
+def build_index(
+    batches: Iterator[pa.RecordBatch],
+    entity_ids: tuple[pa.Array, pa.Array],
+    seed: int,
+    out: Path,
+    paths: dict[str, Path],
+    pool: Executor | None = None,
+) -> RowIndex:
+    """Write the row index of `batches` (checked interactions in input order) to `out`.
+
+    Args:
+        entity_ids: (user ids, item ids) in index order.
+        seed: the fold-hash seed.
+        paths: {"interactions", "users", "items": file} named by unknown-id errors.
+        pool: hashes chunks in worker processes while the next chunk is read.
+    """
+    user_ids, item_ids = entity_ids
+    user_rows = np.zeros(len(user_ids), dtype=np.int64)
+    item_rows = np.zeros(len(item_ids), dtype=np.int64)
+    writer = pq.ParquetWriter(out, INDEX_SCHEMA)
+    pending: list = []
+    seq = 0
+
+    def flush(keep: int) -> None:
+        while len(pending) > keep:
+            table, hashes = pending.pop(0)
+            h = hashes.result() if pool is not None else hashes
+            writer.write_table(table.append_column("fold_hash", pa.array(h, pa.uint64())),
+                               row_group_size=CHUNK_ROWS)  # fmt: skip
+
+    for batch in _rechunk(batches):
+        table, users, items, ts = _index_chunk(batch, user_ids, item_ids, seq, paths)
+        user_rows += np.bincount(table["user"].to_numpy(), minlength=len(user_rows))
+        item_rows += np.bincount(table["item"].to_numpy(), minlength=len(item_rows))
+        args = (users, items, ts, seed)
+        pending.append((table, pool.submit(fold_hashes, *args) if pool else fold_hashes(*args)))
+        seq += table.num_rows
+        flush(keep=4)
+    flush(keep=0)
+    writer.close()
+    return RowIndex(out, seq, user_rows, item_rows)
+
+
+def _rechunk(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly CHUNK_ROWS rows (the last may be shorter)."""
+    held: list[pa.RecordBatch] = []
+    size = 0
+    for batch in batches:
+        held.append(batch)
+        size += batch.num_rows
+        while size >= CHUNK_ROWS:
+            table = pa.Table.from_batches(held).combine_chunks()
+            yield table.slice(0, CHUNK_ROWS).to_batches()[0]
+            rest = table.slice(CHUNK_ROWS)
+            held, size = ([rest.to_batches()[0]] if rest.num_rows else []), rest.num_rows
+    if size:
+        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
