@@ -202,7 +202,6 @@ def ingest(raw: Path, batch_rows: int) -> dict[str, float]:
     """The non-embedding path of features/main.py `run`, stage by stage, timed."""
     from features import examples, io, split
     from features.dense import item_prices, price_features, standardize
-    from features.schema import DENSE_FEATURES
     from features.vocab import entity_order, lookup
 
     t: dict[str, float] = {}
@@ -223,16 +222,24 @@ def ingest(raw: Path, batch_rows: int) -> dict[str, float]:
     train = codes == split.TRAIN
     t["split"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    sparse, vocabs, truncated = examples.sparse_columns(
-        users, items, row_user, row_item, train, 1, 11
+    train_rows = {
+        "user": np.bincount(row_user[train], minlength=users.num_rows),
+        "item": np.bincount(row_item[train], minlength=items.num_rows),
+    }
+    enc = examples.entity_sparse(
+        users, items, np.flatnonzero(train_rows["user"]), np.flatnonzero(train_rows["item"]), 1, 11
     )
+    sparse, vocabs, truncated = enc.rows(row_user, row_item), enc.vocabs, enc.truncated
     oov = examples.oov_counts(sparse, codes)
     t["vocab_sparse"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    dense_raw = examples.dense_inputs(users, items, row_user, row_item)
-    dense = {n: standardize(dense_raw[n], train)[0] for n in DENSE_FEATURES}
-    price, info = price_features(*item_prices(items), row_item, train)
-    dense.update(price)
+    rows_of = {"user": row_user, "item": row_item}
+    dense = {
+        n: standardize(values, train_rows[kind])[0][rows_of[kind]]
+        for n, (kind, values) in examples.dense_inputs(users, items).items()
+    }
+    price, info = price_features(*item_prices(items), train_rows["item"])
+    dense.update({n: v[row_item] for n, v in price.items()})
     t["dense"] = time.perf_counter() - t1
     t["total"] = time.perf_counter() - t0
     assert sorted(dense) == ["age", "has_price", "price", "year"] and info["present"]

@@ -16,11 +16,8 @@ the exception: their per-row content is built in memory (features/content.py).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +30,23 @@ from dlrrec.config import DataError
 from features import examples, history, split, stats
 from features.bad_rows import no_skips
 from features.config import FeaturesConfig
-from features.io import ExamplesWriter, RawReviews, raw_paths, scan_batches, scan_table
+from features.io import (
+    ExamplesWriter,
+    RawReviews,
+    open_scan,
+    raw_paths,
+    scan_batches,
+    scan_table,
+    vector_writer,
+)
 from features.order_stats import values_at_ranks
 from features.owners import SPILL_SCHEMA, OwnerPlan, item_job, user_job
 from features.rowindex import RowIndex, build_index, repeated_review_rows
-from features.sources import read_source
 from features.schema import PROFILE_KEY
+from features.sources import read_source
 from features.spill import SeqJoin, Spill, bucket_of, owner_ranges
 from features.vocab import entity_order
+from features.workers import Workers
 
 BUCKET_ROWS = 1 << 20  # rows per owner bucket: what one bucket job holds
 
@@ -55,25 +61,23 @@ class Input:
     raw: RawReviews | None  # the whole input, only when llm/images need it
 
 
-def pool(workers: int) -> Executor | None:
-    """Worker processes for the CPU-bound steps; None = this process only."""
-    n = workers or os.cpu_count() or 1
-    return ProcessPoolExecutor(n, mp_context=get_context("spawn")) if n > 1 else None
-
-
 def _entities(users: pa.Table, items: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, str]]:
     user_perm, user_order = entity_order(users["user"].combine_chunks())
     item_perm, item_order = entity_order(items["item"].combine_chunks())
     return users.take(user_perm), items.take(item_perm), {"user": user_order, "item": item_order}
 
 
-def _raw_batches(cfg: FeaturesConfig, work: Path, skipped: dict[str, int]) -> Iterator[pa.RecordBatch]:
+def _raw_batches(
+    cfg: FeaturesConfig, work: Path, skipped: dict[str, int]
+) -> Iterator[pa.RecordBatch]:
     """The raw source's interactions, streamed, without the repeated review ids."""
     path = raw_paths(cfg.raw_dir)["interactions.parquet"]
     rating_range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
     drop = np.zeros(0, dtype=np.int64)
-    if "review_id" in scan_table_fields(path):
-        drop, skipped["duplicate_review_id"] = repeated_review_rows(path, rating_range, cfg.on_bad_rows, work)
+    if "review_id" in open_scan(path)[1].names:
+        drop, skipped["duplicate_review_id"] = repeated_review_rows(
+            path, rating_range, cfg.on_bad_rows, work
+        )
     seq = 0
     for batch in scan_batches(path, rating_range, cfg.on_bad_rows, skipped=skipped):
         lo, hi = np.searchsorted(drop, [seq, seq + batch.num_rows])
@@ -85,11 +89,7 @@ def _raw_batches(cfg: FeaturesConfig, work: Path, skipped: dict[str, int]) -> It
         yield batch
 
 
-def scan_table_fields(path: Path) -> list[str]:
-    return pq.ParquetFile(path).schema_arrow.names
-
-
-def read_input(cfg: FeaturesConfig, work: Path, workers: Executor | None) -> Input:
+def read_input(cfg: FeaturesConfig, work: Path, workers: Workers) -> Input:
     """Entity tables (whole) and the row index (streamed; in memory only for llm/images or
     a review source, whose adapters parse their files in memory)."""
     skipped = no_skips()
@@ -102,7 +102,9 @@ def read_input(cfg: FeaturesConfig, work: Path, workers: Executor | None) -> Inp
         named = {n: paths[f"{n}.parquet"] for n in ("interactions", "users", "items")}
     else:
         rating_range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
-        raw = read_source(cfg.source, cfg.raw_dir, cfg.files, cfg.columns, rating_range, cfg.on_bad_rows)
+        raw = read_source(
+            cfg.source, cfg.raw_dir, cfg.files, cfg.columns, rating_range, cfg.on_bad_rows
+        )
         users, items, skipped = raw.users, raw.items, raw.skipped
         batches = iter(raw.interactions.to_batches())
         named = {n: Path(cfg.raw_dir) / n for n in ("interactions", "users", "items")}
@@ -138,13 +140,18 @@ class Split:
         else:
             values = chunk["timestamp"].to_numpy()
         c1, c2 = (np.array(c, dtype=values.dtype) for c in self.cuts)
-        return np.where(values < c1, split.TRAIN, np.where(values < c2, split.VAL, split.TEST)).astype(np.int8)
+        return np.where(
+            values < c1, split.TRAIN, np.where(values < c2, split.VAL, split.TEST)
+        ).astype(np.int8)
 
 
 def cut_split(cfg: FeaturesConfig, index: RowIndex, fractions: list[float]) -> Split:
     """The split's cut-offs, exactly `split.cut_at_quantiles`' and `profiles.time_blocks`'."""
     n = index.rows
-    ranks = [min(int(round(fractions[0] * n)), n - 1), min(int(round((fractions[0] + fractions[1]) * n)), n - 1)]
+    ranks = [
+        min(int(round(fractions[0] * n)), n - 1),
+        min(int(round((fractions[0] + fractions[1]) * n)), n - 1),
+    ]
     blocks = cfg.profile_blocks if cfg.split == "temporal" else 1
     block_ranks = [min(round(j * n / blocks), n - 1) for j in range(1, blocks)]
     if cfg.split == "random":
@@ -202,10 +209,14 @@ class Buckets:
     items: Spill | None
 
 
-def spill_rows(cfg: FeaturesConfig, inp: Input, sp: Split, work: Path, by_item: bool) -> tuple[Tallies, Buckets]:
+def spill_rows(
+    cfg: FeaturesConfig, inp: Input, sp: Split, work: Path, by_item: bool
+) -> tuple[Tallies, Buckets]:
     """Pass 2: tallies, and each row to its user bucket (and item bucket when `by_item`)."""
     index = inp.index
-    tallies = Tallies(*(np.zeros(n, np.int64) for n in (len(inp.users), len(inp.items), len(inp.items))))
+    tallies = Tallies(
+        *(np.zeros(n, np.int64) for n in (len(inp.users), len(inp.items), len(inp.items)))
+    )
     u_edges = owner_ranges(index.user_rows, BUCKET_ROWS)
     i_edges = owner_ranges(index.item_rows, BUCKET_ROWS) if by_item else None
     b = Buckets(u_edges, Spill(work / "users", len(u_edges) - 1), i_edges,
@@ -238,8 +249,8 @@ def _bucket(spill: Spill, b: int) -> pa.Table:
 
 
 def _user_task(args: tuple) -> dict[str, int]:
-    spill, b, lo, hi, plan, vecs, names, out = args
-    return user_job(_bucket(spill, b), lo, hi, plan, vecs, names, out)
+    spill, b, lo, hi, plan, vecs, names, out, prof = args
+    return user_job(_bucket(spill, b), lo, hi, plan, vecs, names, out, prof)
 
 
 def _item_task(args: tuple) -> None:
@@ -255,21 +266,32 @@ class OwnerOutputs:
 
 
 def owner_jobs(
-    bk: Buckets, plan: OwnerPlan, vecs: np.ndarray, user_names: pa.Array, work: Path, workers: Executor | None
+    profiles: Path,
+    bk: Buckets,
+    plan: OwnerPlan,
+    vecs: np.ndarray,
+    user_names: pa.Array,
+    work: Path,
+    workers: Workers,
 ) -> OwnerOutputs:
-    """Every user bucket's and item bucket's job, in worker processes when there are some."""
+    """Every user bucket's and item bucket's job, in worker processes when there are some;
+    user bucket b writes `profiles`/part-b.parquet."""
+    if plan.keyed:
+        profiles.mkdir(parents=True, exist_ok=True)
     u = bk.user_edges
     user_args = [(bk.users, b, int(u[b]), int(u[b + 1]), plan, vecs,
-                  user_names.slice(int(u[b]), int(u[b + 1] - u[b])).to_pylist(), work / f"u{b:05d}")
+                  user_names.slice(int(u[b]), int(u[b + 1] - u[b])).to_pylist(), work / f"u{b:05d}", profiles / f"part-{b:05d}.parquet")
                  for b in range(len(u) - 1)]  # fmt: skip
     item_args = []
     if bk.items is not None and bk.item_edges is not None:
         item_args = [(bk.items, b, plan, work / f"i{b:05d}") for b in range(len(bk.item_edges) - 1)]
-    run = workers.map if workers is not None else map
-    pairs = list(run(_user_task, user_args))
-    list(run(_item_task, item_args))
-    total = {"pairs": sum(p["pairs"] for p in pairs), "extra_rows": sum(p["extra_rows"] for p in pairs)}
-    return OwnerOutputs([a[-1] for a in user_args], [a[-1] for a in item_args], total)
+    pairs = workers.map(_user_task, user_args)
+    workers.map(_item_task, item_args)
+    total = {
+        "pairs": sum(p["pairs"] for p in pairs),
+        "extra_rows": sum(p["extra_rows"] for p in pairs),
+    }
+    return OwnerOutputs([a[-2] for a in user_args], [a[-1] for a in item_args], total)
 
 
 def dense_names(enc: Encoded, plan: OwnerPlan) -> list[str]:
@@ -316,7 +338,9 @@ class Encoded:
         return out | {name: values[owner[kind]] for name, (kind, values) in self.dense.items()}
 
 
-def encode(cfg: FeaturesConfig, inp: Input, t: Tallies, review: Any, codes: np.ndarray | None) -> Encoded:
+def encode(
+    cfg: FeaturesConfig, inp: Input, t: Tallies, review: Any, codes: np.ndarray | None
+) -> Encoded:
     """Vocabularies, standardised dense values and prices, all per owner.
 
     `codes` (every row's split) is given only on the in-memory llm/images path, whose
@@ -360,7 +384,9 @@ class Written:
     bag_max: dict[str, int] = field(default_factory=dict)
     cat_max: int = 0
 
-    def count(self, cols: dict[str, Any], sparse: list[str], bags: list[str], codes: np.ndarray) -> None:
+    def count(
+        self, cols: dict[str, Any], sparse: list[str], bags: list[str], codes: np.ndarray
+    ) -> None:
         for name, per_split in examples.oov_counts({n: cols[n] for n in sparse}, codes).items():
             mine = self.oov.setdefault(name, dict.fromkeys(split.SPLITS, 0))
             self.oov[name] = {s: mine[s] + per_split[s] for s in split.SPLITS}
@@ -377,7 +403,10 @@ class Written:
 def _joins(outs: OwnerOutputs, plan: OwnerPlan) -> list[SeqJoin]:
     if no_owner_columns(plan):
         return []
-    return [SeqJoin([Path(f"{p}-rows.parquet") for p in files]) for files in (outs.user_files, outs.item_files)]
+    return [
+        SeqJoin([Path(f"{p}-rows.parquet") for p in files])
+        for files in (outs.user_files, outs.item_files)
+    ]
 
 
 def _owned(join: SeqJoin, lo: int, hi: int) -> dict[str, Any]:
@@ -388,7 +417,9 @@ def _owned(join: SeqJoin, lo: int, hi: int) -> dict[str, Any]:
     }
 
 
-def row_columns(chunk: pa.Table, lo: int, codes: np.ndarray, plan: OwnerPlan, enc: Encoded) -> dict[str, Any]:
+def row_columns(
+    chunk: pa.Table, lo: int, codes: np.ndarray, plan: OwnerPlan, enc: Encoded
+) -> dict[str, Any]:
     """A chunk's example columns that need no bucket job."""
     user, ts = chunk["user"].to_numpy(), chunk["timestamp"].to_numpy()
     rating = chunk["rating"].to_numpy()
@@ -406,7 +437,14 @@ def row_columns(chunk: pa.Table, lo: int, codes: np.ndarray, plan: OwnerPlan, en
 
 
 def write_rows(
-    inp: Input, sp: Split, plan: OwnerPlan, enc: Encoded, outs: OwnerOutputs, review: Any, stage: Path, dim: int
+    inp: Input,
+    sp: Split,
+    plan: OwnerPlan,
+    enc: Encoded,
+    outs: OwnerOutputs,
+    review: Any,
+    stage: Path,
+    dim: int,
 ) -> Written:
     """Pass 3: every split's example parts, rows in input order, chunk by chunk."""
     bags = list(history.HISTORY_FEATURES) if plan.bag_folds is not None else []
@@ -430,7 +468,7 @@ def write_rows(
     return written
 
 
-def concat_parquet(files: list[Path], out: Path, columns: Any = None) -> None:
+def concat_parquet(files: list[Path], out: Path, id_col: str, columns: Any = None) -> None:
     """Row groups of `files`, in order, into `out` (`columns(i, table)` may add columns to
     the i-th file's tables); holds one row group at a time."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -440,7 +478,7 @@ def concat_parquet(files: list[Path], out: Path, columns: Any = None) -> None:
         for g in range(pf.num_row_groups):
             table = pf.read_row_group(g)
             table = columns(i, table) if columns is not None else table
-            writer = writer or pq.ParquetWriter(out, table.schema)
+            writer = writer or vector_writer(out, table.schema, id_col)
             writer.write_table(table)
     if writer is not None:
         writer.close()

@@ -17,7 +17,6 @@ from features.schema import (
     DENSE_FEATURES,
     examples_schema,
     items_entity_schema,
-    profiles_schema,
     users_entity_schema,
 )
 from features.split import SPLITS
@@ -94,7 +93,9 @@ class EntitySparse:
     truncated: int  # items whose category list was cut to `max_categories`
 
     def rows(self, row_user: np.ndarray, row_item: np.ndarray) -> dict[str, np.ndarray | pa.Array]:
-        out: dict[str, np.ndarray | pa.Array] = {"categories": self.categories.take(pa.array(row_item))}
+        out: dict[str, np.ndarray | pa.Array] = {
+            "categories": self.categories.take(pa.array(row_item))
+        }
         return out | {name: ids[row_user] for name, ids in self.user.items()}
 
 
@@ -195,15 +196,6 @@ def items_table(item_raw: pa.Array, item_vecs: np.ndarray, n_train_pos: np.ndarr
             pa.array(n_train_pos.astype(np.int32)),
         ],
         schema=items_entity_schema(item_vecs.shape[1]),
-    )
-
-
-def profiles_table(table: np.ndarray) -> pa.Table:
-    """[U, S, D] per-(user, slot) profiles -> the rows (key = u * S + slot, vector)."""
-    u, s, d = table.shape
-    return pa.Table.from_arrays(
-        [pa.array(np.arange(u * s, dtype=np.int64)), vectors(table.reshape(u * s, d))],
-        schema=profiles_schema(d),
     )
 
 

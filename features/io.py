@@ -143,7 +143,7 @@ def _row_findings(
     return out
 
 
-def _open_scan(path: Path) -> tuple[pq.ParquetFile, pa.Schema]:
+def open_scan(path: Path) -> tuple[pq.ParquetFile, pa.Schema]:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
@@ -188,7 +188,7 @@ def scan_batches(
     Raises:
         DataError: naming the file, the column and the first bad row.
     """
-    pf, schema = _open_scan(path)
+    pf, schema = open_scan(path)
     offset = 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=schema.names):
         checked = _checked(path, batch, schema, offset)
@@ -216,7 +216,7 @@ def scan_table(
         (the table with the raw schema's columns, {reason: rows skipped}).
     """
     skipped = no_skips()
-    schema = _open_scan(path)[1]
+    schema = open_scan(path)[1]
     batches = list(scan_batches(path, rating_range, on_bad_rows, batch_rows, skipped))
     table = pa.Table.from_batches(batches, schema=schema)
     if path.name == "interactions.parquet" and "review_id" in schema.names:
@@ -297,6 +297,15 @@ def write_table(path: Path, table: pa.Table) -> None:
     pq.write_table(table, path)
 
 
+def vector_writer(path: Path | str, schema: pa.Schema, id_col: str) -> pq.ParquetWriter:
+    """A writer for tables of content vectors: float16 noise neither dictionary-encodes
+    nor compresses (trying costs 4x the write time), and readers only ever filter on
+    the id column's statistics."""
+    return pq.ParquetWriter(
+        path, schema, use_dictionary=False, compression="none", write_statistics=[id_col]
+    )
+
+
 PART_ROWS = 1_048_576  # rows per examples part file
 ROW_GROUP_ROWS = 8192  # rows per row group: the trainer's read (and shuffle) unit
 
@@ -321,7 +330,9 @@ class ExamplesWriter:
             if self._writer is None or self._in_part == PART_ROWS:
                 if self._writer is not None:
                     self._writer.close()
-                self._writer = pq.ParquetWriter(self.folder / f"part-{self.parts:05d}.parquet", self.schema)
+                self._writer = pq.ParquetWriter(
+                    self.folder / f"part-{self.parts:05d}.parquet", self.schema
+                )
                 self.parts, self._in_part = self.parts + 1, 0
             n = min(table.num_rows, PART_ROWS - self._in_part)
             self._writer.write_table(table.slice(0, n), row_group_size=ROW_GROUP_ROWS)
@@ -363,8 +374,3 @@ def write_train_counts(stage_dir: Path, user_rows: np.ndarray, item_rows: np.nda
         ids = pa.array(np.arange(rows.size, dtype=np.int64))
         table = pa.table({f"{entity}_id": ids, "train_rows": pa.array(rows.astype(np.int64))})
         write_table(stage_dir / "counts" / f"{entity}s.parquet", table)
-
-
-def write_entities(stage_dir: Path, users: pa.Table, items: pa.Table) -> None:
-    write_table(stage_dir / "entities" / "users.parquet", users)
-    write_table(stage_dir / "entities" / "items.parquet", items)

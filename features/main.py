@@ -5,7 +5,7 @@ Raw reviews -> leakage-free examples and entity content tables (stage 1):
     RUN/features/examples/{train,val,test}/part-*.parquet       one row per interaction
     RUN/features/counts/{users,items}.parquet                   each entity's training rows
     RUN/features/entities/{users,items}.parquet                 content vectors, train history
-    RUN/features/entities/user_profiles.parquet                 per-(user, slot) profiles
+    RUN/features/entities/user_profiles/part-*.parquet          per-(user, slot) profiles
     RUN/features/_meta.json                                     vocab sizes, dense stats, ...
 
 A row's features never depend on its own rating: its profile (a key into the
@@ -21,8 +21,8 @@ import logging
 import shutil
 import sys
 import time
-from concurrent.futures import Executor
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from features.io import write_table, write_train_counts
 from features.owners import OwnerPlan
 from features.schema import PROFILE_KEY, PROFILES_FILE, SPARSE_FEATURES
 from features.sources import source_input_hashes
+from features.workers import Workers
 
 log = logging.getLogger("dlrrec.features")
 
@@ -155,44 +156,62 @@ def review_content(
 
 def write_entities(
     stage: Path, inp: build.Input, outs: build.OwnerOutputs, review: ReviewContent,
-    item_vecs: np.ndarray, t: build.Tallies, keyed: bool,
+    item_vecs: np.ndarray, t: build.Tallies,
 ) -> None:  # fmt: skip
-    """entities/{users,items,user_profiles}.parquet and counts/, from the bucket jobs' files."""
+    """entities/{users,items}.parquet and counts/, from the bucket jobs' files (the profile
+    table's parts were written in place by the jobs)."""
     items = examples.items_table(inp.items["item"].combine_chunks(), item_vecs, t.item_train_pos)
     users_of = {k: v for k, v in review.user_columns.items()}
     empty = items.slice(0, 0)  # add_to_entities sets both tables' columns; one is a stand-in
 
     def user_content(_: int, table: pa.Table) -> pa.Table:
         ids = table["user_id"].to_numpy()
-        return ReviewContent(user_columns={k: v[ids] for k, v in users_of.items()}).add_to_entities(table, empty)[0]
+        return ReviewContent(user_columns={k: v[ids] for k, v in users_of.items()}).add_to_entities(
+            table, empty
+        )[0]
 
     build.concat_parquet([Path(f"{p}-users.parquet") for p in outs.user_files],
-                         stage / "entities" / "users.parquet", user_content if users_of else None)  # fmt: skip
+                         stage / "entities" / "users.parquet", "user_id",
+                         user_content if users_of else None)  # fmt: skip
     items = ReviewContent(item_columns=review.item_columns).add_to_entities(empty, items)[1]
     write_table(stage / "entities" / "items.parquet", items)
-    if keyed:
-        build.concat_parquet([Path(f"{p}-profiles.parquet") for p in outs.user_files], stage / PROFILES_FILE)
     write_train_counts(stage, t.user_train, t.item_train)
 
 
-def _build(cfg: FeaturesConfig, stage: Path, workers: Executor | None) -> dict[str, Any]:
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    """Log a step's wall time (the build's profile, in its log)."""
+    t0 = time.time()
+    yield
+    log.info("features: %s %.1f s", name, time.time() - t0)
+
+
+def _build(cfg: FeaturesConfig, stage: Path, workers: Workers) -> dict[str, Any]:
     """Every step of the build into `stage`; returns what `_meta.json` says of the data."""
     work = stage / "_work"
     work.mkdir()
-    fractions = cfg.split_fractions or DEFAULT_FRACTIONS
-    inp = build.read_input(cfg, work, workers)
-    log.info("features: %d rows, %d users, %d items", inp.index.rows, len(inp.users), len(inp.items))
+    with step("row index"):
+        inp = build.read_input(cfg, work, workers)
+    with step("split cut-offs"):
+        sp = build.cut_split(cfg, inp.index, cfg.split_fractions or DEFAULT_FRACTIONS)
+    with step("spill"):
+        by_item = cfg.rating_stats or cfg.history_bags
+        tallies, buckets = build.spill_rows(cfg, inp, sp, work, by_item=by_item)
+    log.info(
+        "features: %d rows, %d users, %d items", inp.index.rows, len(inp.users), len(inp.items)
+    )
     item_vecs = embed_items(cfg, inp.items)
     dim = item_vecs.shape[1]
-    sp = build.cut_split(cfg, inp.index, fractions)
     review, codes = review_content(cfg, inp, sp, dim)
     plan = build_plan(cfg, sp, keyed="user_text" not in review.row_columns)
-    tallies, buckets = build.spill_rows(cfg, inp, sp, work, by_item=not build.no_owner_columns(plan))
-    outs = build.owner_jobs(buckets, plan, item_vecs.astype(np.float32), inp.users["user"].combine_chunks(),
-                            work, workers)  # fmt: skip
-    enc = build.encode(cfg, inp, tallies, review, codes)
-    written = build.write_rows(inp, sp, plan, enc, outs, review, stage, dim)
-    write_entities(stage, inp, outs, review, item_vecs, tallies, plan.keyed)
+    with step(f"bucket jobs ({len(buckets.user_edges) - 1} user buckets)"):
+        outs = build.owner_jobs(stage / PROFILES_FILE, buckets, plan, item_vecs.astype(np.float32),
+                                inp.users["user"].combine_chunks(), work, workers)  # fmt: skip
+    with step("examples"):
+        enc = build.encode(cfg, inp, tallies, review, codes)
+        written = build.write_rows(inp, sp, plan, enc, outs, review, stage, dim)
+    with step("entities"):
+        write_entities(stage, inp, outs, review, item_vecs, tallies)
     shutil.rmtree(work)
     return data_meta(cfg, inp, sp, plan, enc, written, tallies, outs, review, dim)
 
@@ -222,11 +241,15 @@ def data_meta(
         "sparse_features": {
             name: {"vocab_size": sizes[name][0], "multi_valued": multi, "max_len": sizes[name][1]}
             for name, multi in SPARSE_FEATURES
-        } | history_meta(inp, written, rows["rows"]),
+        }
+        | history_meta(inp, written, rows["rows"]),
         "vocab": vocabs,
         # Id 0 of every vocabulary is the OOV bucket (features/vocab.py).
         "sparse_oov": {"id": 0, "counts": written.oov},
-        "categories": {"max_categories": cfg.max_categories, "truncated_lists": enc.sparse.truncated},
+        "categories": {
+            "max_categories": cfg.max_categories,
+            "truncated_lists": enc.sparse.truncated,
+        },
         "dense_features": build.dense_names(enc, plan),
         "dense_stats": enc.dense_stats,
         "price": enc.price_info,
@@ -234,10 +257,16 @@ def data_meta(
         "content": review.content,
         "row_content": review.row_content,
         # tower column -> its per-row key column and the per-(entity, slot) table it keys
-        "keyed_content": {"user_text": {
-            "key": PROFILE_KEY, "file": PROFILES_FILE, "slots": plan.profile_slots,
-            "scheme": "earlier_blocks" if plan.temporal else "out_of_fold",
-        }} if plan.keyed else {},  # fmt: skip
+        "keyed_content": {
+            "user_text": {
+                "key": PROFILE_KEY,
+                "file": PROFILES_FILE,
+                "slots": plan.profile_slots,
+                "scheme": "earlier_blocks" if plan.temporal else "out_of_fold",
+            }
+        }
+        if plan.keyed
+        else {},  # fmt: skip
         **review.meta,
         "content_dim": dim,
     }
@@ -271,7 +300,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         log.info("features: reusing %s (same config and inputs)", final)
         return read_meta(final)
     with atomic_dir(final) as tmp:
-        with build.pool(cfg.workers) or nullcontext() as workers:
+        with Workers(cfg.workers) as workers:
             data = _build(cfg, tmp, workers)
         meta = {
             "schema_version": SCHEMA_VERSION,

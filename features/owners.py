@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from features import history, profiles, split, stats
 from features.examples import users_table, vectors
+from features.io import vector_writer
 from features.schema import profiles_schema
 from features.spill import SEQ, write_results
 
@@ -57,7 +57,9 @@ class OwnerPlan:
     def profile_slots(self) -> int:
         return len(self.block_cuts) + 2 if self.temporal else self.profile_folds + 1
 
-    def profile_slot(self, timestamps: np.ndarray, fold_hash: np.ndarray, train: np.ndarray) -> np.ndarray:
+    def profile_slot(
+        self, timestamps: np.ndarray, fold_hash: np.ndarray, train: np.ndarray
+    ) -> np.ndarray:
         """int64 [n] the slot a row reads (see features/profiles.py)."""
         if self.temporal:
             return np.searchsorted(np.asarray(self.block_cuts, np.int64), timestamps, side="right")
@@ -123,7 +125,9 @@ def _profile_block(rows: Rows, plan: OwnerPlan, lo: int, n: int, vecs: np.ndarra
         table = np.concatenate([table, means[:, None]], axis=1)
     else:
         k = plan.profile_folds
-        table = profiles.profile_table(users, rows.item, entity, rows.folds(k), k, n, vecs, earlier=False)
+        table = profiles.profile_table(
+            users, rows.item, entity, rows.folds(k), k, n, vecs, earlier=False
+        )
     return table, means, counts
 
 
@@ -132,12 +136,19 @@ def _select(rows: Rows, idx: np.ndarray) -> Rows:
 
 
 def user_job(
-    table: pa.Table, lo: int, hi: int, plan: OwnerPlan, vecs: np.ndarray, user_names: list[str], out: Path
+    table: pa.Table,
+    lo: int,
+    hi: int,
+    plan: OwnerPlan,
+    vecs: np.ndarray,
+    user_names: list[str],
+    out: Path,
+    profiles: Path,
 ) -> dict[str, int]:
     """Profiles, entity rows and owned columns of users lo..hi-1 (`table`: their rows;
     `user_names`: their raw ids).
 
-    Writes `out`-profiles.parquet (keys lo * S ...), `out`-users.parquet (the users
+    Writes `profiles` (the table's rows lo * S ...), `out`-users.parquet (the users
     entity rows) and `out`-rows.parquet (per-row results), and returns the bucket's
     repeated-pair counts.
     """
@@ -145,7 +156,7 @@ def user_job(
     s, d = plan.profile_slots, vecs.shape[1]
     order = np.argsort(rows.user, kind="stable")
     starts = np.searchsorted(rows.user[order], np.arange(lo, hi + 1))
-    prof_w = pq.ParquetWriter(f"{out}-profiles.parquet", profiles_schema(d)) if plan.keyed else None
+    prof_w = vector_writer(profiles, profiles_schema(d), "key") if plan.keyed else None
     user_w = None
     for a in range(lo, hi, PROFILE_USERS):
         b = min(hi, a + PROFILE_USERS)
@@ -155,8 +166,10 @@ def user_job(
             keys = np.arange(a * s, b * s, dtype=np.int64)
             prof_w.write_table(pa.Table.from_arrays([pa.array(keys), vectors(table_b.reshape(-1, d))],
                                                     schema=profiles_schema(d)))  # fmt: skip
-        users = users_entity(np.arange(a, b), pa.array(user_names[a - lo : b - lo], pa.string()), means, counts)
-        user_w = user_w or pq.ParquetWriter(f"{out}-users.parquet", users.schema)
+        users = users_entity(
+            np.arange(a, b), pa.array(user_names[a - lo : b - lo], pa.string()), means, counts
+        )
+        user_w = user_w or vector_writer(f"{out}-users.parquet", users.schema, "user_id")
         user_w.write_table(users)
     for w in (prof_w, user_w):
         if w is not None:
@@ -164,7 +177,11 @@ def user_job(
     cols = owner_columns(rows, plan, "user")
     if cols:
         write_results(Path(f"{out}-rows.parquet"), rows.seq, cols)
-    return split.repeated_pairs(rows.user, rows.item) if len(rows.seq) else {"pairs": 0, "extra_rows": 0}
+    return (
+        split.repeated_pairs(rows.user, rows.item)
+        if len(rows.seq)
+        else {"pairs": 0, "extra_rows": 0}
+    )
 
 
 def item_job(table: pa.Table, plan: OwnerPlan, out: Path) -> None:
@@ -173,6 +190,8 @@ def item_job(table: pa.Table, plan: OwnerPlan, out: Path) -> None:
     write_results(Path(f"{out}-rows.parquet"), rows.seq, owner_columns(rows, plan, "item"))
 
 
-def users_entity(ids: np.ndarray, names: pa.Array, means: np.ndarray, counts: np.ndarray) -> pa.Table:
+def users_entity(
+    ids: np.ndarray, names: pa.Array, means: np.ndarray, counts: np.ndarray
+) -> pa.Table:
     table = users_table(names, means, counts)
     return table.set_column(0, table.schema.field(0), pa.array(ids.astype(np.int64)))

@@ -11,7 +11,6 @@ features/spill.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from features.io import scan_batches
 from features.spill import Spill
 from features.split import _mix64
 from features.stats import fold_hashes
+from features.workers import Workers, result
 
 CHUNK_ROWS = 1 << 18  # rows per index chunk: what every pass holds at once
 INDEX_SCHEMA = pa.schema(
@@ -124,9 +124,7 @@ def repeated_review_rows(
     return rows, len(rows)
 
 
-def _lookup(
-    values: pa.Array, ids: pa.Array, seq: int, where: tuple[Path, str, Path]
-) -> np.ndarray:
+def _lookup(values: pa.Array, ids: pa.Array, seq: int, where: tuple[Path, str, Path]) -> np.ndarray:
     idx = pc.index_in(values, value_set=ids)
     if idx.null_count:
         row = pc.index(pc.is_null(idx), True).as_py()
@@ -141,8 +139,12 @@ def _lookup(
 def _index_chunk(
     batch: pa.RecordBatch, user_ids: pa.Array, item_ids: pa.Array, seq: int, paths: dict[str, Path]
 ) -> tuple[pa.Table, list, list, list]:
-    user = _lookup(batch.column("user"), user_ids, seq, (paths["interactions"], "user", paths["users"]))
-    item = _lookup(batch.column("item"), item_ids, seq, (paths["interactions"], "item", paths["items"]))
+    user = _lookup(
+        batch.column("user"), user_ids, seq, (paths["interactions"], "user", paths["users"])
+    )
+    item = _lookup(
+        batch.column("item"), item_ids, seq, (paths["interactions"], "item", paths["items"])
+    )
     ts = np.asarray(batch.column("timestamp").to_numpy(zero_copy_only=False), dtype=np.int64)
     rating = np.asarray(batch.column("rating").to_numpy(zero_copy_only=False), dtype=np.float64)
     table = pa.table({"user": user, "item": item, "timestamp": ts, "rating": rating})
@@ -155,7 +157,7 @@ def build_index(
     seed: int,
     out: Path,
     paths: dict[str, Path],
-    pool: Executor | None = None,
+    workers: Workers,
 ) -> RowIndex:
     """Write the row index of `batches` (checked interactions in input order) to `out`.
 
@@ -163,7 +165,7 @@ def build_index(
         entity_ids: (user ids, item ids) in index order.
         seed: the fold-hash seed.
         paths: {"interactions", "users", "items": file} named by unknown-id errors.
-        pool: hashes chunks in worker processes while the next chunk is read.
+        workers: hash chunks in worker processes while the next chunk is read.
     """
     user_ids, item_ids = entity_ids
     user_rows = np.zeros(len(user_ids), dtype=np.int64)
@@ -175,8 +177,7 @@ def build_index(
     def flush(keep: int) -> None:
         while len(pending) > keep:
             table, hashes = pending.pop(0)
-            h = hashes.result() if pool is not None else hashes
-            writer.write_table(table.append_column("fold_hash", pa.array(h, pa.uint64())),
+            writer.write_table(table.append_column("fold_hash", pa.array(result(hashes), pa.uint64())),
                                row_group_size=CHUNK_ROWS)  # fmt: skip
 
     for batch in _rechunk(batches):
@@ -184,7 +185,7 @@ def build_index(
         user_rows += np.bincount(table["user"].to_numpy(), minlength=len(user_rows))
         item_rows += np.bincount(table["item"].to_numpy(), minlength=len(item_rows))
         args = (users, items, ts, seed)
-        pending.append((table, pool.submit(fold_hashes, *args) if pool else fold_hashes(*args)))
+        pending.append((table, workers.submit(fold_hashes, *args, first=seq == 0)))
         seq += table.num_rows
         flush(keep=4)
     flush(keep=0)

@@ -111,7 +111,7 @@ def examples_schema(
     `dense` names the float32 dense columns (DENSE_FEATURES, plus `price` and
     `has_price` when the dataset has prices); `_meta.json` lists them.  `bags` names
     the optional history bags (features/history.py), list<int64> of entity ids.
-    `user_text_key` is the row's key into `entities/user_profiles.parquet` (its
+    `user_text_key` is the row's key into `entities/user_profiles/` (its
     out-of-fold / earlier-block profile, features/profiles.py); no row holds a vector.
     """
     return pa.schema(
@@ -135,7 +135,7 @@ def examples_schema(
 
 # The per-row key of the profile table, and the table: key = user * slots + slot.
 PROFILE_KEY = "user_text_key"
-PROFILES_FILE = "entities/user_profiles.parquet"
+PROFILES_FILE = "entities/user_profiles"  # a folder of part-NNNNN.parquet, one per user range
 
 
 def profiles_schema(dim: int) -> pa.Schema:

@@ -129,7 +129,11 @@ def rating_stats(
     ones = np.ones(len(rating))
     if temporal and readable is not None:  # unreadable rows add exact zeros to every sum
         keep = np.asarray(readable, dtype=bool)
-        rating, label, ones = np.where(keep, rating, 0.0), np.where(keep, label, 0.0), keep.astype(np.float64)
+        rating, label, ones = (
+            np.where(keep, rating, 0.0),
+            np.where(keep, label, 0.0),
+            keep.astype(np.float64),
+        )
     out: dict[str, np.ndarray] = {}
     for name, owner in (("user", row_user), ("item", row_item)):
         owner = np.asarray(owner, dtype=np.int64)

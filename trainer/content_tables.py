@@ -75,6 +75,11 @@ def _batches(pf: pq.ParquetFile, groups: list[int], columns: list[str]) -> Itera
         yield from pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[g], columns=columns)
 
 
+def parquet_files(path: Path) -> list[Path]:
+    """A Parquet file, or the part files of a folder (the profile table is written in parts)."""
+    return sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+
+
 @dataclass
 class ParquetColumn:
     """One entity content column of `features/entities/*.parquet`, read by row ranges.
@@ -96,24 +101,25 @@ class ParquetColumn:
         cls, path: Path, entity: str, col: str, n: int, dim: int, id_col: str = ""
     ) -> ParquetColumn:
         """`id_col` defaults to `{entity}_id`; `n` is the table's rows (ids in [0, n))."""
-        if not path.is_file():
+        if not (path.is_file() or path.is_dir()):
             raise DataError(f"{path}: missing; run `dlrrec features build` first")
-        pf = pq.ParquetFile(path)
         id_col = id_col or f"{entity}_id"
-        for c in (id_col, col):
-            if c not in pf.schema_arrow.names:
-                raise DataError(f"{path}: missing column {c!r}")
         has = np.zeros(n, bool)
-        for rb in _batches(pf, list(range(pf.num_row_groups)), [id_col, col]):
-            ids = rb.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
-            vec = fixed_list_to_numpy(rb.column(1), f"{path}:{col}")
-            if vec.shape[1] != dim:
-                raise DataError(
-                    f"{path}:{col}: vectors of width {vec.shape[1]}, _meta.json content_dim is {dim}"
-                )
-            if ids.size and (ids.min() < 0 or ids.max() >= n):
-                raise DataError(f"{path}:{id_col}: ids outside [0, {n}) (from _meta.json)")
-            has[ids] = np.abs(vec).max(axis=1) > 0
+        for file in parquet_files(path):
+            pf = pq.ParquetFile(file)
+            for c in (id_col, col):
+                if c not in pf.schema_arrow.names:
+                    raise DataError(f"{file}: missing column {c!r}")
+            for rb in _batches(pf, list(range(pf.num_row_groups)), [id_col, col]):
+                ids = rb.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
+                vec = fixed_list_to_numpy(rb.column(1), f"{file}:{col}")
+                if vec.shape[1] != dim:
+                    raise DataError(
+                        f"{file}:{col}: vectors of width {vec.shape[1]}, _meta.json content_dim is {dim}"
+                    )
+                if ids.size and (ids.min() < 0 or ids.max() >= n):
+                    raise DataError(f"{file}:{id_col}: ids outside [0, {n}) (from _meta.json)")
+                has[ids] = np.abs(vec).max(axis=1) > 0
         return cls(path, id_col, col, n, dim, has)
 
     def read_rows(self, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -126,23 +132,24 @@ class ParquetColumn:
             out = np.zeros((max(hi - lo, 0), self.dim), np.float16)
         else:
             out[:] = 0
-        pf = pq.ParquetFile(self.path)
-        k = pf.schema_arrow.names.index(self.id_col)
-        groups = []
-        for g in range(pf.num_row_groups):
-            stats = pf.metadata.row_group(g).column(k).statistics
-            if stats is None or not stats.has_min_max or (stats.max >= lo and stats.min < hi):
-                groups.append(g)
-        if not groups or hi <= lo:
+        if hi <= lo:
             return out
-        for rb in _batches(pf, groups, [self.id_col, self.col]):
-            ids = rb.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
-            keep = (ids >= lo) & (ids < hi)
-            if keep.any():
-                vec = fixed_list_to_numpy(
-                    rb.column(1).filter(pa.array(keep)), f"{self.path}:{self.col}"
-                )
-                out[ids[keep] - lo] = vec
+        for file in parquet_files(self.path):
+            pf = pq.ParquetFile(file)
+            k = pf.schema_arrow.names.index(self.id_col)
+            groups = []
+            for g in range(pf.num_row_groups):
+                stats = pf.metadata.row_group(g).column(k).statistics
+                if stats is None or not stats.has_min_max or (stats.max >= lo and stats.min < hi):
+                    groups.append(g)
+            for rb in _batches(pf, groups, [self.id_col, self.col]):
+                ids = rb.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
+                keep = (ids >= lo) & (ids < hi)
+                if keep.any():
+                    vec = fixed_list_to_numpy(
+                        rb.column(1).filter(pa.array(keep)), f"{file}:{self.col}"
+                    )
+                    out[ids[keep] - lo] = vec
         return out
 
 
@@ -221,7 +228,9 @@ def table_constraints(columns: list[str]) -> dict[str, ParameterConstraints]:
 def _content_weights(module: nn.Module) -> dict[str, Any]:
     """The content tables' weights in `module`'s state dict (keys `...content_<col>.weight`)."""
     return {
-        k: v for k, v in module.state_dict().items() if k.endswith(".weight") and k.split(".")[-2].startswith("content_")
+        k: v
+        for k, v in module.state_dict().items()
+        if k.endswith(".weight") and k.split(".")[-2].startswith("content_")
     }
 
 
@@ -245,9 +254,13 @@ def fill_content_tables(module: nn.Module, columns: dict[str, EntityColumn]) -> 
             for first, weight in shards:
                 if weight.numel() and weight.device.type == "cpu" and weight.is_contiguous():
                     # straight into the shard: no second host copy of its rows
-                    columns[col].read_rows(first, first + weight.shape[0], out=weight.detach().numpy())
+                    columns[col].read_rows(
+                        first, first + weight.shape[0], out=weight.detach().numpy()
+                    )
                 elif weight.numel():
-                    weight.copy_(torch.from_numpy(columns[col].read_rows(first, first + weight.shape[0])))
+                    weight.copy_(
+                        torch.from_numpy(columns[col].read_rows(first, first + weight.shape[0]))
+                    )
                 total += weight.numel() * weight.element_size()
     return total
 

@@ -111,8 +111,8 @@ def read_outputs(run_dir: Path) -> dict:
         out[split] = pq.read_table(root / "examples" / split / "part-00000.parquet")
     out["users"] = pq.read_table(root / "entities" / "users.parquet")
     out["items"] = pq.read_table(root / "entities" / "items.parquet")
-    if (root / "entities" / "user_profiles.parquet").is_file():
-        out["profiles"] = pq.read_table(root / "entities" / "user_profiles.parquet")
+    if (root / "entities" / "user_profiles").is_dir():
+        out["profiles"] = pq.read_table(root / "entities" / "user_profiles")
     return out
 
 

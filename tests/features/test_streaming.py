@@ -1,0 +1,181 @@
+"""The streaming build's parts against plain in-memory references, and the whole build
+cut into many chunks and buckets against the same build in one chunk and one bucket."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tiny_reviews import write_raw
+
+from features import build, io, rowindex
+from features.bad_rows import repeated_rows
+from features.order_stats import values_at_ranks
+from features.rowindex import repeated_review_rows, string_hashes
+from features.spill import SeqJoin, Spill, bucket_of, owner_ranges, write_results
+
+
+def _stream(values: np.ndarray, size: int) -> Callable[[], Any]:
+    return lambda: (values[a : a + size] for a in range(0, len(values), size))
+
+
+@pytest.mark.parametrize("cap", [3, 1 << 22])
+def test_values_at_ranks_equal_a_full_sort(cap: int) -> None:
+    rng = np.random.default_rng(0)
+    ties = rng.integers(-5, 5, 5000).astype(np.int64) * 10**12  # few values, many ties
+    stamps = rng.integers(10**9, 10**9 + 100, 5000).astype(np.int64)
+    keys = rng.integers(0, 2**63, 5000, dtype=np.uint64) * np.uint64(2)
+    for values, signed in ((ties, True), (stamps, True), (keys, False)):
+        ranks = [0, 1, 2499, 4000, 4999]
+        got = values_at_ranks(_stream(values, 777), len(values), ranks, signed, cap=cap)
+        assert got == [int(v) for v in np.sort(values)[ranks]]
+
+
+def test_owner_ranges_cover_every_owner_once_at_near_equal_rows() -> None:
+    rows = np.random.default_rng(1).zipf(1.5, 1000).clip(max=500)
+    edges = owner_ranges(rows, 2000)
+    assert edges[0] == 0 and edges[-1] == 1000 and np.all(np.diff(edges) > 0)
+    per_bucket = np.add.reduceat(rows, edges[:-1])
+    assert per_bucket.sum() == rows.sum() and per_bucket.max() <= 2000 + rows.max()
+    assert np.array_equal(
+        bucket_of(np.arange(1000), edges), np.repeat(np.arange(len(edges) - 1), np.diff(edges))
+    )
+    assert list(owner_ranges(np.zeros(0, np.int64), 10)) == [0]  # no owners: still well formed
+
+
+def test_spill_keeps_input_order_and_seqjoin_restores_it(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    n, k = 5000, 7
+    owner = rng.integers(0, k, n)
+    spill = Spill(tmp_path / "s", k)
+    for a in range(0, n, 600):
+        spill.add(
+            pa.table({"seq": np.arange(a, min(n, a + 600)), "owner": owner[a : a + 600]}),
+            owner[a : a + 600],
+        )
+    spill.close()
+    paths = []
+    for b in range(k):
+        t = spill.read(b)
+        assert (
+            t is not None
+            and np.all(np.diff(t["seq"].to_numpy()) > 0)
+            and set(t["owner"].to_pylist()) == {b}
+        )
+        seq = t["seq"].to_numpy()
+        write_results(tmp_path / f"r{b}.parquet", seq, {"twice": seq * 2})
+        paths.append(tmp_path / f"r{b}.parquet")
+    join = SeqJoin(paths)
+    got = np.concatenate(
+        [join.take(a, min(n, a + 999))["twice"].to_numpy() for a in range(0, n, 999)]
+    )
+    assert np.array_equal(got, np.arange(n) * 2)
+
+
+def test_examples_writer_cuts_parts_and_row_groups_like_one_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(io, "PART_ROWS", 4 * io.ROW_GROUP_ROWS)
+    n = 9 * io.ROW_GROUP_ROWS + 123
+    table = pa.table({"x": np.arange(n)})
+    writer = io.ExamplesWriter(tmp_path, "train", table.schema)
+    for a in range(0, n, 5000):  # chunks that never line up with a row group
+        writer.write(table.slice(a, 5000))
+    assert writer.close() == 3
+    parts = sorted((tmp_path / "examples" / "train").glob("part-*.parquet"))
+    sizes = [pq.ParquetFile(p).metadata.num_rows for p in parts]
+    groups = [
+        pq.ParquetFile(p).metadata.row_group(g).num_rows
+        for p in parts
+        for g in range(pq.ParquetFile(p).num_row_groups)
+    ]
+    assert sizes == [4 * io.ROW_GROUP_ROWS, 4 * io.ROW_GROUP_ROWS, io.ROW_GROUP_ROWS + 123]
+    assert groups == [io.ROW_GROUP_ROWS] * 9 + [123]
+    assert pa.concat_tables(pq.read_table(p) for p in parts)["x"].to_numpy().tolist() == list(
+        range(n)
+    )
+
+
+def test_repeated_review_ids_found_across_hash_buckets(tmp_path: Path) -> None:
+    ids = [f"r{i % 700}" for i in range(1000)] + ["x"] * 3
+    values = pa.array(ids)
+    assert len(np.unique(string_hashes(values) % np.uint64(64))) > 32  # the ids spread out
+    table = pa.table({"user": ["u"] * len(ids), "item": ["i"] * len(ids), "rating": [4.0] * len(ids),
+                      "timestamp": list(range(len(ids))), "review_id": ids})  # fmt: skip
+    pq.write_table(table, tmp_path / "interactions.parquet")
+    rows, n = repeated_review_rows(
+        tmp_path / "interactions.parquet", None, "skip", tmp_path / "work"
+    )
+    assert np.array_equal(rows, np.flatnonzero(repeated_rows(values))) and n == 302
+
+
+def _outputs(run_dir: Path) -> dict[str, pa.Table]:
+    """Every output table; the profile table's parts (one per user bucket) as one table."""
+    features = run_dir / "features"
+    out = {
+        str(p.relative_to(features)): pq.read_table(p) for p in sorted(features.rglob("*.parquet"))
+    }
+    parts = sorted(k for k in out if k.startswith("entities/user_profiles/"))
+    out["profiles"] = pa.concat_tables(out.pop(k) for k in parts)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["random", "temporal"])
+def test_many_chunks_and_buckets_give_the_one_chunk_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_tables: dict[str, pa.Table], split: str
+) -> None:
+    """Every per-row and per-entity output, bit for bit, whatever the chunk and bucket sizes
+    (stats and bags on both owners, profiles, vocabularies, dense statistics)."""
+    from features.config import FeaturesConfig
+    from features.main import run
+
+    raw = write_raw(tmp_path / "raw", tiny_tables)
+    config = dict(raw_dir=str(raw), split=split, rating_stats=True, history_bags=True, workers=1)
+    run(FeaturesConfig(run_dir=str(tmp_path / "one"), **config))
+    monkeypatch.setattr(rowindex, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(build, "BUCKET_ROWS", 5)
+    run(FeaturesConfig(run_dir=str(tmp_path / "many"), **(config | {"workers": 2})))  # + processes
+    one, many = _outputs(tmp_path / "one"), _outputs(tmp_path / "many")
+    assert one.keys() == many.keys()
+    for name, table in one.items():
+        assert table.equals(many[name]), name
+
+
+@pytest.mark.parametrize("kind", ["random", "temporal"])
+def test_streamed_split_equals_the_in_memory_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """`cut_split` over a chunked index gives `split.random_split` / `temporal_split`'s
+    codes and `profiles.time_blocks`' blocks, row for row."""
+    from features import profiles
+    from features import split as splits
+    from features.config import FeaturesConfig
+    from features.workers import Workers
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    users, items = pa.array([f"u{i}" for i in range(300)]), pa.array([f"i{i}" for i in range(40)])
+    row_user, row_item = rng.integers(0, 300, n), rng.integers(0, 40, n)
+    ts = rng.integers(0, 50, n).astype(np.int64)  # heavy ties
+    batch = pa.RecordBatch.from_pydict({"user": users.take(pa.array(row_user)), "item": items.take(pa.array(row_item)),
+                                        "timestamp": ts, "rating": np.full(n, 4.0)})  # fmt: skip
+    monkeypatch.setattr(rowindex, "CHUNK_ROWS", 333)
+    named = {k: tmp_path / k for k in ("interactions", "users", "items")}
+    index = rowindex.build_index(
+        iter([batch]), (users, items), 0, tmp_path / "index.parquet", named, Workers(1)
+    )
+    cfg = FeaturesConfig(run_dir=str(tmp_path), split=kind, seed=7, profile_blocks=6)  # type: ignore[arg-type]
+    sp = build.cut_split(cfg, index, [0.8, 0.1, 0.1])
+    codes = np.concatenate([sp.codes(c) for _, c in index.chunks()])
+    if kind == "random":
+        assert np.array_equal(codes, splits.random_split(row_user, row_item, [0.8, 0.1, 0.1], 7))
+    else:
+        assert np.array_equal(codes, splits.temporal_split(ts, [0.8, 0.1, 0.1])[0])
+        blocks = np.searchsorted(np.asarray(sp.block_cuts), ts, side="right")
+        assert np.array_equal(blocks, profiles.time_blocks(ts, 6))
