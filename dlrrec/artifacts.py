@@ -50,7 +50,7 @@ def hash_tree(paths: list[Path]) -> str:
 # model and input, so their cache folder, concurrency or batch size change nothing).
 NOT_FINGERPRINTED: dict[str, tuple[str, ...]] = {
     "features": (
-        "run_dir", "overwrite", "raw_dir", "embed_cache_dir",
+        "run_dir", "overwrite", "raw_dir", "embed_cache_dir", "workers",
         "llm.cache_dir", "llm.api_key_env", "llm.max_concurrency", "llm.timeout_s", "llm.max_retries",
         "images.cache_dir", "images.batch_size", "images.device",
     ),

@@ -34,6 +34,7 @@ from dlrrec.artifacts import (
     SCHEMA_VERSION,
     atomic_dir,
     existing_output,
+    fingerprinted_config,
     read_meta,
     sha256_json,
     write_json_atomic,
@@ -54,47 +55,17 @@ from features.workers import Workers
 log = logging.getLogger("dlrrec.features")
 
 DEFAULT_FRACTIONS = [0.8, 0.1, 0.1]
-SOURCE_DEFAULTS: dict[str, Any] = {
-    "source": "raw",
-    "files": None,
-    "columns": None,
-    "rating_range": None,
-}
-# Keys added since, left out at their defaults for the same reason (see fingerprint_config).
-SOURCE_DEFAULTS.update(max_categories=11, on_bad_rows="error")
-SOURCE_DEFAULTS.update(llm=None, images=None)
-SOURCE_DEFAULTS.update(rating_stats=False, rating_stats_folds=5)
-SOURCE_DEFAULTS.update(history_bags=False, history_folds=5, history_max_len=100)
-SOURCE_DEFAULTS.update(temporal_history="causal")
-# Keys that say where or how, never what: left out of the fingerprint.
-LOCATION_KEYS = ("run_dir", "overwrite", "raw_dir", "embed_cache_dir", "workers")
-# ... and their like inside the llm/images sections (answers and captions are cached by
-# model and input, so the cache folder, concurrency or batch size change nothing).
-SECTION_HOW_KEYS = {
-    "llm": ("cache_dir", "api_key_env", "max_concurrency", "timeout_s", "max_retries"),
-    "images": ("cache_dir", "batch_size", "device"),
-}
 DESCRIPTION = "raw reviews -> leakage-free examples and entity content tables"
 
 
 def fingerprint_config(cfg: FeaturesConfig) -> dict[str, Any]:
     """The config keys that shape the output.
 
-    `run_dir` and `overwrite` say where and whether to write; `raw_dir` is left out
-    because the input is identified by its content hashes, so moving the data
-    folder does not invalidate a finished output.
+    `raw_dir` is left out because the input is identified by its content hashes, so
+    moving the data folder does not invalidate a finished output; `workers` never
+    changes the output.
     """
-    d = to_dict(cfg)
-    for key in LOCATION_KEYS:
-        d.pop(key)
-    # Source keys at their defaults are left out, so outputs built before they
-    # existed keep their fingerprint (and stay reusable).
-    for key, default in SOURCE_DEFAULTS.items():
-        if d.get(key) == default:
-            d.pop(key)
-    for section, keys in SECTION_HOW_KEYS.items():
-        for key in keys if d.get(section) else ():
-            d[section].pop(key)
+    d = fingerprinted_config(cfg, "features")  # dlrrec/artifacts.py: what is left out, and why
     if cfg.images is not None and cfg.images.blip2_path:
         # The model's identity (file names, sizes, configs), not just its folder's name.
         d["images"]["blip2_model"] = model_id(cfg.images.blip2_path)

@@ -66,7 +66,7 @@ class Spill:
         sorted_b = bucket[order]
         edges = np.searchsorted(sorted_b, np.arange(self.n_buckets + 1))
         ordered = table.take(pa.array(order))
-        for b in np.flatnonzero(np.diff(edges)):
+        for b in map(int, np.flatnonzero(np.diff(edges))):
             part = ordered.slice(int(edges[b]), int(edges[b + 1] - edges[b]))
             if b not in self._writers:
                 self._writers[b] = pq.ParquetWriter(self.path(b), table.schema)
@@ -106,7 +106,7 @@ class SeqJoin:
         self._pending: list[pa.Table | None] = [None] * len(paths)
 
     def _take_below(self, i: int, hi: int) -> list[pa.Table]:
-        out = []
+        out: list[pa.Table] = []
         while True:
             pending = self._pending[i]
             if pending is None or pending.num_rows == 0:
