@@ -150,22 +150,23 @@ def write_entities(
 
 
 @contextmanager
-def step(name: str) -> Iterator[None]:
-    """Log a step's wall time (the build's profile, in its log)."""
+def step(name: str, seconds: dict[str, float]) -> Iterator[None]:
+    """Time a step into `seconds` (logged once the build is done: an error stays one line)."""
     t0 = time.time()
     yield
-    log.info("features: %s %.1f s", name, time.time() - t0)
+    seconds[name] = round(time.time() - t0, 1)
 
 
 def _build(cfg: FeaturesConfig, stage: Path, workers: Workers) -> dict[str, Any]:
     """Every step of the build into `stage`; returns what `_meta.json` says of the data."""
     work = stage / "_work"
     work.mkdir()
-    with step("row index"):
+    seconds: dict[str, float] = {}
+    with step("row index", seconds):
         inp = build.read_input(cfg, work, workers)
-    with step("split cut-offs"):
+    with step("split cut-offs", seconds):
         sp = build.cut_split(cfg, inp.index, cfg.split_fractions or DEFAULT_FRACTIONS)
-    with step("spill"):
+    with step("spill", seconds):
         by_item = cfg.rating_stats or cfg.history_bags
         tallies, buckets = build.spill_rows(cfg, inp, sp, work, by_item=by_item)
     log.info(
@@ -175,15 +176,16 @@ def _build(cfg: FeaturesConfig, stage: Path, workers: Workers) -> dict[str, Any]
     dim = item_vecs.shape[1]
     review, codes = review_content(cfg, inp, sp, dim)
     plan = build_plan(cfg, sp, keyed="user_text" not in review.row_columns)
-    with step(f"bucket jobs ({len(buckets.user_edges) - 1} user buckets)"):
+    with step(f"bucket jobs ({len(buckets.user_edges) - 1} user buckets)", seconds):
         outs = build.owner_jobs(stage / PROFILES_FILE, buckets, plan, item_vecs.astype(np.float32),
                                 inp.users["user"].combine_chunks(), work, workers)  # fmt: skip
-    with step("examples"):
+    with step("examples", seconds):
         enc = build.encode(cfg, inp, tallies, review, codes)
         written = build.write_rows(inp, sp, plan, enc, outs, review, stage, dim)
-    with step("entities"):
+    with step("entities", seconds):
         write_entities(stage, inp, outs, review, item_vecs, tallies)
     shutil.rmtree(work)
+    log.info("features: steps (s): %s", ", ".join(f"{k} {v}" for k, v in seconds.items()))
     return data_meta(cfg, inp, sp, plan, enc, written, tallies, outs, review, dim)
 
 
