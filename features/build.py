@@ -194,11 +194,16 @@ class Tallies:
         self.rating += [len(r), r.sum(), np.dot(r, r)]
 
     def train_rating(self) -> dict[str, float]:
-        n, s, ss = self.rating
-        if not n:
-            return {"mean": 0.0, "std": 1.0}
-        mean = s / n
-        return {"mean": float(mean), "std": float(np.sqrt(max(ss / n - mean * mean, 0.0)))}
+        return train_rating(*self.rating)
+
+
+def train_rating(n: float, total: float, squares: float) -> dict[str, float]:
+    """Mean and std of the training ratings from their count, sum and sum of squares
+    (the trainer's rating head scales by them)."""
+    if not n:
+        return {"mean": 0.0, "std": 1.0}
+    mean = total / n
+    return {"mean": float(mean), "std": float(np.sqrt(max(squares / n - mean * mean, 0.0)))}
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from dlrrec.code_version import NOT_SHAPING, code_version, package_root, sources_hash
 
 REPO = Path(__file__).parents[2]
-PACKAGES = ("features", "similarity", "trainer", "launch")
+PACKAGES = ("dlrrec", "features", "similarity", "trainer", "launch")
 
 
 def _copy_code(dst: Path) -> Path:

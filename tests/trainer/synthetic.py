@@ -118,8 +118,8 @@ def refresh_counts(root: Path) -> None:
     """Rewrite what the features stage counts over all rows (per-entity training rows,
     rows and positives per split, the training ratings' mean and std) from the parts,
     after a test built or edited them by hand."""
+    from features.build import train_rating
     from features.io import write_train_counts
-    from features.main import train_rating
 
     feats = root / "features"
     meta = json.loads((feats / "_meta.json").read_text())
@@ -128,7 +128,8 @@ def refresh_counts(root: Path) -> None:
     meta["positives"] = {s: int(t["label"].to_numpy().sum()) for s, t in tables.items()}
     train = tables["train"]
     if "rating" in train.column_names:
-        meta["train_rating"] = train_rating(train["rating"].to_numpy())
+        r = train["rating"].to_numpy().astype(np.float64)
+        meta["train_rating"] = train_rating(len(r), r.sum(), np.dot(r, r))
     (feats / "_meta.json").write_text(json.dumps(meta))
     users, items = (train[c].to_numpy() for c in ("user_id", "item_id"))
     write_train_counts(
