@@ -38,3 +38,11 @@ def test_config_loads(path: Path):
 
 def test_shipped_configs_exist():
     assert {"movielens-100k.yaml", "smoke.yaml"} <= {p.name for p in CONFIGS}
+
+
+def test_demo_config_has_the_products_32d_towers():
+    """The product's projection towers are 384 -> 32 (issue 17): what `make demo` runs keeps
+    32-d tower outputs, whatever interaction dim D it picks (train.tower_dim lifts them)."""
+    path = next(p for p in CONFIGS if p.name == "movielens-100k.yaml")
+    cfg = build_dataclass(TrainConfig, section_values(load_raw(path, [], None), "train"), "train")
+    assert (cfg.tower_dim or cfg.embedding_dim) == 32
