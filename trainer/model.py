@@ -152,6 +152,8 @@ class ProjectionArch(nn.Module):
     def __init__(self, towers: int, in_dim: int, hidden: int, out_dim: int, dropout: float) -> None:
         super().__init__()
         dims = [in_dim, hidden, out_dim] if hidden > 0 else [in_dim, out_dim]
+        if towers == 0:  # no parameters: empty ones never get a gradient, so no optimizer state
+            dims = dims[:1]  # for a checkpoint to hold, and unsealing or resuming would ask for it
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for a, b in zip(dims[:-1], dims[1:]):

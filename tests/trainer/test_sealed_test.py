@@ -98,3 +98,16 @@ def test_sealed_run_never_scores_test_and_unsealing_scores_the_same_model(tmp_pa
     assert (train / "plots" / "roc.png").is_file()
     # a scored run is reused as is
     assert plain["scored"].count("test") == 1
+
+
+@pytest.mark.slow  # two short trainings in a spawned rank
+def test_a_sealed_run_without_towers_can_be_unsealed(tmp_path: Path):
+    """Plain DLRM (no content towers) once kept empty tower weights that never got a
+    gradient, so no Adam state: unsealing primes every parameter's state and asked the
+    checkpoint for theirs ("Missing key ... projection_arch.weights.0.step")."""
+    run_dir = copy_inputs(make_run(tmp_path / "src"), tmp_path / "dlrm")
+    cfg = {**CFG, "variant": "dlrm"}
+    sealed, unsealed = run_ranks(_recorded_runs, 1, [(run_dir, {**cfg, "score_test": False}), (run_dir, cfg)])[0]
+    assert sealed["report"]["test"] is None
+    assert unsealed["scored"] == ["val", "test"] and "resuming" not in unsealed["stdout"]
+    assert unsealed["report"]["val"] == sealed["report"]["val"] and 0 < unsealed["report"]["test"]["auc"] < 1
