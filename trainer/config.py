@@ -23,7 +23,7 @@ class TrainConfig:
         tower_hidden: hidden width of each 384->D projection tower (0 = one linear layer).
         tower_dim: output dim of the projection towers (0 = embedding_dim). Below
             embedding_dim, a learned per-tower linear tower_dim -> D map lifts the tower
-            outputs into the interaction; InfoNCE and serving's tower vectors stay tower_dim.
+            outputs into the interaction; InfoNCE reads the narrow outputs (serving folds the map).
         dense_arch: hidden sizes of the MLP over dense features (its output is D).
         over_arch: hidden sizes of the MLP after the interaction (a final 1 is added).
         dropout: dropout in towers and over arch.
