@@ -96,6 +96,7 @@ def read_input(cfg: FeaturesConfig, work: Path, workers: Workers) -> Input:
     raw = None
     if cfg.source == "raw" and cfg.llm is None and cfg.images is None:
         paths = raw_paths(cfg.raw_dir)
+        open_scan(paths["interactions.parquet"])  # its columns are checked first, as before
         users, items = (scan_table(paths[f"{n}.parquet"])[0] for n in ("users", "items"))
         _check_unique(paths, users, items)
         batches: Iterator[pa.RecordBatch] = _raw_batches(cfg, work, skipped)
