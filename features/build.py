@@ -33,6 +33,7 @@ from features.config import FeaturesConfig
 from features.io import (
     ExamplesWriter,
     RawReviews,
+    check_unique,
     open_scan,
     raw_paths,
     scan_batches,
@@ -98,7 +99,8 @@ def read_input(cfg: FeaturesConfig, work: Path, workers: Workers) -> Input:
         paths = raw_paths(cfg.raw_dir)
         open_scan(paths["interactions.parquet"])  # its columns are checked first, as before
         users, items = (scan_table(paths[f"{n}.parquet"])[0] for n in ("users", "items"))
-        _check_unique(paths, users, items)
+        check_unique(paths["items.parquet"], items, "item")
+        check_unique(paths["users.parquet"], users, "user")
         batches: Iterator[pa.RecordBatch] = _raw_batches(cfg, work, skipped)
         named = {n: paths[f"{n}.parquet"] for n in ("interactions", "users", "items")}
     else:
@@ -117,13 +119,6 @@ def read_input(cfg: FeaturesConfig, work: Path, workers: Workers) -> Input:
     if index.rows == 0:
         raise DataError(f"{named['interactions']}: on_bad_rows=skip dropped every row ({skipped})")
     return Input(users, items, index, skipped, id_order, raw)
-
-
-def _check_unique(paths: dict[str, Path], users: pa.Table, items: pa.Table) -> None:
-    from features.io import _check_unique as check
-
-    check(paths["items.parquet"], items, "item")
-    check(paths["users.parquet"], users, "user")
 
 
 @dataclass

@@ -241,7 +241,7 @@ def _drop_repeated_ids(path: Path, table: pa.Table, on_bad_rows: Policy) -> tupl
     return table.filter(pa.array(keep)), counts["duplicate_review_id"]
 
 
-def _check_unique(path: Path, table: pa.Table, col: str) -> None:
+def check_unique(path: Path, table: pa.Table, col: str) -> None:
     if pc.count_distinct(table[col]).as_py() != table.num_rows:
         counts = pc.value_counts(table[col])
         dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
@@ -285,8 +285,8 @@ def read_raw_reviews(
     inter, skipped = scan_table(p_inter, rating_range, on_bad_rows, batch_rows)
     items, _ = scan_table(p_items, batch_rows=batch_rows)
     users, _ = scan_table(p_users, batch_rows=batch_rows)
-    _check_unique(p_items, items, "item")
-    _check_unique(p_users, users, "user")
+    check_unique(p_items, items, "item")
+    check_unique(p_users, users, "user")
     _check_known(p_inter, inter, "user", users["user"], p_users)
     _check_known(p_inter, inter, "item", items["item"], p_items)
     return RawReviews(interactions=inter, items=items, users=users, skipped=skipped)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dlrrec.arrow import rechunk
 from dlrrec.config import DataError
 from features.bad_rows import BadRows, Policy, first_repeat, repeated_rows, resolve
 from features.io import scan_batches
@@ -180,7 +181,8 @@ def build_index(
             writer.write_table(table.append_column("fold_hash", pa.array(result(hashes), pa.uint64())),
                                row_group_size=CHUNK_ROWS)  # fmt: skip
 
-    for batch in _rechunk(batches):
+    tables = (pa.Table.from_batches([b]) for b in batches)
+    for batch in (t.combine_chunks().to_batches()[0] for t in rechunk(tables, CHUNK_ROWS)):
         table, users, items, ts = _index_chunk(batch, user_ids, item_ids, seq, paths)
         user_rows += np.bincount(table["user"].to_numpy(), minlength=len(user_rows))
         item_rows += np.bincount(table["item"].to_numpy(), minlength=len(item_rows))
@@ -191,19 +193,3 @@ def build_index(
     flush(keep=0)
     writer.close()
     return RowIndex(out, seq, user_rows, item_rows)
-
-
-def _rechunk(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Batches of exactly CHUNK_ROWS rows (the last may be shorter)."""
-    held: list[pa.RecordBatch] = []
-    size = 0
-    for batch in batches:
-        held.append(batch)
-        size += batch.num_rows
-        while size >= CHUNK_ROWS:
-            table = pa.Table.from_batches(held).combine_chunks()
-            yield table.slice(0, CHUNK_ROWS).to_batches()[0]
-            rest = table.slice(CHUNK_ROWS)
-            held, size = ([rest.to_batches()[0]] if rest.num_rows else []), rest.num_rows
-    if size:
-        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]

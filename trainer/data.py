@@ -30,6 +30,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
+from dlrrec.arrow import rechunk
 from dlrrec.config import ConfigError, DataError
 from dlrrec.meta import (
     FeaturesMeta,
@@ -835,22 +836,6 @@ def read_range(
         lo = max(lo, start + b)
         start += table.num_rows
         k += 1
-
-
-def rechunk(tables: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:
-    """The rows of `tables` re-cut into tables of `size` rows (the last may be shorter)."""
-    buf: list[pa.Table] = []
-    have = 0
-    for t in tables:
-        buf.append(t)
-        have += t.num_rows
-        while have >= size:
-            whole = pa.concat_tables(buf)
-            yield whole.slice(0, size)
-            rest = whole.slice(size)
-            buf, have = [rest], rest.num_rows
-    if have:
-        yield pa.concat_tables(buf)
 
 
 T = TypeVar("T")
