@@ -30,6 +30,8 @@ from dlrrec.config import DataError
 from features import examples, history, split, stats
 from features.bad_rows import no_skips
 from features.config import FeaturesConfig
+from features.content import ReviewContent
+from features.dense import item_prices, price_features, standardize
 from features.io import (
     ExamplesWriter,
     RawReviews,
@@ -340,15 +342,13 @@ class Encoded:
 
 
 def encode(
-    cfg: FeaturesConfig, inp: Input, t: Tallies, review: Any, codes: np.ndarray | None
+    cfg: FeaturesConfig, inp: Input, t: Tallies, review: ReviewContent, codes: np.ndarray | None
 ) -> Encoded:
     """Vocabularies, standardised dense values and prices, all per owner.
 
     `codes` (every row's split) is given only on the in-memory llm/images path, whose
     per-row prices and types are owned by rows.
     """
-    from features.dense import price_features, standardize
-
     sparse = encode_entities(cfg, inp, t)
     weights = {"user": t.user_train, "item": t.item_train}
     dense: dict[str, tuple[str, np.ndarray]] = {}
@@ -362,8 +362,6 @@ def encode(
         price, info = price_features(review.row_price, "llm", train_rows)
         kind = "row"
     else:
-        from features.dense import item_prices
-
         price, info = price_features(*item_prices(inp.items), t.item_train)
         kind = "item"
     dense |= {name: (kind, v) for name, v in price.items()}
@@ -443,7 +441,7 @@ def write_rows(
     plan: OwnerPlan,
     enc: Encoded,
     outs: OwnerOutputs,
-    review: Any,
+    review: ReviewContent,
     stage: Path,
     dim: int,
 ) -> Written:
@@ -458,8 +456,8 @@ def write_rows(
         for join in joins:
             cols |= _owned(join, lo, hi)
         tables = examples.example_tables(codes, cols, dim, dense_names(enc, plan), bags, plan.keyed)
-        if review is not None and review.row_columns:
-            sliced = type(review)(row_columns={k: v[lo:hi] for k, v in review.row_columns.items()})
+        if review.row_columns:
+            sliced = ReviewContent(row_columns={k: v[lo:hi] for k, v in review.row_columns.items()})
             tables = sliced.add_to_examples(tables, codes)
         for name, table in tables.items():
             writers.setdefault(name, ExamplesWriter(stage, name, table.schema)).write(table)
