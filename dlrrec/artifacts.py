@@ -79,6 +79,7 @@ NEWER_DEFAULTS: dict[str, dict[str, Any]] = {
         "extra_negatives": 0, "logq_correction": False, "infonce_chunk_size": 128,
         "mask_positive_set": False, "rating_weight": 0.0, "lr_decay": 1.0,
         "history_tables": "own", "val_every_steps": 0, "variant": "full", "id_dropout": 0.0,
+        "data_lanes": 8,
     },
 }  # fmt: skip
 

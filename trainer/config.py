@@ -19,6 +19,11 @@ class TrainConfig:
         seed: seeds parameters, shuffling and positive sampling.
         epochs: maximum epochs.
         batch_size: GLOBAL batch size, split evenly over ranks.
+        data_lanes: row streams each global batch is cut into (trainer/data.py
+            `train_batches`): the unit of the data order that makes N ranks see 1 rank's
+            batches. The world size must divide it and it must divide batch_size; 8 serves
+            1, 2, 4 or 8 ranks, 64 up to 64. It is part of the data order, so changing it
+            changes the batches (and the fingerprint).
         embedding_dim: D, the dim of every embedding table and projection tower output.
         tower_hidden: hidden width of each 384->D projection tower (0 = one linear layer).
         tower_dim: output dim of the projection towers (0 = embedding_dim). Below
@@ -99,6 +104,7 @@ class TrainConfig:
     dataset: str = ""
     epochs: int = 20
     batch_size: int = 1024
+    data_lanes: int = 8
     eval_batch_size: int = 8192
     embedding_dim: int = 32
     tower_hidden: int = 128
@@ -158,7 +164,7 @@ class TrainConfig:
         return self.variant == "full" and self.contrastive and self.uses_content
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "embedding_dim", "patience"):
+        for name in ("epochs", "batch_size", "data_lanes", "eval_batch_size", "embedding_dim", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("keep_checkpoints", "checkpoint_every_steps", "val_every_steps", "stop_after_epoch", "stop_after_step"):

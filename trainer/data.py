@@ -770,22 +770,25 @@ def epoch_steps(n_rows: int, global_batch: int, max_steps: int = 0) -> int:
     return min(steps, max_steps) if max_steps else steps
 
 
-LANES = 8  # row streams per global batch; every world size must divide it
+LANES = 8  # row streams per global batch by default (train.data_lanes); the world size must divide it
 PREFETCH = 4  # batches a rank's reader thread keeps ready
 _BLOCK_TAG = 2**31  # keeps block-permutation seeds apart from (seed, epoch, step, lane) ones
 
 
-def lane_layout(global_batch: int, world_size: int) -> int:
+def lane_layout(global_batch: int, world_size: int, lanes: int = LANES) -> int:
     """Rows per lane and step; `global_batch` and `world_size` must fit the lanes.
 
     Raises:
-        ConfigError: the batch or the world size does not divide into `LANES` lanes.
+        ConfigError: the batch or the world size does not divide into `lanes` lanes.
     """
-    if LANES % world_size:
-        raise ConfigError(f"world size {world_size} must divide the {LANES} data lanes (use 1, 2, 4 or 8 ranks)")
-    if global_batch % LANES:
-        raise ConfigError(f"train.batch_size: {global_batch} is not a multiple of the {LANES} data lanes")
-    return global_batch // LANES
+    if lanes < 1 or lanes % world_size:
+        raise ConfigError(
+            f"train.data_lanes: world size {world_size} must divide the {lanes} data lanes "
+            f"(set train.data_lanes to a multiple of {world_size})"
+        )
+    if global_batch % lanes:
+        raise ConfigError(f"train.batch_size: {global_batch} is not a multiple of the {lanes} data lanes")
+    return global_batch // lanes
 
 
 class LaneRng:
@@ -892,23 +895,24 @@ def train_batches(
     start_step: int = 0,
     extra_negatives: int = 0,
     positive_sets: bool = False,
+    lanes: int = LANES,
 ) -> Iterator[Batch]:
     """This rank's part of the epoch's global batches (last partial batch dropped).
 
     The epoch's stream is the training blocks (Parquet row groups) in a (seed, epoch)
     permutation, each block's rows permuted by (seed, epoch, block). It is cut into
-    `LANES` equal lanes; global batch s takes rows [s*b, (s+1)*b) of every lane (b =
-    global_batch / LANES), in lane order. Rank r owns a contiguous run of lanes and
+    `lanes` equal lanes; global batch s takes rows [s*b, (s+1)*b) of every lane (b =
+    global_batch / lanes), in lane order. Rank r owns a contiguous run of lanes and
     reads only their blocks, so its local batch is rows [r*B/W, (r+1)*B/W) of the
     global batch for any world size W, and a resumed or re-sharded run sees the same
     data. `start_step` skips the epoch's first steps without reading them.
     """
     parts = data.parts["train"]
-    per_lane = lane_layout(global_batch, world_size)
+    per_lane = lane_layout(global_batch, world_size, lanes)
     steps = epoch_steps(parts.n, global_batch, max_steps)
-    lane_len = parts.n // LANES
+    lane_len = parts.n // lanes
     order = np.random.default_rng([seed, epoch]).permutation(len(parts.blocks))
-    mine = range(rank * LANES // world_size, (rank + 1) * LANES // world_size)
+    mine = range(rank * lanes // world_size, (rank + 1) * lanes // world_size)
 
     def batches() -> Iterator[Batch]:
         lanes = [

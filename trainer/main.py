@@ -685,6 +685,7 @@ class Sampling:
     """How batches are drawn (`build_sampling`): the arguments of `train_batches` and `evaluate`."""
 
     batch_size: int
+    data_lanes: int
     eval_batch_size: int
     seed: int
     top1: bool
@@ -750,6 +751,7 @@ def build_schedule(cfg: TrainConfig, n_train_rows: int) -> Schedule:
 def build_sampling(cfg: TrainConfig) -> Sampling:
     return Sampling(
         batch_size=cfg.batch_size,
+        data_lanes=cfg.data_lanes,
         eval_batch_size=cfg.eval_batch_size,
         seed=cfg.seed,
         top1=cfg.positive_sampling == "top1",
@@ -928,7 +930,7 @@ def build_job(
         raise ConfigError(
             f"train.batch_size: {cfg.batch_size} is not divisible by world size {env.world_size}"
         )
-    lane_layout(cfg.batch_size, env.world_size)
+    lane_layout(cfg.batch_size, env.world_size, cfg.data_lanes)
     train_ids = {"user_id": np.flatnonzero(data.train_rows["user"]), "item_id": np.flatnonzero(data.train_rows["item"])}
     cold = build_cold_ids(cfg.id_dropout, data.sparse_names, data.sparse_vocab, train_ids)
     sparse_opt = trained_on["sparse_optimizer"]
@@ -1008,7 +1010,7 @@ def epoch_batches(job: Job, epoch: int) -> Iterator[Batch]:
     s, env, start = job.sampling, job.env, job.prog.epoch_step
     it = train_batches(
         job.data, s.batch_size, env.rank, env.world_size, epoch, s.seed, s.top1,
-        s.max_steps_per_epoch, start, s.extra_negatives, s.positive_sets,
+        s.max_steps_per_epoch, start, s.extra_negatives, s.positive_sets, s.data_lanes,
     )  # fmt: skip
     cold = job.cold
     if cold is None:

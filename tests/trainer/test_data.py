@@ -202,5 +202,24 @@ def test_lanes_refuse_a_batch_or_world_size_they_cannot_split(data):
 
     with pytest.raises(ConfigError, match="train.batch_size: 100 is not a multiple of the 8"):
         next(train_batches(data, 100, 0, 1, 0, 0, False))
-    with pytest.raises(ConfigError, match="world size 3 must divide the 8"):
+    with pytest.raises(ConfigError, match="train.data_lanes: world size 3 must divide the 8 data lanes"):
         next(train_batches(data, 96, 0, 3, 0, 0, False))
+    with pytest.raises(ConfigError, match="train.batch_size: 128 is not a multiple of the 6"):
+        next(train_batches(data, 128, 0, 3, 0, 0, False, lanes=6))
+
+
+def test_more_lanes_serve_other_world_sizes_with_the_same_global_batches(blocked):
+    """3 and 6 ranks (not divisors of the default 8 lanes) with `lanes=6` rebuild the
+    1-rank global batches of the same lane count."""
+    data, _ = blocked
+    kw = {"global_batch": 120, "epoch": 1, "seed": 3, "top1": False, "max_steps": 5, "lanes": 6}
+    one = list(train_batches(data, rank=0, world_size=1, **kw))
+    default = list(train_batches(data, rank=0, world_size=1, **{**kw, "global_batch": 128, "lanes": 8}))
+    assert not np.array_equal(one[0].item_ids.numpy()[:120], default[0].item_ids.numpy()[:120])
+    for world in (3, 6):
+        ranks = [list(train_batches(data, rank=r, world_size=world, **kw)) for r in range(world)]
+        for step in range(5):
+            for name in ("user_ids", "item_ids", "labels", "ii.pos_ids", "uu.pos_ids"):
+                np.testing.assert_array_equal(
+                    _cat([rk[step] for rk in ranks], name), attrgetter(name)(one[step]).numpy()
+                )

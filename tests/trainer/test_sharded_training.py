@@ -83,3 +83,15 @@ def _train_single(run: Path, overrides: dict) -> dict:
     from trainer.main import run as run_train
 
     return run_train(TrainConfig(run_dir=str(run), **overrides))
+
+
+@pytest.mark.slow  # 3 spawned gloo ranks
+def test_three_ranks_train_with_lanes_they_divide(synthetic_run: Path, tmp_path: Path):
+    """A world size that does not divide the default 8 lanes trains once `data_lanes` fits it."""
+    run = Path(copy_inputs(synthetic_run, tmp_path / "run"))
+    cfg = {"epochs": 2, "batch_size": 252, "data_lanes": 6, "device": "cpu"}
+    reports = run_ranks(_train, 3, str(run), cfg)
+    assert [r["world_size"] for r in reports] == [3, 3, 3]
+    assert reports[0]["val"] == reports[1]["val"] == reports[2]["val"]
+    assert {r for p in reports[0]["sharding_plan"].values() for r in p["ranks"]} == {0, 1, 2}
+    assert reports[0]["test"]["auc"] > 0.8  # the planted signal is learnt
