@@ -72,7 +72,7 @@ NEWER_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_categories": 11, "on_bad_rows": "error", "llm": None, "images": None,
         "rating_stats": False, "rating_stats_folds": 5,
         "history_bags": False, "history_folds": 5, "history_max_len": 100,
-        "temporal_history": "causal",
+        "temporal_history": "causal", "history_scheme": "folds",
     },
     "similarity": {},
     "train": {

@@ -54,6 +54,12 @@ class FeaturesConfig:
             any split), sharing the item_id / user_id embedding tables.
         history_folds: K of the random split's out-of-fold bags (>= 2).
         history_max_len: the most members a bag keeps, the newest (>= 1).
+        history_scheme: which of its owner's training rows a random-split training row's
+            rating statistics and history bags read. `folds`: the rows outside its own
+            hash fold (`rating_stats_folds` / `history_folds`). `ordered`: CatBoost's
+            ordered statistics, the rows before it in a seeded random order (the row
+            hash), so each row reads a prefix; val/test rows read all training rows
+            under both. Ignored on the temporal split, where time orders the rows.
         temporal_history: what the temporal split's profiles, rating statistics and
             history bags read. `causal`: every interaction (any split) strictly before
             the row, what serving knows then. `frozen`: training interactions only, so
@@ -95,6 +101,7 @@ class FeaturesConfig:
     history_folds: int = 5
     history_max_len: int = 100
     temporal_history: Literal["causal", "frozen"] = "causal"
+    history_scheme: Literal["folds", "ordered"] = "folds"
     profile_folds: int = 5
     profile_blocks: int = 20
     workers: int = 0

@@ -52,6 +52,7 @@ class OwnerPlan:
     stats_folds: int | None  # rating_stats' K, None = off
     bag_folds: int | None  # history_bags' K, None = off
     bag_max_len: int
+    ordered: bool = False  # history_scheme: ordered (random split)
 
     @property
     def profile_slots(self) -> int:
@@ -90,21 +91,37 @@ class Rows:
         return (self.fold_hash % np.uint64(k)).astype(np.int64)
 
 
+def history_order(rows: Rows, plan: OwnerPlan) -> tuple[bool, np.ndarray, np.ndarray | None]:
+    """(strictly-earlier sets?, the order key, the rows the sets may hold) for the rating
+    statistics and history bags of `rows`.
+
+    The ordered scheme (CatBoost's ordered target statistics) is the temporal rule over
+    a seeded random time: training rows are ordered by their row hash (63 bits, so no
+    two of an owner's rows tie in practice) and val/test rows come after all of them,
+    reading every training row and never each other.
+    """
+    if not plan.ordered:
+        return plan.temporal, rows.ts, (rows.train if plan.frozen else None)
+    last = np.iinfo(np.int64).max
+    key = np.where(rows.train, (rows.fold_hash >> np.uint64(1)).astype(np.int64), last)
+    return True, key, rows.train
+
+
 def owner_columns(rows: Rows, plan: OwnerPlan, owner: str) -> dict[str, np.ndarray | pa.Array]:
     """The per-row rating statistics and history bags that `owner` ("user"/"item") owns."""
-    readable = rows.train if plan.frozen else None
+    earlier, key, readable = history_order(rows, plan)
     out: dict[str, np.ndarray | pa.Array] = {}
     if plan.stats_folds is not None:
         k = plan.stats_folds
         got = stats.rating_stats(
-            rows.user, rows.item, rows.rating, rows.label, rows.ts, rows.train, plan.temporal,
+            rows.user, rows.item, rows.rating, rows.label, key, rows.train, earlier,
             rows.folds(k), k, plan.positive_min_rating, readable,
         )  # fmt: skip
         out |= {name: v for name, v in got.items() if name.startswith(owner + "_")}
     if plan.bag_folds is not None:
         k = plan.bag_folds
         bags = history.history_bags(
-            rows.user, rows.item, rows.label, rows.ts, rows.train, plan.temporal,
+            rows.user, rows.item, rows.label, key, rows.train, earlier,
             rows.folds(k), k, plan.bag_max_len, readable,
         )  # fmt: skip
         out |= {n: bags[n] for n, (kind, _, _) in history.HISTORY_FEATURES.items() if kind == owner}

@@ -94,15 +94,16 @@ def side_channel_z(
     return obs, float(null.mean()), (obs - null.mean()) / max(float(null.std()), 1e-12)
 
 
-@pytest.fixture(scope="module", params=["random", "temporal"])
+@pytest.fixture(scope="module", params=["random", "random-ordered", "temporal"])
 def iid_built(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     raw = write_raw(tmp_path_factory.mktemp("iid_raw"), iid_tables(150, 80, 25, seed=0))
     run_dir = tmp_path_factory.mktemp("iid_run")
+    split, _, scheme = request.param.partition("-")
     run(FeaturesConfig(
-        run_dir=str(run_dir), raw_dir=str(raw), split=request.param, seed=1,
-        rating_stats=True, history_bags=True,
+        run_dir=str(run_dir), raw_dir=str(raw), split=split, seed=1,
+        rating_stats=True, history_bags=True, history_scheme=scheme or "folds",
     ))  # fmt: skip
     return read_outputs(run_dir)
 
