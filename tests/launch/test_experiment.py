@@ -39,28 +39,36 @@ def test_selection_uses_val_only_and_table_says_so():
     assert "| cotrained_contrastive |" in md and "larger than 2 standard errors" in md
 
 
-def test_collect_summarises_finished_runs_and_lists_missing(tmp_path):
+def _finished_grid(tmp_path, body: str, reports: dict[str, dict], split: str = "random"):
+    """A grid (`body`: its lines after base and out_dir) whose runs' report.json files are
+    `reports` (run name -> report), over a run root whose features are `split`."""
     import json
-
-    from launch.experiment import collect
 
     root = tmp_path / "root"
     (root / "features").mkdir(parents=True)
-    (root / "features" / "_meta.json").write_text(json.dumps({"dataset": "d", "split": "random"}))
+    (root / "features" / "_meta.json").write_text(json.dumps({"dataset": "d", "split": split}))
     base = tmp_path / "base.yaml"
     base.write_text(f"run_dir: {root}\n")
     grid = tmp_path / "grid.yaml"
     out = tmp_path / "out"
-    grid.write_text(
-        f"base: {base}\nout_dir: {out}\nvariants:\n  a: {{}}\n  b: {{contrastive: false}}\n"
-        "dropouts: [0.1]\nseeds: [0, 1]\n"
-    )
-    m = {"auc": 0.8, "accuracy": 0.7, "fpr": 0.3}
-    for name in ("a-d0.1-s0", "a-d0.1-s1", "b-d0.1-s0"):
+    grid.write_text(f"base: {base}\nout_dir: {out}\n{body}")
+    for name, report in reports.items():
         p = out / "runs" / name / "train"
         p.mkdir(parents=True)
-        (p / "report.json").write_text(json.dumps({"val": m, "test": m, "best_epoch": 1}))
-    summary = collect(str(grid), [])
+        (p / "report.json").write_text(json.dumps(report))
+    return str(grid), out
+
+
+def test_collect_summarises_finished_runs_and_lists_missing(tmp_path):
+    from launch.experiment import collect
+
+    m = {"auc": 0.8, "accuracy": 0.7, "fpr": 0.3}
+    grid, out = _finished_grid(
+        tmp_path,
+        "variants:\n  a: {}\n  b: {contrastive: false}\ndropouts: [0.1]\nseeds: [0, 1]\n",
+        {name: {"val": m, "test": m, "best_epoch": 1} for name in ("a-d0.1-s0", "a-d0.1-s1", "b-d0.1-s0")},
+    )
+    summary = collect(grid, [])
     assert set(summary["variants"]) == {"a", "b"}
     md = (out / "table1.md").read_text()
     assert "Incomplete grid" in md and "b-d0.1-s1" in md
@@ -68,35 +76,24 @@ def test_collect_summarises_finished_runs_and_lists_missing(tmp_path):
 
 
 def test_variant_seeds_override_the_grid_seeds(tmp_path):
-    import json
-
     import pytest
 
     from dlrrec.config import ConfigError, build_dataclass
     from launch.experiment import collect
 
-    root = tmp_path / "root"
-    (root / "features").mkdir(parents=True)
-    (root / "features" / "_meta.json").write_text(json.dumps({"dataset": "d", "split": "temporal"}))
-    base = tmp_path / "base.yaml"
-    base.write_text(f"run_dir: {root}\n")
-    grid = tmp_path / "grid.yaml"
-    out = tmp_path / "out"
-    grid.write_text(
-        f"base: {base}\nout_dir: {out}\nvariants:\n  full: {{}}\n  dlrm_content: {{variant: dlrm_content}}\n"
-        "dropouts: [0.1]\nseeds: [0]\nvariant_seeds:\n  full: [0, 1, 2]\n"
-    )
-    for name, auc in (
-        ("full-d0.1-s0", 0.8),
-        ("full-d0.1-s1", 0.82),
-        ("full-d0.1-s2", 0.84),
-        ("dlrm_content-d0.1-s0", 0.7),
-    ):
-        p = out / "runs" / name / "train"
-        p.mkdir(parents=True)
+    aucs = {"full-d0.1-s0": 0.8, "full-d0.1-s1": 0.82, "full-d0.1-s2": 0.84, "dlrm_content-d0.1-s0": 0.7}
+    reports = {}
+    for name, auc in aucs.items():
         m = {"auc": auc, "accuracy": 0.7, "fpr": 0.3}
-        (p / "report.json").write_text(json.dumps({"val": m, "test": m, "best_epoch": 1}))
-    summary = collect(str(grid), [], score_test=True)
+        reports[name] = {"val": m, "test": m, "best_epoch": 1}
+    grid, out = _finished_grid(
+        tmp_path,
+        "variants:\n  full: {}\n  dlrm_content: {variant: dlrm_content}\n"
+        "dropouts: [0.1]\nseeds: [0]\nvariant_seeds:\n  full: [0, 1, 2]\n",
+        reports,
+        split="temporal",
+    )
+    summary = collect(grid, [], score_test=True)
     assert summary["variants"]["full"]["seeds"] == 3
     assert math.isclose(summary["variants"]["full"]["val_auc"][0], 0.82)
     assert summary["variants"]["dlrm_content"]["seeds"] == 1
@@ -112,25 +109,6 @@ def test_variant_seeds_override_the_grid_seeds(tmp_path):
         )
 
 
-def _finished_grid(tmp_path, reports: dict[str, dict]):
-    """A grid whose runs' report.json files are `reports` (run name -> report)."""
-    import json
-
-    root = tmp_path / "root"
-    (root / "features").mkdir(parents=True)
-    (root / "features" / "_meta.json").write_text(json.dumps({"dataset": "d", "split": "random"}))
-    base = tmp_path / "base.yaml"
-    base.write_text(f"run_dir: {root}\n")
-    grid = tmp_path / "grid.yaml"
-    out = tmp_path / "out"
-    grid.write_text(f"base: {base}\nout_dir: {out}\nvariants:\n  a: {{}}\ndropouts: [0.1, 0.3]\nseeds: [0, 1]\n")
-    for name, report in reports.items():
-        p = out / "runs" / name / "train"
-        p.mkdir(parents=True)
-        (p / "report.json").write_text(json.dumps(report))
-    return str(grid), out
-
-
 def test_tuning_tables_are_sealed_and_score_test_reads_the_chosen_runs_only(tmp_path):
     """Finished runs whose reports hold test figures: without --score-test none is read;
     with it, only each seed's val-chosen run's (here dropout 0.3, though test prefers 0.1)."""
@@ -141,7 +119,7 @@ def test_tuning_tables_are_sealed_and_score_test_reads_the_chosen_runs_only(tmp_
     def report(val: float, test: float) -> dict:
         return {"val": {"auc": val}, "test": {"auc": test, "accuracy": 0.7, "fpr": 0.3}, "best_epoch": 0}
 
-    grid, out = _finished_grid(tmp_path, {
+    grid, out = _finished_grid(tmp_path, "variants:\n  a: {}\ndropouts: [0.1, 0.3]\nseeds: [0, 1]\n", {
         "a-d0.1-s0": report(0.70, 0.99), "a-d0.3-s0": report(0.75, 0.80),
         "a-d0.1-s1": report(0.71, 0.98), "a-d0.3-s1": report(0.76, 0.82),
     })  # fmt: skip
