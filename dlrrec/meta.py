@@ -26,10 +26,16 @@ class SparseFeatureMeta(TypedDict):
 
 
 class KeyedContentMeta(TypedDict):
-    key: str  # the examples' per-row key column
+    key: str  # the examples' per-row key column: entity * slots + slot
     file: str  # the per-(entity, slot) table, relative to features/
     slots: int
     scheme: str  # out_of_fold | earlier_blocks
+    entity: NotRequired[str]  # user (default: the profiles) | item (llm item summaries)
+
+
+def keyed_entity(spec: KeyedContentMeta) -> str:
+    """The entity whose id a keyed column's key holds (`key // slots`)."""
+    return spec.get("entity", "user")
 
 
 class FeaturesMeta(TypedDict):

@@ -11,7 +11,8 @@
 Only the row index, the spills and one chunk or bucket at a time are ever held: memory
 does not grow with the number of rows (docs/scale.md measures it).  Per-entity tables
 (ids, attributes, counts, item vectors) are held whole.  The llm/images sections are
-the exception: their per-row content is built in memory (features/content.py).
+the exception: their review content is built in memory (features/content.py); the
+llm summaries, price and types end up per (entity, slot) key, the image vectors per row.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dlrrec.config import DataError
 from features import examples, history, split, stats
 from features.bad_rows import no_skips
 from features.config import FeaturesConfig
-from features.content import ReviewContent
+from features.content import ReviewContent, add_row_columns, key_column
 from features.dense import item_prices, price_features, standardize
 from features.io import (
     ExamplesWriter,
@@ -327,28 +328,28 @@ class Encoded:
     """Per-owner model inputs; a row takes its owners' values (`columns`)."""
 
     sparse: examples.EntitySparse
-    dense: dict[str, tuple[str, np.ndarray]]  # name -> (owner: user | item | row, float32 values)
+    # name -> (owner: user | item | a key column such as item_text_key, float32 values)
+    dense: dict[str, tuple[str, np.ndarray]]
     dense_stats: dict[str, dict[str, float]]
     price_info: dict[str, Any]
-    row_categories: pa.Array | None = None  # the LLM's per-row types, replacing `categories`
+    key_categories: pa.Array | None = None  # the LLM's types per item key, replacing `categories`
 
-    def columns(self, chunk: pa.Table, lo: int) -> dict[str, np.ndarray | pa.Array]:
+    def columns(self, chunk: pa.Table, keys: dict[str, np.ndarray]) -> dict[str, np.ndarray | pa.Array]:
+        """A chunk's sparse and dense columns; `keys`: its review-content key columns."""
         user, item = chunk["user"].to_numpy(), chunk["item"].to_numpy()
         out = self.sparse.rows(user, item)
-        if self.row_categories is not None:
-            out["categories"] = self.row_categories.slice(lo, chunk.num_rows)
-        owner = {"user": user, "item": item, "row": np.arange(lo, lo + chunk.num_rows)}
+        if self.key_categories is not None:
+            out["categories"] = self.key_categories.take(pa.array(keys[ITEM_KEY]))
+        owner = {"user": user, "item": item, **keys}
         return out | {name: values[owner[kind]] for name, (kind, values) in self.dense.items()}
 
 
-def encode(
-    cfg: FeaturesConfig, inp: Input, t: Tallies, review: ReviewContent, codes: np.ndarray | None
-) -> Encoded:
-    """Vocabularies, standardised dense values and prices, all per owner.
+ITEM_KEY = key_column("item_text")  # the LLM's price and types are per item summary key
 
-    `codes` (every row's split) is given only on the in-memory llm/images path, whose
-    per-row prices and types are owned by rows.
-    """
+
+def encode(cfg: FeaturesConfig, inp: Input, t: Tallies, review: ReviewContent) -> Encoded:
+    """Vocabularies, standardised dense values and prices, all per owner (an entity, or
+    an item summary key for the LLM's price and types)."""
     sparse = encode_entities(cfg, inp, t)
     weights = {"user": t.user_train, "item": t.item_train}
     dense: dict[str, tuple[str, np.ndarray]] = {}
@@ -356,22 +357,24 @@ def encode(
     for name, (kind, raw) in examples.dense_inputs(inp.users, inp.items).items():
         z, mean, std = standardize(raw, weights[kind])
         dense[name], dense_stats[name] = (kind, z), {"mean": mean, "std": std}
-    row_categories = None
-    if codes is not None and review.row_price is not None:
-        train_rows = (codes == split.TRAIN).astype(np.int64)
-        price, info = price_features(review.row_price, "llm", train_rows)
-        kind = "row"
+    key_categories = None
+    if review.key_price is not None:
+        key_train, key_rows = review.price_weights()
+        price, info = price_features(review.key_price, "llm", key_train)
+        # rows with a price, as when the price was per row
+        info["items_with_price"] = int(key_rows[~np.isnan(review.key_price)].sum())
+        kind = ITEM_KEY
     else:
         price, info = price_features(*item_prices(inp.items), t.item_train)
         kind = "item"
     dense |= {name: (kind, v) for name, v in price.items()}
     if price:
         dense_stats["price"] = {"mean": info["mean"], "std": info["std"]}
-    if codes is not None and review.row_types is not None:
-        row_categories, sparse.vocabs["categories"], sparse.truncated = review.categories(
-            codes == split.TRAIN, cfg.max_categories
+    if review.key_types is not None:
+        key_categories, sparse.vocabs["categories"], sparse.truncated = review.categories(
+            cfg.max_categories
         )
-    return Encoded(sparse, dense, dense_stats, info, row_categories)
+    return Encoded(sparse, dense, dense_stats, info, key_categories)
 
 
 @dataclass
@@ -417,7 +420,7 @@ def _owned(join: SeqJoin, lo: int, hi: int) -> dict[str, Any]:
 
 
 def row_columns(
-    chunk: pa.Table, lo: int, codes: np.ndarray, plan: OwnerPlan, enc: Encoded
+    chunk: pa.Table, codes: np.ndarray, plan: OwnerPlan, enc: Encoded, keys: dict[str, np.ndarray]
 ) -> dict[str, Any]:
     """A chunk's example columns that need no bucket job."""
     user, ts = chunk["user"].to_numpy(), chunk["timestamp"].to_numpy()
@@ -432,7 +435,7 @@ def row_columns(
     if plan.keyed:
         slot = plan.profile_slot(ts, chunk["fold_hash"].to_numpy(), codes == split.TRAIN)
         cols[PROFILE_KEY] = user * plan.profile_slots + slot
-    return cols | enc.columns(chunk, lo)
+    return cols | enc.columns(chunk, keys)
 
 
 def write_rows(
@@ -452,13 +455,14 @@ def write_rows(
     writers: dict[str, ExamplesWriter] = {}
     for lo, chunk in inp.index.chunks():
         hi, codes = lo + chunk.num_rows, sp.codes(chunk)
-        cols = row_columns(chunk, lo, codes, plan, enc)
+        keys = review.row_keys(chunk["user"].to_numpy(), chunk["item"].to_numpy(), lo)
+        cols = row_columns(chunk, codes, plan, enc, keys)
         for join in joins:
             cols |= _owned(join, lo, hi)
         tables = examples.example_tables(codes, cols, dim, dense_names(enc, plan), bags, plan.keyed)
-        if review.row_columns:
-            sliced = ReviewContent(row_columns={k: v[lo:hi] for k, v in review.row_columns.items()})
-            tables = sliced.add_to_examples(tables, codes)
+        per_row = {k: v[lo:hi] for k, v in review.row_columns.items()}
+        if keys or per_row:
+            tables = add_row_columns(tables, codes, per_row | keys)
         for name, table in tables.items():
             writers.setdefault(name, ExamplesWriter(stage, name, table.schema)).write(table)
         written.count(cols, sparse, bags, codes)

@@ -1,4 +1,4 @@
-"""Review-derived content of a features build: LLM summaries, price, types and image captions.
+"""Review-derived content of a features build: LLM summaries, price and types, image captions.
 
 Two optional `features` sections turn it on:
 
@@ -13,12 +13,17 @@ Two optional `features` sections turn it on:
 
 Where the vectors go (DESIGN.md "Artifacts"; trainer/data.py reads them):
 
-    examples/*  per row, leakage-free: user_text, item_text (summaries), user_image,
-                item_image and their has_* masks (False: no review text / no captioned
-                photo, and a zero vector); `_meta.json` `row_content` lists the
-                item columns, which the trainer then reads per row instead of from
-                the entity table
+    entities/{user,item}_summaries/  per (entity, slot), key = entity * (K + 1) + slot:
+                the summary vector of the slot's review set (only keys that have one;
+                a missing key reads as a zero vector).  `_meta.json` `keyed_content`
+                names each table, its entity and slots.
+    examples/*  per row: `user_text_key`, `item_text_key` (the slot is the row's review
+                fold for a training row, K otherwise); the llm price and types are
+                looked up by `item_text_key` (per-key values, not per-row lists).
+                Image vectors are still per row (user_image, item_image and their
+                has_* masks; `_meta.json` `row_content` lists the item columns).
     entities/*  per entity, from training reviews only: the same columns and masks
+                (the summaries' slot K)
 """
 
 from __future__ import annotations
@@ -33,31 +38,75 @@ import numpy as np
 import pyarrow as pa
 
 from features import captions, llm, summaries
-from features.dense import PRICE_CATEGORY_TIER, item_prices
+from features.dense import PRICE_CATEGORY_TIER
 from features.examples import cap_lists, vectors
-from features.io import RawReviews
+from features.io import RawReviews, vector_writer
+from features.schema import content_vector
 from features.split import SPLITS
 from features.vocab import build_vocab, encode
 
 log = logging.getLogger("dlrrec.features")
 
+KEY_BLOCK = 65_536  # keys per written row group of a keyed table
+
+
+@dataclass
+class KeyedContent:
+    """One tower column's vectors per (entity, slot): key = entity * slots + slot.
+
+    Nothing is per row: `vecs` holds each distinct vector once and `key_vector` maps a
+    key to it, so memory grows with entities x slots (8 B a key) and distinct vectors.
+    """
+
+    entity: str  # "user" | "item"
+    slots: int
+    key_vector: np.ndarray  # int64 [E * slots] row of `vecs`, -1 = none (a zero vector)
+    vecs: np.ndarray  # float32 [V, D]
+    scheme: str  # out_of_fold | earlier_blocks
+
+    def write(self, folder: Path, col: str) -> None:
+        """`folder`/part-00000.parquet: (key, `col`) of every key that has a vector."""
+        folder.mkdir(parents=True, exist_ok=True)
+        schema = pa.schema([pa.field("key", pa.int64(), nullable=False),
+                            pa.field(col, content_vector(self.vecs.shape[1]), nullable=False)])  # fmt: skip
+        with vector_writer(folder / "part-00000.parquet", schema, "key") as w:
+            for a in range(0, self.key_vector.size, KEY_BLOCK):
+                idx = self.key_vector[a : a + KEY_BLOCK]
+                keys = np.flatnonzero(idx >= 0)
+                vecs = self.vecs[idx[keys]].reshape(-1, self.vecs.shape[1])
+                w.write_table(pa.Table.from_arrays([pa.array(keys + a), vectors(vecs)], schema=schema))
+
+
+def key_column(col: str) -> str:
+    """The examples' per-row key column of keyed tower column `col`."""
+    return f"{col}_key"
+
+
+def keyed_file(col: str) -> str:
+    """The per-(entity, slot) table of keyed review column `col`, relative to features/."""
+    return f"entities/{col.split('_')[0]}_summaries"
+
 
 @dataclass
 class ReviewContent:
-    """What the llm/images sections add to a build (every array in row or entity order)."""
+    """What the llm/images sections add to a build (arrays in entity, key or row order)."""
 
-    row_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [N, D] or bool [N]
+    row_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [N, D] or bool [N]: images
     user_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [U, D] or bool [U]
     item_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [I, D] or bool [I]
-    row_price: np.ndarray | None = None  # float64 [N] tier 1..3, NaN = none
-    row_types: list[list[str]] | None = None  # [N]
+    keyed: dict[str, KeyedContent] = field(default_factory=dict)  # user_text, item_text
+    row_slot: np.ndarray | None = None  # int8 [N] the slot each row reads in `keyed`
+    key_price: np.ndarray | None = None  # float64 [I * S] tier 1..3 per item key, NaN = none
+    key_types: list[list[str]] | None = None  # [I * S] per item key
+    key_rows: np.ndarray | None = None  # int64 [I * S] rows reading each item key
+    key_train: np.ndarray | None = None  # int64 [I * S] training rows among them
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def content(self) -> dict[str, list[str]]:
         """`_meta.json` `content`: the vector columns per entity kind."""
         out: dict[str, list[str]] = {"user": ["user_text"], "item": ["item_text"]}
-        for name in self.row_columns:
+        for name in [*self.keyed, *self.row_columns]:
             kind = name.split("_")[0]
             if kind in out and name not in out[kind]:
                 out[kind].append(name)
@@ -68,57 +117,74 @@ class ReviewContent:
         """Item vector columns stored per row in the examples (read per row by the trainer)."""
         return [c for c in self.row_columns if c.startswith("item_")]
 
-    def price_inputs(
-        self, items: pa.Table, row_item: np.ndarray
-    ) -> tuple[np.ndarray, str | None, np.ndarray]:
-        """(price values, their source, per-row index into them) for `dense.price_features`.
+    def keyed_meta(self) -> dict[str, dict[str, Any]]:
+        """`_meta.json` `keyed_content` entries of the keyed review columns."""
+        return {
+            col: {"key": key_column(col), "file": keyed_file(col), "slots": k.slots,
+                  "scheme": k.scheme, "entity": k.entity}
+            for col, k in self.keyed.items()
+        }  # fmt: skip
 
-        The LLM's out-of-fold price category is per row; otherwise the item metadata.
+    def row_keys(self, user: np.ndarray, item: np.ndarray, lo: int) -> dict[str, np.ndarray]:
+        """The key columns of rows lo.. (their user and item ids given)."""
+        if self.row_slot is None:
+            return {}
+        slot = self.row_slot[lo : lo + len(user)].astype(np.int64)
+        ids = {"user": user, "item": item}
+        return {key_column(c): ids[k.entity] * k.slots + slot for c, k in self.keyed.items()}
+
+    def write_keyed(self, stage: Path) -> None:
+        for col, k in self.keyed.items():
+            k.write(stage / keyed_file(col), col)
+
+    def price_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(training rows, rows) per item key: weights of the per-key LLM price."""
+        assert self.key_train is not None and self.key_rows is not None
+        return self.key_train, self.key_rows
+
+    def categories(self, cap: int) -> tuple[pa.ListArray, list[str], int]:
+        """The LLM types per item key as `categories` ids: (list<int64> [I * S], vocab, rows cut).
+
+        The vocabulary holds the types of keys that training rows read (training
+        reviews of other folds only), id 0 = a type unseen there; the cut count
+        counts rows, as a per-row list would.
         """
-        if self.row_price is None:
-            return (*item_prices(items), row_item)
-        return self.row_price, "llm", np.arange(len(row_item))
-
-    def categories(self, train: np.ndarray, cap: int) -> tuple[pa.ListArray, list[str], int]:
-        """The per-row LLM types as the `categories` feature: (list<int64> ids, vocab, cut lists).
-
-        The vocabulary holds the types of training rows (which read training reviews
-        of other folds only), id 0 = a type unseen there.
-        """
-        assert self.row_types is not None
-        lists, cut = cap_lists(pa.array(self.row_types, pa.list_(pa.string())), cap)
+        assert self.key_types is not None and self.key_train is not None
+        assert self.key_rows is not None
+        lists, _ = cap_lists(pa.array(self.key_types, pa.list_(pa.string())), cap)
+        cut = int(self.key_rows[np.asarray([len(t) for t in self.key_types]) > cap].sum())
         lengths = np.diff(lists.offsets.to_numpy())
         flat = lists.flatten()
         owner = np.repeat(np.arange(len(lengths)), lengths)
-        vocab = build_vocab(flat.filter(pa.array(train[owner])))
+        vocab = build_vocab(flat.filter(pa.array(self.key_train[owner] > 0)))
         offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
         ids = pa.ListArray.from_arrays(offsets, pa.array(encode(flat, vocab), pa.int64()))
         return ids, vocab.to_pylist(), cut
 
-    def add_to_examples(
-        self, tables: dict[str, pa.Table], codes: np.ndarray
-    ) -> dict[str, pa.Table]:
-        """Set or append the per-row columns (vectors as float16, masks as bool)."""
-        out = {}
-        for code, split in enumerate(SPLITS):
-            idx = np.nonzero(codes == code)[0]
-            out[split] = _set_columns(
-                tables[split], {k: v[idx] for k, v in self.row_columns.items()}
-            )
-        return out
 
-    def add_to_entities(self, users: pa.Table, items: pa.Table) -> tuple[pa.Table, pa.Table]:
-        return _set_columns(users, self.user_columns), _set_columns(items, self.item_columns)
+def add_row_columns(
+    tables: dict[str, pa.Table], codes: np.ndarray, columns: dict[str, np.ndarray]
+) -> dict[str, pa.Table]:
+    """Set or append per-row columns (one chunk's rows) to each split's table."""
+    out = {}
+    for code, split in enumerate(SPLITS):
+        idx = np.nonzero(codes == code)[0]
+        out[split] = set_columns(tables[split], {k: v[idx] for k, v in columns.items()})
+    return out
 
 
-def _set_columns(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:
+def set_columns(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:
+    """Vectors as float16 lists, masks as bool, keys as int64."""
     for name, x in columns.items():
         if x.ndim == 2:
             col: pa.Array = vectors(x)
             f = pa.field(name, col.type, nullable=False)
-        else:
-            col = pa.array(x.astype(bool))
+        elif x.dtype == bool:
+            col = pa.array(x)
             f = pa.field(name, pa.bool_(), nullable=False)
+        else:
+            col = pa.array(x.astype(np.int64))
+            f = pa.field(name, pa.int64(), nullable=False)
         i = table.schema.get_field_index(name)
         table = table.set_column(i, f, col) if i >= 0 else table.append_column(f, col)
     return table
@@ -208,8 +274,8 @@ def _review_folds(x: _Inputs, k: int) -> tuple[np.ndarray, list[str]]:
 
 
 def _add_llm_content(out: ReviewContent, llm_cfg: llm.LLMConfig, x: _Inputs) -> None:
-    """User and item summaries out of fold (the `text` modality); with an LLM endpoint,
-    also each row's price category and restaurant types."""
+    """User and item summaries out of fold (the `text` modality), keyed by (entity, slot);
+    with an LLM endpoint, also each item key's price category and restaurant types."""
     provider = llm.build_provider(llm_cfg)
     k = llm_cfg.folds
     folds, review_ids = _review_folds(x, k)
@@ -225,19 +291,22 @@ def _add_llm_content(out: ReviewContent, llm_cfg: llm.LLMConfig, x: _Inputs) -> 
         provider, "item", item_names, x.row_item, texts, x.train, folds, k, x.embed, x.dim,
         tiers, cats, earlier=x.temporal,
     )  # fmt: skip
-    out.row_columns.update(
-        user_text=u.row_vecs,
-        has_user_text=u.row_mask,
-        item_text=i.row_vecs,
-        has_item_text=i.row_mask,
-    )
-    out.user_columns.update(user_text=u.vecs, has_user_text=u.mask)
-    out.item_columns.update(item_text=i.vecs, has_item_text=i.mask)
+    s = k + 1
+    out.row_slot = summaries.row_slots(x.train, folds, k)
+    scheme = "earlier_blocks" if x.temporal else "out_of_fold"
+    for col, entity, e in (("user_text", "user", u), ("item_text", "item", i)):
+        out.keyed[col] = KeyedContent(entity, s, e.key_summary, e.vecs, scheme)
+        vecs, mask = e.entity_vectors(s)
+        columns = out.user_columns if entity == "user" else out.item_columns
+        columns.update({col: vecs, f"has_{col}": mask})
+    item_keys = x.row_item * s + out.row_slot
+    out.key_rows = np.bincount(item_keys, minlength=len(item_names) * s)
+    out.key_train = np.bincount(item_keys[x.train], minlength=len(item_names) * s)
+    user_rows = np.bincount(x.row_user * s + out.row_slot, minlength=len(x.user_names) * s)
     if llm_cfg.base_url:  # offline: price and categories stay the metadata's
-        out.row_price = np.asarray(
-            [PRICE_CATEGORY_TIER.get(p, np.nan) for p in i.row_price], dtype=np.float64
-        )
-        out.row_types = i.row_types
+        tier = np.asarray([PRICE_CATEGORY_TIER.get(p, np.nan) for p in i.set_price] + [np.nan])
+        out.key_price = tier[i.key_set]  # (-1: a key no row reads, the NaN appended)
+        out.key_types = [i.set_types[j] if j >= 0 else [] for j in i.key_set.tolist()]
     out.meta["llm"] = {
         **summaries.usage_meta(provider, k, u, i),
         "base_url": llm_cfg.base_url or None,
@@ -247,8 +316,14 @@ def _add_llm_content(out: ReviewContent, llm_cfg: llm.LLMConfig, x: _Inputs) -> 
             else "training reviews of other folds (train rows)"
         )
         + "; all training reviews (val/test rows, entities)",
-        "rows_with_summary": {"user": int(u.row_mask.sum()), "item": int(i.row_mask.sum())},
-        "entities_with_summary": {"user": int(u.mask.sum()), "item": int(i.mask.sum())},
+        "rows_with_summary": {
+            "user": int(user_rows[u.key_summary >= 0].sum()),
+            "item": int(out.key_rows[i.key_summary >= 0].sum()),
+        },
+        "entities_with_summary": {
+            "user": int(out.user_columns["has_user_text"].sum()),
+            "item": int(out.item_columns["has_item_text"].sum()),
+        },
     }
     log.info("features: llm %s, usage %s", provider.name, provider.usage.to_meta())
 

@@ -6,6 +6,7 @@ Raw reviews -> leakage-free examples and entity content tables (stage 1):
     RUN/features/counts/{users,items}.parquet                   each entity's training rows
     RUN/features/entities/{users,items}.parquet                 content vectors, train history
     RUN/features/entities/user_profiles/part-*.parquet          per-(user, slot) profiles
+    RUN/features/entities/{user,item}_summaries/                per-(entity, slot) llm summaries
     RUN/features/_meta.json                                     vocab sizes, dense stats, ...
 
 A row's features never depend on its own rating: its profile (a key into the
@@ -44,7 +45,7 @@ from dlrrec.config import to_dict
 from dlrrec.entry import run_job
 from features import build, examples, history, split, text
 from features.config import FeaturesConfig
-from features.content import ReviewContent, build_review_content
+from features.content import ReviewContent, build_review_content, set_columns
 from features.embed_cache import model_id
 from features.io import write_table, write_train_counts
 from features.owners import OwnerPlan
@@ -109,11 +110,11 @@ def embed_items(cfg: FeaturesConfig, items: pa.Table) -> np.ndarray:
 
 def review_content(
     cfg: FeaturesConfig, inp: build.Input, sp: build.Split, dim: int
-) -> tuple[ReviewContent, np.ndarray | None]:
-    """The llm/images content (in memory: it is per row) and every row's split code, or
-    an empty content and None when neither section is set."""
+) -> ReviewContent:
+    """The llm/images content (built in memory from the parsed reviews), or an empty
+    content when neither section is set."""
     if inp.raw is None or (cfg.llm is None and cfg.images is None):
-        return ReviewContent(), None
+        return ReviewContent()
     index = inp.index
     codes = np.concatenate([sp.codes(c) for _, c in index.chunks(["user", "item", "timestamp"])])
     model = text.model_path(cfg.text_model)
@@ -123,7 +124,7 @@ def review_content(
         index.column("timestamp"), cfg.split == "temporal", cfg.seed, cfg.raw_dir,
         lambda t: text.embed_texts(t, model, cfg.embed_batch_size, cfg.embed_cache_dir), dim,
     )  # fmt: skip
-    return review, codes
+    return review
 
 
 def write_entities(
@@ -133,20 +134,18 @@ def write_entities(
     """entities/{users,items}.parquet and counts/, from the bucket jobs' files (the profile
     table's parts were written in place by the jobs)."""
     items = examples.items_table(inp.items["item"].combine_chunks(), item_vecs, t.item_train_pos)
-    users_of = {k: v for k, v in review.user_columns.items()}
-    empty = items.slice(0, 0)  # add_to_entities sets both tables' columns; one is a stand-in
+    users_of = review.user_columns
 
     def user_content(_: int, table: pa.Table) -> pa.Table:
         ids = table["user_id"].to_numpy()
-        return ReviewContent(user_columns={k: v[ids] for k, v in users_of.items()}).add_to_entities(
-            table, empty
-        )[0]
+        return set_columns(table, {k: v[ids] for k, v in users_of.items()})
 
     build.concat_parquet([Path(f"{p}-users.parquet") for p in outs.user_files],
                          stage / "entities" / "users.parquet", "user_id",
                          user_content if users_of else None)  # fmt: skip
-    items = ReviewContent(item_columns=review.item_columns).add_to_entities(empty, items)[1]
+    items = set_columns(items, review.item_columns)
     write_table(stage / "entities" / "items.parquet", items)
+    review.write_keyed(stage)
     write_train_counts(stage, t.user_train, t.item_train)
 
 
@@ -175,13 +174,13 @@ def _build(cfg: FeaturesConfig, stage: Path, workers: Workers) -> dict[str, Any]
     )
     item_vecs = embed_items(cfg, inp.items)
     dim = item_vecs.shape[1]
-    review, codes = review_content(cfg, inp, sp, dim)
-    plan = build_plan(cfg, sp, keyed="user_text" not in review.row_columns)
+    review = review_content(cfg, inp, sp, dim)
+    plan = build_plan(cfg, sp, keyed="user_text" not in review.keyed)
     with step(f"bucket jobs ({len(buckets.user_edges) - 1} user buckets)", seconds):
         outs = build.owner_jobs(stage / PROFILES_FILE, buckets, plan, item_vecs.astype(np.float32),
                                 inp.users["user"].combine_chunks(), work, workers)  # fmt: skip
     with step("examples", seconds):
-        enc = build.encode(cfg, inp, tallies, review, codes)
+        enc = build.encode(cfg, inp, tallies, review)
         written = build.write_rows(inp, sp, plan, enc, outs, review, stage, dim)
     with step("entities", seconds):
         write_entities(stage, inp, outs, review, item_vecs, tallies)
@@ -240,7 +239,7 @@ def data_meta(
             }
         }
         if plan.keyed
-        else {},  # fmt: skip
+        else review.keyed_meta(),  # fmt: skip
         **review.meta,
         "content_dim": dim,
     }

@@ -16,6 +16,10 @@ its own fold, so nothing it says (text or rating) reaches its features, and val/
 reviews reach nothing at all.  The fold of a review depends only on its id (temporal:
 on its timestamp), never on its text or rating.
 
+What a row reads is therefore one of K + 1 slots of its entity: the results are
+tables keyed by (entity, slot), key = entity * (K + 1) + slot, and each example row
+holds only its keys (features/content.py), never a vector.
+
 Each distinct review set is sent to the provider once (features/llm.py: the
 OpenAI-compatible client or the offline one), and each distinct summary is embedded
 once with MiniLM (features/text.py).  Users get only the summary prompt; items get
@@ -68,11 +72,14 @@ class ReviewSets:
     sets: [S] (entity, sorted row indices of the reviews in the set).
     row_set: int64 [N] the set each row reads (its entity's, out of the row's fold).
     entity_set: int64 [E] each entity's all-training set.
+    key_set: int64 [E * (K + 1)] the set of (entity e, slot s) at key e * (K + 1) + s,
+        -1 where no row reads that slot (features/content.py keys rows by it).
     """
 
     sets: list[tuple[int, tuple[int, ...]]]
     row_set: np.ndarray
     entity_set: np.ndarray
+    key_set: np.ndarray
 
 
 def out_of_fold_sets(
@@ -119,22 +126,43 @@ def out_of_fold_sets(
     first: dict[tuple[int, tuple[int, ...]], int] = {}
     remap = np.asarray([first.setdefault(st, len(first)) for st in sets], dtype=np.int64)
     inverse = remap[inverse]
-    return ReviewSets(list(first), inverse[:n].astype(np.int64), inverse[n:].astype(np.int64))
+    key_set = np.full(n_entities * (k + 1), -1, dtype=np.int64)
+    key_set[uniq] = remap
+    return ReviewSets(
+        list(first), inverse[:n].astype(np.int64), inverse[n:].astype(np.int64), key_set
+    )
 
 
 @dataclass
 class EntityExtraction:
-    """One entity kind's extraction, per row (out of fold) and per entity (all training)."""
+    """One entity kind's extraction per (entity, slot) key (slot K: all training reviews).
 
-    row_vecs: np.ndarray  # float32 [N, D] summary vectors, 0 where no summary
-    row_mask: np.ndarray  # bool [N]
-    vecs: np.ndarray  # float32 [E, D]
-    mask: np.ndarray  # bool [E]
-    row_price: list[str]  # [N] "overpriced" | "fair" | "cheap" | "none"
-    row_types: list[list[str]]  # [N]
-    price: list[str]  # [E]
-    types: list[list[str]]  # [E]
+    The key of (entity e, slot s) is e * (K + 1) + s; a training row in fold f reads
+    slot f, a val/test row slot K (`row_slots`).  Nothing here is per row.
+    """
+
+    key_summary: np.ndarray  # int64 [E * (K + 1)] row of `vecs` of each key, -1 = no summary
+    vecs: np.ndarray  # float32 [V, D] the distinct summaries' vectors
+    key_set: np.ndarray  # int64 [E * (K + 1)] review set of each key, -1 = read by no row
+    set_price: list[str]  # [S] "overpriced" | "fair" | "cheap" | "none"
+    set_types: list[list[str]]  # [S]
     n_sets: int  # review sets with at least one text: one prompt per kind each
+
+    def entity_vectors(self, slots: int) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [E, D], bool [E]): each entity's all-training summary (slot K)."""
+        return self.key_vectors(self.key_summary[slots - 1 :: slots])
+
+    def key_vectors(self, summary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [n, D], bool [n]) of summary indices (-1 -> zero, False)."""
+        has = summary >= 0
+        out = np.zeros((summary.size, self.vecs.shape[1]), np.float32)
+        out[has] = self.vecs[summary[has]]
+        return out, has
+
+
+def row_slots(train: np.ndarray, folds: np.ndarray, k: int) -> np.ndarray:
+    """int8 [n] the slot each row reads: its fold (training rows), else K."""
+    return np.where(train, folds, k).astype(np.int8)
 
 
 def extract_out_of_fold(
@@ -185,23 +213,13 @@ def extract_out_of_fold(
     distinct = sorted({s for s in summaries if s})
     table = embed(distinct) if distinct else np.zeros((0, dim), np.float32)
     at = {s: i for i, s in enumerate(distinct)}
-    set_vecs = np.zeros((len(summaries), dim), np.float32)
-    set_mask = np.zeros(len(summaries), bool)
-    for i, s in enumerate(summaries):
-        if s:
-            set_vecs[i] = table[at[s]]
-            set_mask[i] = True
-    price = [a.price for a in answers]
-    types = [list(a.types) for a in answers]
+    set_summary = np.asarray([at[s] if s else -1 for s in summaries] + [-1], dtype=np.int64)
     return EntityExtraction(
-        row_vecs=set_vecs[rs.row_set],
-        row_mask=set_mask[rs.row_set],
-        vecs=set_vecs[rs.entity_set],
-        mask=set_mask[rs.entity_set],
-        row_price=[price[s] for s in rs.row_set],
-        row_types=[types[s] for s in rs.row_set],
-        price=[price[s] for s in rs.entity_set],
-        types=[types[s] for s in rs.entity_set],
+        key_summary=set_summary[rs.key_set],  # (index -1, an unread key, is the -1 appended)
+        vecs=np.asarray(table, np.float32).reshape(-1, dim),
+        key_set=rs.key_set,
+        set_price=[a.price for a in answers],
+        set_types=[list(a.types) for a in answers],
         n_sets=sum(1 for r in requests if r.texts),  # the sets that are prompted (some have no text)
     )
 

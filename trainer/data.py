@@ -1,7 +1,7 @@
 """Training data: the features/similarity artifacts in memory, and rank-sharded batches.
 
 Shape legend: B = local batch size, F = sparse features, R = towers whose vector is
-per row (user profiles, `row_content` item vectors), C = content dim (384), Dd = dense
+per row (an images section's `row_content` vectors), C = content dim (384), Dd = dense
 features, M = extra negatives.
 
 Entity vectors (the item tower's input and every InfoNCE vector) are not loaded here:
@@ -37,6 +37,7 @@ from dlrrec.meta import (
     KeyedContentMeta,
     SimilarityMeta,
     entity_count,
+    keyed_entity,
     read_features_meta,
     read_similarity_meta,
 )
@@ -404,14 +405,14 @@ def split_arrays(
 
 
 def row_keys(table: pa.Table, col: str, spec: KeyedContentMeta, where: str) -> np.ndarray:
-    """The rows' keys into `col`'s per-(user, slot) table, each checked to be one of its
-    own user's slots."""
+    """The rows' keys into `col`'s per-(entity, slot) table, each checked to be one of
+    its own entity's (the row's user or item) slots."""
     k = table.column(spec["key"]).to_numpy().astype(np.int64)
-    slots = int(spec["slots"])
-    if k.size and (k.min() < 0 or (k // slots != table.column("user_id").to_numpy()).any()):
+    slots, entity = int(spec["slots"]), keyed_entity(spec)
+    if k.size and (k.min() < 0 or (k // slots != table.column(f"{entity}_id").to_numpy()).any()):
         raise DataError(
-            f"{where}:{spec['key']}: keys outside their user's slots "
-            f"[user * {slots}, user * {slots} + {slots}) of {spec['file']}"
+            f"{where}:{spec['key']}: keys outside their {entity}'s slots "
+            f"[{entity} * {slots}, {entity} * {slots} + {slots}) of {spec['file']}"
         )
     return k
 
@@ -471,9 +472,9 @@ def check_similarity_input(sim_root: Path, sim_meta: SimilarityMeta, features_me
 
 
 def read_keyed_column(root: Path, col: str, spec: KeyedContentMeta, meta: FeaturesMeta) -> ParquetColumn:
-    """Scan a keyed column's per-(user, slot) table; each row's key is checked against
-    its user's slots as its block is read (`split_arrays`)."""
-    entity = "user"  # only user profiles are keyed so far
+    """Scan a keyed column's per-(entity, slot) table; each row's key is checked against
+    its entity's slots as its block is read (`split_arrays`)."""
+    entity = keyed_entity(spec)
     n = entity_count(meta, entity) * int(spec["slots"])
     return ParquetColumn.scan(root / spec["file"], entity, col, n, int(meta["content_dim"]), id_col="key")
 
@@ -540,8 +541,8 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
     root = Path(run_dir) / "features"
     meta = read_features_meta(root)
     towers = modality_towers(root, meta, modalities)
-    # User vectors are looked up by each row's key in a per-(user, slot) table; an llm
-    # section's summaries, and item vectors built from reviews (out of fold), are per row.
+    # User profiles and llm summaries are looked up by each row's key in a per-(entity,
+    # slot) table; image vectors built from reviews (leave-own-out) are still per row.
     keyed = {c: spec for c, spec in meta.get("keyed_content", {}).items() if c in {x for _, x in towers}}
     user_cols = [
         c for e, c in towers if (e == "user" and c not in keyed) or c in meta.get("row_content", ())

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from tiny_reviews import read_outputs, row_profiles, vectors, with_review, write_raw
+from tiny_reviews import (
+    keyed_vectors,
+    read_outputs,
+    row_profiles,
+    vectors,
+    with_review,
+    write_raw,
+)
 
 from features.profiles import time_blocks
 from features.stats import row_folds
@@ -281,8 +288,9 @@ def all_features(out: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     the tier before standardisation.  Their ids and z-scores go through encodings
     shared by all rows (the training vocabulary, the training mean/std), which any
     training review may shift by adding a new type or moving the mean; that relabels
-    every row alike and says nothing about the row's own review.  Vectors, masks and
-    every other column are compared bit for bit.
+    every row alike and says nothing about the row's own review.  A keyed column
+    (the summaries) is the vector its key names, as the trainer reads it.  Vectors,
+    masks and every other column are compared bit for bit.
     """
     users = out["users"]["user"].to_pylist()
     items = out["items"]["item"].to_pylist()
@@ -290,7 +298,9 @@ def all_features(out: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     stats = out["meta"]["dense_stats"]["price"]
     rows = {}
     for split in ("train", "val", "test"):
-        for r in out[split].to_pylist():
+        keyed = {c: keyed_vectors(out, split, c) for c in out["meta"]["keyed_content"]}
+        for n, r in enumerate(out[split].to_pylist()):
+            r |= {c: v[n].tolist() for c, v in keyed.items()}
             r["split"] = split
             r["categories"] = [vocab[i - 1] if i else None for i in r["categories"]]
             r["price"] = (

@@ -22,7 +22,7 @@ from review_source import (
     write_source,
 )
 from tiny_blip2 import save_tiny_blip2, write_images
-from tiny_reviews import read_outputs, vectors
+from tiny_reviews import keyed_vectors, read_outputs, vectors
 
 from dlrrec.config import ConfigError, load_config
 from features import text
@@ -112,7 +112,12 @@ def test_meta_records_provider_usage_and_content(built: dict[str, Any], stub: An
         "user": ["user_text", "user_image"],
         "item": ["item_text", "item_image"],
     }
-    assert meta["row_content"] == ["item_text", "item_image"]
+    assert meta["row_content"] == ["item_image"]  # the summaries are keyed, not per row
+    assert meta["keyed_content"] == {
+        col: {"key": f"{col}_key", "file": f"entities/{e}_summaries", "slots": K + 1,
+              "scheme": "out_of_fold", "entity": e}
+        for e, col in (("user", "user_text"), ("item", "item_text"))
+    }  # fmt: skip
     llm = meta["llm"]
     assert (llm["provider"], llm["model"], llm["folds"]) == ("chat_completions", "stub-model", K)
     usage = llm["usage"]
@@ -158,7 +163,8 @@ def rows_of(built: dict[str, Any], dump: dict[str, Any]) -> list[dict[str, Any]]
     out = []
     for split in ("train", "val", "test"):
         t = built[split]
-        cols = {c: vectors(t, c) for c in ("user_text", "item_text", "user_image", "item_image")}
+        cols = {c: vectors(t, c) for c in ("user_image", "item_image")}
+        cols |= {c: keyed_vectors(built, split, c) for c in ("user_text", "item_text")}
         for k, r in enumerate(
             t.select(["user_id", "item_id", "categories", "price", "has_price"]).to_pylist()
         ):
@@ -235,23 +241,35 @@ def test_vectors_are_masked_not_faked(built: dict[str, Any]) -> None:
     assert not vec[~has].any() and np.abs(vec[has]).sum(1).min() > 0
     for split in ("train", "val", "test"):
         t = built[split]
-        for col in ("user_image", "item_image", "user_text", "item_text"):
+        for col in ("user_image", "item_image"):
             m = t[f"has_{col}"].to_numpy(zero_copy_only=False)
             v = vectors(t, col)
             assert not v[~m].any() and (np.abs(v[m]).sum(1) > 0).all()
+    for col in ("user_text", "item_text"):
+        # a keyed table holds only keys with a summary; a missing key reads as zeros
+        assert (np.abs(vectors(built[f"keyed:{col}"], col)).sum(1) > 0).all()
+        assert keyed_vectors(built, "train", col).any(1).any()
 
 
-def test_trainer_reads_item_vectors_per_row(built: dict[str, Any]) -> None:
-    from trainer.data import make_batch, read_training_data
+def test_trainer_reads_summaries_by_key(built: dict[str, Any]) -> None:
+    from trainer.content_tables import ContentTables, fill_content_tables
+    from trainer.data import keyed_table, make_batch, read_training_data
 
     data = read_training_data(built["run_dir"], ["text", "image"], contrastive=False)
     split = data.read_rows("train")
-    assert set(split.user_content) == {"user_text", "user_image", "item_text", "item_image"}
+    assert set(split.user_content) == {"user_image", "item_image"}
+    assert set(split.keys) == {"user_text", "item_text"}
     rows = np.arange(split.n)
     batch = make_batch(data, split, rows, np.ones(split.n, bool), np.random.default_rng(0), True)
-    towers = [c for _, c in data.towers]
-    got = batch.content[:, towers.index("item_text")].numpy()
-    np.testing.assert_array_equal(got, vectors(built["train"], "item_text").astype(np.float32))
+    per_row = [c for _, c in data.towers if data.per_row(c)]
+    got = batch.content[:, per_row.index("item_image")].numpy()
+    np.testing.assert_array_equal(got, vectors(built["train"], "item_image").astype(np.float32))
+    tables = ContentTables({c: data.entity_columns[c].n for c in data.entity_tables}, 384)
+    fill_content_tables(tables.requires_grad_(False), data.entity_columns)
+    vec = tables(batch.entity)
+    for col in ("user_text", "item_text"):
+        want = keyed_vectors(built, "train", col).astype(np.float32)
+        np.testing.assert_array_equal(vec[f"{keyed_table(col)}/row"].numpy(), want)
 
 
 def test_offline_llm_section_keeps_metadata_price_and_categories(
@@ -271,7 +289,7 @@ def test_offline_llm_section_keeps_metadata_price_and_categories(
         for col in ("categories", "price", "has_price"):
             assert a[split][col].equals(b[split][col])
         # extractive summaries: real text vectors, different from the metadata profiles
-        assert vectors(b[split], "item_text").any()
+        assert keyed_vectors(b, split, "item_text").any()
 
 
 def test_config_sections_load_strictly(tmp_path: Path) -> None:

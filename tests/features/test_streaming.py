@@ -121,7 +121,8 @@ def _outputs(run_dir: Path) -> dict[str, pa.Table]:
         str(p.relative_to(features)): pq.read_table(p) for p in sorted(features.rglob("*.parquet"))
     }
     parts = sorted(k for k in out if k.startswith("entities/user_profiles/"))
-    out["profiles"] = pa.concat_tables(out.pop(k) for k in parts)
+    if parts:
+        out["profiles"] = pa.concat_tables(out.pop(k) for k in parts)
     return out
 
 
@@ -142,6 +143,42 @@ def test_many_chunks_and_buckets_give_the_one_chunk_build(
     monkeypatch.setattr(build, "BUCKET_ROWS", 5)
     run(FeaturesConfig(run_dir=str(tmp_path / "many"), **(config | {"workers": 2})))  # + processes
     one, many = _outputs(tmp_path / "one"), _outputs(tmp_path / "many")
+    assert one.keys() == many.keys()
+    for name, table in one.items():
+        assert table.equals(many[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["random", "temporal"])
+def test_review_content_in_many_chunks_and_buckets_gives_the_one_chunk_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
+    """The llm (offline) and images (tiny BLIP-2) sections too: the keyed summary tables,
+    the key columns, per-key price and types and the caption vectors, bit for bit."""
+    from review_source import image_names, review_records, write_source
+    from tiny_blip2 import save_tiny_blip2, write_images
+
+    from features.captions import ImagesConfig
+    from features.config import FeaturesConfig
+    from features.llm import LLMConfig
+    from features.main import run
+
+    reviews, meta = review_records(seed=4)
+    write_images(tmp_path / "images", image_names(reviews))
+    raw = write_source(tmp_path / "raw", reviews, meta)
+    config = dict(
+        raw_dir=str(raw), source="google_local", split=split, workers=1,
+        llm=LLMConfig(cache_dir=str(tmp_path / "llm"), folds=3),
+        images=ImagesConfig(blip2_path=str(save_tiny_blip2(tmp_path / "blip2")),
+                            image_dir=str(tmp_path / "images"),
+                            cache_dir=str(tmp_path / "captions"), max_new_tokens=5),
+    )  # fmt: skip
+    run(FeaturesConfig(run_dir=str(tmp_path / "one"), **config))  # type: ignore[arg-type]
+    monkeypatch.setattr(rowindex, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(build, "BUCKET_ROWS", 5)
+    run(FeaturesConfig(run_dir=str(tmp_path / "many"), **(config | {"workers": 2})))  # type: ignore[arg-type]
+    one, many = _outputs(tmp_path / "one"), _outputs(tmp_path / "many")
+    assert {"entities/user_summaries/part-00000.parquet", "entities/item_summaries/part-00000.parquet"} <= set(one)
     assert one.keys() == many.keys()
     for name, table in one.items():
         assert table.equals(many[name]), name

@@ -113,15 +113,28 @@ def read_outputs(run_dir: Path) -> dict:
     out["items"] = pq.read_table(root / "entities" / "items.parquet")
     if (root / "entities" / "user_profiles").is_dir():
         out["profiles"] = pq.read_table(root / "entities" / "user_profiles")
+    for col, spec in out["meta"].get("keyed_content", {}).items():
+        out[f"keyed:{col}"] = pq.read_table(root / spec["file"])
     return out
+
+
+def keyed_vectors(out: dict, split: str, col: str) -> np.ndarray:
+    """float16 [n, D] `col` of each row of `split` as the trainer reads it: the row of
+    the keyed table that the row's key names (a key the table lacks: a zero vector)."""
+    spec = out["meta"]["keyed_content"][col]
+    table = out[f"keyed:{col}"]
+    n = out["meta"][f"n_{spec.get('entity', 'user')}s"] * spec["slots"]
+    full = np.zeros((n, out["meta"]["content_dim"]), np.float16)
+    full[table["key"].to_numpy()] = vectors(table, col)
+    return full[out[split][spec["key"]].to_numpy()]
 
 
 def row_profiles(out: dict, split: str) -> np.ndarray:
     """float16 [n, D] user_text of each row of `split`, as the trainer sees it: the
-    profile-table row its `user_text_key` names (or the per-row column of an llm build)."""
+    profile-table row its `user_text_key` names (or, in an llm build, the summary's)."""
     table = out[split]
-    if "user_text" in table.column_names:
-        return vectors(table, "user_text")
+    if out["meta"]["keyed_content"]["user_text"]["file"] != "entities/user_profiles":
+        return keyed_vectors(out, split, "user_text")
     keys = out["profiles"]["key"].to_numpy()
     assert (keys == np.arange(len(keys))).all()  # row k of the table is key k
     return vectors(out["profiles"], "user_text")[table["user_text_key"].to_numpy()]
