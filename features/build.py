@@ -12,7 +12,7 @@ Only the row index, the spills and one chunk or bucket at a time are ever held: 
 does not grow with the number of rows (docs/scale.md measures it).  Per-entity tables
 (ids, attributes, counts, item vectors) are held whole.  The llm/images sections are
 the exception: their review content is built in memory (features/content.py); the
-llm summaries, price and types end up per (entity, slot) key, the image vectors per row.
+summaries, price, types and caption vectors end up per (entity, slot) key.
 """
 
 from __future__ import annotations
@@ -420,9 +420,10 @@ def _owned(join: SeqJoin, lo: int, hi: int) -> dict[str, Any]:
 
 
 def row_columns(
-    chunk: pa.Table, codes: np.ndarray, plan: OwnerPlan, enc: Encoded, keys: dict[str, np.ndarray]
+    chunk: pa.Table, slot: np.ndarray, plan: OwnerPlan, enc: Encoded, keys: dict[str, np.ndarray]
 ) -> dict[str, Any]:
-    """A chunk's example columns that need no bucket job."""
+    """A chunk's example columns that need no bucket job (`slot`: each row's profile slot,
+    `keys`: its review content keys)."""
     user, ts = chunk["user"].to_numpy(), chunk["timestamp"].to_numpy()
     rating = chunk["rating"].to_numpy()
     cols: dict[str, Any] = {
@@ -433,7 +434,6 @@ def row_columns(
         "timestamp": ts,
     }
     if plan.keyed:
-        slot = plan.profile_slot(ts, chunk["fold_hash"].to_numpy(), codes == split.TRAIN)
         cols[PROFILE_KEY] = user * plan.profile_slots + slot
     return cols | enc.columns(chunk, keys)
 
@@ -455,14 +455,15 @@ def write_rows(
     writers: dict[str, ExamplesWriter] = {}
     for lo, chunk in inp.index.chunks():
         hi, codes = lo + chunk.num_rows, sp.codes(chunk)
-        keys = review.row_keys(chunk["user"].to_numpy(), chunk["item"].to_numpy(), lo)
-        cols = row_columns(chunk, codes, plan, enc, keys)
+        user, ts = chunk["user"].to_numpy(), chunk["timestamp"].to_numpy()
+        slot = plan.profile_slot(ts, chunk["fold_hash"].to_numpy(), codes == split.TRAIN)
+        keys = review.row_keys(user, chunk["item"].to_numpy(), lo, slot)
+        cols = row_columns(chunk, slot, plan, enc, keys)
         for join in joins:
             cols |= _owned(join, lo, hi)
         tables = examples.example_tables(codes, cols, dim, dense_names(enc, plan), bags, plan.keyed)
-        per_row = {k: v[lo:hi] for k, v in review.row_columns.items()}
-        if keys or per_row:
-            tables = add_row_columns(tables, codes, per_row | keys)
+        if keys:
+            tables = add_row_columns(tables, codes, keys)
         for name, table in tables.items():
             writers.setdefault(name, ExamplesWriter(stage, name, table.schema)).write(table)
         written.count(cols, sparse, bags, codes)

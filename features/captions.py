@@ -12,12 +12,14 @@ Where a sentence comes from:
 
 An entity with no caption gets a zero vector and a False mask, never a made-up vector.
 
-Leakage: photos attached to a review belong to that review.  A training row's
-vectors leave its own review's photos out (`leave_out_means`), val/test rows and the
-entity tables use the photos of training reviews only; photos of the item itself
-(item metadata) are not tied to any review and always count.
+Leakage: photos attached to a review belong to that review.  The vectors are pooled
+per (entity, slot) with the user profile's slots (`slot_means`): a training row reads
+the photos of training reviews outside its own hash fold (temporal split: of reviews
+in strictly earlier time blocks), val/test rows and the entity tables the photos of
+training reviews only; photos of the item itself (item metadata) are not tied to any
+review and always count.
 
-Shapes: N = interaction rows, E = entities, C = captions, D = content dim (384).
+Shapes: N = interaction rows, E = entities, C = captions, S = slots, D = content dim (384).
 """
 
 from __future__ import annotations
@@ -40,8 +42,6 @@ from dlrrec.config import ConfigError, DataError
 
 log = logging.getLogger("dlrrec.features")
 
-# Rows per float64 temporary block (as in features/profiles.py): memory stays flat in N.
-_BLOCK_VALUES = 8 << 20
 
 
 @dataclass
@@ -238,87 +238,72 @@ def caption_sums(owner: np.ndarray, vecs: np.ndarray, n: int) -> tuple[np.ndarra
     return sums, np.bincount(owner[keep], minlength=n).astype(np.int64)
 
 
-def leave_out_means(
-    row_entity: np.ndarray,
-    sums: np.ndarray,
-    counts: np.ndarray,
-    own_rows: np.ndarray,
-    own_sums: np.ndarray,
-    own_counts: np.ndarray,
+SLOT_ENTITIES = 1024  # entities per pooled block: [1024, S, D] float64 is 66 MB at S = 21
+
+
+def slot_means(
+    entity: np.ndarray,
+    group: np.ndarray,
+    in_entity: np.ndarray,
+    vecs: np.ndarray,
+    n: int,
+    slots: int,
+    earlier: bool,
+    always: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(sums[e] - own) / (counts[e] - own_count) per row; zero and False where nothing is left.
+    """Mean caption vectors per (entity, slot), key = entity * slots + slot (G = slots - 1).
+
+    Slot s < G pools the entity's captions of groups other than s (`earlier`: of groups
+    < s), slot G its captions with `in_entity`; `always` captions (an item's own photos)
+    count in every slot.  Sums are float64 of float16 values (exact), so a slot's mean
+    does not depend on summation order.  Entities are pooled `SLOT_ENTITIES` at a time.
 
     Args:
-        row_entity: int64 [N] entity of each row.
-        sums, counts: `caption_sums` per entity, [E, D] and [E].
-        own_rows: int64 [R] distinct rows that are themselves in the sums (training
-            reviews with captioned photos); only these R rows are corrected, so no
-            [N, D] float64 temporary is needed.
-        own_sums, own_counts: their own contribution, [R, D] and [R].
+        entity: int64 [C] entity of each caption; group: int64 [C] its fold or time
+            block (-1: in no group); in_entity: bool [C] counted in slot G.
+        vecs: [C, D] caption vectors.
+        n: entities; slots: S.
+        always: (int64 [A] entity, [A, D] vectors) or None.
 
     Returns:
-        (float32 [N, D] means, bool [N] mask).
+        (int64 [n * slots] row of the vectors of each key, -1 = no caption;
+         float16 [V, D] the keys' means).
     """
-    n, d = len(row_entity), sums.shape[1]
-    out = np.empty((n, d), dtype=np.float32)
-    den = counts[row_entity].copy()
-    den[own_rows] -= own_counts
-    step = max(1, _BLOCK_VALUES // max(d, 1))
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        k = den[a:b]
-        out[a:b] = np.where(k[:, None] > 0, sums[row_entity[a:b]] / np.maximum(k, 1)[:, None], 0.0)
-    k = den[own_rows]
-    num = sums[row_entity[own_rows]] - own_sums
-    out[own_rows] = np.where(k[:, None] > 0, num / np.maximum(k, 1)[:, None], 0.0)
-    return out, den > 0
+    d, g = vecs.shape[1], slots - 1
+    a_ent, a_vecs = always if always is not None else (np.zeros(0, np.int64), np.zeros((0, d)))
+    order, a_order = np.argsort(entity, kind="stable"), np.argsort(a_ent, kind="stable")
+    key_vector = np.full(n * slots, -1, dtype=np.int64)
+    out: list[np.ndarray] = []
+    for lo in range(0, n, SLOT_ENTITIES):
+        nb = min(n, lo + SLOT_ENTITIES) - lo
+        c = order[slice(*np.searchsorted(entity[order], [lo, lo + nb]))]
+        ac = a_order[slice(*np.searchsorted(a_ent[a_order], [lo, lo + nb]))]
+        e, grp = entity[c] - lo, group[c]
+        gs, gc = caption_sums(np.where(grp >= 0, e * g + grp, -1), vecs[c], nb * g)
+        gs, gc = gs.reshape(nb, g, d), gc.reshape(nb, g)
+        if earlier:  # groups before s
+            gs = np.concatenate([np.zeros((nb, 1, d)), np.cumsum(gs, 1)[:, :-1]], 1)
+            gc = np.concatenate([np.zeros((nb, 1), np.int64), np.cumsum(gc, 1)[:, :-1]], 1)
+        else:  # every group but s
+            gs, gc = gs.sum(1, keepdims=True) - gs, gc.sum(1, keepdims=True) - gc
+        es, ec = caption_sums(np.where(in_entity[c], e, -1), vecs[c], nb)
+        als, alc = caption_sums(a_ent[ac] - lo, a_vecs[ac], nb)
+        sums = np.concatenate([gs, es[:, None]], 1) + als[:, None]
+        counts = np.concatenate([gc, ec[:, None]], 1) + alc[:, None]
+        has = counts > 0
+        key_vector[lo * slots + np.flatnonzero(has)] = sum(len(x) for x in out) + np.arange(has.sum())
+        out.append((sums[has] / counts[has][:, None]).astype(np.float32).astype(np.float16))
+    return key_vector, np.concatenate(out) if out else np.zeros((0, d), np.float16)
 
 
-def earlier_means(
-    row_entity: np.ndarray,
-    timestamps: np.ndarray,
-    caption_row: np.ndarray,
-    caption_vecs: np.ndarray,
-    always_owner: np.ndarray | None = None,
-    always_vecs: np.ndarray | None = None,
+def entity_means(
+    key_vector: np.ndarray, vecs: np.ndarray, slots: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the mean caption vector of its entity's reviews strictly before the row.
-
-    Built on `profiles.strictly_earlier_profiles` with one query row per review
-    (weight 0) and one row per caption (weight 1, at its review's time); entity-level
-    captions (`always_*`) are placed before every review.  Ties with the row's own
-    time, its own photos included, are left out.
-
-    Args:
-        row_entity, timestamps: int64 [N].
-        caption_row: int64 [C] the review row of each caption; caption_vecs: [C, D].
-        always_owner: int64 [A] entity of each entity-level caption; always_vecs: [A, D].
-
-    Returns:
-        (float32 [N, D], bool [N] mask).
-    """
-    from features.profiles import strictly_earlier_profiles
-
-    n, d = len(row_entity), caption_vecs.shape[1]
-    a_owner = always_owner if always_owner is not None else np.zeros(0, np.int64)
-    a_vecs = always_vecs if always_vecs is not None else np.zeros((0, d))
-    first = int(timestamps.min(initial=0)) - 1
-    owners = np.concatenate([row_entity, row_entity[caption_row], a_owner]).astype(np.int64)
-    times = np.concatenate(
-        [timestamps, timestamps[caption_row], np.full(len(a_owner), first)]
-    ).astype(np.int64)
-    # "items" of the pseudo rows: index 0 is a zero vector for the query rows.
-    vecs = np.concatenate([np.zeros((1, d)), caption_vecs, a_vecs]).astype(np.float32)
-    index = np.concatenate([np.zeros(n), np.arange(1, len(vecs))]).astype(np.int64)
-    weight = np.concatenate([np.zeros(n), np.ones(len(vecs) - 1)])
-    out, counts = strictly_earlier_profiles(owners, times, index, weight, vecs)
-    return out[:n], counts[:n] > 0
-
-
-def entity_means(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """sums / counts per entity: (float32 [E, D], bool [E] mask)."""
-    den = np.maximum(counts, 1)[:, None]
-    return np.where(counts[:, None] > 0, sums / den, 0.0).astype(np.float32), counts > 0
+    """Each entity's slot G (`slot_means`): (float32 [E, D], bool [E] mask)."""
+    idx = key_vector[slots - 1 :: slots]
+    out = np.zeros((idx.size, vecs.shape[1]), np.float32)
+    out[idx >= 0] = vecs[idx[idx >= 0]]
+    return out, idx >= 0
 
 
 # ---- assembling the image vectors ------------------------------------------------------
@@ -326,15 +311,15 @@ def entity_means(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.n
 
 @dataclass
 class ImageVectors:
-    """Caption vectors per row (leakage-free) and per entity (training photos only)."""
+    """Caption vectors per (entity, slot) (`slot_means`) and per entity (slot G)."""
 
-    user_rows: np.ndarray  # float32 [N, D]
-    user_rows_mask: np.ndarray  # bool [N]
-    item_rows: np.ndarray
-    item_rows_mask: np.ndarray
-    users: np.ndarray  # float32 [U, D]
+    user_keys: np.ndarray  # int64 [U * S] row of `user_vecs`, -1 = none
+    user_vecs: np.ndarray  # float16 [V, D]
+    item_keys: np.ndarray
+    item_vecs: np.ndarray
+    users: np.ndarray  # float32 [U, D]: training photos
     users_mask: np.ndarray  # bool [U]
-    items: np.ndarray  # float32 [I, D]
+    items: np.ndarray  # float32 [I, D]: training photos and the item's own
     items_mask: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -362,9 +347,11 @@ def build_image_vectors(
     captioner: Captioner | None,
     image_dir: Path,
     dim: int,
-    timestamps: np.ndarray | None = None,
+    row_group: np.ndarray,
+    slots: int,
+    earlier: bool,
 ) -> ImageVectors:
-    """Caption every image, embed every caption once, and pool.
+    """Caption every image, embed every caption once, and pool per (entity, slot).
 
     Args:
         item_captions: [I] the source's captions of each item's photos.
@@ -375,9 +362,14 @@ def build_image_vectors(
         captioner: BLIP-2 for images without a source caption; None = leave them out.
         image_dir: where relative image references and downloaded URLs live.
         dim: D (for the empty case).
-        timestamps: int64 [N] for a temporal split: a row's vectors then pool the
-            photos of reviews strictly earlier than the row, in any split (DESIGN.md),
-            plus the item's own photos; None: training reviews but the row's own.
+        row_group: int64 [N] each row's profile slot (features/owners.py
+            `OwnerPlan.profile_slot`): its hash fold (random split; training rows) or
+            time block (temporal split).  A slot s < G pools the photos of training
+            reviews outside fold s (random) or of reviews of any split in blocks < s
+            (temporal, DESIGN.md), plus the item's own photos; slot G the photos of
+            training reviews plus the item's own (the entity tables).
+        slots: S = G + 1.
+        earlier: the temporal split's rule.
     """
     stats = captioner.stats if captioner is not None else CaptionStats()
     caps = _embedded_captions(
@@ -386,21 +378,13 @@ def build_image_vectors(
     vecs = embed(caps.texts) if caps.texts else np.zeros((0, dim), np.float32)
     item_vecs = vecs[: len(caps.item_owner)].reshape(-1, dim)
     review_vecs = vecs[len(caps.item_owner) :].reshape(-1, dim)
-    own, u, i = _training_sums(
-        caps, item_vecs, review_vecs, row_user, row_item, train, n_users, n_items
-    )
-    if timestamps is None:
-        user_rows, user_rows_mask = leave_out_means(row_user, *u, *own)
-        item_rows, item_rows_mask = leave_out_means(row_item, *i, *own)
-    else:
-        user_rows, user_rows_mask = earlier_means(
-            row_user, timestamps, caps.review_row, review_vecs
-        )
-        item_rows, item_rows_mask = earlier_means(
-            row_item, timestamps, caps.review_row, review_vecs, caps.item_owner, item_vecs
-        )
-    users, users_mask = entity_means(*u)
-    items, items_mask = entity_means(*i)
+    r = caps.review_row
+    grp = np.where(train[r] | earlier, row_group[r], -1)  # random: training reviews only
+    u = slot_means(row_user[r], grp, train[r], review_vecs, n_users, slots, earlier)
+    i = slot_means(row_item[r], grp, train[r], review_vecs, n_items, slots, earlier,
+                   (caps.item_owner, item_vecs))  # fmt: skip
+    users, users_mask = entity_means(*u, slots)
+    items, items_mask = entity_means(*i, slots)
     meta = {
         "provider": captioner.name if captioner is not None else "source",
         "captions": len(caps.texts),
@@ -408,17 +392,7 @@ def build_image_vectors(
         "users_with_images": int(users_mask.sum()),
         **stats.to_meta(),
     }
-    return ImageVectors(
-        user_rows,
-        user_rows_mask,
-        item_rows,
-        item_rows_mask,
-        users,
-        users_mask,
-        items,
-        items_mask,
-        meta,
-    )
+    return ImageVectors(*u, *i, users, users_mask, items, items_mask, meta)
 
 
 @dataclass
@@ -483,41 +457,6 @@ def _caption_images(
     for k, text in zip(found, captioner.caption([paths[k] for k in found])):
         texts[k] = text or None  # an empty caption is no caption
     return texts
-
-
-_Sums = tuple[np.ndarray, np.ndarray]
-
-
-def _training_sums(
-    caps: _Captions,
-    item_vecs: np.ndarray,
-    review_vecs: np.ndarray,
-    row_user: np.ndarray,
-    row_item: np.ndarray,
-    train: np.ndarray,
-    n_users: int,
-    n_items: int,
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], _Sums, _Sums]:
-    """Caption sums and counts: (own rows, their sums, counts) of each training review
-    row's own captions, then per user and per item over training reviews only (items
-    also over their own photos)."""
-    caption_row = caps.review_row
-    own_rows = np.unique(caption_row[train[caption_row]])
-    slot = np.searchsorted(own_rows, caption_row)
-    in_own = np.zeros(len(caption_row), bool)
-    if len(own_rows):
-        in_own = own_rows[np.minimum(slot, len(own_rows) - 1)] == caption_row
-    own_sums, own_counts = caption_sums(np.where(in_own, slot, -1), review_vecs, len(own_rows))
-    in_train = train[caption_row] if len(caption_row) else np.zeros(0, bool)
-    u_owner = np.where(in_train, row_user[caption_row] if len(caption_row) else caption_row, -1)
-    i_owner = np.where(in_train, row_item[caption_row] if len(caption_row) else caption_row, -1)
-    u = caption_sums(u_owner, review_vecs, n_users)
-    i = caption_sums(
-        np.concatenate([caps.item_owner, i_owner]),
-        np.concatenate([item_vecs, review_vecs]),
-        n_items,
-    )
-    return (own_rows, own_sums, own_counts), u, i
 
 
 @dataclass

@@ -8,22 +8,23 @@ Two optional `features` sections turn it on:
              feature; all out of fold (features/summaries.py).  With no `base_url` the
              offline provider answers: extractive summaries, price and categories from
              the source's metadata.
-    images:  caption vectors become the `image` modality (`user_image`, `item_image`)
-             with `has_user_image` / `has_item_image` masks (features/captions.py).
+    images:  caption vectors become the `image` modality (`user_image`, `item_image`;
+             `has_user_image` / `has_item_image` masks in the entity tables;
+             features/captions.py).
 
 Where the vectors go (DESIGN.md "Artifacts"; trainer/data.py reads them):
 
     entities/{user,item}_summaries/  per (entity, slot), key = entity * (K + 1) + slot:
-                the summary vector of the slot's review set (only keys that have one;
-                a missing key reads as a zero vector).  `_meta.json` `keyed_content`
-                names each table, its entity and slots.
-    examples/*  per row: `user_text_key`, `item_text_key` (the slot is the row's review
-                fold for a training row, K otherwise); the llm price and types are
-                looked up by `item_text_key` (per-key values, not per-row lists).
-                Image vectors are still per row (user_image, item_image and their
-                has_* masks; `_meta.json` `row_content` lists the item columns).
+                the summary vector of the slot's review set
+    entities/{user,item}_images/     per (entity, profile slot): the mean caption vector
+                (only keys that have a vector; a missing key reads as a zero vector).
+                `_meta.json` `keyed_content` names each table, its entity and slots.
+    examples/*  per row only keys: `user_text_key`, `item_text_key` (the slot is the
+                row's review fold for a training row, K otherwise), `user_image_key`,
+                `item_image_key` (the row's profile slot); the llm price and types are
+                looked up by `item_text_key` (per-key values, not per-row lists)
     entities/*  per entity, from training reviews only: the same columns and masks
-                (the summaries' slot K)
+                (each table's last slot)
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class KeyedContent:
     entity: str  # "user" | "item"
     slots: int
     key_vector: np.ndarray  # int64 [E * slots] row of `vecs`, -1 = none (a zero vector)
-    vecs: np.ndarray  # float32 [V, D]
+    vecs: np.ndarray  # [V, D] float32 or float16
     scheme: str  # out_of_fold | earlier_blocks
+    file: str  # the table, relative to features/
+    by_profile_slot: bool  # a row's slot is its profile slot (else its review fold)
 
     def write(self, folder: Path, col: str) -> None:
         """`folder`/part-00000.parquet: (key, `col`) of every key that has a vector."""
@@ -82,16 +85,10 @@ def key_column(col: str) -> str:
     return f"{col}_key"
 
 
-def keyed_file(col: str) -> str:
-    """The per-(entity, slot) table of keyed review column `col`, relative to features/."""
-    return f"entities/{col.split('_')[0]}_summaries"
-
-
 @dataclass
 class ReviewContent:
     """What the llm/images sections add to a build (arrays in entity, key or row order)."""
 
-    row_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [N, D] or bool [N]: images
     user_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [U, D] or bool [U]
     item_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [I, D] or bool [I]
     keyed: dict[str, KeyedContent] = field(default_factory=dict)  # user_text, item_text
@@ -106,36 +103,38 @@ class ReviewContent:
     def content(self) -> dict[str, list[str]]:
         """`_meta.json` `content`: the vector columns per entity kind."""
         out: dict[str, list[str]] = {"user": ["user_text"], "item": ["item_text"]}
-        for name in [*self.keyed, *self.row_columns]:
+        for name in self.keyed:
             kind = name.split("_")[0]
             if kind in out and name not in out[kind]:
                 out[kind].append(name)
         return out
 
-    @property
-    def row_content(self) -> list[str]:
-        """Item vector columns stored per row in the examples (read per row by the trainer)."""
-        return [c for c in self.row_columns if c.startswith("item_")]
-
     def keyed_meta(self) -> dict[str, dict[str, Any]]:
         """`_meta.json` `keyed_content` entries of the keyed review columns."""
         return {
-            col: {"key": key_column(col), "file": keyed_file(col), "slots": k.slots,
+            col: {"key": key_column(col), "file": k.file, "slots": k.slots,
                   "scheme": k.scheme, "entity": k.entity}
             for col, k in self.keyed.items()
         }  # fmt: skip
 
-    def row_keys(self, user: np.ndarray, item: np.ndarray, lo: int) -> dict[str, np.ndarray]:
-        """The key columns of rows lo.. (their user and item ids given)."""
-        if self.row_slot is None:
-            return {}
-        slot = self.row_slot[lo : lo + len(user)].astype(np.int64)
+    def row_keys(
+        self, user: np.ndarray, item: np.ndarray, lo: int, profile_slot: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The key columns of rows lo.. (their user and item ids and profile slots given)."""
         ids = {"user": user, "item": item}
-        return {key_column(c): ids[k.entity] * k.slots + slot for c, k in self.keyed.items()}
+        out = {}
+        for col, k in self.keyed.items():
+            if k.by_profile_slot:
+                slot = profile_slot
+            else:
+                assert self.row_slot is not None
+                slot = self.row_slot[lo : lo + len(user)].astype(np.int64)
+            out[key_column(col)] = ids[k.entity] * k.slots + slot
+        return out
 
     def write_keyed(self, stage: Path) -> None:
         for col, k in self.keyed.items():
-            k.write(stage / keyed_file(col), col)
+            k.write(stage / k.file, col)
 
     def price_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(training rows, rows) per item key: weights of the per-key LLM price."""
@@ -165,7 +164,7 @@ class ReviewContent:
 def add_row_columns(
     tables: dict[str, pa.Table], codes: np.ndarray, columns: dict[str, np.ndarray]
 ) -> dict[str, pa.Table]:
-    """Set or append per-row columns (one chunk's rows) to each split's table."""
+    """Append per-row columns (one chunk's rows: the review content's keys) to each split's table."""
     out = {}
     for code, split in enumerate(SPLITS):
         idx = np.nonzero(codes == code)[0]
@@ -209,6 +208,8 @@ def build_review_content(
     raw_dir: str,
     embed: Callable[[list[str]], np.ndarray],
     dim: int,
+    row_group: np.ndarray,
+    slots: int,
 ) -> ReviewContent:
     """Build the llm and images content (either may be None = off).
 
@@ -221,15 +222,17 @@ def build_review_content(
         row_user, row_item: int64 [N]; train: bool [N].
         timestamps: int64 [N].
         temporal: the split is temporal: summaries read strictly earlier time blocks
-            (features/summaries.py), caption vectors strictly earlier photos.
+            (features/summaries.py), caption vectors earlier profile blocks.
         seed: the fold hash seed.
         raw_dir: default folder of image files.
         embed: texts -> float16-exact vectors [len, D].
         dim: D.
+        row_group: int64 [N] each row's profile slot (the image tables' slot);
+        slots: the profile slots S.
     """
     x = _Inputs(
         raw, items, user_names, row_user, row_item, train, timestamps, temporal, seed,
-        raw_dir, embed, dim,
+        raw_dir, embed, dim, row_group, slots,
     )  # fmt: skip
     out = ReviewContent()
     if llm_cfg is not None:
@@ -255,6 +258,8 @@ class _Inputs:
     raw_dir: str
     embed: Callable[[list[str]], np.ndarray]
     dim: int
+    row_group: np.ndarray
+    slots: int
 
 
 def _review_folds(x: _Inputs, k: int) -> tuple[np.ndarray, list[str]]:
@@ -295,7 +300,9 @@ def _add_llm_content(out: ReviewContent, llm_cfg: llm.LLMConfig, x: _Inputs) -> 
     out.row_slot = summaries.row_slots(x.train, folds, k)
     scheme = "earlier_blocks" if x.temporal else "out_of_fold"
     for col, entity, e in (("user_text", "user", u), ("item_text", "item", i)):
-        out.keyed[col] = KeyedContent(entity, s, e.key_summary, e.vecs, scheme)
+        out.keyed[col] = KeyedContent(
+            entity, s, e.key_summary, e.vecs, scheme, f"entities/{entity}_summaries", False
+        )
         vecs, mask = e.entity_vectors(s)
         columns = out.user_columns if entity == "user" else out.item_columns
         columns.update({col: vecs, f"has_{col}": mask})
@@ -329,7 +336,8 @@ def _add_llm_content(out: ReviewContent, llm_cfg: llm.LLMConfig, x: _Inputs) -> 
 
 
 def _add_image_content(out: ReviewContent, images_cfg: captions.ImagesConfig, x: _Inputs) -> None:
-    """Caption vectors of review and item photos (the `image` modality)."""
+    """Caption vectors of review and item photos (the `image` modality), keyed by
+    (entity, profile slot)."""
     n, n_items = len(x.row_user), x.items.num_rows
     iv = captions.build_image_vectors(
         item_captions=_column(x.items, "captions") or [None] * n_items,
@@ -344,22 +352,24 @@ def _add_image_content(out: ReviewContent, images_cfg: captions.ImagesConfig, x:
         captioner=captions.build_captioner(images_cfg),
         image_dir=Path(images_cfg.image_dir or x.raw_dir),
         dim=x.dim,
-        timestamps=x.timestamps if x.temporal else None,
+        row_group=x.row_group,
+        slots=x.slots,
+        earlier=x.temporal,
     )
-    out.row_columns.update(
-        user_image=iv.user_rows,
-        has_user_image=iv.user_rows_mask,
-        item_image=iv.item_rows,
-        has_item_image=iv.item_rows_mask,
-    )
+    scheme = "earlier_blocks" if x.temporal else "out_of_fold"
+    for entity, keys, vecs in (("user", iv.user_keys, iv.user_vecs), ("item", iv.item_keys, iv.item_vecs)):
+        out.keyed[f"{entity}_image"] = KeyedContent(
+            entity, x.slots, keys, vecs, scheme, f"entities/{entity}_images", True
+        )
     out.user_columns.update(user_image=iv.users, has_user_image=iv.users_mask)
     out.item_columns.update(item_image=iv.items, has_item_image=iv.items_mask)
     out.meta["images"] = {
         **iv.meta,
         "rows_read": (
-            "photos of reviews strictly earlier than the row (any split)"
+            "photos of reviews in strictly earlier time blocks (any split)"
             if x.temporal
-            else "photos of training reviews except the row's own"
+            else "photos of training reviews outside the row's fold (train rows), of all "
+            "training reviews (val/test rows)"
         )
         + ", and the item's own photos",
     }

@@ -7,6 +7,7 @@ Raw reviews -> leakage-free examples and entity content tables (stage 1):
     RUN/features/entities/{users,items}.parquet                 content vectors, train history
     RUN/features/entities/user_profiles/part-*.parquet          per-(user, slot) profiles
     RUN/features/entities/{user,item}_summaries/                per-(entity, slot) llm summaries
+    RUN/features/entities/{user,item}_images/                   per-(entity, slot) caption vectors
     RUN/features/_meta.json                                     vocab sizes, dense stats, ...
 
 A row's features never depend on its own rating: its profile (a key into the
@@ -109,7 +110,7 @@ def embed_items(cfg: FeaturesConfig, items: pa.Table) -> np.ndarray:
 
 
 def review_content(
-    cfg: FeaturesConfig, inp: build.Input, sp: build.Split, dim: int
+    cfg: FeaturesConfig, inp: build.Input, sp: build.Split, plan: OwnerPlan, dim: int
 ) -> ReviewContent:
     """The llm/images content (built in memory from the parsed reviews), or an empty
     content when neither section is set."""
@@ -117,12 +118,14 @@ def review_content(
         return ReviewContent()
     index = inp.index
     codes = np.concatenate([sp.codes(c) for _, c in index.chunks(["user", "item", "timestamp"])])
+    train, ts = codes == split.TRAIN, index.column("timestamp")
     model = text.model_path(cfg.text_model)
     review = build_review_content(
         cfg.llm, cfg.images, inp.raw, inp.items, inp.users["user"].to_pylist(),
-        index.column("user"), index.column("item"), codes == split.TRAIN,
-        index.column("timestamp"), cfg.split == "temporal", cfg.seed, cfg.raw_dir,
+        index.column("user"), index.column("item"), train, ts, cfg.split == "temporal",
+        cfg.seed, cfg.raw_dir,
         lambda t: text.embed_texts(t, model, cfg.embed_batch_size, cfg.embed_cache_dir), dim,
+        plan.profile_slot(ts, index.column("fold_hash"), train), plan.profile_slots,
     )  # fmt: skip
     return review
 
@@ -174,8 +177,9 @@ def _build(cfg: FeaturesConfig, stage: Path, workers: Workers) -> dict[str, Any]
     )
     item_vecs = embed_items(cfg, inp.items)
     dim = item_vecs.shape[1]
-    review = review_content(cfg, inp, sp, dim)
-    plan = build_plan(cfg, sp, keyed="user_text" not in review.keyed)
+    # an llm section's summaries replace the profile table
+    plan = build_plan(cfg, sp, keyed=cfg.llm is None)
+    review = review_content(cfg, inp, sp, plan, dim)
     with step(f"bucket jobs ({len(buckets.user_edges) - 1} user buckets)", seconds):
         outs = build.owner_jobs(stage / PROFILES_FILE, buckets, plan, item_vecs.astype(np.float32),
                                 inp.users["user"].combine_chunks(), work, workers)  # fmt: skip
@@ -228,18 +232,20 @@ def data_meta(
         "price": enc.price_info,
         "skipped_rows": {"policy": cfg.on_bad_rows, **inp.skipped},
         "content": review.content,
-        "row_content": review.row_content,
         # tower column -> its per-row key column and the per-(entity, slot) table it keys
-        "keyed_content": {
-            "user_text": {
-                "key": PROFILE_KEY,
-                "file": PROFILES_FILE,
-                "slots": plan.profile_slots,
-                "scheme": "earlier_blocks" if plan.temporal else "out_of_fold",
+        "keyed_content": (
+            {
+                "user_text": {
+                    "key": PROFILE_KEY,
+                    "file": PROFILES_FILE,
+                    "slots": plan.profile_slots,
+                    "scheme": "earlier_blocks" if plan.temporal else "out_of_fold",
+                }
             }
-        }
-        if plan.keyed
-        else review.keyed_meta(),  # fmt: skip
+            if plan.keyed
+            else {}
+        )
+        | review.keyed_meta(),
         **review.meta,
         "content_dim": dim,
     }

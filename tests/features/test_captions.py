@@ -17,8 +17,8 @@ from features.captions import (
     build_image_vectors,
     caption_sums,
     entity_means,
-    leave_out_means,
     resolve_image,
+    slot_means,
 )
 
 
@@ -99,9 +99,9 @@ def test_resolve_image(tmp_path: Path) -> None:
     assert resolve_image("file:///abs/p4.jpg", tmp_path) == Path("/abs/p4.jpg")
 
 
-def test_pooling_matches_a_slow_reference() -> None:
+def test_caption_sums_match_a_slow_reference() -> None:
     rng = np.random.default_rng(0)
-    n_cap, n_ent, n_rows, d = 40, 6, 15, 8
+    n_cap, n_ent, d = 40, 6, 8
     vecs = rng.uniform(-1, 1, (n_cap, d)).astype(np.float16).astype(np.float32)
     owner = rng.integers(-1, n_ent, n_cap)
     sums, counts = caption_sums(owner, vecs, n_ent)
@@ -109,20 +109,39 @@ def test_pooling_matches_a_slow_reference() -> None:
         sel = vecs[owner == e].astype(np.float64)
         assert counts[e] == len(sel)
         np.testing.assert_array_equal(sums[e], sel.sum(0) if len(sel) else np.zeros(d))
-    # Rows own some of their entity's captions; leaving them out = mean of the rest.
-    row_entity = rng.integers(0, n_ent, n_rows)
-    own = [np.nonzero(owner == row_entity[r])[0][: r % 3] for r in range(n_rows)]
-    own_rows = np.array([r for r in range(n_rows) if len(own[r])])
-    own_sums = np.stack([vecs[own[r]].astype(np.float64).sum(0) for r in own_rows])
-    own_counts = np.array([len(own[r]) for r in own_rows])
-    means, mask = leave_out_means(row_entity, sums, counts, own_rows, own_sums, own_counts)
-    for r in range(n_rows):
-        rest = [c for c in np.nonzero(owner == row_entity[r])[0] if c not in own[r]]
-        assert mask[r] == bool(rest)
-        want = vecs[rest].astype(np.float64).mean(0) if rest else np.zeros(d)
-        np.testing.assert_allclose(means[r], want, rtol=1e-6, atol=1e-7)
-    ent, ent_mask = entity_means(sums, counts)
-    assert (ent[~ent_mask] == 0).all() and ent_mask.tolist() == (counts > 0).tolist()
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_slot_means_match_a_slow_reference(earlier: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per (entity, slot): slot s < G pools the groups other than s (earlier: < s), slot
+    G the in-entity captions, plus every `always` caption; in blocks of 3 entities."""
+    import features.captions as captions
+
+    monkeypatch.setattr(captions, "SLOT_ENTITIES", 3)
+    rng = np.random.default_rng(1 + earlier)
+    n_cap, n_ent, slots, d = 60, 7, 5, 6
+    vecs = rng.uniform(-1, 1, (n_cap, d)).astype(np.float16).astype(np.float32)
+    entity = rng.integers(0, n_ent, n_cap)
+    group = rng.integers(-1, slots - 1, n_cap)
+    in_entity = rng.random(n_cap) < 0.6
+    a_ent = np.array([0, 0, 4, 6])
+    a_vecs = rng.uniform(-1, 1, (4, d)).astype(np.float16).astype(np.float32)
+    keys, table = slot_means(entity, group, in_entity, vecs, n_ent, slots, earlier, (a_ent, a_vecs))
+    for e in range(n_ent):
+        for s in range(slots):
+            if s == slots - 1:
+                use = [c for c in range(n_cap) if entity[c] == e and in_entity[c]]
+            else:
+                use = [c for c in range(n_cap) if entity[c] == e and group[c] >= 0
+                       and (group[c] < s if earlier else group[c] != s)]  # fmt: skip
+            pooled = [vecs[c] for c in use] + [a_vecs[j] for j in range(4) if a_ent[j] == e]
+            k = keys[e * slots + s]
+            assert (k >= 0) == bool(pooled), (e, s)
+            if pooled:
+                want = np.mean(np.asarray(pooled, np.float64), 0).astype(np.float32).astype(np.float16)
+                np.testing.assert_array_equal(table[k], want)
+    ent, mask = entity_means(keys, table, slots)
+    assert mask.tolist() == (keys[slots - 1 :: slots] >= 0).tolist() and not ent[~mask].any()
 
 
 def test_build_image_vectors_pools_real_caption_vectors(
@@ -142,6 +161,7 @@ def test_build_image_vectors_pools_real_caption_vectors(
     row_item = np.array([0, 1, 0, 2])
     train = np.array([True, True, True, False])
     captioner = Blip2Captioner(str(blip2), max_new_tokens=5)
+    slots = 3  # random split, K = 2: rows 0 and 2 in fold 0, row 1 in fold 1
     iv = build_image_vectors(
         item_captions=[["Margherita pizza"], None, ["", "  "]],
         item_images=[None, ["https://cdn.example/p0.png"], None],
@@ -155,6 +175,9 @@ def test_build_image_vectors_pools_real_caption_vectors(
         captioner=captioner,
         image_dir=tmp_path,
         dim=384,
+        row_group=np.array([0, 1, 0, 2]),
+        slots=slots,
+        earlier=False,
     )
     caps = dict(
         zip(
@@ -173,34 +196,15 @@ def test_build_image_vectors_pools_real_caption_vectors(
     np.testing.assert_allclose(iv.users[0], v["p1"], atol=2e-4)
     np.testing.assert_allclose(iv.users[1], v["p2"], atol=2e-4)
     assert iv.users_mask.tolist() == [True, True, False]
-    # Rows: a training row leaves its own review's photos out.
-    np.testing.assert_allclose(iv.item_rows[0], (v["src"] + v["p2"]) / 2, atol=2e-4)
-    np.testing.assert_allclose(iv.item_rows[2], (v["src"] + v["p1"]) / 2, atol=2e-4)
-    assert not iv.user_rows_mask[0] and not iv.user_rows[0].any()  # user 0's only photo is its own
-    assert iv.user_rows_mask[1]
-    np.testing.assert_allclose(iv.user_rows[1], v["p1"], atol=2e-4)
-    # The test row sees its user's training photos, not its own.
-    np.testing.assert_allclose(iv.user_rows[3], v["p2"], atol=2e-4)
-    assert not iv.item_rows_mask[3]
 
+    def key(keys: np.ndarray, vecs: np.ndarray, e: int, s: int) -> np.ndarray | None:
+        k = keys[e * slots + s]
+        return vecs[k].astype(np.float64) if k >= 0 else None
 
-def test_earlier_means_match_a_slow_reference() -> None:
-    """Temporal split: photos of strictly earlier reviews of the entity, plus its own photos."""
-    from features.captions import earlier_means
-
-    rng = np.random.default_rng(1)
-    n, n_ent, d = 30, 4, 6
-    row_entity = rng.integers(0, n_ent, n)
-    ts = rng.integers(0, 6, n) * 10  # many ties
-    caption_row = rng.integers(0, n, 25)
-    vecs = rng.uniform(-1, 1, (25, d)).astype(np.float16).astype(np.float32)
-    a_owner = np.array([0, 0, 2])
-    a_vecs = rng.uniform(-1, 1, (3, d)).astype(np.float16).astype(np.float32)
-    got, mask = earlier_means(row_entity, ts, caption_row, vecs, a_owner, a_vecs)
-    for r in range(n):
-        use = [vecs[c] for c in range(25) if row_entity[caption_row[c]] == row_entity[r]
-               and ts[caption_row[c]] < ts[r]]  # fmt: skip
-        use += [a_vecs[j] for j in range(3) if a_owner[j] == row_entity[r]]
-        assert mask[r] == bool(use)
-        want = np.mean(np.asarray(use, np.float64), 0) if use else np.zeros(d)
-        np.testing.assert_allclose(got[r], want, rtol=1e-6, atol=1e-7)
+    # Slot 0 (rows 0 and 2, fold 0) leaves fold 0's photos (p1, p2) out: the item's own stays.
+    np.testing.assert_allclose(key(iv.item_keys, iv.item_vecs, 0, 0), v["src"], atol=2e-4)
+    assert key(iv.user_keys, iv.user_vecs, 0, 0) is None  # user 0's only photo is in fold 0
+    np.testing.assert_allclose(key(iv.user_keys, iv.user_vecs, 0, 1), v["p1"], atol=2e-4)
+    # Slot 2 (val/test rows): every training photo, never a test review's own.
+    np.testing.assert_allclose(key(iv.user_keys, iv.user_vecs, 1, 2), v["p2"], atol=2e-4)
+    assert key(iv.item_keys, iv.item_vecs, 2, 2) is None

@@ -325,10 +325,9 @@ def test_review_profiles_ignore_the_rows_own_review(
 ) -> None:
     """Change one row's text, rating and photo; rebuild; its features stay bit-identical.
 
-    A training row reads summaries/price/types of the other folds' reviews (temporal:
-    of earlier time blocks) and leaves its own photo out (temporal: reads strictly
-    earlier photos); a val/test row's review reaches no feature at all (temporal: no
-    feature of an earlier row).
+    A training row reads summaries/price/types and photos of the other folds' reviews
+    (temporal: of earlier time blocks); a val/test row's review reaches no feature at
+    all (temporal: no feature of an earlier row).
     """
     review_base = review_bases[split]
     from review_source import write_source

@@ -112,11 +112,12 @@ def test_meta_records_provider_usage_and_content(built: dict[str, Any], stub: An
         "user": ["user_text", "user_image"],
         "item": ["item_text", "item_image"],
     }
-    assert meta["row_content"] == ["item_image"]  # the summaries are keyed, not per row
+    assert "row_content" not in meta  # no vector is stored per row
+    slots = {"text": K + 1, "image": meta["config"]["profile_folds"] + 1}
     assert meta["keyed_content"] == {
-        col: {"key": f"{col}_key", "file": f"entities/{e}_summaries", "slots": K + 1,
-              "scheme": "out_of_fold", "entity": e}
-        for e, col in (("user", "user_text"), ("item", "item_text"))
+        f"{e}_{m}": {"key": f"{e}_{m}_key", "file": f"entities/{e}_{table}", "slots": slots[m],
+                     "scheme": "out_of_fold", "entity": e}
+        for m, table in (("text", "summaries"), ("image", "images")) for e in ("user", "item")
     }  # fmt: skip
     llm = meta["llm"]
     assert (llm["provider"], llm["model"], llm["folds"]) == ("chat_completions", "stub-model", K)
@@ -163,10 +164,13 @@ def rows_of(built: dict[str, Any], dump: dict[str, Any]) -> list[dict[str, Any]]
     out = []
     for split in ("train", "val", "test"):
         t = built[split]
-        cols = {c: vectors(t, c) for c in ("user_image", "item_image")}
-        cols |= {c: keyed_vectors(built, split, c) for c in ("user_text", "item_text")}
+        cols = {
+            c: keyed_vectors(built, split, c)
+            for c in ("user_text", "item_text", "user_image", "item_image")
+        }
         for k, r in enumerate(
-            t.select(["user_id", "item_id", "categories", "price", "has_price"]).to_pylist()
+            t.select(["user_id", "item_id", "categories", "price", "has_price",
+                      "user_image_key"]).to_pylist()  # fmt: skip
         ):
             rec = by_pair[(users[r["user_id"]], items[r["item_id"]])]
             out.append({**r, **{c: v[k] for c, v in cols.items()}, "split": split, "review": rec})
@@ -233,41 +237,64 @@ def test_out_of_fold_summaries_types_and_price_match_a_reference(
     assert n_checked["train"] > 10 and n_checked["other"] > 3
 
 
+def test_image_vectors_pool_the_other_slots_photos(
+    built: dict[str, Any], dump: dict[str, Any]
+) -> None:
+    """user_image / item_image of every row, recomputed from the raw records: the mean
+    caption vector of the photos of the entity's training reviews in other profile
+    folds than the row's (val/test rows: of every training review)."""
+    from features.captions import Blip2Captioner
+
+    slots = built["meta"]["keyed_content"]["user_image"]["slots"]
+    rows = rows_of(built, dump)
+    captioner = Blip2Captioner(str(dump["blip2"]), max_new_tokens=5,
+                               cache_dir=str(dump["root"] / "caption-cache"))  # fmt: skip
+    with_pic = [r for r in rows if r["review"]["pics"]]
+    paths = [dump["root"] / "images" / Path(r["review"]["pics"][0]["url"][0]).name for r in with_pic]
+    caps = text.embed_texts(captioner.caption(paths), text.model_path(""), 64, progress=False)
+    photo = {id(r): caps[n].astype(np.float64) for n, r in enumerate(with_pic)}
+    checked = 0
+    for r in rows:
+        slot = r["user_image_key"] % slots
+        assert (slot == slots - 1) == (r["split"] != "train")
+        for col, key in (("user_image", "user_id"), ("item_image", "gmap_id")):
+            pooled = [photo[id(t)] for t in with_pic if t["split"] == "train"
+                      and t["review"][key] == r["review"][key]
+                      and (slot == slots - 1 or t["user_image_key"] % slots != slot)]  # fmt: skip
+            if not pooled:
+                assert not r[col].any()
+                continue
+            np.testing.assert_allclose(r[col], np.mean(pooled, 0), atol=5e-4)
+            checked += 1
+    assert checked > 20
+
+
 def test_vectors_are_masked_not_faked(built: dict[str, Any]) -> None:
     items = built["items"]
     has = items["has_item_image"].to_numpy(zero_copy_only=False)
     vec = vectors(items, "item_image")
     assert has.any() and not has.all()  # an item whose reviews have no photos exists
     assert not vec[~has].any() and np.abs(vec[has]).sum(1).min() > 0
-    for split in ("train", "val", "test"):
-        t = built[split]
-        for col in ("user_image", "item_image"):
-            m = t[f"has_{col}"].to_numpy(zero_copy_only=False)
-            v = vectors(t, col)
-            assert not v[~m].any() and (np.abs(v[m]).sum(1) > 0).all()
-    for col in ("user_text", "item_text"):
+    for col in ("user_text", "item_text", "user_image", "item_image"):
         # a keyed table holds only keys with a summary; a missing key reads as zeros
         assert (np.abs(vectors(built[f"keyed:{col}"], col)).sum(1) > 0).all()
         assert keyed_vectors(built, "train", col).any(1).any()
 
 
-def test_trainer_reads_summaries_by_key(built: dict[str, Any]) -> None:
+def test_trainer_reads_review_vectors_by_key(built: dict[str, Any]) -> None:
     from trainer.content_tables import ContentTables, fill_content_tables
     from trainer.data import keyed_table, make_batch, read_training_data
 
     data = read_training_data(built["run_dir"], ["text", "image"], contrastive=False)
     split = data.read_rows("train")
-    assert set(split.user_content) == {"user_image", "item_image"}
-    assert set(split.keys) == {"user_text", "item_text"}
+    towers = ("user_text", "item_text", "user_image", "item_image")
+    assert split.user_content == {} and set(split.keys) == set(towers)  # no per-row vector
     rows = np.arange(split.n)
     batch = make_batch(data, split, rows, np.ones(split.n, bool), np.random.default_rng(0), True)
-    per_row = [c for _, c in data.towers if data.per_row(c)]
-    got = batch.content[:, per_row.index("item_image")].numpy()
-    np.testing.assert_array_equal(got, vectors(built["train"], "item_image").astype(np.float32))
     tables = ContentTables({c: data.entity_columns[c].n for c in data.entity_tables}, 384)
     fill_content_tables(tables.requires_grad_(False), data.entity_columns)
     vec = tables(batch.entity)
-    for col in ("user_text", "item_text"):
+    for col in towers:
         want = keyed_vectors(built, "train", col).astype(np.float32)
         np.testing.assert_array_equal(vec[f"{keyed_table(col)}/row"].numpy(), want)
 
@@ -346,12 +373,11 @@ def test_yelp_source_captions_are_used_as_they_are(tmp_path: Path) -> None:
         assert not has[names.index(b)] and not vec[names.index(b)].any()
     # Business photos belong to no review: every row of a business sees all of them.
     for split in ("train", "val", "test"):
-        t = out[split]
-        item_ids = t["item_id"].to_numpy()
+        item_ids = out[split]["item_id"].to_numpy()
         np.testing.assert_array_equal(
-            vectors(t, "item_image"), vectors(out["items"], "item_image")[item_ids]
+            keyed_vectors(out, split, "item_image"), vectors(out["items"], "item_image")[item_ids]
         )
-        assert not t["has_user_image"].to_numpy(zero_copy_only=False).any()  # no review photos
+        assert not keyed_vectors(out, split, "user_image").any()  # no review photos
 
 
 def test_fingerprint_ignores_how_keys_and_tracks_the_blip2_model(
