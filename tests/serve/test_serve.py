@@ -380,3 +380,41 @@ def test_export_writes_the_embeddings_to_redis_as_a_switched_version(runs, tmp_p
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_export_serves_keyed_review_content(tmp_path: Path):
+    """llm (offline) + images (tiny BLIP-2) content, keyed per (entity, slot): the export
+    serves each entity's last slot, which is what every test row read, so its scores
+    equal the trainer's test predictions."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "features"))
+    from review_source import image_names, review_records, write_source
+    from tiny_blip2 import save_tiny_blip2, write_images
+
+    from features.captions import ImagesConfig
+    from features.llm import LLMConfig
+    from features.main import run as build_features
+    from similarity.config import SwingConfig
+    from similarity.main import run as swing
+
+    reviews, meta = review_records(seed=5, n_users=30, n_items=5)
+    write_images(tmp_path / "images", image_names(reviews))
+    run = tmp_path / "run"
+    built = build_features(FeaturesConfig(
+        run_dir=str(run), raw_dir=str(write_source(tmp_path / "raw", reviews, meta)),
+        source="google_local", seed=1, llm=LLMConfig(folds=3),
+        images=ImagesConfig(blip2_path=str(save_tiny_blip2(tmp_path / "blip2")),
+                            image_dir=str(tmp_path / "images"), cache_dir="", max_new_tokens=5),
+    ))  # fmt: skip
+    assert set(built["keyed_content"]) == {"user_text", "item_text", "user_image", "item_image"}
+    swing(SwingConfig(run_dir=str(run), top_k=10))
+    opts = {**TRAIN, "batch_size": 16, "modalities": ["text", "image"]}
+    run_ranks(train_runs, 2, [(str(run), opts)])
+    assert export(run) == 0
+    score_test_pairs(run, tmp_path)
+    out = pq.read_table(tmp_path / "out.parquet")
+    trainer = pq.read_table(run / "train" / "test_predictions.parquet")
+    assert out.num_rows == trainer.num_rows > 5
+    np.testing.assert_allclose(
+        out["score"].to_numpy(), trainer["prob"].to_numpy(), rtol=0, atol=1e-5
+    )
