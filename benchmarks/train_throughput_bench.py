@@ -10,10 +10,10 @@ does: `torchrun --standalone --nproc_per_node 2 -m trainer.main`, one epoch capp
 --steps global batches of --batch-size, then val selection and test scoring, in a fresh
 run directory whose features/ and similarity/ are hard links to the artifact. The
 figure is the trainer's own `train_examples_per_s` (report.json: training steps only,
-validation and checkpoints excluded). Rounds rotate the order of the checkouts, so
-a change in the machine's load hits each of them alike; the table prints every
-round, the median and the ratio of each median to the first checkout's. This is a
-shared machine: compare only figures of one invocation. Never run as a test.
+validation and checkpoints excluded), beside its largest rank's peak RSS. Rounds
+rotate the order of the checkouts, so a change in the machine's load hits each of them
+alike; the table prints every round, the median and the ratio of each median to the
+first checkout's. This is a shared machine: compare only figures of one invocation. Never run as a test.
 """
 
 from __future__ import annotations
@@ -53,17 +53,21 @@ def fresh_run(work: Path, label: str, artifact: Path, steps: int, batch_size: in
     return run
 
 
-def train_once(work: Path, label: str, tree: Path, artifact: Path, args: argparse.Namespace) -> float:
-    """One 2-rank training run of `tree`; its train examples/s."""
+def train_once(
+    work: Path, label: str, tree: Path, artifact: Path, args: argparse.Namespace
+) -> tuple[float, float]:
+    """One 2-rank training run of `tree`: its train examples/s and its largest rank's peak RSS (GiB)."""
     run = fresh_run(work, label, artifact, args.steps, args.batch_size)
     print(f"[{label}] training ({load()})", flush=True)
     usage = run_tree(stage_cmd("train", run / "config.yaml"), tree, run / "train.log", args.rss_limit_gib)
     if usage.exit_code or usage.killed:
         raise SystemExit(f"[{label}] failed (exit {usage.exit_code}) {usage.killed}: see {run / 'train.log'}")
     rate = float(json.loads((run / "train" / "report.json").read_text())["throughput"]["train_examples_per_s"])
-    print(f"[{label}] {rate:,.0f} train examples/s; stage wall {usage.wall_s:.0f} s", flush=True)
+    peak = max(v for k, v in usage.peak_by_role.items() if k != "launcher")
+    print(f"[{label}] {rate:,.0f} train examples/s; peak RSS per rank {peak:.2f} GiB; "
+          f"stage wall {usage.wall_s:.0f} s", flush=True)  # fmt: skip
     shutil.rmtree(run / "train" / "checkpoints", ignore_errors=True)
-    return rate
+    return rate, peak
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,18 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     rates: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    peaks: dict[str, list[float]] = {label: [] for label, _, _ in runs}
     for r in range(args.rounds):
         for label, tree, artifact in runs[r % len(runs) :] + runs[: r % len(runs)]:
-            rates[label].append(train_once(work, label, tree, artifact, args))
+            rate, peak = train_once(work, label, tree, artifact, args)
+            rates[label].append(rate)
+            peaks[label].append(peak)
     base = statistics.median(rates[runs[0][0]])
     print(f"\n2 ranks, {args.steps} steps of {args.batch_size}; train examples/s per round, median, ratio to {runs[0][0]}")
     for label, tree, _ in runs:
         med = statistics.median(rates[label])
         rounds = " ".join(f"{x:7,.0f}" for x in rates[label])
-        print(f"{label:10} {rounds}  median {med:7,.0f}  {med / base:5.2f}x  ({tree}, {tree_version(tree)})")
+        print(f"{label:10} {rounds}  median {med:7,.0f}  {med / base:5.2f}x  "
+              f"peak/rank {max(peaks[label]):.2f} GiB  ({tree}, {tree_version(tree)})")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "rates": rates, "load": os.getloadavg()}, indent=1))  # fmt: skip
+                                         "rates": rates, "peak_rank_gib": peaks, "load": os.getloadavg()}, indent=1))  # fmt: skip
     return 0
 
 
