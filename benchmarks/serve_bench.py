@@ -72,10 +72,8 @@ def trainer_eval(run_dir: Path, split: str) -> tuple[Any, Any, Any, int]:
             for batch, ids in eval_batches(data, split, tcfg.eval_batch_size, 0, 1):
                 if cold is not None:
                     batch = cold.eval_batch(batch)
-                tables = train_model.content_tables
-                vec = tables(batch.entity) if tables is not None else {}
                 logits, _ = train_model.model(
-                    batch.dense, batch.sparse, train_model.tower_input(batch.content, vec)
+                    batch.dense, batch.sparse, train_model.tower_input(batch.content, batch.vectors)
                 )
                 out.append(torch.sigmoid(logits).numpy()[ids >= 0])
         return np.concatenate(out)

@@ -84,7 +84,6 @@ sys.path.insert(0, str(REPO))
 
 from dlrrec.config import load_config  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.content_tables import ArrayColumn, ContentTables, fill_content_tables  # noqa: E402
 from trainer.data import (  # noqa: E402
     Batch,
     Neighbors,
@@ -105,6 +104,7 @@ from trainer.main import (  # noqa: E402
     resolve_sparse_optimizer,
 )
 from trainer.model import DLRREC, DLRRECTrain  # noqa: E402
+from trainer.vector_store import VectorStore, store_header, write_store  # noqa: E402
 
 # ---------------------------------------------------------------------------- data
 
@@ -171,6 +171,14 @@ def as_parts(split: SplitArrays, meta: dict[str, Any], n_users: int, n_items: in
     }  # fmt: skip
 
 
+def array_store(name: str, values: np.ndarray) -> VectorStore:
+    """[n, C] float16 entity vectors as a temporary disk-backed store (what the trainer reads)."""
+    path = Path(tempfile.mkdtemp(prefix="train_bench_")) / f"{name}.f16"
+    header = store_header("synthetic", name, values.shape[0], values.shape[1], None)
+    write_store(path, [(np.arange(values.shape[0]), values)], header)
+    return VectorStore(path, header)
+
+
 # ML-100K's feature shapes (runs/movielens-100k/features/_meta.json, random split)
 ML100K_SPARSE = {
     "age_bucket": (8, 1), "categories": (20, 6), "gender": (3, 1), "item_id": (1682, 1),
@@ -222,7 +230,7 @@ def ml100k_standin(n_rows: int, seed: int) -> TrainingData:
         features_meta=meta, similarity_meta=None, **as_parts(split, meta, n_users, n_items),
         sparse_names=list(ML100K_SPARSE), sparse_vocab={n: v for n, (v, _) in ML100K_SPARSE.items()},
         dense_names=["year", "age"], towers=[("user", "user_text"), ("item", "item_text")],
-        entity_columns={"user_text": ArrayColumn(vec["user"]), "item_text": ArrayColumn(vec["item"])},
+        entity_columns={f"{e}_text": array_store(f"{e}_text", vec[e]) for e in ("user", "item")},
         entity_tables=["user_text", "item_text"],
         item_neighbors=neighbours(n_items), user_neighbors=neighbours(n_users),
     )  # fmt: skip
@@ -350,7 +358,7 @@ class Ours(Runner):
         """{table name: full weight} (1 rank: each table is one local shard)."""
         out = {}
         for key, value in self.dmp.state_dict().items():
-            if hasattr(value, "local_shards") and "content_tables." not in key:
+            if hasattr(value, "local_shards"):
                 shards = value.local_shards()
                 assert len(shards) == 1 and shards[0].tensor.shape == value.size(), key
                 out[key.split(".")[-2]] = shards[0].tensor
@@ -378,16 +386,11 @@ class Plain(Runner):
             model.sparse_arch = FixedSparseArch(cfg.batch_size, len(tables), cfg.embedding_dim)
         else:
             model.sparse_arch = PlainSparseArch(tables)
-        # the frozen entity vectors: the same FP16 tables, unsharded (nn.Embedding)
-        content = None
-        if data.entity_tables:
-            sizes = {c: data.entity_columns[c].n for c in data.entity_tables}
-            content = ContentTables(sizes, data.content_dim).requires_grad_(False)
-            fill_content_tables(content, {c: data.entity_columns[c] for c in sizes})
+        # the frozen entity vectors come with the batches (`Batch.vectors`), as in ours
         # the trainer's loss weights and InfoNCE terms (chunking, logQ, extra negatives)
         self.model = DLRRECTrain(
             model, build_loss_weights(cfg, data, pos_weight=1.0), build_contrastive_terms(cfg, data),
-            content, data.tower_spec(),
+            data.tower_spec(),
         )  # fmt: skip
         self.bag_params = list(model.sparse_arch.parameters())
         ids = {id(p) for p in self.bag_params}

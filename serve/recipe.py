@@ -43,9 +43,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dlrrec.config import DataError
-from dlrrec.meta import FeaturesMeta
+from dlrrec.meta import FeaturesMeta, read_features_meta
 from features.history import HISTORY_FEATURES, history_bags
 from features.stats import STAT_FEATURES, rating_stats
+from trainer.vector_store import open_store
 
 # the owner of every feature the features stage writes (features/schema.py, dense.py)
 OWNER = {
@@ -258,11 +259,11 @@ def derived_values(
 
 
 def entity_vectors(features: Path, entity: str, col: str, n: int, dim: int) -> np.ndarray:
-    """float16 [n + 1, C] of `features/entities/{entity}s.parquet` column `col` (row n: zeros)."""
-    from trainer.content_tables import ParquetColumn
-
-    column = ParquetColumn.scan(features / "entities" / f"{entity}s.parquet", entity, col, n, dim)
-    return np.concatenate([column.read_rows(0, n), np.zeros((1, dim), np.float16)])
+    """float16 [n + 1, C] of `features/entities/{entity}s.parquet` column `col` (row n:
+    zeros), through the features artifact's vector store (trainer/vector_store.py)."""
+    source = features / "entities" / f"{entity}s.parquet"
+    store = open_store(features, read_features_meta(features)["fingerprint"], col, source, f"{entity}_id", col, n, dim)
+    return np.concatenate([store.read(np.arange(n)), np.zeros((1, dim), np.float16)])
 
 
 def id_map(features: Path, entity: str) -> pa.Table:

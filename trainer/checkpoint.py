@@ -2,8 +2,8 @@
 
 Layout: `train/checkpoints/step_XXXXXXXX/` (XXXXXXXX = global step) holds
   - the DCP shards of every rank (`__<rank>_0.distcp`) and DCP's `.metadata`:
-    `model` (the DMP state dict: sharded tables as ShardedTensor, dense params; not the
-    frozen entity-vector tables, which are refilled from the features artifact) and
+    `model` (the DMP state dict: sharded tables as ShardedTensor, dense params; the
+    frozen entity vectors are no part of the model: batches read them from disk) and
     `optim` (the CombinedOptimizer's *tensor* state: the row-wise Adagrad momentum
     fused into the sharded tables, and dense Adam's step/exp_avg/exp_avg_sq);
   - `trainer_state.json`: everything else (epoch, step, step within the epoch,
@@ -50,7 +50,6 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
 from torchrec.optim.keyed import CombinedOptimizer
 
-from trainer.content_tables import drop_frozen
 from trainer.distributed import barrier
 
 STATE_FILE = "trainer_state.json"
@@ -96,7 +95,7 @@ def _payload(model: nn.Module, optimizer: CombinedOptimizer) -> tuple[dict[str, 
     """(the DCP payload, the optimizer state dict it aliases). param_groups are left out."""
     optimizer.save_param_groups(False)
     optim_sd = optimizer.state_dict()
-    model_sd = tensors_only(drop_frozen(model.state_dict()))
+    model_sd = tensors_only(model.state_dict())
     return {"model": model_sd, "optim": tensors_only(optim_sd["state"])}, optim_sd
 
 
@@ -212,7 +211,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: CombinedOptimizer |
                 opt.init_state()
         payload, optim_sd = _payload(model, optimizer)
     else:
-        payload, optim_sd = {"model": tensors_only(drop_frozen(model.state_dict()))}, None
+        payload, optim_sd = {"model": tensors_only(model.state_dict())}, None
     dcp.load(payload, storage_reader=SafeFileSystemReader(str(path)))
     model_sd = model.state_dict()
     _copy_into(model_sd, payload["model"])

@@ -4,9 +4,9 @@ Shape legend: B = local batch size, F = sparse features, R = towers whose vector
 per row (an images section's `row_content` vectors), C = content dim (384), Dd = dense
 features, M = extra negatives.
 
-Entity vectors (the item tower's input and every InfoNCE vector) are not loaded here:
-the batch carries their ids (`Batch.entity`) and the model looks them up in frozen
-sharded tables (`trainer/content_tables.py`).
+Entity vectors (the item tower's input and every InfoNCE vector) are not held in
+memory: each rank's reader thread reads its local batch's rows from the disk-backed
+stores (`trainer/vector_store.py`) and the batch carries them (`Batch.vectors`).
 
 Every rank sees the same seeded global permutation of the split each epoch and takes
 its own contiguous slice of each global batch, so 1 rank and N ranks walk the data in
@@ -41,14 +41,7 @@ from dlrrec.meta import (
     read_features_meta,
     read_similarity_meta,
 )
-from trainer.content_tables import (
-    EntityColumn,
-    ParquetColumn,
-    entity_kjt,
-    feature_key,
-    fixed_list_to_numpy,
-    slice_entity_kjt,
-)
+from trainer.vector_store import KINDS, VectorStore, feature_key, fixed_list_to_numpy, open_store
 
 # Towers in a fixed order: (modality, entity, column)
 TOWER_COLUMNS = {
@@ -107,15 +100,16 @@ class Batch(Pipelineable):
     """One local batch. Shapes: dense [B, Dd], content [B, R, C] (the per-row tower
     vectors), the rest [B] unless stated.
 
-    `entity` is the KJT of entity-table lookups (`trainer.content_tables.entity_kjt`):
-    the rows' items (and users), the sampled positives and the extra negatives.
+    `vectors` holds the entity vectors the model needs, float16, read from the stores
+    (`lookup_vectors`): `{col}/row` [B] the rows' items (and users), `{col}/pos` [B] the
+    sampled positives, `{col}/neg` [M] the extra negatives (shared by the global batch).
     `ii` / `uu` are the item-item / user-user InfoNCE inputs (`PairBatch`); their
     anchors are `item_ids` / `user_ids`.
     """
 
     dense: torch.Tensor
     sparse: KeyedJaggedTensor
-    entity: KeyedJaggedTensor
+    vectors: dict[str, torch.Tensor]
     content: torch.Tensor
     labels: torch.Tensor
     weights: torch.Tensor
@@ -130,7 +124,8 @@ class Batch(Pipelineable):
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], kjt: Callable[[KeyedJaggedTensor], KeyedJaggedTensor]) -> Batch:
         return Batch(
             **{n: fn(getattr(self, n)) for n in self._ROW_TENSORS},
-            sparse=kjt(self.sparse), entity=kjt(self.entity), ii=self.ii.apply(fn), uu=self.uu.apply(fn),
+            sparse=kjt(self.sparse), vectors={k: fn(v) for k, v in self.vectors.items()},
+            ii=self.ii.apply(fn), uu=self.uu.apply(fn),
         )  # fmt: skip
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
@@ -140,10 +135,10 @@ class Batch(Pipelineable):
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
-        for t in [*(getattr(self, n) for n in self._ROW_TENSORS), *self.ii.tensors(), *self.uu.tensors()]:
+        row = [getattr(self, n) for n in self._ROW_TENSORS]
+        for t in [*row, *self.vectors.values(), *self.ii.tensors(), *self.uu.tensors()]:
             t.record_stream(stream)
         self.sparse.record_stream(stream)
-        self.entity.record_stream(stream)
 
     def pin_memory(self) -> Batch:
         return self._apply(lambda t: t.pin_memory(), lambda k: k.pin_memory())
@@ -231,8 +226,8 @@ class TrainingData:
     sparse_vocab: dict[str, int]
     dense_names: list[str]
     towers: list[tuple[str, str]]  # (entity, column)
-    entity_columns: dict[str, EntityColumn]  # every tower column's vectors, read by row range
-    entity_tables: list[str]  # the columns the model looks up in frozen sharded tables
+    entity_columns: dict[str, VectorStore]  # every tower column's vectors (and keyed tables), on disk
+    entity_tables: list[str]  # the columns whose vectors the batch carries (`Batch.vectors`)
     item_neighbors: Neighbors | None
     user_neighbors: Neighbors | None
     _sampler_cache: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = field(
@@ -272,7 +267,7 @@ class TrainingData:
 
     def tower_spec(self) -> list[tuple[str, str]]:
         """(column, input) of each tower in tower order (what `DLRRECTrain` assembles):
-        input "" = `Batch.content`, else the entity-KJT feature its vectors come from."""
+        input "" = `Batch.content`, else the `Batch.vectors` key its vectors come from."""
         return [
             (c, "" if self.per_row(c) else feature_key(keyed_table(c) if self.keyed(c) else c, "row"))
             for _, c in self.towers
@@ -471,12 +466,12 @@ def check_similarity_input(sim_root: Path, sim_meta: SimilarityMeta, features_me
         )
 
 
-def read_keyed_column(root: Path, col: str, spec: KeyedContentMeta, meta: FeaturesMeta) -> ParquetColumn:
-    """Scan a keyed column's per-(entity, slot) table; each row's key is checked against
-    its entity's slots as its block is read (`split_arrays`)."""
-    entity = keyed_entity(spec)
-    n = entity_count(meta, entity) * int(spec["slots"])
-    return ParquetColumn.scan(root / spec["file"], entity, col, n, int(meta["content_dim"]), id_col="key")
+def read_keyed_column(root: Path, col: str, spec: KeyedContentMeta, meta: FeaturesMeta) -> VectorStore:
+    """The store of a keyed column's per-(entity, slot) table; each row's key is checked
+    against its entity's slots as its block is read (`split_arrays`)."""
+    n = entity_count(meta, keyed_entity(spec)) * int(spec["slots"])
+    dim = int(meta["content_dim"])
+    return open_store(root, meta["fingerprint"], keyed_table(col), root / spec["file"], "key", col, n, dim)
 
 
 def read_train_rows(root: Path, entity: str, n: int) -> np.ndarray:
@@ -515,22 +510,22 @@ def modality_towers(root: Path, meta: FeaturesMeta, modalities: list[str]) -> li
 
 def scan_entity_columns(
     root: Path, meta: FeaturesMeta, towers: list[tuple[str, str]], keyed: dict[str, KeyedContentMeta]
-) -> dict[str, EntityColumn]:
-    """Every tower column's entity vectors, and each keyed column's per-(entity, slot)
-    table, scanned (ids, values, which entities have one), not kept: the model reads
-    each table shard's rows when it is built (trainer/content_tables.py).
+) -> dict[str, VectorStore]:
+    """The disk-backed store of every tower column's entity vectors, and of each keyed
+    column's per-(entity, slot) table (written from the Parquet on first use, checked:
+    trainer/vector_store.py); batches read their rows.
 
     Raises:
-        DataError: an entity table is missing.
+        DataError: an entity table is missing or invalid, or a store is foreign.
     """
-    entity_columns: dict[str, EntityColumn] = {}
+    entity_columns: dict[str, VectorStore] = {}
     for entity in ("user", "item"):
         path = root / "entities" / f"{entity}s.parquet"
         if not path.is_file():
             raise DataError(f"{path}: missing; run `dlrrec features build` first")
         for c in [c for e, c in towers if e == entity]:
-            n = entity_count(meta, entity)
-            entity_columns[c] = ParquetColumn.scan(path, entity, c, n, int(meta["content_dim"]))
+            n, dim = entity_count(meta, entity), int(meta["content_dim"])
+            entity_columns[c] = open_store(root, meta["fingerprint"], c, path, f"{entity}_id", c, n, dim)
     for c, spec in keyed.items():
         entity_columns[keyed_table(c)] = read_keyed_column(root, c, spec, meta)
     return entity_columns
@@ -656,7 +651,7 @@ def sparse_kjt(data: TrainingData, split: SplitArrays, rows: np.ndarray) -> Keye
 def tower_lookups(
     data: TrainingData, split: SplitArrays, rows: np.ndarray, anchors: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """The entity-table ids of the towers whose vector is not per row: {feature: ids [B]}."""
+    """The entity ids of the towers whose vector is not per row: {vector key: ids [B]}."""
     lookups: dict[str, np.ndarray] = {}
     for entity, col in data.towers:
         if data.keyed(col):  # a tower input: the row's own (entity, slot) row
@@ -711,6 +706,19 @@ def positive_set(kind: PairKind, anchors: np.ndarray, on: bool) -> tuple[np.ndar
     return np.zeros(anchors.size, np.int64), np.zeros(0, np.int64)
 
 
+def lookup_vectors(data: TrainingData, lookups: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """{`{col}/{kind}`: float16 [ids, C]} for every store column the batch carries and
+    every kind (0 rows where `lookups` has none): one store read per column, over the
+    union of its row, positive and negative ids."""
+    out: dict[str, torch.Tensor] = {}
+    for col in data.entity_tables:
+        keys = [feature_key(col, kind) for kind in KINDS]
+        ids = [lookups.get(k, np.zeros(0, np.int64)) for k in keys]
+        vec = torch.from_numpy(data.entity_columns[col].read(np.concatenate(ids)))
+        out.update(zip(keys, torch.split(vec, [i.size for i in ids])))
+    return out
+
+
 def make_batch(
     data: TrainingData,
     split: SplitArrays,
@@ -746,14 +754,14 @@ def make_batch(
         dtypes = (np.int64, np.float32, np.int64, np.float32, np.int64, np.int64)
         pairs.append(PairBatch(*(torch.from_numpy(a.astype(t)) for a, t in zip(arrays, dtypes))))
     b = rows.size
-    # per-row tower vectors; the others are looked up by id in the model's tables
+    # per-row tower vectors; the others come from the stores (`vectors`)
     content = [split.user_content[col][rows] for _, col in data.towers if data.per_row(col)]
     content_arr = np.stack(content, 1) if content else np.zeros((b, 0, data.content_dim), np.float16)
     ratings = split.rating[rows] if split.rating is not None else np.zeros(b, np.float32)
     return Batch(
         dense=torch.from_numpy(split.dense[rows]),
         sparse=sparse_kjt(data, split, rows),
-        entity=entity_kjt(data.entity_tables, lookups, b),
+        vectors=lookup_vectors(data, lookups),
         content=torch.from_numpy(content_arr.astype(np.float32)),
         labels=torch.from_numpy(split.label[rows]),
         weights=torch.from_numpy(valid.astype(np.float32)),
@@ -935,7 +943,7 @@ def slice_batch(full: Batch, keys: list[str], offset: int, size: int) -> Batch:
     sl = slice(offset, offset + size)
     return Batch(
         dense=full.dense[sl], sparse=_slice_kjt(full.sparse, keys, sl),
-        entity=slice_entity_kjt(full.entity, sl), content=full.content[sl],
+        vectors={k: v if k.endswith("/neg") else v[sl] for k, v in full.vectors.items()}, content=full.content[sl],
         labels=full.labels[sl], weights=full.weights[sl], ratings=full.ratings[sl], item_ids=full.item_ids[sl],
         user_ids=full.user_ids[sl], ii=full.ii.rows(sl), uu=full.uu.rows(sl),
     )  # fmt: skip

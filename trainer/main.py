@@ -64,12 +64,6 @@ from trainer.checkpoint import (
 )
 from trainer.cold_start import ColdIds, build_cold_ids
 from trainer.config import TrainConfig, parse_selection_metric
-from trainer.content_tables import (
-    ContentTables,
-    feature_key,
-    fill_content_tables,
-    table_constraints,
-)
 from trainer.data import (
     Batch,
     SplitParts,
@@ -101,6 +95,7 @@ from trainer.model import (
 from trainer.plots import write_plots
 from trainer.pretrain import pretrain_towers_autoencoder
 from trainer.table_init import init_embedding_tables
+from trainer.vector_store import feature_key
 
 # torchrec's placeholders for fbgemm's fused optimizers: unlike torch.optim's classes they
 # accept fbgemm-only arguments (`weight_decay_mode`), which torchrec hands to the kernels
@@ -307,12 +302,8 @@ def build_train_model(
     )  # fmt: skip
     if cfg.projection == "two_step" and isinstance(model, DLRREC) and data.towers:
         pretrain_projection(model.projection_arch, data, cfg.pretrain_epochs, cfg.seed)
-    content_tables = None
-    if isinstance(model, DLRREC) and data.entity_tables:
-        sizes = {c: data.entity_columns[c].n for c in data.entity_tables}
-        content_tables = ContentTables(sizes, data.content_dim, torch.device("meta"))
     weights = build_loss_weights(cfg, data, pos_weight=pos_weight)
-    return DLRRECTrain(model, weights, build_contrastive_terms(cfg, data), content_tables, data.tower_spec())
+    return DLRRECTrain(model, weights, build_contrastive_terms(cfg, data), data.tower_spec())
 
 
 def pretrain_projection(towers: ProjectionArch, data: TrainingData, epochs: int, seed: int) -> None:
@@ -321,19 +312,16 @@ def pretrain_projection(towers: ProjectionArch, data: TrainingData, epochs: int,
     vectors = []
     for _, col in data.towers:
         entities = data.entity_columns[col]
-        x = entities.read_rows(0, entities.n).astype(np.float32)
+        x = entities.read(np.arange(entities.n)).astype(np.float32)
         vectors.append(x[np.abs(x).sum(1) > 0])  # entities with no content are not data
     pretrain_towers_autoencoder(towers, vectors, epochs, 1e-3, seed)
 
 
-def plan_sharding(
-    train_model: DLRRECTrain, tables: list[EmbeddingBagConfig], entity_tables: list[str], env: DistEnv
-) -> ShardingPlan:
-    """The planner's sharding of the id tables and the frozen entity-vector tables (collective)."""
+def plan_sharding(train_model: DLRRECTrain, tables: list[EmbeddingBagConfig], env: DistEnv) -> ShardingPlan:
+    """The planner's sharding of the id tables (collective)."""
     # Shard, don't replicate: the point of the sparse arch is tables too big for one
     # host, so data_parallel is excluded even for the small MovieLens tables.
     constraints = {t.name: ParameterConstraints(sharding_types=["table_wise", "row_wise"]) for t in tables}
-    constraints.update(table_constraints(entity_tables))  # frozen entity vectors: row-wise
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
     planner = EmbeddingShardingPlanner(
         topology=planner_topology(env.world_size, env.device, local_ranks), constraints=constraints
@@ -360,10 +348,9 @@ def build_model(
     apply_optimizer_in_backward(
         SPARSE_OPTIMIZERS[sparse_opt], train_model.model.sparse_arch.parameters(), opt_kwargs
     )
-    plan = plan_sharding(train_model, tables, data.entity_tables, env)
+    plan = plan_sharding(train_model, tables, env)
     dmp = DistributedModelParallel(module=train_model, device=env.device, plan=plan)
     init_embedding_tables(dmp, tables, cfg.seed)  # the same initial tables for any rank count
-    fill_content_tables(dmp, data.entity_columns)  # each rank reads its own shard's rows
     # frozen (V0 two_step) towers are left out of the dense optimizer
     trainable = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if v.requires_grad}
     dense = KeyedOptimizerWrapper(

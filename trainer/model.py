@@ -9,9 +9,10 @@ C = content dim (384), Dd = dense features.
 
 `DLRRECTrain` adds the loss: weighted BCE + w1 InfoNCE(item-item) + w2 InfoNCE(user-user)
 (one `ContrastiveTerm` module serves both pair kinds) and returns what
-`TrainPipelineSparseDist` consumes. It also holds the frozen entity-vector
-tables (`trainer/content_tables.py`): towers whose vector is not per row, and every InfoNCE
-vector, are looked up there by id, and `content` is assembled in tower order. The baselines
+`TrainPipelineSparseDist` consumes. Towers whose vector is not per row, and every InfoNCE
+vector, take their frozen entity vectors from the batch (`Batch.vectors`, read from the
+disk-backed stores of `trainer/vector_store.py` by the data loader), and `content` is
+assembled in tower order. The baselines
 reuse it: a plain DLRM is `DLRREC` with no towers, and `BiasedMF` is p_u . q_i + b_u + b_i + g
 over the id tables.
 """
@@ -26,9 +27,9 @@ from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from trainer.content_tables import ContentTables, feature_key
 from trainer.data import Batch, PairBatch
 from trainer.loss import InfoNCEOptions, InfoNCETerm, info_nce_terms_across_ranks, rating_loss
+from trainer.vector_store import feature_key
 
 # InfoNCE loops over row blocks by shape and gathers across ranks; keep it one opaque call when
 # TrainPipelineSparseDist fx-traces the forward to find the sharded modules.
@@ -381,7 +382,7 @@ class ContrastiveTerm(nn.Module):
         tower: index of the content tower that projects this kind's vectors.
         column: that tower's content column.
         anchor: where the anchors' vectors come from: "" = the tower's input
-            (`content[:, tower]`), else the entity-KJT feature to read (user-user: the
+            (`content[:, tower]`), else the `Batch.vectors` key to read (user-user: the
             user's full train profile, as for the positives).
         options: tau, logQ, the uniform extra-negative probability and chunking.
         weight: the term's weight in the loss (the paper's w1 or w2).
@@ -408,14 +409,14 @@ class ContrastiveTerm(nn.Module):
         anchor_ids: torch.Tensor,
         pairs: PairBatch,
     ) -> InfoNCETerm:
-        """content: [B, T, C] the towers' input; vec: the looked-up entity vectors."""
+        """content: [B, T, C] the towers' input; vec: the batch's entity vectors (float16)."""
         t, o = self.tower, self.options
-        anchor = vec[self.anchor] if self.anchor else content[:, t]
+        anchor = vec[self.anchor].float() if self.anchor else content[:, t]
         return InfoNCETerm(
             towers.project_one(t, anchor),
-            towers.project_one(t, vec[feature_key(self.column, "pos")]),
+            towers.project_one(t, vec[feature_key(self.column, "pos")].float()),
             anchor_ids, pairs.pos_ids,
-            towers.project_one(t, vec[feature_key(self.column, "neg")]), pairs.neg_ids,
+            towers.project_one(t, vec[feature_key(self.column, "neg")].float()), pairs.neg_ids,
             torch.cat([pairs.pos_q, pairs.neg_q]) if o.log_q else None, o.uniform_p,
             (pairs.set_lengths, pairs.set_ids),
         )  # fmt: skip
@@ -428,10 +429,9 @@ class DLRRECTrain(nn.Module):
         model: the DLRREC model (or the BiasedMF baseline, which has no towers).
         weights: the BCE's positive weight, the embedding L2 and the rating head.
         terms: the (item-item, user-user) InfoNCE terms; None = off.
-        content_tables: the frozen entity-vector tables (None when no tower needs one).
         tower_spec: (column, input) of each tower (`TrainingData.tower_spec`): input ""
-            = the next per-row vector of `batch.content`, else the `content_tables`
-            feature to read (`{col}/row` by entity id, `{col}_keyed/row` by row key).
+            = the next per-row vector of `batch.content`, else the `batch.vectors` key
+            to read (`{col}/row` by entity id, `{col}_keyed/row` by row key).
 
     Returns (forward): `(loss, (loss, logits, labels, weights, parts))`, all detached but
     the first; `parts` is [3] = (rec, item_item, user_user). In eval mode the InfoNCE
@@ -440,7 +440,7 @@ class DLRRECTrain(nn.Module):
 
     Example::
 
-        train_model = DLRRECTrain(model, LossWeights(pos_weight=0.8), (item_item, None), tables, spec)
+        train_model = DLRRECTrain(model, LossWeights(pos_weight=0.8), (item_item, None), spec)
         loss, (_, logits, labels, weights, parts) = train_model(batch)
     """
 
@@ -449,7 +449,6 @@ class DLRRECTrain(nn.Module):
         model: DLRREC | BiasedMF,
         weights: LossWeights | None = None,
         terms: tuple[ContrastiveTerm | None, ContrastiveTerm | None] = (None, None),
-        content_tables: ContentTables | None = None,
         tower_spec: list[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__()
@@ -459,8 +458,6 @@ class DLRRECTrain(nn.Module):
             nn.init.ones_(self.rating_head.weight)
             nn.init.zeros_(self.rating_head.bias)
         self.tower_spec = list(tower_spec or [])
-        if content_tables is None and any(src for _, src in self.tower_spec):
-            raise ValueError("towers read from entity tables need content_tables")
         on = [t for t in terms if t is not None]
         if on and not isinstance(model, DLRREC):
             raise ValueError("InfoNCE terms need a model with projection towers (DLRREC)")
@@ -469,20 +466,16 @@ class DLRRECTrain(nn.Module):
         self.model = model
         # fixed per run (not read from the batch) so the forward stays fx-traceable
         self.item_item, self.user_user = terms
-        # registered last: sharding materialises (randomly initialises) tables in module
-        # order, so the id tables draw the same initial weights as without content tables
-        self.content_tables = content_tables
 
     def forward(
         self, batch: Batch
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        vec = self.content_tables(batch.entity) if self.content_tables is not None else {}
-        return self.loss(batch, self.tower_input(batch.content, vec), vec)
+        return self.loss(batch, self.tower_input(batch.content, batch.vectors), batch.vectors)
 
     def loss(
         self, batch: Batch, content: torch.Tensor, vec: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The forward given the towers' input [B, T, C] and the looked-up entity vectors."""
+        """The forward given the towers' input [B, T, C] and the batch's entity vectors."""
         lw = self.weights
         logits, emb = self.model(batch.dense, batch.sparse, content)
         w = batch.weights * torch.where(batch.labels > 0.5, lw.pos_weight, 1.0)
@@ -526,11 +519,11 @@ class DLRRECTrain(nn.Module):
         return ii, uu
 
     def tower_input(self, per_row: torch.Tensor, vec: dict[str, torch.Tensor]) -> torch.Tensor:
-        """per_row [B, R, C] and the looked-up vectors -> the towers' input [B, T, C]."""
+        """per_row [B, R, C] and the batch's entity vectors -> the towers' input [B, T, C]."""
         if not any(src for _, src in self.tower_spec):
             return per_row
         parts, r = [], 0
         for _, src in self.tower_spec:
-            parts.append(vec[src] if src else per_row[:, r])
+            parts.append(vec[src].float() if src else per_row[:, r])
             r += int(not src)
         return torch.stack(parts, dim=1)

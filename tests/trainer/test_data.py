@@ -69,20 +69,18 @@ def test_extra_negatives_leave_positives_alone_and_come_from_the_catalogue(data)
     valid = np.ones(64, bool)
     plain = make_batch(data, split, rows, valid, np.random.default_rng([1, 2]), False)
     mixed = make_batch(data, split, rows, valid, np.random.default_rng([1, 2]), False, extra_negatives=16)
-    assert plain.ii.neg_ids.numel() == 0 and plain.entity["item_text/neg"].values().numel() == 0
+    assert plain.ii.neg_ids.numel() == 0 and plain.vectors["item_text/neg"].shape == (0, 384)
     # the same positives: the negatives are drawn after them from the same stream
     assert np.array_equal(plain.ii.pos_ids.numpy(), mixed.ii.pos_ids.numpy())
     assert np.array_equal(plain.uu.pos_ids.numpy(), mixed.uu.pos_ids.numpy())
     for prefix, entity, col in (("ii", "item", "item_text"), ("uu", "user", "user_text")):
         q, catalogue = data.sampler_tables(entity, False)
-        content = data.entity_columns[col].read_rows(0, data.entity_columns[col].n)
+        content = data.entity_columns[col].read(np.arange(data.entity_columns[col].n))
         np.testing.assert_array_equal(catalogue, np.flatnonzero(np.abs(content).max(1) > 0))
         ids = getattr(mixed, prefix).neg_ids.numpy()
         assert ids.shape == (16,) and np.isin(ids, catalogue).all()
-        # the model looks the negatives up by these ids: all 16 in the first bag
-        neg = mixed.entity[f"{col}/neg"]
-        np.testing.assert_array_equal(neg.values().numpy(), ids)
-        assert neg.lengths().tolist() == [16] + [0] * 63
+        # the batch carries these ids' vectors, shared by all its rows
+        np.testing.assert_array_equal(mixed.vectors[f"{col}/neg"].numpy(), content[ids])
         np.testing.assert_allclose(getattr(mixed, prefix).neg_q.numpy(), q[ids], rtol=1e-6)
         pos = getattr(mixed, prefix).pos_ids.numpy()
         want = np.where(pos >= 0, q[np.maximum(pos, 0)], 0)

@@ -44,7 +44,7 @@ def _rank(rank: int, run_dir: str) -> dict:
         calls.clear()
         # eval batches carry no InfoNCE inputs
         eval_batch, _ = next(iter(eval_batches(data, "val", cfg.eval_batch_size, 0, 1)))
-        pos_lengths = {k: int(eval_batch.entity[k].lengths().sum()) for k in eval_batch.entity.keys()}
+        pos_lengths = {k: v.shape[0] for k, v in eval_batch.vectors.items()}
         labels, probs = evaluate(dmp, data, "val", cfg.eval_batch_size, env)
         eval_calls = len(calls)
         # the reference: one batch of every val row built WITH sampled positives (as
@@ -53,8 +53,7 @@ def _rank(rank: int, run_dir: str) -> dict:
         full = make_batch(data, split, np.arange(split.n), np.ones(split.n, bool), np.random.default_rng(0), True)
         dmp.eval()
         with torch.no_grad():
-            vec = module.content_tables(full.entity)
-            logits, _ = module.model(full.dense, full.sparse, module.tower_input(full.content, vec))
+            logits, _ = module.model(full.dense, full.sparse, module.tower_input(full.content, full.vectors))
             _, (_, _, _, _, eval_parts) = dmp(full)
         return {
             "train_calls": train_calls, "train_parts": train_parts.tolist(), "eval_calls": eval_calls,

@@ -58,7 +58,7 @@ def _metrics(rank: int, run_dir: str) -> dict:
         eval_batch_size = 128
         out = {}
         items = data.entity_columns["item_text"]
-        scorer = RowScorer(torch.from_numpy(items.read_rows(0, items.n)).float())
+        scorer = RowScorer(torch.from_numpy(items.read(np.arange(items.n))).float())
         v_labels, v_probs = evaluate(scorer, data, "val", eval_batch_size, env)  # type: ignore[arg-type]
         threshold = best_accuracy_threshold(v_labels, v_probs)
         for split in SPLITS:

@@ -33,20 +33,9 @@ def test_two_rank_sharded_training(synthetic_run: Path, tmp_path: Path, device: 
     # every rank reports the same gathered metrics
     assert r0["val"] == r1["val"] and r0["test"] == r1["test"]
     plan = r0["sharding_plan"]
-    assert set(plan) == {
-        "t_user_id",
-        "t_item_id",
-        "t_categories",
-        "t_gender",
-        "content_user_text",
-        "content_item_text",
-    }
+    # the id tables only: the frozen entity vectors come with the batches (disk stores)
+    assert set(plan) == {"t_user_id", "t_item_id", "t_categories", "t_gender"}
     assert all(p["sharding_type"] in ("table_wise", "row_wise") for p in plan.values())
-    # the frozen entity vectors: row-wise over both ranks
-    assert all(
-        plan[t]["sharding_type"] == "row_wise" and plan[t]["ranks"] == [0, 1]
-        for t in ("content_user_text", "content_item_text")
-    )
     assert {r for p in plan.values() for r in p["ranks"]} == {0, 1}, plan
     # the planted signal is learnable
     assert r0["test"]["auc"] > 0.8

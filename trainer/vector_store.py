@@ -1,0 +1,281 @@
+"""Frozen pretrained entity vectors (MiniLM, 384-d) in read-only disk stores, read per batch.
+
+Shape legend: B = local batch size, M = extra negatives, C = content dim (384),
+n = entities of one kind (users, items, or (user, slot) keys).
+
+The towers and the InfoNCE losses need entity vectors: the item vector of each row
+(unless the features stage wrote it per row, `row_content`), the anchor, the sampled
+SWING positive and the extra negatives. Each entity content column
+(`features/entities/{users,items}.parquet`), and each keyed column's per-(user, slot)
+table, is one fixed-width FP16 file, `features/vectors/{name}.f16`:
+
+    [0, 4096)                      header: JSON (format, features fingerprint, name, n, C), space-padded
+    [4096, 4096 + n*C*2)           row i: entity i's vector (zeros where it has none)
+    [4096 + n*C*2, ... + n)        has_content: one byte per entity (the extra-negative catalogue)
+
+Why a file and where: a rank's data loader reads only its local batch's rows
+(`VectorStore.read`: `os.preadv` of the sorted unique ids, one call per run of
+consecutive ids, straight into the output array), so no process holds an [n, C] table and
+a step runs no collective for it. Reads are not `np.memmap` fancy indexing on purpose:
+mapped file pages count in the process RSS; pread pages stay in the kernel's page cache,
+shared by every rank on the node. The store is derived from one features artifact, so it
+lives inside it: rebuilding the features (an atomic folder swap) drops it with the
+artifact it came from. The first process that needs it (any rank, `dlrrec serve`, a tool)
+writes it under an exclusive `flock`, streaming the Parquet in bounded batches, to a temp
+name then renamed; the others wait on the lock and open the finished file. The header's
+fingerprint refuses a store copied from another features artifact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dlrrec.config import DataError
+
+KINDS = ("row", "pos", "neg")
+FORMAT = "dlrrec-vectors/1"
+HEADER_BYTES = 4096
+READ_BATCH_ROWS = 8192
+FOLDER = "vectors"  # under features/
+
+
+def feature_key(col: str, kind: str) -> str:
+    """A batch's vector key: `{col}/row` [B], `{col}/pos` [B] or `{col}/neg` [M]."""
+    return f"{col}/{kind}"
+
+
+def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, where: str) -> np.ndarray:
+    """[rows, width] float16 of a fixed-size-list column; NaN/inf and other types are errors."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_fixed_size_list(arr.type):
+        raise DataError(f"{where}: expected a fixed-size list of floats, got {arr.type}")
+    width = arr.type.list_size
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    out = flat.reshape(len(arr), width).astype(np.float16, copy=False)
+    if not np.isfinite(out).all():
+        raise DataError(f"{where}: NaN or inf in content vectors")
+    return out
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """A Parquet file, or the part files of a folder (the profile table is written in parts)."""
+    return sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+
+
+def scan_parquet(path: Path, id_col: str, col: str, n: int, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids [k] int64, vectors [k, C] float16) of a content column, one record batch at a
+    time (one row group at a time: one `iter_batches` call over many may buffer them all).
+
+    Raises:
+        DataError: the file or a column is missing, a width differs from `dim`, an id
+            is outside [0, n), or a value is NaN/inf.
+    """
+    if not (path.is_file() or path.is_dir()):
+        raise DataError(f"{path}: missing; run `dlrrec features build` first")
+    for file in parquet_files(path):
+        pf = pq.ParquetFile(file)
+        for c in (id_col, col):
+            if c not in pf.schema_arrow.names:
+                raise DataError(f"{file}: missing column {c!r}")
+        for g in range(pf.num_row_groups):
+            for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[g], columns=[id_col, col]):
+                ids = rb.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
+                vec = fixed_list_to_numpy(rb.column(1), f"{file}:{col}")
+                if vec.shape[1] != dim:
+                    raise DataError(f"{file}:{col}: vectors of width {vec.shape[1]}, _meta.json content_dim is {dim}")
+                if ids.size and (ids.min() < 0 or ids.max() >= n):
+                    raise DataError(f"{file}:{id_col}: ids outside [0, {n}) (from _meta.json)")
+                yield ids, vec
+
+
+def runs(sorted_ids: np.ndarray) -> tuple[list[int], list[int]]:
+    """[start, end) positions of the runs of consecutive ids (i, i + 1, ...) in sorted ids."""
+    breaks = np.flatnonzero(np.diff(sorted_ids) != 1) + 1
+    starts = np.concatenate([[0], breaks]).astype(np.int64)
+    ends = np.concatenate([breaks, [sorted_ids.size]]).astype(np.int64)
+    return starts.tolist(), ends.tolist()
+
+
+def source_digest(source: Path | None) -> str:
+    """A digest of the source Parquet files' (name, bytes, mtime) now (None: no file), so
+    the header keeps a fixed size whatever the number of part files."""
+    files = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in parquet_files(source)] if source else []
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
+def store_header(fingerprint: str, name: str, n: int, dim: int, source: Path | None) -> dict[str, Any]:
+    """What a vector store's header must say: its features artifact, name, shape, and
+    its source files as they were when it was written (`source_digest`)."""
+    return {"format": FORMAT, "fingerprint": fingerprint, "name": name, "n": n, "dim": dim,
+            "source": source_digest(source)}  # fmt: skip
+
+
+def write_atomic(path: Path, size: int, fill: Callable[[int], dict[str, Any]]) -> None:
+    """A store file of `size` bytes (zeros until written): `fill(fd)` writes the body and
+    returns the header, written last; to a temp file renamed onto `path`, so readers
+    never see a partial store."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.truncate(size)  # a sparse file: unwritten rows read as zeros
+            header = fill(f.fileno())
+            os.pwrite(f.fileno(), json.dumps(header).encode().ljust(HEADER_BYTES), 0)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_once(path: Path, write: Callable[[], None]) -> None:
+    """`write()` unless `path` exists, under an exclusive lock on its folder, so one
+    process writes a store and every other waits for it and then reads it."""
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not path.is_file():  # another process may have written it while this one waited
+            write()
+
+
+def open_checked(path: Path, want: dict[str, Any], size_of: Callable[[dict[str, Any]], int]) -> tuple[int, dict[str, Any]]:
+    """A read-only descriptor of a store whose header has `want`'s keys and values and
+    whose size is `size_of(header)`, and the header (with any keys the writer added).
+
+    Raises:
+        DataError: a foreign store (another artifact, name, shape or format), a stale one
+            (its source files changed since), or a truncated one; one line, with the fix.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        header = json.loads(os.pread(fd, HEADER_BYTES, 0).decode().strip())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = {}
+    got = header if isinstance(header, dict) else {}
+    why = next((k for k in want if k != "source" and got.get(k) != want[k]), "")
+    problem = (
+        f"foreign store ({why} {str(got.get(why))[:16]}, this artifact's is {str(want[why])[:16]})" if why
+        else "stale store (its source Parquet changed since it was written)" if got["source"] != want["source"]
+        else "truncated store" if os.fstat(fd).st_size != size_of(got)
+        else ""
+    )  # fmt: skip
+    if problem:
+        os.close(fd)
+        raise DataError(f"{path}: {problem}; delete {path.parent} to rebuild it")
+    return fd, got
+
+
+def write_store(
+    path: Path, batches: Iterable[tuple[np.ndarray, np.ndarray]], header: dict[str, Any]
+) -> None:
+    """Write a vector store (`header`: `store_header`) from (ids, vectors [k, C]) batches
+    in any id order (a later duplicate wins)."""
+    n, row_bytes = int(header["n"]), int(header["dim"]) * 2
+
+    def fill(fd: int) -> dict[str, Any]:
+        has = np.zeros(n, bool)  # one byte per entity while writing
+        for ids, vec in batches:
+            order = np.argsort(ids, kind="stable")
+            ids, vec = ids[order], np.ascontiguousarray(vec[order], np.float16)
+            has[ids] = np.abs(vec).max(axis=1) > 0 if vec.size else False
+            for s, e in zip(*runs(ids)):
+                os.pwrite(fd, vec[s:e].data, HEADER_BYTES + int(ids[s]) * row_bytes)
+        os.pwrite(fd, has.data, HEADER_BYTES + n * row_bytes)
+        return header
+
+    write_atomic(path, HEADER_BYTES + n * row_bytes + n, fill)
+
+
+def pread_into(fd: int, buf: memoryview, offset: int, path: Path) -> None:
+    """Fill `buf` from `offset` (a read may return less than asked: loop)."""
+    done = 0
+    while done < len(buf):
+        got = os.preadv(fd, [buf[done:]], offset + done)
+        if got <= 0:
+            raise DataError(f"{path}: truncated (read past its end at byte {offset + done})")
+        done += got
+
+
+class VectorStore:
+    """One store, open for reading (the file descriptor is shared by threads: pread has
+    no file position).
+
+    Args:
+        path: the `.f16` file.
+        want: the header it must have (`store_header`): a store of another features
+            artifact (foreign), or one older than its source Parquet (stale), is refused.
+
+    Example::
+
+        store = VectorStore(path, store_header(meta["fingerprint"], "item_text", 1682, 384, items_parquet))
+        vec = store.read(np.array([5, 3, 5]))  # float16 [3, 384]
+    """
+
+    def __init__(self, path: Path, want: dict[str, Any]) -> None:
+        self.path, self.n, self.dim = path, int(want["n"]), int(want["dim"])
+        self.row_bytes = self.dim * 2
+        self._fd = -1
+        self._fd, _ = open_checked(path, want, lambda _: HEADER_BYTES + self.n * self.row_bytes + self.n)
+
+    @property
+    def has_content(self) -> np.ndarray:
+        """[n] bool: entities with a nonzero vector (read from the file on each call)."""
+        out = np.empty(self.n, np.uint8)
+        pread_into(self._fd, out.data, HEADER_BYTES + self.n * self.row_bytes, self.path)
+        return out.view(bool)
+
+    def read(self, ids: np.ndarray) -> np.ndarray:
+        """float16 [len(ids), C]: the vectors of `ids` (any order, repeats allowed); only
+        those rows are read, one pread per run of consecutive unique ids.
+
+        Raises:
+            ValueError: an id outside [0, n).
+        """
+        ids = np.asarray(ids, np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n):
+            raise ValueError(f"{self.path}: ids outside [0, {self.n})")
+        unique, inverse = np.unique(ids, return_inverse=True)
+        out = np.empty((unique.size, self.dim), np.float16)
+        buf = out.reshape(-1).view(np.uint8).data
+        rb = self.row_bytes
+        for s, e in zip(*runs(unique)) if unique.size else ():
+            pread_into(self._fd, buf[s * rb : e * rb], HEADER_BYTES + int(unique[s]) * rb, self.path)
+        return out if np.array_equal(unique, ids) else out[inverse.reshape(-1)]
+
+    def close(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+        self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def open_store(
+    features: Path, fingerprint: str, name: str, source: Path, id_col: str, col: str, n: int, dim: int
+) -> VectorStore:
+    """`features/vectors/{name}.f16`, written first from `source`'s column `col` (keyed by
+    `id_col`) when missing, by whichever process takes the folder's lock first.
+
+    Raises:
+        DataError: the source is missing or invalid (`scan_parquet`), or the store is
+            foreign or stale (`VectorStore`).
+    """
+    if not (source.is_file() or source.is_dir()):
+        raise DataError(f"{source}: missing; run `dlrrec features build` first")
+    path = features / FOLDER / f"{name}.f16"
+    want = store_header(fingerprint, name, n, dim, source)
+    write_once(path, lambda: write_store(path, scan_parquet(source, id_col, col, n, dim), want))
+    return VectorStore(path, want)
