@@ -86,7 +86,6 @@ from dlrrec.config import load_config  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import (  # noqa: E402
     Batch,
-    Neighbors,
     SplitArrays,
     TrainingData,
     scan_parts,
@@ -104,6 +103,7 @@ from trainer.main import (  # noqa: E402
     resolve_sparse_optimizer,
 )
 from trainer.model import DLRREC, DLRRECTrain  # noqa: E402
+from trainer.neighbor_store import NeighborStore, open_neighbors  # noqa: E402
 from trainer.vector_store import VectorStore, store_header, write_store  # noqa: E402
 
 # ---------------------------------------------------------------------------- data
@@ -204,12 +204,16 @@ def ml100k_standin(n_rows: int, seed: int) -> TrainingData:
         for e, n in (("user", n_users), ("item", n_items))
     }
 
-    def neighbours(n: int) -> Neighbors:
+    def neighbours(n: int, kind: str) -> NeighborStore:
+        """50 neighbours per anchor with equal scores, as a SWING part and its store."""
         k = 50
-        counts = np.full(n, k)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        cum = np.repeat(np.arange(n), k) + np.tile((np.arange(k) + 1.0) / k, n)
-        return Neighbors(offsets=offsets, ids=rng.integers(0, n, n * k), cum_probs=cum)
+        root = Path(tempfile.mkdtemp(prefix="train_bench_"))
+        (root / kind).mkdir()
+        pq.write_table(pa.table({
+            "anchor": np.repeat(np.arange(n), k), "neighbor": rng.integers(0, n, n * k),
+            "score": np.ones(n * k, np.float32), "rank": np.tile(np.arange(k, dtype=np.int16), n),
+        }), root / kind / "part-00000.parquet")  # fmt: skip
+        return open_neighbors(root, kind, "synthetic", n)
 
     rating = rng.integers(1, 6, n_rows).astype(np.float32)  # 1-5 stars, label = rating >= 4
     split = SplitArrays(
@@ -232,7 +236,7 @@ def ml100k_standin(n_rows: int, seed: int) -> TrainingData:
         dense_names=["year", "age"], towers=[("user", "user_text"), ("item", "item_text")],
         entity_columns={f"{e}_text": array_store(f"{e}_text", vec[e]) for e in ("user", "item")},
         entity_tables=["user_text", "item_text"],
-        item_neighbors=neighbours(n_items), user_neighbors=neighbours(n_users),
+        item_neighbors=neighbours(n_items, "item_item"), user_neighbors=neighbours(n_users, "user_user"),
     )  # fmt: skip
 
 

@@ -6,7 +6,9 @@ features, M = extra negatives.
 
 Entity vectors (the item tower's input and every InfoNCE vector) are not held in
 memory: each rank's reader thread reads its local batch's rows from the disk-backed
-stores (`trainer/vector_store.py`) and the batch carries them (`Batch.vectors`).
+stores (`trainer/vector_store.py`) and the batch carries them (`Batch.vectors`). The
+SWING lists that InfoNCE samples positives from are disk-backed too
+(`trainer/neighbor_store.py`): a batch reads its anchors' lists only.
 
 Every rank sees the same seeded global permutation of the split each epoch and takes
 its own contiguous slice of each global batch, so 1 rank and N ranks walk the data in
@@ -41,6 +43,7 @@ from dlrrec.meta import (
     read_features_meta,
     read_similarity_meta,
 )
+from trainer.neighbor_store import NeighborStore, open_neighbors
 from trainer.vector_store import KINDS, VectorStore, feature_key, fixed_list_to_numpy, open_store
 
 # Towers in a fixed order: (modality, entity, column)
@@ -163,56 +166,6 @@ class SplitArrays:
 
 
 @dataclass
-class Neighbors:
-    """SWING top-K as CSR over anchors: offsets [n+1], neighbour ids, cumulative probs."""
-
-    offsets: np.ndarray
-    ids: np.ndarray
-    cum_probs: np.ndarray
-
-    def sample(self, anchors: np.ndarray, rng: np.random.Generator | LaneRng, top1: bool) -> np.ndarray:
-        """One positive per anchor (-1 when it has none), p ~ score or the top-1."""
-        start, end = self.offsets[anchors], self.offsets[anchors + 1]
-        has = end > start
-        out = np.full(anchors.shape, -1, dtype=np.int64)
-        u = rng.random(anchors.shape)  # drawn even for top1, so the stream is the same
-        if top1:
-            out[has] = self.ids[start[has]]
-            return out
-        # cum_probs holds anchor + per-anchor cumulative probability in (anchor, anchor+1],
-        # so one global searchsorted finds every anchor's draw at once.
-        j = np.searchsorted(self.cum_probs, anchors[has] + u[has], side="right")
-        out[has] = self.ids[np.clip(j, start[has], end[has] - 1)]
-        return out
-
-    def marginal(self, anchor_counts: np.ndarray, top1: bool) -> np.ndarray:
-        """q(j): the probability that one sampled positive is entity j, over the training rows.
-
-        Each training row's anchor i (occurring `anchor_counts[i]` times) yields one
-        positive j with probability p(j | i) (score-proportional, or 1 for the top-1);
-        anchors without neighbours yield none. So q(j) = sum_i counts_i p(j | i) / the
-        rows whose anchor has neighbours: the exact expected frequency of j among the
-        sampled positives, i.e. the sampling probability of an in-batch candidate.
-
-        Returns: [n] float64, summing to 1 (zeros when no anchor has a neighbour).
-        """
-        n = self.offsets.size - 1
-        counts = np.diff(self.offsets)
-        first = self.offsets[:-1][counts > 0]
-        if top1:
-            p = np.zeros(self.ids.size)
-            p[first] = 1.0
-        else:
-            frac = self.cum_probs - np.repeat(np.arange(n), counts)  # within-anchor cumulative
-            p = np.diff(frac, prepend=0.0)
-            p[first] = frac[first]
-        mass = np.repeat(anchor_counts[:n].astype(np.float64), counts) * p
-        q = np.bincount(self.ids, weights=mass, minlength=n)[:n] if self.ids.size else np.zeros(n)
-        total = float(anchor_counts[:n][counts > 0].sum())
-        return q / total if total > 0 else q
-
-
-@dataclass
 class TrainingData:
     """Everything the trainer reads, loaded once per rank."""
 
@@ -228,8 +181,8 @@ class TrainingData:
     towers: list[tuple[str, str]]  # (entity, column)
     entity_columns: dict[str, VectorStore]  # every tower column's vectors (and keyed tables), on disk
     entity_tables: list[str]  # the columns whose vectors the batch carries (`Batch.vectors`)
-    item_neighbors: Neighbors | None
-    user_neighbors: Neighbors | None
+    item_neighbors: NeighborStore | None  # SWING lists, on disk (trainer/neighbor_store.py)
+    user_neighbors: NeighborStore | None
     _sampler_cache: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, repr=False
     )
@@ -275,7 +228,7 @@ class TrainingData:
 
     def sampler_tables(self, entity: str, top1: bool) -> tuple[np.ndarray, np.ndarray]:
         """(q, catalogue) of `entity`'s InfoNCE: q [n] is the positive sampler's marginal
-        (`Neighbors.marginal` over the train rows' anchors, counted by the features stage),
+        (`NeighborStore.marginal` over the train rows' anchors, counted by the features stage),
         catalogue the ids of the
         entities that have a content vector (the uniform extra-negative pool)."""
         key = (entity, top1)
@@ -412,38 +365,6 @@ def row_keys(table: pa.Table, col: str, spec: KeyedContentMeta, where: str) -> n
     return k
 
 
-def read_neighbors(folder: Path, n: int) -> Neighbors:
-    files = sorted(folder.glob("part-*.parquet"))
-    if not files:
-        raise DataError(f"{folder}: no part-*.parquet files; run `dlrrec similarity swing` first")
-    t = pa.concat_tables([pq.read_table(f, columns=["anchor", "neighbor", "score", "rank"]) for f in files])
-    anchor = t.column("anchor").to_numpy()
-    order = np.lexsort((t.column("rank").to_numpy(), anchor))
-    anchor = anchor[order].astype(np.int64)
-    nb = t.column("neighbor").to_numpy()[order].astype(np.int64)
-    score = t.column("score").to_numpy()[order].astype(np.float64)
-    if anchor.size and (anchor.min() < 0 or anchor.max() >= n or nb.min() < 0 or nb.max() >= n):
-        raise DataError(f"{folder}: anchor/neighbor ids outside [0, {n})")
-    counts = np.bincount(anchor, minlength=n)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    score = np.maximum(score, 0.0)
-    sums = np.add.reduceat(score, offsets[:-1][counts > 0]) if score.size else np.zeros(0)
-    total = np.zeros(n)
-    total[counts > 0] = sums
-    # per-anchor cumulative probabilities, offset by the anchor id (see Neighbors.sample)
-    seg = np.repeat(np.arange(n), counts)
-    csum = np.cumsum(score)
-    before = np.concatenate([[0.0], csum])[offsets[:-1]]
-    within = csum - np.repeat(before, counts)
-    tot = np.repeat(total, counts)
-    rank_in = np.arange(score.size) - np.repeat(offsets[:-1], counts) + 1
-    frac = np.where(tot > 0, within / np.where(tot > 0, tot, 1.0), rank_in / np.repeat(np.maximum(counts, 1), counts))
-    last = offsets[1:][counts > 0] - 1
-    frac[last] = 1.0
-    cum = seg + frac
-    return Neighbors(offsets=offsets, ids=nb, cum_probs=cum)
-
-
 def check_similarity_input(sim_root: Path, sim_meta: SimilarityMeta, features_meta: FeaturesMeta) -> None:
     """Refuse SWING tables that were not built from this features artifact.
 
@@ -564,8 +485,8 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
         sim_root = Path(run_dir) / "similarity"
         sim_meta = read_similarity_meta(sim_root)
         check_similarity_input(sim_root, sim_meta, meta)
-        item_nb = read_neighbors(sim_root / "item_item", int(meta["n_items"]))
-        user_nb = read_neighbors(sim_root / "user_user", int(meta["n_users"]))
+        item_nb = open_neighbors(sim_root, "item_item", sim_meta["fingerprint"], int(meta["n_items"]))
+        user_nb = open_neighbors(sim_root, "user_user", sim_meta["fingerprint"], int(meta["n_users"]))
     sparse_names = list(meta["sparse_features"])
     return TrainingData(
         features_meta=meta,
@@ -610,7 +531,7 @@ class PairKind:
 
     entity: str
     column: str
-    neighbors: Neighbors | None
+    neighbors: NeighborStore | None
 
 
 def pair_kinds(data: TrainingData, draw: bool) -> tuple[PairKind, PairKind]:
@@ -702,7 +623,7 @@ def draw_negatives(
 def positive_set(kind: PairKind, anchors: np.ndarray, on: bool) -> tuple[np.ndarray, np.ndarray]:
     """Each anchor's whole SWING list as CSR (lengths [B], ids); empty rows when off."""
     if on and kind.neighbors is not None:
-        return _gather_csr(kind.neighbors.offsets, kind.neighbors.ids, anchors)
+        return kind.neighbors.neighbor_sets(anchors)
     return np.zeros(anchors.size, np.int64), np.zeros(0, np.int64)
 
 

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from synthetic import make_run
 
-from trainer.data import make_batch, read_neighbors, read_training_data, train_batches
+from trainer.data import make_batch, read_training_data, train_batches
+from trainer.neighbor_store import open_neighbors
 
 # anchor -> [(neighbour, score)]: uneven lists, an anchor without neighbours, all-zero scores
 PAIRS = {0: [(1, 3.0), (2, 1.0), (4, 0.5)], 2: [(0, 2.0)], 3: [(1, 0.0), (4, 0.0)], 4: [(3, 1.0), (0, 1.0)]}
@@ -25,7 +26,7 @@ def _neighbors(tmp_path: Path):
                   "score": pa.array(s, pa.float32()), "rank": pa.array(r, pa.int16())}),
         d / "part-00000.parquet",
     )  # fmt: skip
-    return read_neighbors(d, 5)
+    return open_neighbors(tmp_path, "item_item", "fp", 5)
 
 
 def marginal_brute_force(counts: np.ndarray, top1: bool) -> np.ndarray:
@@ -105,12 +106,16 @@ def test_positive_sets_are_the_anchors_swing_lists_and_slice_per_rank(data):
     assert plain.ii.set_lengths.sum() == 0 and plain.ii.set_ids.numel() == 0
     full = next(train_batches(data, rank=0, world_size=1, positive_sets=True, **kw))
     assert np.array_equal(full.ii.pos_ids.numpy(), plain.ii.pos_ids.numpy())  # same stream
-    for prefix, ids, nb in (("ii", full.item_ids, data.item_neighbors), ("uu", full.user_ids, data.user_neighbors)):
+    run = data.parts["train"].folder.parents[2]
+    for prefix, ids, kind in (("ii", full.item_ids, "item_item"), ("uu", full.user_ids, "user_user")):
         lengths = getattr(full, prefix).set_lengths.numpy()
         flat = getattr(full, prefix).set_ids.numpy()
         ends = np.cumsum(lengths)
-        for r, anchor in enumerate(ids.numpy()):
-            want = nb.ids[nb.offsets[anchor] : nb.offsets[anchor + 1]]
+        swing = pq.read_table(run / "similarity" / kind)
+        anchor_col, rank, nbs = (swing.column(c).to_numpy() for c in ("anchor", "rank", "neighbor"))
+        for r, anchor in enumerate(ids.numpy()):  # the reference: the SWING Parquet rows
+            mine = anchor_col == anchor
+            want = nbs[mine][np.argsort(rank[mine])]
             assert np.array_equal(flat[ends[r] - lengths[r] : ends[r]], want)
         parts = [next(train_batches(data, rank=k, world_size=2, positive_sets=True, **kw)) for k in (0, 1)]
         assert np.array_equal(
