@@ -179,7 +179,7 @@ class TrainingData:
     sparse_vocab: dict[str, int]
     dense_names: list[str]
     towers: list[tuple[str, str]]  # (entity, column)
-    entity_columns: dict[str, VectorStore]  # every tower column's vectors (and keyed tables), on disk
+    entity_columns: dict[str, VectorStore]  # the stores of `entity_tables`, on disk
     entity_tables: list[str]  # the columns whose vectors the batch carries (`Batch.vectors`)
     item_neighbors: NeighborStore | None  # SWING lists, on disk (trainer/neighbor_store.py)
     user_neighbors: NeighborStore | None
@@ -429,24 +429,25 @@ def modality_towers(root: Path, meta: FeaturesMeta, modalities: list[str]) -> li
     return towers
 
 
+def entity_store(root: Path, meta: FeaturesMeta, entity: str, col: str) -> VectorStore:
+    """The disk-backed store of `entity`'s content column `col` (written from
+    `entities/{entity}s.parquet` on first use, checked: trainer/vector_store.py)."""
+    path = root / "entities" / f"{entity}s.parquet"
+    n, dim = entity_count(meta, entity), int(meta["content_dim"])
+    return open_store(root, meta["fingerprint"], col, path, f"{entity}_id", col, n, dim)
+
+
 def scan_entity_columns(
-    root: Path, meta: FeaturesMeta, towers: list[tuple[str, str]], keyed: dict[str, KeyedContentMeta]
+    root: Path, meta: FeaturesMeta, towers: list[tuple[str, str]], keyed: dict[str, KeyedContentMeta],
+    tables: list[str],
 ) -> dict[str, VectorStore]:
-    """The disk-backed store of every tower column's entity vectors, and of each keyed
-    column's per-(entity, slot) table (written from the Parquet on first use, checked:
-    trainer/vector_store.py); batches read their rows.
+    """The stores of the columns in `tables` (the batches read their rows): tower
+    columns' entity vectors and keyed columns' per-(entity, slot) tables.
 
     Raises:
-        DataError: an entity table is missing or invalid, or a store is foreign.
+        DataError: an entity table is missing or invalid, or a store is foreign or stale.
     """
-    entity_columns: dict[str, VectorStore] = {}
-    for entity in ("user", "item"):
-        path = root / "entities" / f"{entity}s.parquet"
-        if not path.is_file():
-            raise DataError(f"{path}: missing; run `dlrrec features build` first")
-        for c in [c for e, c in towers if e == entity]:
-            n, dim = entity_count(meta, entity), int(meta["content_dim"])
-            entity_columns[c] = open_store(root, meta["fingerprint"], c, path, f"{entity}_id", c, n, dim)
+    entity_columns = {c: entity_store(root, meta, e, c) for e, c in towers if c in tables}
     for c, spec in keyed.items():
         entity_columns[keyed_table(c)] = read_keyed_column(root, c, spec, meta)
     return entity_columns
@@ -469,7 +470,6 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
         if "rows" in meta and int(meta["rows"][s]) != p.n:
             raise DataError(f"{p.folder}: {p.n} rows, _meta.json says {meta['rows'][s]}; rebuild the features")
     train_rows = {e: read_train_rows(root, e, entity_count(meta, e)) for e in ("user", "item")}
-    entity_columns = scan_entity_columns(root, meta, towers, keyed)
     # tables: towers whose vector is neither per row nor keyed, each keyed tower's
     # per-(entity, slot) table, and each entity's InfoNCE column
     first = {e: next((c for x, c in towers if x == e), None) for e in ("user", "item")}
@@ -479,6 +479,7 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
         for t in ([keyed_table(c)] if c in keyed else [])
         + ([c] if (c not in user_cols and c not in keyed) or (contrastive and c == first[e]) else [])
     ]
+    entity_columns = scan_entity_columns(root, meta, towers, keyed, entity_tables)
     sim_meta = None
     item_nb = user_nb = None
     if contrastive:

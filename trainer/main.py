@@ -68,6 +68,7 @@ from trainer.data import (
     Batch,
     SplitParts,
     TrainingData,
+    entity_store,
     epoch_steps,
     eval_batches,
     lane_layout,
@@ -301,17 +302,17 @@ def build_train_model(
         else DLRREC(ebc, len(data.dense_names), len(data.towers), data.content_dim, build_arch_sizes(cfg))
     )  # fmt: skip
     if cfg.projection == "two_step" and isinstance(model, DLRREC) and data.towers:
-        pretrain_projection(model.projection_arch, data, cfg.pretrain_epochs, cfg.seed)
+        pretrain_projection(model.projection_arch, data, Path(cfg.run_dir), cfg.pretrain_epochs, cfg.seed)
     weights = build_loss_weights(cfg, data, pos_weight=pos_weight)
     return DLRRECTrain(model, weights, build_contrastive_terms(cfg, data), data.tower_spec())
 
 
-def pretrain_projection(towers: ProjectionArch, data: TrainingData, epochs: int, seed: int) -> None:
+def pretrain_projection(towers: ProjectionArch, data: TrainingData, run_dir: Path, epochs: int, seed: int) -> None:
     """V0 (`projection: two_step`): the towers fitted as autoencoders on the entity
     vectors, then frozen. Every rank fits the same towers on all entity vectors."""
     vectors = []
-    for _, col in data.towers:
-        entities = data.entity_columns[col]
+    for entity, col in data.towers:
+        entities = entity_store(run_dir / "features", data.features_meta, entity, col)
         x = entities.read(np.arange(entities.n)).astype(np.float32)
         vectors.append(x[np.abs(x).sum(1) > 0])  # entities with no content are not data
     pretrain_towers_autoencoder(towers, vectors, epochs, 1e-3, seed)

@@ -75,21 +75,21 @@ def _train(run_dir: Path, **overrides: object) -> dict:
 
 
 ALL_TABLES = {"t_user_id", "t_item_id", "t_categories", "t_gender"}
-# (variant, tables in the plan, InfoNCE on, content towers on); the frozen entity-vector
-# tables: item vectors for the item tower, user profiles only for the user-user InfoNCE
+# (variant, tables in the plan, the entity-vector stores it reads, InfoNCE on, content
+# towers on): item vectors for the item tower, user profiles only for the user-user InfoNCE
 VARIANTS = [
-    ("biased_mf", {"t_user_id", "t_item_id"}, False, False),
-    ("dlrm", ALL_TABLES, False, False),
-    ("dlrm_content", ALL_TABLES | {"content_item_text"}, False, True),
-    ("full", ALL_TABLES | {"content_item_text", "content_user_text"}, True, True),
+    ("biased_mf", {"t_user_id", "t_item_id"}, set(), False, False),
+    ("dlrm", ALL_TABLES, set(), False, False),
+    ("dlrm_content", ALL_TABLES, {"item_text.f16"}, False, True),
+    ("full", ALL_TABLES, {"item_text.f16", "user_text.f16"}, True, True),
 ]
 
 
 @pytest.mark.parametrize(
-    "variant,tables,contrastive,content", VARIANTS, ids=[v[0] for v in VARIANTS]
+    "variant,tables,stores,contrastive,content", VARIANTS, ids=[v[0] for v in VARIANTS]
 )
 def test_variant_trains_and_reports(
-    synthetic_run: Path, tmp_path: Path, variant, tables, contrastive, content
+    synthetic_run: Path, tmp_path: Path, variant, tables, stores, contrastive, content
 ):
     run = tmp_path / "run"
     shutil.copytree(synthetic_run / "features", run / "features")
@@ -97,6 +97,7 @@ def test_variant_trains_and_reports(
         shutil.copytree(synthetic_run / "similarity", run / "similarity")
     report = _train(run, variant=variant, epochs=3, embedding_dim=8, sparse_lr=0.3, emb_l2=0.0)
     assert set(report["sharding_plan"]) == tables
+    assert {p.name for p in (run / "features" / "vectors").glob("*.f16")} == stores
     assert report["variant"]["model"] == variant
     assert report["variant"]["contrastive"] is contrastive
     assert report["variant"]["modalities"] == (["text"] if content else [])
