@@ -67,7 +67,7 @@ class FeaturesMeta(TypedDict):
     price: NotRequired[dict[str, Any]]
     skipped_rows: NotRequired[dict[str, Any]]  # policy and counts of bad rows
     content: dict[str, list[str]]  # entity -> its vector columns
-    row_content: NotRequired[list[str]]  # vector columns stored per row
+    row_content: NotRequired[list[str]]  # vector columns stored per row (older builds only)
     keyed_content: NotRequired[dict[str, KeyedContentMeta]]
     llm: NotRequired[dict[str, Any]]  # the llm section's usage (features/content.py)
     images: NotRequired[dict[str, Any]]  # the images section's caption counts

@@ -91,8 +91,8 @@ class ReviewContent:
 
     user_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [U, D] or bool [U]
     item_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [I, D] or bool [I]
-    keyed: dict[str, KeyedContent] = field(default_factory=dict)  # user_text, item_text
-    row_slot: np.ndarray | None = None  # int8 [N] the slot each row reads in `keyed`
+    keyed: dict[str, KeyedContent] = field(default_factory=dict)  # {user,item}_{text,image}
+    row_slot: np.ndarray | None = None  # int8 [N] each row's review-fold slot (the summaries)
     key_price: np.ndarray | None = None  # float64 [I * S] tier 1..3 per item key, NaN = none
     key_types: list[list[str]] | None = None  # [I * S] per item key
     key_rows: np.ndarray | None = None  # int64 [I * S] rows reading each item key
