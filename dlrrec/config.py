@@ -13,6 +13,7 @@ typed arguments.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -35,6 +36,7 @@ class DataError(DlrrecError):
 
 COMMON_KEYS = ("run_dir", "seed", "dataset")
 SECTIONS = ("features", "similarity", "train", "pipeline", "serve")
+FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # exponent forms YAML 1.1 leaves as str
 
 T = TypeVar("T")
 
@@ -91,6 +93,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        # YAML 1.1 (PyYAML) reads 1e-5 (no dot) as a string; it is a number to anyone writing it
+        if isinstance(value, str) and FLOAT_LITERAL.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

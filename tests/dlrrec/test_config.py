@@ -29,6 +29,15 @@ def test_sections_common_keys_and_overrides(tmp_path):
     assert cfg == Demo(run_dir="r", seed=4, lr=1.0, sizes=[2, 3], mode="b", name="x")
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-5 as a string; a float key takes it as the number."""
+    p = write(tmp_path, "run_dir: r\ntrain:\n  lr: 1e-3\n")
+    assert load_config(Demo, p, [], "train").lr == 1e-3
+    assert load_config(Demo, p, ["lr=-2E+2"], "train").lr == -200.0
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got '1e'"):
+        load_config(Demo, p, ["lr=1e"], "train")
+
+
 @pytest.mark.parametrize(
     "text,overrides,msg",
     [
