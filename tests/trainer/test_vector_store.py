@@ -92,6 +92,14 @@ def test_a_read_fetches_only_the_requested_rows(tmp_path: Path, monkeypatch: pyt
     ids = np.array([500, 3, 4, 5, 501, 900, 3])  # runs: 3-5, 500-501, 900
     store.read(ids)
     assert sorted(calls) == sorted([3 * C * 2, 2 * C * 2, 1 * C * 2])
+    # ids at most GAP_ROWS apart share a call (skipped rows included), farther ones do not
+    calls.clear()
+    g = vector_store.GAP_ROWS
+    got = store.read(np.array([40 + 2 * g, 10, 10 + g, 10 + g + 1]))
+    assert sorted(calls) == sorted([(g + 2) * C * 2, 1 * C * 2])
+    want = store.read(np.array([40 + 2 * g]))[0], store.read(np.array([10 + g]))[0]
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[2], want[1])
 
 
 def _rss_kib() -> int:
