@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from dlrrec.config import DataError
-from trainer import vector_store
 from trainer.neighbor_store import open_neighbors
 
 
@@ -124,19 +123,12 @@ def test_samples_sets_and_marginals_equal_the_in_memory_lists(tmp_path: Path, to
         np.testing.assert_array_equal(ids, np.concatenate([nb[offsets[a] : offsets[a + 1]] for a in anchors]))
 
 
-def test_a_batch_reads_only_its_anchors_lists(tmp_path: Path, monkeypatch):
+def test_a_batch_reads_only_its_anchors_lists(tmp_path: Path, pread_sizes: list[int]):
     n = 300
     write_swing(tmp_path / "user_user", n, 2)
     store = open_neighbors(tmp_path, "user_user", "fp", n)
     offsets, _, _ = reference_lists(tmp_path / "user_user", n)
-    calls: list[int] = []
-    real = os.preadv
-
-    def spy(fd: int, buffers: list, offset: int) -> int:
-        calls.append(sum(len(b) for b in buffers))
-        return real(fd, buffers, offset)
-
-    monkeypatch.setattr(vector_store.os, "preadv", spy)
+    calls = pread_sizes
     anchors = np.array([7, 8, 9, 200, 7])  # runs 7-9 and 200
     store.sample(anchors, np.random.default_rng(0), False)
     pairs = [int(offsets[10] - offsets[7]), int(offsets[201] - offsets[200])]

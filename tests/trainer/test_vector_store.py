@@ -77,18 +77,11 @@ def test_lookups_equal_the_parquet_column(tmp_path: Path, parts: int):
     assert (tmp_path / "vectors" / "item_text.f16").stat().st_mtime_ns == mtime
 
 
-def test_a_read_fetches_only_the_requested_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_read_fetches_only_the_requested_rows(tmp_path: Path, pread_sizes: list[int]):
     n = 1000
     source, _ = _write_unsorted(tmp_path, n, 1)
     store = open_store(tmp_path, "fp", "item_text", source, "item_id", "item_text", n, C)
-    calls: list[int] = []
-    real = os.preadv
-
-    def spy(fd: int, buffers: list, offset: int) -> int:
-        calls.append(sum(len(b) for b in buffers))
-        return real(fd, buffers, offset)
-
-    monkeypatch.setattr(vector_store.os, "preadv", spy)
+    calls = pread_sizes
     ids = np.array([500, 3, 4, 5, 501, 900, 3])  # runs: 3-5, 500-501, 900
     store.read(ids)
     assert sorted(calls) == sorted([3 * C * 2, 2 * C * 2, 1 * C * 2])
