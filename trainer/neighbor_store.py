@@ -17,8 +17,8 @@ anchor's positive (`NeighborStore.sample`). Written once per similarity artifact
 its part files, one part at a time (bounded), by the first process that needs it,
 under the same lock, temp file, rename and header checks as the vector stores
 (trainer/vector_store.py); it lives inside the artifact it is derived from. A batch
-reads the offsets and pairs of its unique anchors with one `os.preadv` per run of
-consecutive anchors. The positive sampler's marginal (`marginal`, for logQ) streams the
+reads the offsets and pairs of its unique anchors, one compiled `pread` per range
+(`vector_store.scatter_read`). The positive sampler's marginal (`marginal`, for logQ) streams the
 file once, in bounded chunks of anchors. Every value equals what the in-memory lists
 gave: the same float64 operations in the same order (the global cumulative sum carried
 from part to part, the per-target sums accumulated in pair order).
@@ -39,8 +39,7 @@ from dlrrec.config import DataError
 from trainer.vector_store import (
     HEADER_BYTES,
     open_checked,
-    pread_into,
-    runs,
+    scatter_read,
     source_digest,
     write_atomic,
     write_once,
@@ -158,25 +157,25 @@ class NeighborStore:
         self._fd, header = open_checked(path, want, lambda h: self._base + int(h["pairs"]) * PAIR.itemsize)
         self.pairs = int(header["pairs"])
 
-    def _read(self, dtype: np.dtype, n: int, offset: int) -> np.ndarray:
-        out = np.empty(n, dtype)
-        if n:
-            pread_into(self._fd, out.view(np.uint8).data, offset, self.path)
-        return out
-
     def lists(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(unique sorted anchors' pair offsets [U + 1] from 0, their pairs [P] (id, cum),
-        each anchor's index into the unique anchors [B]): one pread of offsets and one of
-        pairs per run of consecutive unique anchors."""
+        each anchor's index into the unique anchors [B]): one compiled pread of each unique
+        anchor's (start, end) offsets, then one of its pairs (`scatter_read`)."""
         unique, inverse = np.unique(np.asarray(anchors, np.int64), return_inverse=True)
-        bounds, chunks = [], []
-        for s, e in zip(*runs(unique)) if unique.size else ():
-            off = self._read(np.dtype("<i8"), e - s + 1, HEADER_BYTES + int(unique[s]) * 8)
-            bounds.append(np.diff(off))
-            chunks.append(self._read(PAIR, int(off[-1] - off[0]), self._base + int(off[0]) * PAIR.itemsize))
-        counts = np.concatenate(bounds) if bounds else np.zeros(0, np.int64)
+        bounds = np.empty((unique.size, 2), np.int64)  # offsets[a], offsets[a + 1]
+        scatter_read(self._fd, HEADER_BYTES + unique * 8, np.full(unique.size, 16), bounds, self.path)
+        counts = bounds[:, 1] - bounds[:, 0]
         local = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return local, np.concatenate(chunks) if chunks else np.zeros(0, PAIR), inverse.reshape(-1)
+        pairs = np.empty(int(local[-1]), PAIR)
+        size = PAIR.itemsize
+        scatter_read(self._fd, self._base + bounds[:, 0] * size, counts * size, pairs, self.path)
+        return local, pairs, inverse.reshape(-1)
+
+    def _read(self, dtype: np.dtype, n: int, offset: int) -> np.ndarray:
+        """n values of `dtype` from byte `offset` (one range)."""
+        out = np.empty(n, dtype)
+        scatter_read(self._fd, np.array([offset]), np.array([out.nbytes]), out, self.path)
+        return out
 
     def sample(self, anchors: np.ndarray, rng: Uniforms, top1: bool) -> np.ndarray:
         """One positive per anchor (-1 when it has none), p ~ score or the top-1."""

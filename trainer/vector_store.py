@@ -14,8 +14,8 @@ table, is one fixed-width FP16 file, `features/vectors/{name}.f16`:
     [4096 + n*C*2, ... + n)        has_content: one byte per entity (the extra-negative catalogue)
 
 Why a file and where: a rank's data loader reads only its local batch's rows
-(`VectorStore.read`: `os.preadv` of the sorted unique ids, one call per run of ids
-at most GAP_ROWS apart, so dense ids cost a few calls per batch), so no process holds an [n, C] table and
+(`VectorStore.read`: one compiled `pread` per sorted unique id, `scatter_read`, about
+1 us each and without the GIL), so no process holds an [n, C] table and
 a step runs no collective for it. Reads are not `np.memmap` fancy indexing on purpose:
 mapped file pages count in the process RSS; pread pages stay in the kernel's page cache,
 shared by every rank on the node. The store is derived from one features artifact, so it
@@ -28,6 +28,7 @@ fingerprint refuses a store copied from another features artifact.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,9 +50,6 @@ FORMAT = "dlrrec-vectors/1"
 HEADER_BYTES = 4096
 READ_BATCH_ROWS = 8192
 FOLDER = "vectors"  # under features/
-
-
-GAP_ROWS = 16  # ids this close are read in one call: up to 15 skipped rows (11.5 KB at C = 384)
 
 
 def feature_key(col: str, kind: str) -> str:
@@ -102,10 +101,9 @@ def scan_parquet(path: Path, id_col: str, col: str, n: int, dim: int) -> Iterato
                 yield ids, vec
 
 
-def runs(sorted_ids: np.ndarray, max_gap: int = 1) -> tuple[list[int], list[int]]:
-    """[start, end) positions of the runs in sorted unique ids: ids whose step to the next
-    is at most `max_gap` (1: consecutive ids) belong to one run, read by one call."""
-    breaks = np.flatnonzero(np.diff(sorted_ids) > max_gap) + 1
+def runs(sorted_ids: np.ndarray) -> tuple[list[int], list[int]]:
+    """[start, end) positions of the runs of consecutive ids (i, i + 1, ...) in sorted ids."""
+    breaks = np.flatnonzero(np.diff(sorted_ids) != 1) + 1
     starts = np.concatenate([[0], breaks]).astype(np.int64)
     ends = np.concatenate([breaks, [sorted_ids.size]]).astype(np.int64)
     return starts.tolist(), ends.tolist()
@@ -202,14 +200,43 @@ def write_store(
     write_atomic(path, HEADER_BYTES + n * row_bytes + n, fill)
 
 
-def pread_into(fd: int, buf: memoryview, offset: int, path: Path) -> None:
-    """Fill `buf` from `offset` (a read may return less than asked: loop)."""
-    done = 0
-    while done < len(buf):
-        got = os.preadv(fd, [buf[done:]], offset + done)
-        if got <= 0:
-            raise DataError(f"{path}: truncated (read past its end at byte {offset + done})")
-        done += got
+_libc = ctypes.CDLL(None, use_errno=True)
+_pread = _libc.pread
+_pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+_pread.restype = ctypes.c_ssize_t
+
+
+@numba.njit(nogil=True)
+def _scatter_pread(fd: int, offsets: np.ndarray, sizes: np.ndarray, dest: int) -> int:
+    """pread each range into the next bytes at address `dest`; the index of the first range
+    that hit the end of the file, or len(offsets). Compiled and without the GIL: a batch
+    reads thousands of scattered rows, at about 1 us each instead of 3 from Python."""
+    pos = 0
+    for k in range(offsets.size):
+        done = 0
+        while done < sizes[k]:
+            got = _pread(fd, dest + pos + done, sizes[k] - done, offsets[k] + done)
+            if got <= 0:
+                return k
+            done += got
+        pos += sizes[k]
+    return offsets.size
+
+
+def scatter_read(fd: int, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray, path: Path) -> None:
+    """Fill `out` (C-contiguous) with the file's byte ranges [offsets[k], offsets[k] + sizes[k]),
+    one after another; each range is read with pread, so threads may share `fd`.
+
+    Raises:
+        DataError: the file ends inside a range (a truncated store).
+    """
+    offsets = np.ascontiguousarray(offsets, np.int64)
+    sizes = np.ascontiguousarray(sizes, np.int64)
+    if not out.flags.c_contiguous or int(sizes.sum()) != out.nbytes:
+        raise ValueError(f"scatter_read: {int(sizes.sum())} bytes into a buffer of {out.nbytes}")
+    k = _scatter_pread(fd, offsets, sizes, out.ctypes.data)
+    if k < offsets.size:
+        raise DataError(f"{path}: truncated (read past its end in bytes {offsets[k]}+{sizes[k]})")
 
 
 class VectorStore:
@@ -237,13 +264,12 @@ class VectorStore:
     def has_content(self) -> np.ndarray:
         """[n] bool: entities with a nonzero vector (read from the file on each call)."""
         out = np.empty(self.n, np.uint8)
-        pread_into(self._fd, out.data, HEADER_BYTES + self.n * self.row_bytes, self.path)
+        scatter_read(self._fd, np.array([HEADER_BYTES + self.n * self.row_bytes]), np.array([self.n]), out, self.path)
         return out.view(bool)
 
     def read(self, ids: np.ndarray) -> np.ndarray:
-        """float16 [len(ids), C]: the vectors of `ids` (any order, repeats allowed); one
-        pread per run of sorted unique ids less than GAP_ROWS apart, so a batch of dense
-        ids (items) costs a few calls, and sparse ids (users) one call per id.
+        """float16 [len(ids), C]: the vectors of `ids` (any order, repeats allowed); only
+        those rows are read, one compiled pread per unique id (`scatter_read`).
 
         Raises:
             ValueError: an id outside [0, n).
@@ -253,14 +279,8 @@ class VectorStore:
             raise ValueError(f"{self.path}: ids outside [0, {self.n})")
         unique, inverse = np.unique(ids, return_inverse=True)
         out = np.empty((unique.size, self.dim), np.float16)
-        for s, e in zip(*runs(unique, GAP_ROWS)) if unique.size else ():
-            lo, hi = int(unique[s]), int(unique[e - 1]) + 1
-            direct = hi - lo == e - s  # consecutive ids: straight into the output
-            # otherwise a few skipped rows are cheaper to read than another call
-            span = out[s:e] if direct else np.empty((hi - lo, self.dim), np.float16)
-            pread_into(self._fd, span.reshape(-1).view(np.uint8).data, HEADER_BYTES + lo * self.row_bytes, self.path)
-            if not direct:
-                out[s:e] = span[unique[s:e] - lo]
+        rb = self.row_bytes
+        scatter_read(self._fd, HEADER_BYTES + unique * rb, np.full(unique.size, rb), out, self.path)
         return out if np.array_equal(unique, ids) else out[inverse.reshape(-1)]
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from dlrrec.config import DataError
 from trainer.neighbor_store import open_neighbors
+from trainer.vector_store import HEADER_BYTES
 
 
 def reference_lists(folder: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,17 +124,17 @@ def test_samples_sets_and_marginals_equal_the_in_memory_lists(tmp_path: Path, to
         np.testing.assert_array_equal(ids, np.concatenate([nb[offsets[a] : offsets[a + 1]] for a in anchors]))
 
 
-def test_a_batch_reads_only_its_anchors_lists(tmp_path: Path, pread_sizes: list[int]):
+def test_a_batch_reads_only_its_anchors_lists(tmp_path: Path, read_ranges: list[tuple[int, int]]):
     n = 300
     write_swing(tmp_path / "user_user", n, 2)
     store = open_neighbors(tmp_path, "user_user", "fp", n)
     offsets, _, _ = reference_lists(tmp_path / "user_user", n)
-    calls = pread_sizes
-    anchors = np.array([7, 8, 9, 200, 7])  # runs 7-9 and 200
-    store.sample(anchors, np.random.default_rng(0), False)
-    pairs = [int(offsets[10] - offsets[7]), int(offsets[201] - offsets[200])]
-    want = [4 * 8, 2 * 8] + [16 * k for k in pairs if k]
-    assert sorted(calls) == sorted(want)
+    store.sample(np.array([7, 8, 9, 200, 7]), np.random.default_rng(0), False)
+    unique = (7, 8, 9, 200)
+    base = store._base
+    want = [(HEADER_BYTES + a * 8, 16) for a in unique]  # each anchor's (start, end)
+    want += [(base + int(offsets[a]) * 16, int(offsets[a + 1] - offsets[a]) * 16) for a in unique]
+    assert sorted(read_ranges) == sorted(want)
 
 
 def test_foreign_stale_and_overlapping_tables_are_refused(tmp_path: Path):

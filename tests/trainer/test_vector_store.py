@@ -77,22 +77,14 @@ def test_lookups_equal_the_parquet_column(tmp_path: Path, parts: int):
     assert (tmp_path / "vectors" / "item_text.f16").stat().st_mtime_ns == mtime
 
 
-def test_a_read_fetches_only_the_requested_rows(tmp_path: Path, pread_sizes: list[int]):
+def test_a_read_fetches_only_the_requested_rows(tmp_path: Path, read_ranges: list[tuple[int, int]]):
     n = 1000
     source, _ = _write_unsorted(tmp_path, n, 1)
     store = open_store(tmp_path, "fp", "item_text", source, "item_id", "item_text", n, C)
-    calls = pread_sizes
-    ids = np.array([500, 3, 4, 5, 501, 900, 3])  # runs: 3-5, 500-501, 900
-    store.read(ids)
-    assert sorted(calls) == sorted([3 * C * 2, 2 * C * 2, 1 * C * 2])
-    # ids at most GAP_ROWS apart share a call (skipped rows included), farther ones do not
-    calls.clear()
-    g = vector_store.GAP_ROWS
-    got = store.read(np.array([40 + 2 * g, 10, 10 + g, 10 + g + 1]))
-    assert sorted(calls) == sorted([(g + 2) * C * 2, 1 * C * 2])
-    want = store.read(np.array([40 + 2 * g]))[0], store.read(np.array([10 + g]))[0]
-    np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(got[2], want[1])
+    got = store.read(np.array([500, 3, 4, 5, 501, 900, 3]))
+    rb = C * 2
+    assert sorted(read_ranges) == [(vector_store.HEADER_BYTES + i * rb, rb) for i in (3, 4, 5, 500, 501, 900)]
+    np.testing.assert_array_equal(got[1], got[6])  # a repeated id reads once, lands twice
 
 
 def _rss_kib() -> int:
@@ -233,3 +225,13 @@ def test_two_ranks_batches_carry_the_parquet_vectors(run_dir: Path, device: str)
     assert np.isfinite(r0["loss"]) and np.isfinite(r1["loss"])
     stores = sorted(p.name for p in (run_dir / "features" / "vectors").glob("*.f16"))
     assert stores == ["item_text.f16", "user_text.f16"]  # written once, by one of the ranks
+
+
+def test_a_store_cut_short_under_a_reader_is_an_error_not_garbage(tmp_path: Path):
+    n = 50
+    source, _ = _write_unsorted(tmp_path, n, 1)
+    store = open_store(tmp_path, "fp", "item_text", source, "item_id", "item_text", n, C)
+    os.truncate(store.path, vector_store.HEADER_BYTES + 10 * C * 2 + 7)  # rows 10.. gone
+    np.testing.assert_array_equal(store.read(np.array([2])).shape, (1, C))
+    with pytest.raises(DataError, match="truncated"):
+        store.read(np.array([3, 40]))
