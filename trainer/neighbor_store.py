@@ -39,6 +39,7 @@ from dlrrec.config import DataError
 from trainer.vector_store import (
     HEADER_BYTES,
     open_checked,
+    read_at,
     scatter_read,
     source_digest,
     write_atomic,
@@ -171,12 +172,6 @@ class NeighborStore:
         scatter_read(self._fd, self._base + bounds[:, 0] * size, counts * size, pairs, self.path)
         return local, pairs, inverse.reshape(-1)
 
-    def _read(self, dtype: np.dtype, n: int, offset: int) -> np.ndarray:
-        """n values of `dtype` from byte `offset` (one range)."""
-        out = np.empty(n, dtype)
-        scatter_read(self._fd, np.array([offset]), np.array([out.nbytes]), out, self.path)
-        return out
-
     def sample(self, anchors: np.ndarray, rng: Uniforms, top1: bool) -> np.ndarray:
         """One positive per anchor (-1 when it has none), p ~ score or the top-1."""
         local, pairs, idx = self.lists(anchors)
@@ -219,9 +214,9 @@ class NeighborStore:
         q, total = np.zeros(n), 0
         for lo in range(0, n, CHUNK_ANCHORS):
             hi = min(n, lo + CHUNK_ANCHORS)
-            off = self._read(np.dtype("<i8"), hi - lo + 1, HEADER_BYTES + lo * 8)
+            off = read_at(self._fd, HEADER_BYTES + lo * 8, np.empty(hi - lo + 1, np.int64), self.path)
             counts = np.diff(off)
-            pairs = self._read(PAIR, int(off[-1] - off[0]), self._base + int(off[0]) * PAIR.itemsize)
+            pairs = read_at(self._fd, self._base + int(off[0]) * PAIR.itemsize, np.empty(int(off[-1] - off[0]), PAIR), self.path)
             first = (off[:-1] - off[0])[counts > 0]
             if top1:
                 p = np.zeros(pairs.size)

@@ -239,6 +239,12 @@ def scatter_read(fd: int, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarra
         raise DataError(f"{path}: truncated (read past its end in bytes {offsets[k]}+{sizes[k]})")
 
 
+def read_at(fd: int, offset: int, out: np.ndarray, path: Path) -> np.ndarray:
+    """`out` filled with the file's bytes from `offset` (one range); returns `out`."""
+    scatter_read(fd, np.array([offset]), np.array([out.nbytes]), out, path)
+    return out
+
+
 class VectorStore:
     """One store, open for reading (the file descriptor is shared by threads: pread has
     no file position).
@@ -263,9 +269,8 @@ class VectorStore:
     @property
     def has_content(self) -> np.ndarray:
         """[n] bool: entities with a nonzero vector (read from the file on each call)."""
-        out = np.empty(self.n, np.uint8)
-        scatter_read(self._fd, np.array([HEADER_BYTES + self.n * self.row_bytes]), np.array([self.n]), out, self.path)
-        return out.view(bool)
+        has = read_at(self._fd, HEADER_BYTES + self.n * self.row_bytes, np.empty(self.n, np.uint8), self.path)
+        return has.view(bool)
 
     def read(self, ids: np.ndarray) -> np.ndarray:
         """float16 [len(ids), C]: the vectors of `ids` (any order, repeats allowed); only
