@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +49,8 @@ def trainer_eval(run_dir: Path, split: str) -> tuple[Any, Any, Any, int]:
     from trainer.cold_start import build_cold_ids
     from trainer.data import eval_batches
     from trainer.distributed import init_distributed
-    from trainer.main import build_model, evaluate, read_variant_data, resolve_sparse_optimizer
+    from trainer.evaluation import EvalSpec, evaluate
+    from trainer.main import build_model, read_variant_data, resolve_sparse_optimizer
 
     _, tcfg, ckpt = read_run(run_dir)
     tcfg.run_dir = str(run_dir)
@@ -59,8 +62,13 @@ def trainer_eval(run_dir: Path, split: str) -> tuple[Any, Any, Any, int]:
     dmp, _, _ = build_model(tcfg, data, env, 1.0, opt, cold)
     load_checkpoint(ckpt, dmp, None)
 
+    work = Path(tempfile.mkdtemp(prefix="serve_bench_"))
+
     def run() -> np.ndarray:
-        return evaluate(dmp, data, split, tcfg.eval_batch_size, env, cold)[1]
+        """The trainer's evaluation (metrics included), its predictions read back."""
+        spec = EvalSpec(split, predictions=work / "predictions.parquet")
+        evaluate(dmp, data, spec, tcfg.eval_batch_size, env, work, cold)
+        return pq.read_table(spec.predictions).column("prob").to_numpy()
 
     def logits_only() -> np.ndarray:
         """The same batches through the model alone: no InfoNCE terms (evaluate computes

@@ -199,13 +199,6 @@ class TrainingData:
         where = str(self.parts[split].folder)
         return split_arrays(table, self.features_meta, self.row_content, self.keyed_content, where)
 
-    def column(self, split: str, name: str) -> np.ndarray:
-        """One column of `split` in row order, read block by block (e.g. the val/test
-        users of the per-user metrics, which are exact over the whole split)."""
-        parts = self.parts[split]
-        cols = [pq.ParquetFile(parts.files[f]).read_row_group(g, columns=[name]).column(0) for f, g in parts.blocks]
-        return np.concatenate([c.to_numpy() for c in cols]) if cols else np.zeros(0)
-
     def read_rows(self, split: str, lo: int = 0, hi: int | None = None) -> SplitArrays:
         """Rows [lo, hi) of `split` in file order (all by default): for tests and tools;
         training and evaluation stream blocks instead (`train_batches`, `eval_batches`)."""

@@ -111,6 +111,24 @@ def all_reduce_mean(values: list[float]) -> list[float]:
     return t.cpu().tolist()
 
 
+def all_reduce_sum(counts: np.ndarray) -> np.ndarray:
+    """Elementwise int64 sum of an array over ranks (exact counts)."""
+    t = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int64))
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.to(_collective_device())
+        dist.all_reduce(t)
+    return t.cpu().numpy()
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's (picklable, small) object, in rank order."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _collective_device() -> torch.device:
     """nccl only moves CUDA tensors; gloo only CPU ones."""
     if dist.get_backend() == "nccl":

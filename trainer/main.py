@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
 from torch.distributed.elastic.multiprocessing.errors import record
@@ -66,24 +64,16 @@ from trainer.cold_start import ColdIds, build_cold_ids
 from trainer.config import TrainConfig, parse_selection_metric
 from trainer.data import (
     Batch,
-    SplitParts,
     TrainingData,
     entity_store,
     epoch_steps,
-    eval_batches,
     lane_layout,
     read_training_data,
     train_batches,
 )
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
+from trainer.evaluation import EvalSpec, evaluate
 from trainer.loss import InfoNCEOptions
-from trainer.metrics import (
-    best_accuracy_threshold,
-    classification_report,
-    fpr_at_recall,
-    ranking_report,
-    selection_value,
-)
 from trainer.model import (
     DLRREC,
     ArchSizes,
@@ -466,57 +456,6 @@ class Rank0:
                 f.write(json.dumps(record_, sort_keys=True) + "\n")
 
 
-def evaluate(
-    dmp: DistributedModelParallel,
-    data: TrainingData,
-    split: str,
-    batch_size: int,
-    env: DistEnv,
-    cold: ColdIds | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) of every row of `split` in row order, identical on every
-    rank; `batch_size` is the global eval batch.
-
-    With cold-start ids, ids absent from the training rows are scored with the cold row.
-    """
-    dmp.eval()
-    ids_all, probs_all, labels_all = [], [], []
-    with torch.no_grad():
-        for batch, ids in eval_batches(data, split, batch_size, env.rank, env.world_size):
-            if cold is not None:
-                batch = cold.eval_batch(batch)
-            labels_all.append(batch.labels.numpy())
-            _, (_, logits, _, _, _) = dmp(batch.to(env.device))
-            ids_all.append(ids)
-            probs_all.append(torch.sigmoid(logits.float()).cpu().numpy())
-    dmp.train()
-    ids = np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64)
-    probs = np.concatenate(probs_all) if probs_all else np.zeros(0)
-    labels = np.concatenate(labels_all) if labels_all else np.zeros(0)
-    row_ids, probs = gather_rows(ids, probs)
-    _, labels = gather_rows(ids, labels)  # each rank read only its own rows' labels
-    n = data.parts[split].n
-    if row_ids.size != n or (n and not np.array_equal(row_ids, np.arange(n))):
-        raise RuntimeError(f"evaluate({split}): scored {row_ids.size} of {n} rows")
-    return labels.astype(np.float32), probs
-
-
-def write_predictions(path: Path, parts: SplitParts, probs: np.ndarray) -> None:
-    """The reported model's probability for every row of a split, in row order (atomic):
-    what `dlrrec score` of the exported model is checked against. The split's ids and
-    labels are read block by block."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    schema = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("label", pa.float32()),
-                        ("prob", pa.float32())])  # fmt: skip
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for k in range(len(parts.blocks)):
-            t = parts.read_block(k).select(["user_id", "item_id", "label"])
-            lo = int(parts.offsets[k])
-            p = pa.array(probs[lo : lo + t.num_rows].astype(np.float32))
-            writer.write_table(t.append_column("prob", p).cast(schema))
-    os.replace(tmp, path)
-
-
 def fingerprint(cfg: TrainConfig, data: TrainingData, trained_on: dict[str, str]) -> str:
     """Hash of what the model and report depend on: the config, the inputs, and
     `trained_on` = {device type, resolved sparse optimizer} (`auto` and fbgemm's
@@ -568,7 +507,7 @@ class Progress:
 
 
 LOSS_NAMES = ("loss", "rec", "item_item", "user_user")
-Roc = tuple[np.ndarray, np.ndarray, float]  # test's (labels, probabilities, AUC)
+Roc = tuple[np.ndarray, np.ndarray, float]  # test's ROC curve (FPR, TPR) and AUC
 
 
 def segment(batches: Iterator[Any], done: int, val_every_steps: int) -> Iterator[Any]:
@@ -953,9 +892,10 @@ def validate(job: Job, epoch: int, losses: dict[str, float], dt: float | None) -
     Returns whether it improved.
     """
     prog, sel = job.prog, job.selection
-    labels, probs = evaluate(job.dmp, job.data, "val", job.sampling.eval_batch_size, job.env, job.cold)
-    val = classification_report(labels, probs, 0.5)
-    metric = selection_value(labels, probs, sel.metric, sel.min_recall)  # larger is better
+    spec = EvalSpec("val", (0.5,), sel.min_recall, ks=())  # per-user metrics: the final report only
+    summary = evaluate(job.dmp, job.data, spec, job.sampling.eval_batch_size, job.env, job.out, job.cold).summary
+    val = summary.report(0.5)
+    metric = summary.selection_value(sel.metric)  # larger is better
     improved = prog.best_metric is None or metric > prog.best_metric
     if sel.metric == "fpr_at_recall":
         val["fpr_at_recall"] = -metric
@@ -1137,26 +1077,26 @@ def evaluate_best(job: Job) -> tuple[dict[str, Any], Roc | None]:
     """Reload the best checkpoint, pick the threshold on val and score test once.
 
     Returns:
-        The report and test's (labels, probabilities, AUC) in row order (None when sealed).
+        The report and test's ROC curve and AUC (None when sealed).
     """
     prog, sel, data = job.prog, job.selection, job.data
     if prog.best_checkpoint is None:
         raise RuntimeError(f"{job.ckpt_root}: no epoch finished, so there is no model to report")
     best_path = job.ckpt_root / prog.best_checkpoint
     load_checkpoint(best_path, job.dmp, None)
-    v_labels, v_probs = evaluate(job.dmp, data, "val", job.sampling.eval_batch_size, job.env, job.cold)
+    batch, env = job.sampling.eval_batch_size, job.env
+    v = evaluate(job.dmp, data, EvalSpec("val", (), sel.min_recall), batch, env, job.out, job.cold)
     if sel.metric == "fpr_at_recall":  # the operating point the selection asked for
-        threshold = fpr_at_recall(v_labels, v_probs, sel.min_recall)[1]
+        threshold = v.summary.fpr_at_recall()[1]
     else:
-        threshold = best_accuracy_threshold(v_labels, v_probs)
-    val = classification_report(v_labels, v_probs, threshold)
-    val.update(ranking_report(data.column("val", "user_id"), v_labels, v_probs))
+        threshold = v.summary.best_accuracy_threshold()
+    val = {**v.summary.report(threshold), **v.ranking}
     test, roc = None, None
     if sel.score_test:  # sealed (score_test=false): test rows are never scored
-        t_labels, t_probs = evaluate(job.dmp, data, "test", job.sampling.eval_batch_size, job.env, job.cold)
-        test = classification_report(t_labels, t_probs, threshold)
-        test.update(ranking_report(data.column("test", "user_id"), t_labels, t_probs))
-        roc = (t_labels, t_probs, test["auc"])
+        spec = EvalSpec("test", (threshold,), sel.min_recall, predictions=job.out / "test_predictions.parquet")
+        t = evaluate(job.dmp, data, spec, batch, env, job.out, job.cold)
+        test = {**t.summary.report(threshold), **t.ranking}
+        roc = (*t.summary.roc_curve(), test["auc"])
     report = {
         **job.report,
         "best_epoch": prog.best_epoch,
@@ -1178,9 +1118,7 @@ def cleanup(job: Job, report: dict[str, Any], roc: Roc | None) -> dict[str, Any]
     """Rank 0 writes the figures, the test predictions and report.json (last: it marks
     the run finished); every rank returns the report."""
     if job.env.is_main:
-        write_plots(job.out, roc)
-        if roc is not None:  # sealed runs write no test figure
-            write_predictions(job.out / "test_predictions.parquet", job.data.parts["test"], roc[1])
+        write_plots(job.out, roc)  # sealed runs write no test figure
         write_json_atomic(job.out / "report.json", report)
         test = report["test"]
         tested = (

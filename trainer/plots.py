@@ -9,22 +9,8 @@ from pathlib import Path
 import numpy as np
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1)."""
-    y = np.asarray(labels).astype(bool)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
-    s, ys = np.asarray(scores)[order], y[order]
-    cut = np.flatnonzero(np.diff(s)) if s.size else np.zeros(0, int)
-    idx = np.concatenate([cut, [s.size - 1]]) if s.size else np.zeros(0, int)
-    tp = np.cumsum(ys)[idx]
-    fp = np.cumsum(~ys)[idx]
-    tpr = np.concatenate([[0.0], tp / max(int(y.sum()), 1)])
-    fpr = np.concatenate([[0.0], fp / max(int((~y).sum()), 1)])
-    return fpr, tpr
-
-
 def write_plots(out: Path, test_roc: tuple[np.ndarray, np.ndarray, float] | None) -> list[Path]:
-    """loss.png, val_auc.png and, given test (labels, probs, AUC), roc.png (none when sealed)."""
+    """loss.png, val_auc.png and, given test's (FPR, TPR, AUC), roc.png (none when sealed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,8 +56,7 @@ def write_plots(out: Path, test_roc: tuple[np.ndarray, np.ndarray, float] | None
 
     if test_roc is None:
         return written
-    test_labels, test_probs, test_auc = test_roc
-    fpr, tpr = roc_curve(test_labels, test_probs)
+    fpr, tpr, test_auc = test_roc
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(fpr, tpr, label=f"test AUC {test_auc:.4f}")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from dist_helpers import run_ranks
@@ -21,7 +22,8 @@ def _rank(rank: int, run_dir: str) -> dict:
     from trainer.config import TrainConfig
     from trainer.data import eval_batches, make_batch, train_batches
     from trainer.distributed import init_distributed, shutdown
-    from trainer.main import build_model, evaluate, read_variant_data
+    from trainer.evaluation import EvalSpec, evaluate
+    from trainer.main import build_model, read_variant_data
 
     env = init_distributed("cpu")
     try:
@@ -45,7 +47,10 @@ def _rank(rank: int, run_dir: str) -> dict:
         # eval batches carry no InfoNCE inputs
         eval_batch, _ = next(iter(eval_batches(data, "val", cfg.eval_batch_size, 0, 1)))
         pos_lengths = {k: v.shape[0] for k, v in eval_batch.vectors.items()}
-        labels, probs = evaluate(dmp, data, "val", cfg.eval_batch_size, env)
+        spec = EvalSpec("val", predictions=Path(run_dir) / "val_predictions.parquet")
+        evaluate(dmp, data, spec, cfg.eval_batch_size, env, Path(run_dir))
+        scored = pq.read_table(spec.predictions)
+        labels, probs = scored.column("label").to_numpy(), scored.column("prob").to_numpy()
         eval_calls = len(calls)
         # the reference: one batch of every val row built WITH sampled positives (as
         # evaluation did before), through the model alone in eval mode

@@ -1,14 +1,18 @@
 """Split metrics are exact across ranks: 2 real gloo ranks report what 1 process does.
 
-Each rank scores its share of the split in padded eval batches (`trainer.main.evaluate`),
-the predictions are all-gathered by row id, and every metric is computed on the whole
-split. The scorer is a fixed per-row function, so any difference could only come from
-the distribution (row assignment, padding, gathering), which is what is under test.
+Each rank scores its share of the split in padded eval batches and spills it to disk by
+score bucket and by user bucket (`trainer.evaluation.evaluate`); the ranks count the
+buckets between them. The scorer is a fixed per-row function, so any difference could
+only come from the distribution (row assignment, padding, spilling, the buckets each
+rank counts), which is what is under test. Tiny spill limits (many flushes and user
+buckets) must give the same numbers as the defaults.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from dist_helpers import run_ranks
@@ -39,14 +43,8 @@ class RowScorer(nn.Module):
 
 def _metrics(rank: int, run_dir: str) -> dict:
     from trainer.data import read_training_data
-    from trainer.distributed import init_distributed, shutdown
-    from trainer.main import evaluate
-    from trainer.metrics import (
-        best_accuracy_threshold,
-        classification_report,
-        fpr_at_recall,
-        ranking_report,
-    )
+    from trainer.distributed import barrier, init_distributed, shutdown
+    from trainer.evaluation import EvalSpec, evaluate
 
     env = init_distributed("cpu")
     try:
@@ -59,18 +57,24 @@ def _metrics(rank: int, run_dir: str) -> dict:
         out = {}
         items = data.entity_columns["item_text"]
         scorer = RowScorer(torch.from_numpy(items.read(np.arange(items.n))).float())
-        v_labels, v_probs = evaluate(scorer, data, "val", eval_batch_size, env)  # type: ignore[arg-type]
-        threshold = best_accuracy_threshold(v_labels, v_probs)
+        work = Path(run_dir) / f"eval-{env.world_size}"
+        work.mkdir(exist_ok=True)
+
+        def run(split: str, thresholds: tuple[float, ...], **limits: int) -> dict:
+            # K = 3 as well: most synthetic users have fewer than 10 rows in a split
+            spec = EvalSpec(split, thresholds, 0.5, (3, 10), work / f"{split}.parquet", **limits)
+            ev = evaluate(scorer, data, spec, eval_batch_size, env, work)  # type: ignore[arg-type]
+            probs = pq.read_table(spec.predictions).column("prob").to_numpy()
+            return {**ev.summary.report(thresholds[0]), **ev.ranking, "probs": probs.tolist(),
+                    "fpr_at_recall_0.5": ev.summary.fpr_at_recall()}  # fmt: skip
+
+        v = evaluate(scorer, data, EvalSpec("val", (), ks=()), eval_batch_size, env, work)  # type: ignore[arg-type]
+        threshold = v.summary.best_accuracy_threshold()
         for split in SPLITS:
-            labels, probs = evaluate(scorer, data, split, eval_batch_size, env)  # type: ignore[arg-type]
-            out[split] = {
-                **classification_report(labels, probs, threshold),
-                # K = 3 as well: most synthetic users have fewer than 10 rows in a split
-                **ranking_report(data.read_rows(split).user_id, labels, probs, k=3),
-                **ranking_report(data.read_rows(split).user_id, labels, probs, k=10),
-                "fpr_at_recall_0.5": fpr_at_recall(labels, probs, 0.5),
-                "probs": probs.tolist(),
-            }
+            out[split] = run(split, (threshold,))
+            out[split]["tiny"] = run(split, (threshold,), flush_rows=7, user_bucket_rows=50)
+        barrier()
+        out["left"] = sorted(os.listdir(work))  # no spill folder or prediction part left
         return out
     finally:
         shutdown(env)
@@ -90,6 +94,7 @@ def one(run_dir: Path) -> dict:
 def test_two_ranks_give_the_metrics_of_one_process(run_dir: Path, one: dict):
     two = run_ranks(_metrics, 2, str(run_dir))
     assert two[0] == two[1]  # every rank holds the same numbers
+    assert one["left"] == two[0]["left"] == ["test.parquet", "val.parquet"]
     for split in SPLITS:
         got, want = two[0][split], one[split]
         for key in ("auc", "logloss", "ne", "accuracy", "fpr", "precision", "recall", "calibration",
@@ -98,6 +103,10 @@ def test_two_ranks_give_the_metrics_of_one_process(run_dir: Path, one: dict):
             assert got[key] == want[key], (split, key, got[key], want[key])
         assert 0.5 < want["auc"] < 1 and 0 < want["fpr"] < 1
         assert 0.5 < want["gauc"] < 1 and 0 < want["ndcg@10"] < 1 and 0 < want["recall@3"] < 1
+        # 7-row flushes and 50-row user buckets: the same split metrics; the per-user sums
+        # add up in another grouping, so to the last bits
+        for key, value in want["tiny"].items():
+            assert value == (pytest.approx(want[key], abs=1e-12) if "@" in key or key == "gauc" else want[key]), key
 
 
 @pytest.mark.slow  # ~40 s on the loaded 2-core machine (1 spawned rank; shares it with the test above)

@@ -3,15 +3,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.metrics import (
-    best_accuracy_threshold,
-    classification_report,
-    confusion_at,
-    fpr_at_recall,
-    log_loss,
-    roc_auc,
-    selection_value,
-)
+from trainer.metrics import summarize
+
+
+def f32(values: list[float]) -> np.ndarray:
+    """Scores as the model gives them: float32."""
+    return np.asarray(values, dtype=np.float32)
 
 
 def auc_pairwise(y: np.ndarray, s: np.ndarray) -> float:
@@ -31,28 +28,29 @@ def auc_pairwise(y: np.ndarray, s: np.ndarray) -> float:
 )
 def test_auc_matches_pairwise_reference_with_ties(rows):
     y = np.array([a for a, _ in rows])
-    s = np.array([b for _, b in rows], dtype=float) / 3.0  # many ties
-    assert roc_auc(y, s) == pytest.approx(auc_pairwise(y, s), abs=1e-12)
+    s = f32([b / 6.0 for _, b in rows])  # many ties
+    assert summarize(y, s).auc() == pytest.approx(auc_pairwise(y, s), abs=1e-12)
 
 
 def test_auc_single_class_is_nan():
-    assert np.isnan(roc_auc(np.ones(5), np.arange(5.0)))
+    assert np.isnan(summarize(np.ones(5), f32([0, 0.25, 0.5, 0.75, 1])).auc())
 
 
 def test_log_loss_and_confusion():
     y = np.array([1, 0, 1, 0])
-    p = np.array([0.9, 0.2, 0.4, 0.6])
-    assert log_loss(y, p) == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.4])))
-    c = confusion_at(y, p, 0.5)
-    assert c == {"accuracy": 0.5, "fpr": 0.5, "precision": 0.5, "recall": 0.5}
+    p = f32([0.9, 0.2, 0.4, 0.6])
+    s = summarize(y, p, (0.5,))
+    q = p.astype(np.float64)
+    assert s.logloss() == pytest.approx(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)), rel=1e-12)
+    assert s.confusion(0.5) == {"accuracy": 0.5, "fpr": 0.5, "precision": 0.5, "recall": 0.5}
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 10)), min_size=1, max_size=40))
 def test_best_threshold_maximises_accuracy(rows):
     y = np.array([a for a, _ in rows])
-    p = np.array([b for _, b in rows], dtype=float) / 10
-    t = best_accuracy_threshold(y, p)
+    p = f32([b / 10 for _, b in rows])
+    t = summarize(y, p).best_accuracy_threshold()
     best = max(np.mean((p >= c) == y) for c in [*np.unique(p), np.inf])
     assert np.mean((p >= t) == y) == pytest.approx(best)
 
@@ -60,19 +58,17 @@ def test_best_threshold_maximises_accuracy(rows):
 def test_report_keys():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 100)
-    r = classification_report(y, rng.random(100), 0.5)
+    r = summarize(y, rng.random(100).astype(np.float32), (0.5,)).report(0.5)
     assert {"auc", "logloss", "accuracy", "fpr", "precision", "recall", "threshold", "ne"} <= set(r)
 
 
 def test_roc_curve_area_equals_auc():
-    from trainer.plots import roc_curve
-
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200)
-    s = np.round(rng.random(200) + 0.3 * y, 2)
-    fpr, tpr = roc_curve(y, s)
+    summary = summarize(y, (np.round(rng.random(200) + 0.3 * y, 2) / 1.3).astype(np.float32))
+    fpr, tpr = summary.roc_curve()
     assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
-    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(y, s), abs=1e-12)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(summary.auc(), abs=1e-12)
 
 
 def fpr_at_recall_brute_force(y: np.ndarray, p: np.ndarray, r: float) -> tuple[float, float]:
@@ -96,8 +92,8 @@ def fpr_at_recall_brute_force(y: np.ndarray, p: np.ndarray, r: float) -> tuple[f
 )
 def test_fpr_at_recall_matches_brute_force(rows, r):
     y = np.array([a for a, _ in rows])
-    p = np.array([b for _, b in rows], dtype=float) / 8  # many ties
-    fpr, t = fpr_at_recall(y, p, r)
+    p = f32([b / 8 for _, b in rows])  # many ties
+    fpr, t = summarize(y, p, min_recall=r).fpr_at_recall()
     want_fpr, want_t = fpr_at_recall_brute_force(y, p, r)
     assert fpr == pytest.approx(want_fpr, abs=1e-12)
     assert t == want_t
@@ -106,10 +102,38 @@ def test_fpr_at_recall_matches_brute_force(rows, r):
 
 def test_fpr_at_recall_does_not_reward_predicting_nothing():
     y = np.array([1, 1, 0, 0, 1, 0])
-    all_negative = np.zeros(6)  # FPR 0 at threshold > 0, but recall 0 there
-    fpr, t = fpr_at_recall(y, all_negative, 0.5)
-    assert (fpr, t) == (1.0, 0.0)
-    good = np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.3])
-    assert fpr_at_recall(y, good, 0.5) == (0.0, 0.8)
-    assert selection_value(y, good, "fpr_at_recall", 0.5) > selection_value(y, all_negative, "fpr_at_recall", 0.5)
-    assert np.isnan(fpr_at_recall(np.ones(3), np.arange(3.0), 0.5)[0])
+    all_negative = summarize(y, np.zeros(6, np.float32))  # FPR 0 at threshold > 0, but recall 0 there
+    assert all_negative.fpr_at_recall() == (1.0, 0.0)
+    good = summarize(y, f32([0.9, 0.8, 0.1, 0.2, 0.7, 0.3]))
+    assert good.fpr_at_recall() == (0.0, float(np.float32(0.8)))
+    assert good.selection_value("fpr_at_recall") > all_negative.selection_value("fpr_at_recall")
+    assert np.isnan(summarize(np.ones(3), f32([0, 0.5, 1])).fpr_at_recall()[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.integers(0, 30)), min_size=2, max_size=60).filter(
+        lambda r: 0 < sum(a for a, _ in r) < len(r)
+    ),
+    st.sampled_from([0.3, 0.5, 1.0]),
+)
+def test_scores_spread_over_many_buckets_match_the_references(rows, r):
+    """Scores 2^-b span 31 binades (about 60 score buckets), with ties: every metric
+    combined across buckets equals its whole-array reference."""
+    y = np.array([a for a, _ in rows])
+    p = f32([2.0**-b for _, b in rows])
+    q = p.astype(np.float64)
+    s = summarize(y, p, (0.5,), min_recall=r)
+    assert s.auc() == pytest.approx(auc_pairwise(y, q), abs=1e-12)
+    c = np.clip(q, 1e-7, 1 - 1e-7)
+    assert s.logloss() == pytest.approx(-np.mean(y * np.log(c) + (1 - y) * np.log(1 - c)), rel=1e-12)
+    t = s.best_accuracy_threshold()
+    assert np.mean((q >= t) == y) == max(np.mean((q >= c) == y) for c in [*np.unique(q), np.inf])
+    assert s.fpr_at_recall() == pytest.approx(fpr_at_recall_brute_force(y, q, r), abs=1e-12)
+    assert s.confusion(0.5)["recall"] == np.sum((q >= 0.5) & (y == 1)) / np.sum(y == 1)
+
+
+def test_scores_outside_the_unit_interval_are_refused():
+    for bad in (np.nan, 1.5, -0.25):
+        with pytest.raises(ValueError, match="1 of 3 scores are NaN or outside"):
+            summarize(np.array([0, 1, 0]), f32([0.2, bad, 0.4]))

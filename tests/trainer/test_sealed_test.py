@@ -27,9 +27,9 @@ def _recorded_runs(rank: int, runs: list[tuple[str, dict]]) -> list[dict]:
     scored: list[str] = []
     evaluate = tm.evaluate
 
-    def spy(dmp, data, split, *args, **kwargs):  # noqa: ANN001, ANN202
-        scored.append(split)
-        return evaluate(dmp, data, split, *args, **kwargs)
+    def spy(dmp, data, spec, *args, **kwargs):  # noqa: ANN001, ANN202
+        scored.append(spec.split)
+        return evaluate(dmp, data, spec, *args, **kwargs)
 
     tm.evaluate = spy
     out = []
