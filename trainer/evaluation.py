@@ -76,7 +76,7 @@ class EvalSpec:
     ks: tuple[int, ...] = (10,)
     predictions: Path | None = None
     flush_rows: int = 1 << 18
-    user_bucket_rows: int = 1 << 20
+    user_bucket_rows: int = 1 << 18
 
 
 @dataclass
