@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _EPS = 1e-7
-BUCKET_BITS = 20
+BUCKET_BITS = 18
 _ONE_KEY = 0x3F800000  # the float32 bit pattern of 1.0
 N_SCORE_BUCKETS = (_ONE_KEY >> BUCKET_BITS) + 1
 LABEL_BIT = np.uint32(1 << 31)  # packed = key | label << 31 (keys of [0, 1] are < 2^30)
-ROC_POINTS = 256  # at most this many ROC points a bucket (the plot's resolution)
+ROC_POINTS = 64  # at most this many ROC points a bucket (the plot's resolution)
 
 
 def pack_scores(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ class ValueCounts:
 def count_bucket(bucket: int, chunks: Iterable[np.ndarray]) -> ValueCounts:
     """Exact counts of one bucket's packed scores, read chunk by chunk. The (score,
     label) pairs of a bucket take at most 2^(BUCKET_BITS + 1) values, so the running
-    counts stay bounded (32 MiB) whatever the number of rows."""
+    counts stay bounded (8 MiB) whatever the number of rows."""
     low = np.uint32((1 << BUCKET_BITS) - 1)
     slots, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
     for packed in chunks:

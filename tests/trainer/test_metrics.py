@@ -118,7 +118,7 @@ def test_fpr_at_recall_does_not_reward_predicting_nothing():
     st.sampled_from([0.3, 0.5, 1.0]),
 )
 def test_scores_spread_over_many_buckets_match_the_references(rows, r):
-    """Scores 2^-b span 31 binades (about 60 score buckets), with ties: every metric
+    """Scores 2^-b span 31 binades (31 score buckets), with ties: every metric
     combined across buckets equals its whole-array reference."""
     y = np.array([a for a, _ in rows])
     p = f32([2.0**-b for _, b in rows])
