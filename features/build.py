@@ -45,9 +45,9 @@ from features.io import (
 )
 from features.order_stats import values_at_ranks
 from features.owners import SPILL_SCHEMA, OwnerPlan, item_job, user_job
-from features.rowindex import RowIndex, build_index, repeated_review_rows
+from features.rowindex import RowIndex, build_index, drop_rows, repeated_review_rows
 from features.schema import PROFILE_KEY
-from features.sources import read_source
+from features.sources import read_source, stage_source
 from features.spill import SeqJoin, Spill, bucket_of, owner_ranges
 from features.vocab import entity_order
 from features.workers import Workers
@@ -82,23 +82,18 @@ def _raw_batches(
         drop, skipped["duplicate_review_id"] = repeated_review_rows(
             path, rating_range, cfg.on_bad_rows, work
         )
-    seq = 0
-    for batch in scan_batches(path, rating_range, cfg.on_bad_rows, skipped=skipped):
-        lo, hi = np.searchsorted(drop, [seq, seq + batch.num_rows])
-        if hi > lo:
-            keep = np.ones(batch.num_rows, dtype=bool)
-            keep[drop[lo:hi] - seq] = False
-            batch = batch.filter(pa.array(keep))
-        seq += len(keep) if hi > lo else batch.num_rows
-        yield batch
+    yield from drop_rows(scan_batches(path, rating_range, cfg.on_bad_rows, skipped=skipped), drop)
 
 
 def read_input(cfg: FeaturesConfig, work: Path, workers: Workers) -> Input:
-    """Entity tables (whole) and the row index (streamed; in memory only for llm/images or
-    a review source, whose adapters parse their files in memory)."""
+    """Entity tables (whole) and the row index (streamed: a review source is first staged
+    as raw interactions under `work`).  The llm/images steps also get every interaction
+    in memory (`Input.raw`)."""
     skipped = no_skips()
     raw = None
-    if cfg.source == "raw" and cfg.llm is None and cfg.images is None:
+    content = cfg.llm is not None or cfg.images is not None
+    rating_range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
+    if cfg.source == "raw" and not content:
         paths = raw_paths(cfg.raw_dir)
         open_scan(paths["interactions.parquet"])  # its columns are checked first, as before
         users, items = (scan_table(paths[f"{n}.parquet"])[0] for n in ("users", "items"))
@@ -106,14 +101,19 @@ def read_input(cfg: FeaturesConfig, work: Path, workers: Workers) -> Input:
         check_unique(paths["users.parquet"], users, "user")
         batches: Iterator[pa.RecordBatch] = _raw_batches(cfg, work, skipped)
         named = {n: paths[f"{n}.parquet"] for n in ("interactions", "users", "items")}
-    else:
-        rating_range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
-        raw = read_source(
-            cfg.source, cfg.raw_dir, cfg.files, cfg.columns, rating_range, cfg.on_bad_rows
-        )
+    elif cfg.source == "raw":
+        raw = read_source(cfg.source, cfg.raw_dir, rating_range=rating_range,
+                          on_bad_rows=cfg.on_bad_rows)  # fmt: skip
         users, items, skipped = raw.users, raw.items, raw.skipped
         batches = iter(raw.interactions.to_batches())
         named = {n: Path(cfg.raw_dir) / n for n in ("interactions", "users", "items")}
+    else:
+        staged = stage_source(cfg.source, cfg.raw_dir, work / "source", cfg.files, cfg.columns,
+                              rating_range, cfg.on_bad_rows)  # fmt: skip
+        users, items, skipped = staged.users, staged.items, staged.skipped
+        batches = staged.batches()
+        named = {n: Path(cfg.raw_dir) / n for n in ("interactions", "users", "items")}
+        raw = staged.reviews() if content else None
     users, items, id_order = _entities(users, items)
     entity_ids = (users["user"].combine_chunks(), items["item"].combine_chunks())
     index = build_index(batches, entity_ids, cfg.seed, work / "index.parquet", named, workers)

@@ -10,7 +10,7 @@ features/spill.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 SEQ_BUCKETS = 64  # hash partitions of the review-id check
+Repeat = tuple[int, int, object]  # (position, the earlier position it repeats, the id)
 
 
 @dataclass
@@ -77,30 +78,23 @@ def string_hashes(values: pa.Array) -> np.ndarray:
         return _mix64(cum[ends[1:]] - cum[ends[:-1]] + lengths.astype(np.uint64))
 
 
-def repeated_review_rows(
-    path: Path,
-    rating_range: tuple[float, float] | None,
-    on_bad_rows: Policy,
-    work: Path,
-) -> tuple[np.ndarray, int]:
-    """Rows (numbered after bad rows are dropped) whose review id repeats an earlier row's.
+def repeated_ids(ids: Iterable[pa.Array], work: Path) -> tuple[np.ndarray, Repeat | None]:
+    """Positions in the stream of `ids` whose id repeats an earlier position's.
 
-    The ids are partitioned by hash into `SEQ_BUCKETS` spill files, so each bucket holds
-    every row of its ids and is checked alone (features/bad_rows.py `repeated_rows`).
+    The ids are partitioned by hash into `SEQ_BUCKETS` spill files under `work`, so each
+    bucket holds every position of its ids and is checked alone (features/bad_rows.py
+    `repeated_rows`); only one chunk of ids and one bucket are held at a time.
 
     Returns:
-        (sorted int64 rows to drop, how many).
-
-    Raises:
-        DataError: with `error`, naming the first repeat and the row it repeats.
+        (sorted int64 positions, the first repeat as (position, the earlier position it
+        repeats, the id), or None when no id repeats).
     """
-    spill = Spill(work / "review-ids", SEQ_BUCKETS)
+    spill = Spill(work, SEQ_BUCKETS)
     seq = 0
-    for batch in scan_batches(path, rating_range, on_bad_rows):
-        ids = batch.column("review_id")
-        table = pa.table({"seq": pa.array(np.arange(seq, seq + len(ids))), "id": ids})
-        spill.add(table, (string_hashes(ids) % np.uint64(SEQ_BUCKETS)).astype(np.int64))
-        seq += len(ids)
+    for chunk in ids:
+        table = pa.table({"seq": pa.array(np.arange(seq, seq + len(chunk))), "id": chunk})
+        spill.add(table, (string_hashes(chunk) % np.uint64(SEQ_BUCKETS)).astype(np.int64))
+        seq += len(chunk)
     spill.close()
     drop, first = [], None
     for b in range(SEQ_BUCKETS):
@@ -115,14 +109,49 @@ def repeated_review_rows(
             if first is None or seqs[row] < first[0]:
                 first = (int(seqs[row]), int(seqs[earlier]), value)
     if first is None:
-        return np.zeros(0, dtype=np.int64), 0
-    rows = np.sort(np.concatenate(drop))
+        return np.zeros(0, dtype=np.int64), None
+    return np.sort(np.concatenate(drop)), first
+
+
+def repeated_review_rows(
+    path: Path,
+    rating_range: tuple[float, float] | None,
+    on_bad_rows: Policy,
+    work: Path,
+) -> tuple[np.ndarray, int]:
+    """Rows (numbered after bad rows are dropped) whose review id repeats an earlier row's
+    (`repeated_ids` over the file's checked batches).
+
+    Returns:
+        (sorted int64 rows to drop, how many).
+
+    Raises:
+        DataError: with `error`, naming the first repeat and the row it repeats.
+    """
+    batches = scan_batches(path, rating_range, on_bad_rows)
+    rows, first = repeated_ids((b.column("review_id") for b in batches), work / "review-ids")
+    if first is None:
+        return rows, 0
     message = (
         f"{path}: column 'review_id' row {first[0]}: repeats the id {first[2]!r} of row "
         f"{first[1]}; ids must be unique"
     )
     resolve([BadRows("duplicate_review_id", np.ones(1, dtype=bool), message)], 1, on_bad_rows)
     return rows, len(rows)
+
+
+def drop_rows(batches: Iterable[pa.RecordBatch], drop: np.ndarray) -> Iterator[pa.RecordBatch]:
+    """`batches` without the rows at the sorted stream positions `drop`."""
+    seq = 0
+    for batch in batches:
+        n = batch.num_rows
+        lo, hi = np.searchsorted(drop, [seq, seq + n])
+        if hi > lo:
+            keep = np.ones(n, dtype=bool)
+            keep[drop[lo:hi] - seq] = False
+            batch = batch.filter(pa.array(keep))
+        seq += n
+        yield batch
 
 
 def _lookup(values: pa.Array, ids: pa.Array, seq: int, where: tuple[Path, str, Path]) -> np.ndarray:

@@ -7,6 +7,7 @@ default names in `raw_dir`; `files: {role: name}` renames them.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +16,7 @@ from dlrrec.config import ConfigError, DataError
 from features.bad_rows import Policy
 from features.io import RawReviews, raw_input_hashes, read_raw_reviews
 from features.sources import amazon2023, generic, google_local, movielens_udata, yelp
+from features.sources.tables import StagedReviews
 
 ADAPTERS: dict[str, ModuleType] = {
     "generic": generic,
@@ -88,6 +90,31 @@ def source_input_hashes(
     }
 
 
+def stage_source(
+    source: str,
+    raw_dir: str | Path,
+    work: Path,
+    files: dict[str, str] | None = None,
+    columns: dict[str, str] | None = None,
+    rating_range: tuple[float, float] | None = None,
+    on_bad_rows: Policy = "error",
+) -> StagedReviews:
+    """Read and check one review source (not `raw`), staging its interactions under `work`
+    one chunk at a time (features/sources/tables.py `stage_reviews`).
+
+    Bad review rows (features/bad_rows.py) fail with `on_bad_rows: error` and are
+    dropped and counted in `StagedReviews.skipped` with `skip`.
+
+    Raises:
+        DataError: one line naming the source file, the column and the first bad row.
+    """
+    paths = source_paths(source, raw_dir, files)
+    rng = rating_range or DEFAULT_RATING_RANGE[source] or (float("-inf"), float("inf"))
+    if source == "generic":
+        return generic.read(paths, rng, columns or {}, on_bad_rows, work)
+    return ADAPTERS[source].read(paths, rng, on_bad_rows, work)
+
+
 def read_source(
     source: str,
     raw_dir: str | Path,
@@ -96,18 +123,16 @@ def read_source(
     rating_range: tuple[float, float] | None = None,
     on_bad_rows: Policy = "error",
 ) -> RawReviews:
-    """Read and check one source as raw reviews.
-
-    Bad review rows (features/bad_rows.py) fail with `on_bad_rows: error` and are
-    dropped and counted in `RawReviews.skipped` with `skip`.
+    """Read and check one source as raw reviews, all in memory (for small inputs and
+    tests; the build streams a source through `stage_source`).
 
     Raises:
         DataError: one line naming the file, the column and the first bad row.
     """
     if source == "raw":
         return read_raw_reviews(raw_dir, rating_range, on_bad_rows)
-    paths = source_paths(source, raw_dir, files)
-    rng = rating_range or DEFAULT_RATING_RANGE[source] or (float("-inf"), float("inf"))
-    if source == "generic":
-        return generic.read(paths, rng, columns or {}, on_bad_rows)
-    return ADAPTERS[source].read(paths, rng, on_bad_rows)
+    with tempfile.TemporaryDirectory(prefix="dlrrec-source-") as work:
+        staged = stage_source(
+            source, raw_dir, Path(work), files, columns, rating_range, on_bad_rows
+        )
+        return staged.reviews()

@@ -15,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from features.bad_rows import Policy
-from features.io import RawReviews
 from features.sources.records import column, iter_records, read_records
-from features.sources.tables import ItemColumns, ReviewChunks, ReviewColumns, raw_reviews
+from features.sources.tables import (
+    ItemColumns,
+    ReviewChunks,
+    ReviewColumns,
+    StagedReviews,
+    stage_reviews,
+)
 
 FILES = {"reviews": "reviews.parquet", "items": "items.parquet"}
 OPTIONAL_FILES = ("items",)
@@ -68,8 +73,9 @@ def read(
     paths: dict[str, Path],
     rating_range: tuple[float, float],
     mapping: dict[str, str],
-    on_bad_rows: Policy = "error",
-) -> RawReviews:
+    on_bad_rows: Policy,
+    work: Path,
+) -> StagedReviews:
     name = {c: mapping.get(c, c) for c in COLUMNS}
     keys = {
         "review_id": name["review_id"],
@@ -80,7 +86,7 @@ def read(
     }
     chunks = review_chunks(paths["reviews"], name)
     if not paths["items"].is_file():
-        return raw_reviews(chunks, keys, rating_range, None, on_bad_rows)
+        return stage_reviews(chunks, keys, rating_range, None, on_bad_rows, work)
     items = read_records(paths["items"])
     for rec in items.rows:
         if name["categories"] in rec:
@@ -92,4 +98,4 @@ def read(
         year=column(items, name["year"], "int", required=False),
         extras={"price": column(items, name["price"], "num", required=False)},
     )
-    return raw_reviews(chunks, keys, rating_range, (items, item_cols), on_bad_rows)
+    return stage_reviews(chunks, keys, rating_range, (items, item_cols), on_bad_rows, work)

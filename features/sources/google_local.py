@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from features.bad_rows import Policy
-from features.io import RawReviews
 from features.sources.records import Records, column, iter_records, read_records
-from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
+from features.sources.tables import ItemColumns, ReviewColumns, StagedReviews, stage_reviews
 
 FILES = {"reviews": "reviews.json", "meta": "meta.json"}
 OPTIONAL_FILES: tuple[str, ...] = ()
@@ -56,8 +55,8 @@ def review_columns(reviews: Records) -> ReviewColumns:
 
 
 def read(
-    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
-) -> RawReviews:
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy, work: Path
+) -> StagedReviews:
     meta = read_records(paths["meta"])
     items = ItemColumns(
         item=column(meta, "gmap_id", "id"),
@@ -67,6 +66,6 @@ def read(
     )
     keys = {"review_id": "user_id+gmap_id+time", "rating": "rating", "item": "gmap_id"}
     chunks = ((r, review_columns(r)) for r in iter_records(paths["reviews"]))
-    return raw_reviews(
-        chunks, {**keys, "item_key": "gmap_id"}, rating_range, (meta, items), on_bad_rows
+    return stage_reviews(
+        chunks, {**keys, "item_key": "gmap_id"}, rating_range, (meta, items), on_bad_rows, work
     )

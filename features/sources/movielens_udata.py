@@ -15,10 +15,9 @@ from typing import Any
 
 from dlrrec.config import DataError
 from features.bad_rows import Policy
-from features.io import RawReviews
 from features.sources import records
 from features.sources.records import Records, column
-from features.sources.tables import ReviewColumns, raw_reviews
+from features.sources.tables import ReviewColumns, StagedReviews, stage_reviews
 
 FILES = {"ratings": "u.data"}
 OPTIONAL_FILES: tuple[str, ...] = ()
@@ -77,8 +76,8 @@ def review_columns(recs: Records) -> ReviewColumns:
 
 
 def read(
-    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
-) -> RawReviews:
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy, work: Path
+) -> StagedReviews:
     chunks = ((r, review_columns(r)) for r in iter_ratings(paths["ratings"]))
     keys = {"review_id": "user_id+item_id", "rating": "rating", "item": "item_id"}
-    return raw_reviews(chunks, keys, rating_range, None, on_bad_rows)
+    return stage_reviews(chunks, keys, rating_range, None, on_bad_rows, work)

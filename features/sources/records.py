@@ -223,7 +223,7 @@ def column(recs: Records, key: str, kind: Kind, required: bool = True) -> list[A
     """One field of every record, converted and checked; None where absent and optional.
 
     A `text` field may be null (a rating without a review); a blank one is returned
-    as it is and flagged as a bad row by `tables.raw_reviews` (see `blank_rows`).
+    as it is and flagged as a bad row by `tables.stage_reviews` (see `blank_rows`).
 
     Raises:
         DataError: the field is missing from the first record (and required), null

@@ -1,13 +1,16 @@
 """Assemble the raw-reviews tables (features/schema.py) from an adapter's columns.
 
-Pure conversions plus the checks every source shares: unique review ids, ratings in
-range, non-blank texts, reviews that name known items.  Review sources know nothing about users
-beyond their id, so the user table has null demographics (they encode as id 0).
+Conversions plus the checks every source shares: unique review ids, ratings in range,
+non-blank texts, reviews that name known items.  The checked interactions are staged
+chunk by chunk in a Parquet file of the raw schema (`stage_reviews`), which the build
+then streams as it streams `source: raw`, so no step holds more than one chunk of
+reviews.  Review sources know nothing about users beyond their id, so the user table
+has null demographics (they encode as id 0).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from dlrrec.config import DataError
-from features.bad_rows import BadRows, Policy, first_repeat, no_skips, repeated_rows, resolve
-from features.io import RawReviews
+from features.bad_rows import BadRows, Policy, no_skips, resolve
+from features.io import SCAN_BATCH_ROWS, RawReviews
+from features.rowindex import drop_rows, repeated_ids
 from features.schema import OPTIONAL_COLUMNS, RAW_INTERACTIONS, RAW_ITEMS, RAW_USERS
 from features.sources.records import (
     Records,
@@ -105,24 +110,55 @@ def users_table(user_ids: pa.Array | pa.ChunkedArray) -> pa.Table:
 
 
 ReviewChunks = Iterable[tuple[Records, ReviewColumns]]
+# Where each staged review came from, for the repeated-id message: its file row and
+# (line-based files) its line.
+SOURCE_ROW, SOURCE_LINE = "source_row", "source_line"
 
 
-def raw_reviews(
+@dataclass
+class StagedReviews:
+    """A review source's checked interactions, staged chunk by chunk in a Parquet file of
+    the raw-interactions schema (plus `SOURCE_ROW`/`SOURCE_LINE`), and its entity tables.
+
+    `drop` holds the staged rows (sorted) whose review id repeats an earlier row's, left
+    out by `batches` (they are only ever kept in the file with `on_bad_rows: skip`).
+    """
+
+    path: Path
+    schema: pa.Schema  # the raw-interactions columns of the staged file
+    drop: np.ndarray
+    items: pa.Table
+    users: pa.Table
+    skipped: dict[str, int]
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The kept interactions in source order, one Parquet batch at a time."""
+        pf = pq.ParquetFile(self.path)
+        names = columns or self.schema.names
+        return drop_rows(pf.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=names), self.drop)
+
+    def reviews(self) -> RawReviews:
+        """Every kept interaction in memory (the llm/images steps, and small inputs)."""
+        inter = pa.Table.from_batches(list(self.batches()), schema=self.schema)
+        return RawReviews(inter, self.items, self.users, self.skipped)
+
+
+def stage_reviews(
     reviews: ReviewChunks,
     keys: dict[str, str],
     rating_range: tuple[float, float],
     items: tuple[Records, ItemColumns] | None,
-    on_bad_rows: Policy = "error",
-) -> RawReviews:
-    """Check and assemble, one chunk of reviews at a time.
+    on_bad_rows: Policy,
+    work: Path,
+) -> StagedReviews:
+    """Check the reviews one chunk at a time and stage them in `work/reviews.parquet`.
 
-    `reviews` yields (a chunk of records, its columns), so a big review file is held
-    as Arrow tables, never all at once as Python objects.  `keys` maps
-    review_id/rating/item/text/item_key to the source's field names.  Without an
-    item file, the items are the distinct reviewed ids with no content.  Bad review
-    rows (features/bad_rows.py: a rating out of range, a blank text, a repeated
-    review id) fail or are dropped, as `on_bad_rows` says; a repeated id is found
-    across chunks once all are read.
+    `reviews` yields (a chunk of records, its columns); only one chunk is ever held.
+    `keys` maps review_id/rating/item/text/item_key to the source's field names.
+    Without an item file, the items are the distinct reviewed ids with no content.
+    Bad review rows (features/bad_rows.py: a rating out of range, a blank text, a
+    repeated review id) fail or are dropped, as `on_bad_rows` says; a repeated id is
+    found across chunks once all are staged (rowindex.py `repeated_ids`, on disk).
 
     Raises:
         DataError: a bad row (with `error`), an unknown item, a repeated item id, no
@@ -134,73 +170,112 @@ def raw_reviews(
         item_recs, item_cols = items
         check_unique(item_recs, keys["item_key"], item_cols.item)
         known, item_path = set(item_cols.item), Path(item_recs.path)
-    skipped = no_skips()
-    tables: list[pa.Table] = []
-    rows: list[np.ndarray] = []  # file row of every kept review
-    lines: list[np.ndarray] | None = []  # and its line, for the duplicate message
-    path = None
-    for recs, cols in reviews:
-        path = recs.path
-        text = cols.source_text if cols.source_text is not None else cols.text
-        found = [out_of_range_rows(recs, keys["rating"], cols.rating, *rating_range)]
-        if text is not None:
-            found.append(blank_rows(recs, keys.get("text", "text"), text))
-        keep, counts = resolve(found, len(cols.user), on_bad_rows)
-        if known is not None and item_path is not None:
-            check_known(recs, keys["item"], cols.item, known, item_path, keep)
-        kept = np.arange(len(cols.user)) if keep is None else np.nonzero(keep)[0]
-        if keep is not None:
-            cols = _take_rows(cols, kept)
+    work.mkdir(parents=True, exist_ok=True)
+    path, skipped, source = work / "reviews.parquet", no_skips(), Path()
+    writer: pq.ParquetWriter | None = None
+    try:
+        for recs, cols in reviews:
+            source = recs.path
+            table, counts = _checked_chunk(recs, cols, keys, rating_range, on_bad_rows,
+                                           (known, item_path))  # fmt: skip
             skipped = {r: skipped[r] + counts[r] for r in skipped}
-        tables.append(interactions_table(cols))
-        rows.append(recs.start + kept)
-        if lines is not None and recs.lines is not None:
-            lines.append(np.asarray(recs.lines, dtype=np.int64)[kept])
-        else:
-            lines = None
-    inter = pa.concat_tables(tables)
-    file_rows = np.concatenate(rows)
-    file_lines = np.concatenate(lines) if lines is not None else None
-    inter, skipped["duplicate_review_id"] = _drop_repeated_ids(
-        inter, f"{path}: column {keys['review_id']!r}", file_rows, file_lines, on_bad_rows
-    )
-    if inter.num_rows == 0:
-        raise DataError(f"{path}: on_bad_rows=skip dropped every row ({skipped})")
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    schema = pq.read_schema(path)
+    schema = pa.schema([f for f in schema if f.name not in (SOURCE_ROW, SOURCE_LINE)])
+    drop, skipped["duplicate_review_id"] = _repeated_ids(path, source, keys, on_bad_rows, work)
+    if pq.ParquetFile(path).metadata.num_rows == len(drop):
+        raise DataError(f"{source}: on_bad_rows=skip dropped every row ({skipped})")
+    staged = StagedReviews(path, schema, drop, pa.table({}), pa.table({}), skipped)
+    users, item_ids = Distinct(), Distinct()
+    for batch in staged.batches(["user", "item"]):  # per-entity: only distinct ids are held
+        users.add(batch.column(0))
+        item_ids.add(batch.column(1))
     if items is None:
-        item_cols = ItemColumns(item=pc.unique(inter["item"]).to_pylist())
-        item_cols.item.sort()
-    return RawReviews(
-        interactions=inter,
-        items=items_table(item_cols),
-        users=users_table(inter["user"]),
-        skipped=skipped,
-    )
+        item_cols = ItemColumns(item=sorted(item_ids.values().to_pylist()))
+    staged.items, staged.users = items_table(item_cols), users_table(users.values())
+    return staged
 
 
-def _drop_repeated_ids(
-    inter: pa.Table,
-    column: str,
-    file_rows: np.ndarray,
-    file_lines: np.ndarray | None,
+def _checked_chunk(
+    recs: Records,
+    cols: ReviewColumns,
+    keys: dict[str, str],
+    rating_range: tuple[float, float],
     on_bad_rows: Policy,
-) -> tuple[pa.Table, int]:
-    """Drop (or fail on) reviews whose id repeats an earlier kept review's."""
-    ids = inter["review_id"]
-    mask = repeated_rows(ids)
-    if not mask.any():
-        return inter, 0
-    row, earlier, value = first_repeat(ids, mask)
-
-    def where(i: int) -> str:
-        line = f" (line {file_lines[i]})" if file_lines is not None else ""
-        return f"row {file_rows[i]}{line}"
-
-    message = (
-        f"{column} {where(row)}: repeats the id {value!r} of {where(earlier)}; ids must be unique"
+    known: tuple[set[str] | None, Path | None],
+) -> tuple[pa.Table, dict[str, int]]:
+    """One chunk's kept reviews as a staged table, and its bad rows per reason."""
+    text = cols.source_text if cols.source_text is not None else cols.text
+    found = [out_of_range_rows(recs, keys["rating"], cols.rating, *rating_range)]
+    if text is not None:
+        found.append(blank_rows(recs, keys.get("text", "text"), text))
+    keep, counts = resolve(found, len(cols.user), on_bad_rows)
+    if known[0] is not None and known[1] is not None:
+        check_known(recs, keys["item"], cols.item, known[0], known[1], keep)
+    kept = np.arange(len(cols.user)) if keep is None else np.nonzero(keep)[0]
+    if keep is not None:
+        cols = _take_rows(cols, kept)
+    lines = (
+        pa.array(np.asarray(recs.lines, dtype=np.int64)[kept])
+        if recs.lines is not None
+        else pa.nulls(len(kept), pa.int64())
     )
-    keep, counts = resolve([BadRows("duplicate_review_id", mask, message)], len(mask), on_bad_rows)
-    assert keep is not None
-    return inter.filter(pa.array(keep)), counts["duplicate_review_id"]
+    table = interactions_table(cols).append_column(SOURCE_ROW, pa.array(recs.start + kept))
+    return table.append_column(SOURCE_LINE, lines), counts
+
+
+def _repeated_ids(
+    path: Path, source: Path, keys: dict[str, str], on_bad_rows: Policy, work: Path
+) -> tuple[np.ndarray, int]:
+    """Staged rows (sorted) whose review id repeats an earlier row's, and how many; with
+    `error`, the first one fails naming its source row and line and the earlier one's."""
+    ids = (b.column(0) for b in pq.ParquetFile(path).iter_batches(columns=["review_id"]))
+    drop, first = repeated_ids(ids, work / "review-ids")
+    if first is None:
+        return drop, 0
+    row, earlier = _where(path, [first[0], first[1]])
+    message = (
+        f"{source}: column {keys['review_id']!r} {row}: repeats the id {first[2]!r} of "
+        f"{earlier}; ids must be unique"
+    )
+    resolve([BadRows("duplicate_review_id", np.ones(1, dtype=bool), message)], 1, on_bad_rows)
+    return drop, len(drop)
+
+
+def _where(path: Path, seqs: list[int]) -> list[str]:
+    """`row R (line L)` in the source file of each staged row in `seqs`."""
+    found: dict[int, str] = {}
+    seq = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=[SOURCE_ROW, SOURCE_LINE]):
+        for s in seqs:
+            if seq <= s < seq + batch.num_rows:
+                row, line = (batch.column(c)[s - seq].as_py() for c in (0, 1))
+                found[s] = f"row {row}" + (f" (line {line})" if line is not None else "")
+        seq += batch.num_rows
+    return [found[s] for s in seqs]
+
+
+class Distinct:
+    """The distinct values of a stream of string chunks, holding only distinct values
+    (the unmerged ones are merged whenever they outnumber the merged ones)."""
+
+    def __init__(self) -> None:
+        self.merged = pa.array([], pa.string())
+        self.pending: list[pa.Array] = []
+        self.n = 0
+
+    def add(self, chunk: pa.Array) -> None:
+        self.pending.append(pc.unique(chunk))
+        self.n += len(self.pending[-1])
+        if self.n > max(len(self.merged), 1 << 16):
+            self.merged, self.pending, self.n = self.values(), [], 0
+
+    def values(self) -> pa.Array:
+        return pc.unique(pa.chunked_array([self.merged, *self.pending], pa.string()))
 
 
 def _take_rows(cols: ReviewColumns, rows: np.ndarray) -> ReviewColumns:

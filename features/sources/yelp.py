@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from features.bad_rows import Policy
-from features.io import RawReviews
 from features.sources.records import Records, column, iter_records, read_records
-from features.sources.tables import ItemColumns, ReviewColumns, raw_reviews
+from features.sources.tables import ItemColumns, ReviewColumns, StagedReviews, stage_reviews
 
 FILES = {"reviews": "review.json", "business": "business.json", "photos": "photos.json"}
 OPTIONAL_FILES = ("photos",)
@@ -53,8 +52,8 @@ def review_columns(reviews: Records) -> ReviewColumns:
 
 
 def read(
-    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy = "error"
-) -> RawReviews:
+    paths: dict[str, Path], rating_range: tuple[float, float], on_bad_rows: Policy, work: Path
+) -> StagedReviews:
     business = read_records(paths["business"])
     ids = column(business, "business_id", "id")
     captions: dict[str, list[str]] = {}
@@ -84,10 +83,11 @@ def read(
     )
     keys = {"review_id": "review_id", "rating": "stars", "item": "business_id", "text": "text"}
     chunks = ((r, review_columns(r)) for r in iter_records(paths["reviews"]))
-    return raw_reviews(
+    return stage_reviews(
         chunks,
         {**keys, "item_key": "business_id"},
         rating_range,
         (business, items),
         on_bad_rows,
+        work,
     )

@@ -3,6 +3,8 @@ cut into many chunks and buckets against the same build in one chunk and one buc
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,74 @@ def test_review_content_in_many_chunks_and_buckets_gives_the_one_chunk_build(
     assert one.keys() == many.keys()
     for name, table in one.items():
         assert table.equals(many[name]), name
+
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def _yelp_repeating(tmp_path: Path, bad_stars: bool) -> Path:
+    """The Yelp fixture with review 9 repeating review 2's id (and review 3 out of range)."""
+    d = Path(shutil.copytree(FIXTURES / "yelp", tmp_path / "yelp"))
+    recs = [json.loads(x) for x in (d / "review.json").read_text().splitlines()]
+    recs[9]["review_id"] = recs[2]["review_id"]
+    if bad_stars:
+        recs[3]["stars"] = 6
+    (d / "review.json").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["yelp", "amazon2023", "movielens_udata"])
+def test_review_source_staged_in_tiny_chunks_gives_the_one_chunk_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """A review source is staged chunk by chunk and streamed like `source: raw`, never
+    read whole; every output is bit for bit the one-chunk build's (Yelp: with a bad row
+    skipped and a repeated id dropped across chunks; MovieLens: items from the reviews)."""
+    from features.config import FeaturesConfig
+    from features.main import run
+    from features.sources import records, tables
+
+    raw = _yelp_repeating(tmp_path, True) if source == "yelp" else FIXTURES / source
+    config = dict(raw_dir=str(raw), source=source, on_bad_rows="skip", rating_stats=True,
+                  history_bags=True, workers=1)  # fmt: skip
+    run(FeaturesConfig(run_dir=str(tmp_path / "one"), **config))  # type: ignore[arg-type]
+
+    def whole(*_: Any) -> None:
+        raise AssertionError("the build read a review source whole")
+
+    monkeypatch.setattr(tables.StagedReviews, "reviews", whole)
+    monkeypatch.setattr(records, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(tables, "SCAN_BATCH_ROWS", 3)
+    monkeypatch.setattr(rowindex, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(build, "BUCKET_ROWS", 5)
+    meta = run(FeaturesConfig(run_dir=str(tmp_path / "many"), **config))  # type: ignore[arg-type]
+    if source == "yelp":
+        assert meta["skipped_rows"] == {"policy": "skip", "rating_out_of_range": 1,
+                                        "empty_text": 0, "duplicate_review_id": 1}  # fmt: skip
+    one, many = _outputs(tmp_path / "one"), _outputs(tmp_path / "many")
+    assert one.keys() == many.keys()
+    for name, table in one.items():
+        assert table.equals(many[name]), name
+    assert not (tmp_path / "many" / "features" / "_work").exists()  # the staged file went
+
+
+def test_repeated_id_of_a_staged_source_names_its_file_and_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found across staged chunks, but named by the source file's rows and lines."""
+    from tiny_reviews import fails
+
+    from features.sources import records
+
+    monkeypatch.setattr(records, "CHUNK_ROWS", 2)
+    d = _yelp_repeating(tmp_path, False)
+    err = fails([f"run_dir={tmp_path / 'run'}", f"raw_dir={d}", "source=yelp"], capsys)
+    assert err.endswith(
+        f"{d}/review.json: column 'review_id' row 9 (line 10): repeats the id 'r003' of row 2 "
+        "(line 3); ids must be unique"
+    )
+    assert not (tmp_path / "run" / "features").exists()
 
 
 @pytest.mark.parametrize("kind", ["random", "temporal"])
