@@ -189,15 +189,16 @@ def stage_reviews(
     drop, skipped["duplicate_review_id"] = _repeated_ids(path, source, keys, on_bad_rows, work)
     if pq.ParquetFile(path).metadata.num_rows == len(drop):
         raise DataError(f"{source}: on_bad_rows=skip dropped every row ({skipped})")
-    staged = StagedReviews(path, schema, drop, pa.table({}), pa.table({}), skipped)
     users, item_ids = Distinct(), Distinct()
-    for batch in staged.batches(["user", "item"]):  # per-entity: only distinct ids are held
+    kept = pq.ParquetFile(path).iter_batches(batch_size=SCAN_BATCH_ROWS, columns=["user", "item"])
+    for batch in drop_rows(kept, drop):  # per entity: only the distinct ids are held
         users.add(batch.column(0))
         item_ids.add(batch.column(1))
     if items is None:
         item_cols = ItemColumns(item=sorted(item_ids.values().to_pylist()))
-    staged.items, staged.users = items_table(item_cols), users_table(users.values())
-    return staged
+    return StagedReviews(
+        path, schema, drop, items_table(item_cols), users_table(users.values()), skipped
+    )
 
 
 def _checked_chunk(

@@ -1,0 +1,114 @@
+"""python benchmarks/source_bench.py --rows 100000 400000 1600000 [--baseline-tree DIR]
+
+Peak memory of `dlrrec features build` on a review source (the Yelp adapter, JSON Lines
+with ~350-character texts) at several row counts and a fixed number of users and items,
+so what grows is the rows only.
+
+Each build runs as its own process (`python -m features.main`); its peak RSS is the
+kernel's (wait4 ru_maxrss, via benchmarks/scale_bench.py `run_tree`).  Printed per
+size: wall time and peak RSS.  With `--baseline-tree DIR` (e.g. `git archive` of an
+older commit) the same builds run from that checkout too, on the same files, and
+ours / baseline ratios are printed side by side.  Every build starts with an empty
+embedding cache of its own (each embeds the same fixed item texts).  Never run as a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.ingest_bench import WORDS  # noqa: E402
+from benchmarks.scale_bench import run_tree  # noqa: E402
+
+
+def write_yelp(folder: Path, rows: int, users: int, items: int, seed: int = 0) -> None:
+    """review.json + business.json in the Yelp Open Dataset's schema, 60-word texts."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "business.json", "w") as f:
+        for b in range(items):
+            f.write(json.dumps({"business_id": f"b{b}", "name": f"Place {b}",
+                                "categories": f"cat{b % 50}, cat{b % 7}",
+                                "attributes": {"RestaurantsPriceRange2": str(1 + b % 4)}}) + "\n")  # fmt: skip
+    step = 100_000
+    with open(folder / "review.json", "w") as f:
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
+            user, item = rng.integers(0, users, n), rng.integers(0, items, n)
+            stars, words = rng.integers(1, 6, n), rng.integers(0, len(WORDS), (n, 60))
+            stamp = rng.integers(1_300_000_000, 1_600_000_000, n)
+            lines = [
+                json.dumps({"review_id": f"r{start + i}", "user_id": f"u{user[i]}",
+                            "business_id": f"b{item[i]}", "stars": float(stars[i]),
+                            "text": " ".join(WORDS[w] for w in words[i]) + ".",
+                            "date": str(np.datetime64(int(stamp[i]), "s")).replace("T", " ")})  # fmt: skip
+                for i in range(n)
+            ]
+            f.write("\n".join(lines) + "\n")
+
+
+def build(tree: Path, work: Path, raw: Path, label: str, rows: int) -> dict:
+    """One features build from checkout `tree`; its wall time and peak RSS."""
+    run_dir, cache = work / f"run-{label}-{rows}", work / f"cache-{label}-{rows}"
+    for d in (run_dir, cache):
+        shutil.rmtree(d, ignore_errors=True)
+    cfg = work / f"{label}-{rows}.json"
+    cfg.write_text(json.dumps({
+        "run_dir": str(run_dir), "seed": 0, "dataset": f"yelp-synthetic-{rows}",
+        "features": {"source": "yelp", "raw_dir": str(raw), "embed_cache_dir": str(cache)},
+    }))  # fmt: skip
+    usage = run_tree([sys.executable, "-m", "features.main", "--config", str(cfg)], tree,
+                     work / f"{label}-{rows}.log", 1e9)  # fmt: skip
+    if usage.exit_code:
+        raise SystemExit(f"{label} at {rows}: exit {usage.exit_code}, see {work}/{label}-{rows}.log")
+    meta = json.loads((run_dir / "features" / "_meta.json").read_text())
+    assert sum(meta["rows"].values()) == rows
+    shutil.rmtree(run_dir)
+    shutil.rmtree(cache)
+    return {"wall_s": round(usage.wall_s, 1), "peak_gib": round(usage.largest_gib, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 400_000, 1_600_000])
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=2_000)
+    ap.add_argument("--baseline-tree", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/source_bench"))
+    a = ap.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    trees = {"ours": REPO} | ({"baseline": a.baseline_tree.resolve()} if a.baseline_tree else {})
+    res: dict[str, dict[int, dict]] = {label: {} for label in trees}
+    for rows in a.rows:
+        raw = a.work / f"yelp-{rows}-{a.users}-{a.items}"
+        if not (raw / "review.json").is_file():
+            write_yelp(raw, rows, a.users, a.items)
+        size = (raw / "review.json").stat().st_size / 2**20
+        for label, tree in trees.items():
+            res[label][rows] = build(tree, a.work, raw, label, rows)
+            print(label, rows, f"review.json {size:.0f} MiB", res[label][rows],
+                  f"load avg {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    print(f"\n{'rows':>9} | " + " | ".join(f"{t}: wall s, peak GiB" for t in trees)
+          + (" | peak ours/baseline" if len(trees) > 1 else ""))  # fmt: skip
+    for rows in a.rows:
+        cells = [f"{r['wall_s']:7.1f} {r['peak_gib']:6.3f}" for r in (res[t][rows] for t in trees)]
+        ratio = (f" | {res['ours'][rows]['peak_gib'] / res['baseline'][rows]['peak_gib']:.2f}x"
+                 if len(trees) > 1 else "")  # fmt: skip
+        print(f"{rows:>9} | " + " | ".join(cells) + ratio)
+    for t in trees:
+        lo, hi = (res[t][r]["peak_gib"] for r in (a.rows[0], a.rows[-1]))
+        print(f"{t}: peak grows {hi / lo:.2f}x for {a.rows[-1] / a.rows[0]:.0f}x the rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
