@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from dlrrec.arrow import rechunk
 from dlrrec.config import DataError
 from features.bad_rows import BadRows, Policy, first_repeat, repeated_rows, resolve
-from features.io import scan_batches
+from features.io import open_scan, scan_batches
 from features.spill import Spill
 from features.split import _mix64
 from features.stats import fold_hashes
@@ -38,7 +38,8 @@ INDEX_SCHEMA = pa.schema(
         ("fold_hash", pa.uint64()),
     ]
 )
-SEQ_BUCKETS = 64  # hash partitions of the review-id check
+SEQ_BUCKETS = 64  # hash partitions of the review-id check (at least)
+SEQ_BUCKET_ROWS = 1 << 22  # ids per partition at most, on average: what one check holds
 Repeat = tuple[int, int, object]  # (position, the earlier position it repeats, the id)
 
 
@@ -78,26 +79,31 @@ def string_hashes(values: pa.Array) -> np.ndarray:
         return _mix64(cum[ends[1:]] - cum[ends[:-1]] + lengths.astype(np.uint64))
 
 
-def repeated_ids(ids: Iterable[pa.Array], work: Path) -> tuple[np.ndarray, Repeat | None]:
-    """Positions in the stream of `ids` whose id repeats an earlier position's.
+def repeated_ids(
+    ids: Iterable[pa.Array], rows: int, work: Path
+) -> tuple[np.ndarray, Repeat | None]:
+    """Positions in the stream of `ids` (at most `rows` of them) whose id repeats an
+    earlier position's.
 
-    The ids are partitioned by hash into `SEQ_BUCKETS` spill files under `work`, so each
-    bucket holds every position of its ids and is checked alone (features/bad_rows.py
-    `repeated_rows`); only one chunk of ids and one bucket are held at a time.
+    The ids are partitioned by hash into spill files under `work` (`SEQ_BUCKETS`, more
+    past `SEQ_BUCKET_ROWS` ids each), so each bucket holds every position of its ids and
+    is checked alone (features/bad_rows.py `repeated_rows`); only one chunk of ids and
+    one bucket are held at a time.
 
     Returns:
         (sorted int64 positions, the first repeat as (position, the earlier position it
         repeats, the id), or None when no id repeats).
     """
-    spill = Spill(work, SEQ_BUCKETS)
+    buckets = max(SEQ_BUCKETS, -(-rows // SEQ_BUCKET_ROWS))
+    spill = Spill(work, buckets)
     seq = 0
     for chunk in ids:
         table = pa.table({"seq": pa.array(np.arange(seq, seq + len(chunk))), "id": chunk})
-        spill.add(table, (string_hashes(chunk) % np.uint64(SEQ_BUCKETS)).astype(np.int64))
+        spill.add(table, (string_hashes(chunk) % np.uint64(buckets)).astype(np.int64))
         seq += len(chunk)
     spill.close()
     drop, first = [], None
-    for b in range(SEQ_BUCKETS):
+    for b in range(buckets):
         table = spill.read(b)
         if table is None:
             continue
@@ -129,7 +135,8 @@ def repeated_review_rows(
         DataError: with `error`, naming the first repeat and the row it repeats.
     """
     batches = scan_batches(path, rating_range, on_bad_rows)
-    rows, first = repeated_ids((b.column("review_id") for b in batches), work / "review-ids")
+    ids = (b.column("review_id") for b in batches)
+    rows, first = repeated_ids(ids, open_scan(path)[0].metadata.num_rows, work / "review-ids")
     if first is None:
         return rows, 0
     message = (

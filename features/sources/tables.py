@@ -234,8 +234,9 @@ def _repeated_ids(
 ) -> tuple[np.ndarray, int]:
     """Staged rows (sorted) whose review id repeats an earlier row's, and how many; with
     `error`, the first one fails naming its source row and line and the earlier one's."""
-    ids = (b.column(0) for b in pq.ParquetFile(path).iter_batches(columns=["review_id"]))
-    drop, first = repeated_ids(ids, work / "review-ids")
+    pf = pq.ParquetFile(path)
+    ids = (b.column(0) for b in pf.iter_batches(columns=["review_id"]))
+    drop, first = repeated_ids(ids, pf.metadata.num_rows, work / "review-ids")
     if first is None:
         return drop, 0
     row, earlier = _where(path, [first[0], first[1]])

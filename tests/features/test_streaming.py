@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_reviews import write_raw
 
+from dlrrec.config import DataError
 from features import build, io, rowindex
 from features.bad_rows import repeated_rows
 from features.order_stats import values_at_ranks
@@ -103,17 +104,23 @@ def test_examples_writer_cuts_parts_and_row_groups_like_one_table(
     )
 
 
-def test_repeated_review_ids_found_across_hash_buckets(tmp_path: Path) -> None:
-    ids = [f"r{i % 700}" for i in range(1000)] + ["x"] * 3
+@pytest.mark.parametrize("bucket_rows", [1 << 22, 10])  # 64 buckets; 101 (more rows)
+def test_repeated_review_ids_found_across_hash_buckets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bucket_rows: int
+) -> None:
+    monkeypatch.setattr(rowindex, "SEQ_BUCKET_ROWS", bucket_rows)
+    ids = [f"r{(i * 37) % 700}" for i in range(1000)] + ["x"] * 3
     values = pa.array(ids)
     assert len(np.unique(string_hashes(values) % np.uint64(64))) > 32  # the ids spread out
     table = pa.table({"user": ["u"] * len(ids), "item": ["i"] * len(ids), "rating": [4.0] * len(ids),
                       "timestamp": list(range(len(ids))), "review_id": ids})  # fmt: skip
-    pq.write_table(table, tmp_path / "interactions.parquet")
-    rows, n = repeated_review_rows(
-        tmp_path / "interactions.parquet", None, "skip", tmp_path / "work"
-    )
+    path = tmp_path / "interactions.parquet"
+    pq.write_table(table, path)
+    rows, n = repeated_review_rows(path, None, "skip", tmp_path / "work")
     assert np.array_equal(rows, np.flatnonzero(repeated_rows(values))) and n == 302
+    assert len(list((tmp_path / "work" / "review-ids").iterdir())) == max(64, -(-1003 // bucket_rows))
+    with pytest.raises(DataError, match=r"row 700: repeats the id 'r0' of row 0; ids must be"):
+        repeated_review_rows(path, None, "error", tmp_path / "work2")
 
 
 def _outputs(run_dir: Path) -> dict[str, pa.Table]:
