@@ -1,8 +1,12 @@
-"""python benchmarks/source_bench.py --rows 100000 400000 1600000 [--baseline-tree DIR]
+"""python benchmarks/source_bench.py --rows 100000 400000 1600000 [--baseline-tree DIR] [--step read]
 
 Peak memory of `dlrrec features build` on a review source (the Yelp adapter, JSON Lines
 with ~350-character texts) at several row counts and a fixed number of users and items,
-so what grows is the rows only.
+so what grows is the rows only.  `--step read` runs only what the build's first step
+does with the source: read and check it and hand its interactions over batch by batch
+(`stage_source` and `StagedReviews.batches`; a tree without them: `read_source` and
+`to_batches`, the whole table), without the MiniLM model and the later steps, whose
+bucket jobs grow with the rows up to `BUCKET_ROWS` (1M) per bucket.
 
 Each build runs as its own process (`python -m features.main`); its peak RSS is the
 kernel's (wait4 ru_maxrss, via benchmarks/scale_bench.py `run_tree`).  Printed per
@@ -47,10 +51,16 @@ def write_yelp(folder: Path, rows: int, users: int, items: int, seed: int = 0) -
             stars, words = rng.integers(1, 6, n), rng.integers(0, len(WORDS), (n, 60))
             stamp = rng.integers(1_300_000_000, 1_600_000_000, n)
             lines = [
-                json.dumps({"review_id": f"r{start + i}", "user_id": f"u{user[i]}",
-                            "business_id": f"b{item[i]}", "stars": float(stars[i]),
-                            "text": " ".join(WORDS[w] for w in words[i]) + ".",
-                            "date": str(np.datetime64(int(stamp[i]), "s")).replace("T", " ")})  # fmt: skip
+                json.dumps(
+                    {
+                        "review_id": f"r{start + i}",
+                        "user_id": f"u{user[i]}",
+                        "business_id": f"b{item[i]}",
+                        "stars": float(stars[i]),
+                        "text": " ".join(WORDS[w] for w in words[i]) + ".",
+                        "date": str(np.datetime64(int(stamp[i]), "s")).replace("T", " "),
+                    }
+                )  # fmt: skip
                 for i in range(n)
             ]
             f.write("\n".join(lines) + "\n")
@@ -69,11 +79,38 @@ def build(tree: Path, work: Path, raw: Path, label: str, rows: int) -> dict:
     usage = run_tree([sys.executable, "-m", "features.main", "--config", str(cfg)], tree,
                      work / f"{label}-{rows}.log", 1e9)  # fmt: skip
     if usage.exit_code:
-        raise SystemExit(f"{label} at {rows}: exit {usage.exit_code}, see {work}/{label}-{rows}.log")
+        raise SystemExit(
+            f"{label} at {rows}: exit {usage.exit_code}, see {work}/{label}-{rows}.log"
+        )
     meta = json.loads((run_dir / "features" / "_meta.json").read_text())
     assert sum(meta["rows"].values()) == rows
     shutil.rmtree(run_dir)
     shutil.rmtree(cache)
+    return {"wall_s": round(usage.wall_s, 1), "peak_gib": round(usage.largest_gib, 3)}
+
+
+READ = """
+import sys, tempfile
+from pathlib import Path
+import features.sources as s
+raw = Path(sys.argv[1])
+if hasattr(s, "stage_source"):
+    with tempfile.TemporaryDirectory(dir=sys.argv[2]) as work:
+        rows = sum(b.num_rows for b in s.stage_source("yelp", raw, Path(work)).batches())
+else:
+    rows = sum(b.num_rows for b in s.read_source("yelp", raw).interactions.to_batches())
+assert rows == int(sys.argv[3]), rows
+"""
+
+
+def read(tree: Path, work: Path, raw: Path, label: str, rows: int) -> dict:
+    """The build's source step alone from checkout `tree`; its wall time and peak RSS."""
+    cmd = [sys.executable, "-c", READ, str(raw), str(work), str(rows)]
+    usage = run_tree(cmd, tree, work / f"read-{label}-{rows}.log", 1e9)
+    if usage.exit_code:
+        raise SystemExit(
+            f"{label} at {rows}: exit {usage.exit_code}, see {work}/read-{label}-{rows}.log"
+        )
     return {"wall_s": round(usage.wall_s, 1), "peak_gib": round(usage.largest_gib, 3)}
 
 
@@ -84,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=2_000)
     ap.add_argument("--baseline-tree", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=Path("/tmp/source_bench"))
+    ap.add_argument("--step", choices=["build", "read"], default="build")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     trees = {"ours": REPO} | ({"baseline": a.baseline_tree.resolve()} if a.baseline_tree else {})
@@ -94,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             write_yelp(raw, rows, a.users, a.items)
         size = (raw / "review.json").stat().st_size / 2**20
         for label, tree in trees.items():
-            res[label][rows] = build(tree, a.work, raw, label, rows)
+            res[label][rows] = (build if a.step == "build" else read)(
+                tree, a.work, raw, label, rows
+            )
             print(label, rows, f"review.json {size:.0f} MiB", res[label][rows],
                   f"load avg {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     print(f"\n{'rows':>9} | " + " | ".join(f"{t}: wall s, peak GiB" for t in trees)
