@@ -229,7 +229,6 @@ def test_review_source_staged_in_tiny_chunks_gives_the_one_chunk_build(
 
     monkeypatch.setattr(tables.StagedReviews, "reviews", whole)
     monkeypatch.setattr(records, "CHUNK_ROWS", 2)
-    monkeypatch.setattr(tables, "SCAN_BATCH_ROWS", 3)
     monkeypatch.setattr(rowindex, "CHUNK_ROWS", 5)
     monkeypatch.setattr(build, "BUCKET_ROWS", 5)
     meta = run(FeaturesConfig(run_dir=str(tmp_path / "many"), **config))  # type: ignore[arg-type]
