@@ -9,6 +9,8 @@ computed from them, and checkpoints hold no entity vectors.
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from synthetic import make_run
 
 from dlrrec.config import DataError
 from launch.cli import main
-from trainer import vector_store
+from trainer import neighbor_store, vector_store
 from trainer.vector_store import VectorStore, open_store, store_header, write_store
 
 C = 8
@@ -235,3 +237,40 @@ def test_a_store_cut_short_under_a_reader_is_an_error_not_garbage(tmp_path: Path
     np.testing.assert_array_equal(store.read(np.array([2])).shape, (1, C))
     with pytest.raises(DataError, match="truncated"):
         store.read(np.array([3, 40]))
+
+
+_COMPILE_CHECK = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from trainer import neighbor_store, vector_store
+source, kind = Path(sys.argv[1]), sys.argv[2]
+t0 = time.perf_counter()
+if kind == "vectors":
+    store = vector_store.open_store(source.parent, "fp", "item_text", source, "item_id", "item_text", 100, 8)
+else:
+    store = neighbor_store.NeighborStore(source, neighbor_store.store_header("fp", "nb", 3, None))
+opened = len(vector_store._scatter_pread.signatures)
+t1 = time.perf_counter()
+store.read(np.arange(100)) if kind == "vectors" else store.lists(np.arange(3))
+print(opened, len(vector_store._scatter_pread.signatures), time.perf_counter() - t1)
+"""
+
+
+@pytest.mark.parametrize("kind", ["vectors", "neighbors"])
+def test_opening_a_store_compiles_the_read_loop(tmp_path: Path, kind: str):
+    """The compiled read loop is compiled when a store opens (setup), not by the first read:
+    training's first reads run in the reader thread while the first step waits, so a
+    compile there (about 1 s) was timed as training. A fresh process, since a compile is
+    per process; the reads then use that one signature (no second compile)."""
+    source, _ = _write_unsorted(tmp_path, 100, 1)
+    if kind == "neighbors":  # anchors 0 and 1 with two neighbours each
+        source = tmp_path / "nb.bin"
+        lists = (np.array([0, 0, 1, 1]), np.array([1, 2, 0, 2]), np.ones(4))
+        neighbor_store.write_neighbors(source, iter([lists]), neighbor_store.store_header("fp", "nb", 3, None))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", _COMPILE_CHECK, str(source), kind],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    opened, after_read, read_s = int(out[0]), int(out[1]), float(out[2])
+    assert (opened, after_read) == (1, 1)
+    assert read_s < 0.2  # a compile takes about 1 s
