@@ -1,5 +1,8 @@
 """The InfoNCE sampler's data side: positive-sampler marginals (for logQ) and extra negatives."""
 
+import os
+import sys
+import threading
 from operator import attrgetter
 from pathlib import Path
 
@@ -7,8 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from synthetic import make_run
 
+from trainer import data as trainer_data
 from trainer.data import make_batch, read_training_data, train_batches
 from trainer.neighbor_store import open_neighbors
 
@@ -226,3 +231,33 @@ def test_more_lanes_serve_other_world_sizes_with_the_same_global_batches(blocked
                 np.testing.assert_array_equal(
                     _cat([rk[step] for rk in ranks], name), attrgetter(name)(one[step]).numpy()
                 )
+
+
+def _thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_training_reader_thread_runs_below_the_step_priority(data, monkeypatch):
+    """The reader thread lowers its own priority (READER_NICE) and nothing else's: the
+    step's thread keeps its nice value, and the batches are the same either way."""
+    seen: list[int] = []
+    real = trainer_data.make_batch
+
+    def spy(*args, **kwargs):
+        seen.append(_thread_nice())
+        return real(*args, **kwargs)
+
+    kw = dict(global_batch=64, epoch=0, seed=0, top1=False, max_steps=3)
+    before = _thread_nice()
+    plain = list(trainer_data.prefetched(iter(range(3))))  # nice 0: a plain reader
+    monkeypatch.setattr(trainer_data, "make_batch", spy)
+    batches = list(train_batches(data, rank=0, world_size=1, **kw))
+    assert plain == [0, 1, 2] and len(batches) == 3
+    assert seen == [min(before + trainer_data.READER_NICE, 19)] * 3 and trainer_data.READER_NICE > 0
+    assert _thread_nice() == before
+    monkeypatch.setattr(trainer_data, "READER_NICE", 0)
+    again = list(train_batches(data, rank=0, world_size=1, **kw))
+    for a, b in zip(batches, again, strict=True):
+        assert torch.equal(a.item_ids, b.item_ids) and torch.equal(a.ii.pos_ids, b.ii.pos_ids)
+    assert seen[3:] == [before] * 3
