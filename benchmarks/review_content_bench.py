@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.scale_bench import dir_bytes, generate, run_tree  # noqa: E402
+from benchmarks.scale_bench import dir_bytes, generate, print_peak_table, run_tree  # noqa: E402
 
 GIB = 2**30
 
@@ -71,17 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, tree in trees.items():
             res[label][rows] = build(tree, a.work, raw, label, rows, a.folds)
             print(label, rows, res[label][rows], flush=True)
-    print(f"\n{'rows':>9} | " + " | ".join(f"{t}: wall s, peak GiB, B/row" for t in trees)
-          + (" | peak ours/baseline" if len(trees) > 1 else ""))  # fmt: skip
-    for rows in a.rows:
-        cells = [f"{r['wall_s']:7.1f} {r['peak_gib']:6.3f} {r['examples_b_per_row']:7.1f}"
-                 for r in (res[t][rows] for t in trees)]  # fmt: skip
-        ratio = (f" | {res['ours'][rows]['peak_gib'] / res['baseline'][rows]['peak_gib']:.2f}x"
-                 if len(trees) > 1 else "")  # fmt: skip
-        print(f"{rows:>9} | " + " | ".join(cells) + ratio)
-    for t in trees:
-        lo, hi = (res[t][r]["peak_gib"] for r in (a.rows[0], a.rows[-1]))
-        print(f"{t}: peak grows {hi / lo:.2f}x for {a.rows[-1] / a.rows[0]:.0f}x the rows")
+    print_peak_table(res, a.rows, "wall s, peak GiB, B/row",
+                     "{wall_s:7.1f} {peak_gib:6.3f} {examples_b_per_row:7.1f}")
     return 0
 
 

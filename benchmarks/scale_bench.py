@@ -383,6 +383,22 @@ def print_table(label: str, res: dict) -> None:
               f"{u['tree_peak_gib']:9.2f}  {note}")  # fmt: skip
 
 
+def print_peak_table(res: dict[str, dict[int, dict]], rows: list[int], columns: str, cell: str) -> None:
+    """Rows x checkouts: each run's figures (`cell` formats a run's dict; `columns` names
+    them), the peak ratio ours/baseline, and how each checkout's peak grows with the rows."""
+    trees = list(res)
+    print(f"\n{'rows':>9} | " + " | ".join(f"{t}: {columns}" for t in trees)
+          + (" | peak ours/baseline" if len(trees) > 1 else ""))  # fmt: skip
+    for n in rows:
+        cells = [cell.format(**res[t][n]) for t in trees]
+        ratio = (f" | {res['ours'][n]['peak_gib'] / res['baseline'][n]['peak_gib']:.2f}x"
+                 if len(trees) > 1 else "")  # fmt: skip
+        print(f"{n:>9} | " + " | ".join(cells) + ratio)
+    for t in trees:
+        lo, hi = (res[t][n]["peak_gib"] for n in (rows[0], rows[-1]))
+        print(f"{t}: peak grows {hi / lo:.2f}x for {rows[-1] / rows[0]:.0f}x the rows")
+
+
 def print_ratios(ours: dict, base: dict) -> None:
     print("\nratios ours / baseline (time and memory: < 1 is better; rows/s: > 1 is better)")
     print(f"{'stage':9} {'wall':>7} {'rows/s':>7} {'peak/proc':>10} {'tree':>7} {'B/row':>7}")

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.ingest_bench import WORDS  # noqa: E402
-from benchmarks.scale_bench import run_tree  # noqa: E402
+from benchmarks.scale_bench import print_peak_table, run_tree  # noqa: E402
 
 
 def write_yelp(folder: Path, rows: int, users: int, items: int, seed: int = 0) -> None:
@@ -137,16 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(label, rows, f"review.json {size:.0f} MiB", res[label][rows],
                   f"load avg {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
-    print(f"\n{'rows':>9} | " + " | ".join(f"{t}: wall s, peak GiB" for t in trees)
-          + (" | peak ours/baseline" if len(trees) > 1 else ""))  # fmt: skip
-    for rows in a.rows:
-        cells = [f"{r['wall_s']:7.1f} {r['peak_gib']:6.3f}" for r in (res[t][rows] for t in trees)]
-        ratio = (f" | {res['ours'][rows]['peak_gib'] / res['baseline'][rows]['peak_gib']:.2f}x"
-                 if len(trees) > 1 else "")  # fmt: skip
-        print(f"{rows:>9} | " + " | ".join(cells) + ratio)
-    for t in trees:
-        lo, hi = (res[t][r]["peak_gib"] for r in (a.rows[0], a.rows[-1]))
-        print(f"{t}: peak grows {hi / lo:.2f}x for {a.rows[-1] / a.rows[0]:.0f}x the rows")
+    print_peak_table(res, a.rows, "wall s, peak GiB", "{wall_s:7.1f} {peak_gib:6.3f}")
     return 0
 
 
