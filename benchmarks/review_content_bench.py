@@ -17,40 +17,22 @@ would never load the model, and its peak would not be comparable).  Never run as
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.scale_bench import dir_bytes, generate, print_peak_table, run_tree  # noqa: E402
-
-GIB = 2**30
+from benchmarks.scale_bench import dir_bytes, features_build, generate, print_peak_table  # noqa: E402
 
 
 def build(tree: Path, work: Path, raw: Path, label: str, rows: int, folds: int) -> dict:
     """One features build from checkout `tree`; its wall time, peak RSS and bytes per row."""
-    run_dir, cache = work / f"run-{label}-{rows}", work / f"cache-{label}-{rows}"
-    for d in (run_dir, cache):
-        shutil.rmtree(d, ignore_errors=True)
-    cfg = work / f"{label}-{rows}.json"
-    cfg.write_text(json.dumps({
-        "run_dir": str(run_dir), "seed": 0, "dataset": f"synthetic-{rows}",
-        "features": {"raw_dir": str(raw), "embed_cache_dir": str(cache),
-                     "llm": {"folds": folds}},
-    }))  # fmt: skip
-    usage = run_tree([sys.executable, "-m", "features.main", "--config", str(cfg)], tree,
-                     work / f"{label}-{rows}.log", 1e9)  # fmt: skip
-    if usage.exit_code:
-        raise SystemExit(f"{label} at {rows}: exit {usage.exit_code}, see {work}/{label}-{rows}.log")
-    examples = dir_bytes(run_dir / "features" / "examples")
-    out = {"wall_s": round(usage.wall_s, 1), "peak_gib": round(usage.largest_gib, 3),
-           "examples_b_per_row": round(examples / rows, 1)}  # fmt: skip
-    shutil.rmtree(run_dir)
-    shutil.rmtree(cache)
-    return out
+
+    def per_row(run_dir: Path) -> dict:
+        return {"examples_b_per_row": round(dir_bytes(run_dir / "features" / "examples") / rows, 1)}
+
+    return features_build(tree, work, label, rows, {"raw_dir": str(raw), "llm": {"folds": folds}}, per_row)
 
 
 def main(argv: list[str] | None = None) -> int:

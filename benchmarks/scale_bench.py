@@ -42,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -381,6 +382,26 @@ def print_table(label: str, res: dict) -> None:
             note += f"; FAILED (exit {u['exit_code']}) {u['killed']}"
         print(f"{stage:9} {u['wall_s']:8.1f} {rate(r):10,.0f} {max_rank_gib(r):14.2f} "
               f"{u['tree_peak_gib']:9.2f}  {note}")  # fmt: skip
+
+
+def features_build(tree: Path, work: Path, label: str, rows: int, features: dict, measure: Callable[[Path], dict]) -> dict:
+    """One `features.main` run from checkout `tree` with the `features` config section (a
+    fresh run dir and embedding cache): its wall time and peak RSS, plus what `measure`
+    reads from the run dir before both are deleted."""
+    run_dir, cache = work / f"run-{label}-{rows}", work / f"cache-{label}-{rows}"
+    for d in (run_dir, cache):
+        shutil.rmtree(d, ignore_errors=True)
+    cfg = work / f"{label}-{rows}.json"
+    cfg.write_text(json.dumps({"run_dir": str(run_dir), "seed": 0, "dataset": f"synthetic-{rows}",
+                               "features": {**features, "embed_cache_dir": str(cache)}}))  # fmt: skip
+    usage = run_tree([sys.executable, "-m", "features.main", "--config", str(cfg)], tree,
+                     work / f"{label}-{rows}.log", 1e9)  # fmt: skip
+    if usage.exit_code:
+        raise SystemExit(f"{label} at {rows}: exit {usage.exit_code}, see {work}/{label}-{rows}.log")
+    out = {"wall_s": round(usage.wall_s, 1), "peak_gib": round(usage.largest_gib, 3), **measure(run_dir)}
+    shutil.rmtree(run_dir)
+    shutil.rmtree(cache)
+    return out
 
 
 def print_peak_table(res: dict[str, dict[int, dict]], rows: list[int], columns: str, cell: str) -> None:

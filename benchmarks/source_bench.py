@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.ingest_bench import WORDS  # noqa: E402
-from benchmarks.scale_bench import print_peak_table, run_tree  # noqa: E402
+from benchmarks.scale_bench import features_build, print_peak_table, run_tree  # noqa: E402
 
 
 def write_yelp(folder: Path, rows: int, users: int, items: int, seed: int = 0) -> None:
@@ -68,25 +67,13 @@ def write_yelp(folder: Path, rows: int, users: int, items: int, seed: int = 0) -
 
 def build(tree: Path, work: Path, raw: Path, label: str, rows: int) -> dict:
     """One features build from checkout `tree`; its wall time and peak RSS."""
-    run_dir, cache = work / f"run-{label}-{rows}", work / f"cache-{label}-{rows}"
-    for d in (run_dir, cache):
-        shutil.rmtree(d, ignore_errors=True)
-    cfg = work / f"{label}-{rows}.json"
-    cfg.write_text(json.dumps({
-        "run_dir": str(run_dir), "seed": 0, "dataset": f"yelp-synthetic-{rows}",
-        "features": {"source": "yelp", "raw_dir": str(raw), "embed_cache_dir": str(cache)},
-    }))  # fmt: skip
-    usage = run_tree([sys.executable, "-m", "features.main", "--config", str(cfg)], tree,
-                     work / f"{label}-{rows}.log", 1e9)  # fmt: skip
-    if usage.exit_code:
-        raise SystemExit(
-            f"{label} at {rows}: exit {usage.exit_code}, see {work}/{label}-{rows}.log"
-        )
-    meta = json.loads((run_dir / "features" / "_meta.json").read_text())
-    assert sum(meta["rows"].values()) == rows
-    shutil.rmtree(run_dir)
-    shutil.rmtree(cache)
-    return {"wall_s": round(usage.wall_s, 1), "peak_gib": round(usage.largest_gib, 3)}
+
+    def check(run_dir: Path) -> dict:
+        meta = json.loads((run_dir / "features" / "_meta.json").read_text())
+        assert sum(meta["rows"].values()) == rows
+        return {}
+
+    return features_build(tree, work, label, rows, {"source": "yelp", "raw_dir": str(raw)}, check)
 
 
 READ = """
