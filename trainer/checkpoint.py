@@ -9,6 +9,9 @@ Layout: `train/checkpoints/step_XXXXXXXX/` (XXXXXXXX = global step) holds
   - `trainer_state.json`: everything else (epoch, step, step within the epoch,
     best metric/epoch/checkpoint, bad epochs, partial epoch loss sums, throughput
     counters, the run fingerprint).
+Sharded tables are saved in row chunks of at most `SAVE_CHUNK_BYTES` (`chunked`), so
+saving and loading cost a chunk of extra host memory, not the largest table on a rank;
+DCP loads any chunking into any sharding, so older checkpoints still load.
 Each rank writes its shards into `.step_XXXXXXXX.tmp/`; after a barrier rank 0 writes
 `trainer_state.json` and renames the folder into place, so a folder named `step_*`
 is always complete and a crash leaves at most a stale `.tmp` folder.
@@ -46,6 +49,8 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed._shard.metadata import ShardMetadata
+from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardedTensorMetadata
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
 from torchrec.optim.keyed import CombinedOptimizer
@@ -55,6 +60,11 @@ from trainer.distributed import barrier
 STATE_FILE = "trainer_state.json"
 METADATA_FILE = ".metadata"
 STATE_VERSION = 1
+# The most bytes of one saved chunk of a sharded table. DCP copies each saved tensor that
+# is a view of a bigger storage (as every fused table is: fbgemm packs a rank's tables into
+# one buffer), and on load reads each saved chunk whole, so without chunks a checkpoint
+# costs the largest table on a rank in extra host memory, twice.
+SAVE_CHUNK_BYTES = 16 << 20
 
 # (module, name) pairs DCP's `.metadata` pickle may reference; anything else is refused.
 # torch dtypes (`torch.float32`, ...) are allowed too, by type (see `_MetadataUnpickler`).
@@ -99,6 +109,50 @@ def _payload(model: nn.Module, optimizer: CombinedOptimizer) -> tuple[dict[str, 
     return {"model": model_sd, "optim": tensors_only(optim_sd["state"])}, optim_sd
 
 
+def _row_chunks(md: ShardMetadata, rows: int) -> list[ShardMetadata]:
+    """Shard `md` cut along dim 0 into chunks of at most `rows` rows (same placement)."""
+    n = md.shard_sizes[0]
+    if n <= rows:
+        return [md]
+    return [
+        ShardMetadata([md.shard_offsets[0] + a, *md.shard_offsets[1:]],
+                      [min(rows, n - a), *md.shard_sizes[1:]], md.placement)
+        for a in range(0, n, rows)
+    ]  # fmt: skip
+
+
+def chunked(st: ShardedTensor, max_bytes: int) -> ShardedTensor:
+    """The same values as `st`, its shards cut into row chunks of at most `max_bytes`.
+
+    Every rank cuts every shard of the global metadata the same way, so the ranks agree
+    on the chunks without a collective; each local chunk is a view, nothing is copied.
+    DCP loads a checkpoint into any other cut of the same tensor (it reads overlaps)."""
+    md = st.metadata()
+    row_bytes = md.tensor_properties.dtype.itemsize * int(np.prod(md.size[1:], dtype=np.int64))
+    rows = max(1, max_bytes // max(row_bytes, 1))
+    cut = [c for m in md.shards_metadata for c in _row_chunks(m, rows)]
+    if len(cut) == len(md.shards_metadata):
+        return st
+    local = [
+        Shard(s.tensor.narrow(0, c.shard_offsets[0] - s.metadata.shard_offsets[0], c.shard_sizes[0]), c)
+        for s in st.local_shards()
+        for c in _row_chunks(s.metadata, rows)
+    ]
+    global_md = ShardedTensorMetadata(cut, md.size, md.tensor_properties)
+    return ShardedTensor._init_from_local_shards_and_global_metadata(
+        local, global_md, process_group=st._process_group
+    )
+
+
+def _chunk_tree(tree: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """`tree` with every ShardedTensor `chunked` (a new dict; the tensors stay views)."""
+    return {
+        k: _chunk_tree(v, max_bytes) if isinstance(v, dict)
+        else chunked(v, max_bytes) if isinstance(v, ShardedTensor) else v
+        for k, v in tree.items()
+    }  # fmt: skip
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -115,7 +169,7 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     payload, _ = _payload(model, optimizer)
-    dcp.save(payload, checkpoint_id=str(tmp))
+    dcp.save(_chunk_tree(payload, SAVE_CHUNK_BYTES), checkpoint_id=str(tmp))
     barrier()
     if is_main:
         state = {**trainer_state, "version": STATE_VERSION}
