@@ -6,7 +6,10 @@ Rows are counted from 0 over the data records; for line-based files the 1-based 
 is given too, which is what an editor shows.
 
 JSON Lines are parsed with the stdlib one line at a time so a broken line can be
-named exactly (pyarrow's reader reports a byte block, not a line).
+named exactly (pyarrow's reader reports a byte block, not a line).  A CSV/TSV is
+parsed by pyarrow's streaming reader, `CSV_BLOCK_BYTES` at a time, every field as
+its text: a column's type never depends on how much of the file was seen, and
+`column` converts the text by the field's kind (`_csv_value`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from dlrrec.arrow import rechunk
 from dlrrec.config import DataError
 from features.bad_rows import BadRows
 
@@ -35,6 +40,11 @@ Kind = Literal["id", "str", "text", "num", "int", "seconds", "millis", "date", "
 # Records per chunk when a review file is read in chunks (`iter_records`): Python
 # dicts cost ~1 KB a review, so a chunk stays ~100 MB whatever the file's size.
 CHUNK_ROWS = 100_000
+# Bytes of CSV text pyarrow parses at a time: what the reader holds besides a chunk.
+CSV_BLOCK_BYTES = 1 << 20
+# The field texts a CSV reader reads as null (pyarrow's defaults): a number, integer
+# or date field holding one of them is unset, as in a column pyarrow would type.
+CSV_NULLS = frozenset(pcsv.ConvertOptions().null_values)
 
 
 @dataclass
@@ -47,6 +57,7 @@ class Records:
     rows: list[dict[str, Any]]
     lines: list[int] | None
     start: int = 0
+    csv: bool = False  # the fields are a CSV's texts (`_csv_value` converts them)
 
     def where(self, row: int) -> str:
         line = f" (line {self.lines[row]})" if self.lines is not None else ""
@@ -82,12 +93,63 @@ def _parquet_batches(path: Path, chunk_rows: int) -> Iterator[list[dict[str, Any
         raise DataError(f"{path}: not a readable Parquet file ({msg})") from None
 
 
+def _csv_tables(path: Path, delimiter: str) -> Iterator[pa.Table]:
+    """A CSV/TSV file's rows, one parsed block at a time, every field as its bytes.
+
+    Not `pyarrow.csv.read_csv`: it holds the whole file, to infer the column types.
+    Serial (`use_threads=False`), so a malformed row comes with its line number.
+    """
+    bad: list[Any] = []
+
+    def on_invalid(row: Any) -> str:
+        bad.append(row)
+        return "error"
+
+    parse = pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
+    read = pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)
+    try:
+        names = pcsv.open_csv(path, read_options=read, parse_options=parse).schema.names
+        as_bytes = pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.binary()))
+        for batch in pcsv.open_csv(path, read_options=read, parse_options=parse,
+                                   convert_options=as_bytes):  # fmt: skip
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
+    except (pa.ArrowInvalid, OSError) as e:
+        if bad:
+            raise DataError(f"{path}: line {bad[0].number}: expected {bad[0].expected_columns} "
+                            f"fields separated by {delimiter!r}, got {bad[0].actual_columns}") from None  # fmt: skip
+        if "Empty CSV file" in str(e):
+            raise DataError(f"{path}: the file is empty") from None
+        msg = str(e).splitlines()[0]
+        raise DataError(f"{path}: not a readable CSV file ({msg})") from None
+
+
+def _csv_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """A chunk's records, each field its text (its bytes where they are not UTF-8,
+    which `column` names as a bad value, as pyarrow's binary columns were)."""
+
+    def texts(values: pa.ChunkedArray) -> list[Any]:
+        try:
+            return pc.cast(values, pa.string()).to_pylist()
+        except pa.ArrowInvalid:
+            return [_decoded(b) for b in values.to_pylist()]
+
+    columns = [texts(c) for c in table.columns]
+    return [dict(zip(table.column_names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _decoded(field: bytes) -> str | bytes:
+    try:
+        return field.decode()
+    except UnicodeDecodeError:
+        return field
+
+
 def iter_records(path: Path, chunk_rows: int | None = None) -> Iterator[Records]:
     """The records of a `.parquet`, `.csv`, `.tsv` or JSON Lines (`.json`, `.jsonl`,
     `.gz`) file, `chunk_rows` at a time, so a big review dump never sits in memory
     as Python objects all at once.  Parquet is read in pyarrow batches, JSON Lines
-    line by line; a CSV is parsed by pyarrow in one go (its type inference needs the
-    whole file) and handed out in chunks.
+    line by line, a CSV in blocks of `CSV_BLOCK_BYTES` (`_csv_tables`).
 
     Raises:
         DataError: the file is missing, unreadable or holds no records.
@@ -102,18 +164,10 @@ def iter_records(path: Path, chunk_rows: int | None = None) -> Iterator[Records]
             yield Records(path, rows, None, start)
             start += len(rows)
     elif name.endswith((".csv", ".tsv")):
-        opts = pcsv.ParseOptions(delimiter="\t" if name.endswith(".tsv") else ",")
-        try:
-            table = pcsv.read_csv(path, parse_options=opts)
-        except pa.ArrowInvalid as e:
-            if "Empty CSV file" in str(e):
-                raise DataError(f"{path}: the file is empty") from None
-            msg = str(e).splitlines()[0]
-            raise DataError(f"{path}: not a readable CSV file ({msg})") from None
-        for batch in table.to_batches(max_chunksize=chunk_rows):
-            rows = batch.to_pylist()
+        for table in rechunk(_csv_tables(path, "\t" if name.endswith(".tsv") else ","), chunk_rows):
+            rows = _csv_rows(table)
             lines = list(range(start + 2, start + 2 + len(rows)))  # line 1 is the header
-            yield Records(path, rows, lines, start)
+            yield Records(path, rows, lines, start, csv=True)
             start += len(rows)
     else:
         chunk: list[dict[str, Any]] = []
@@ -140,14 +194,15 @@ def read_records(path: Path) -> Records:
     """
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
-    has_lines = True
+    has_lines, csv = True, False
     for recs in iter_records(path):
         rows += recs.rows
+        csv = recs.csv
         if recs.lines is None:
             has_lines = False
         else:
             lines += recs.lines
-    return Records(path, rows, lines if has_lines else None)
+    return Records(path, rows, lines if has_lines else None, csv=csv)
 
 
 def _bad(recs: Records, key: str, row: int, what: str, value: Any) -> DataError:
@@ -206,6 +261,18 @@ def _convert(value: Any, kind: Kind) -> tuple[bool, Any]:
     raise ValueError(f"unknown kind {kind!r}")
 
 
+def _csv_value(value: Any, kind: Kind) -> Any:
+    """A CSV field's text as `_convert` takes it: what pyarrow made of the field when
+    it typed the whole column (`read_csv`), so a review dump reads as it did."""
+    if kind not in ("num", "int", "seconds", "millis", "date") or not isinstance(value, str):
+        return value  # an id or a text is the field's text (bytes where not UTF-8)
+    if value in CSV_NULLS:
+        return None  # a number or date column's empty field, `NA`, `null` ...: unset
+    if kind == "date" and value.strip().lstrip("-").isdigit():
+        return int(value)  # a column of integers: unix seconds
+    return value  # `_convert` parses a number, an integer or an ISO date
+
+
 _EXPECTED = {
     "id": "expected a non-empty string or integer id",
     "str": "expected a string",
@@ -235,6 +302,8 @@ def column(recs: Records, key: str, kind: Kind, required: bool = True) -> list[A
     out: list[Any] = []
     for i, rec in enumerate(recs.rows):
         value = rec.get(key)
+        if recs.csv:
+            value = _csv_value(value, kind)
         if value is None:
             if required:
                 raise _bad(recs, key, i, "must be set", value)
