@@ -30,7 +30,6 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from dlrrec.arrow import rechunk
 from dlrrec.config import DataError
 from features.bad_rows import BadRows
 
@@ -149,7 +148,8 @@ def iter_records(path: Path, chunk_rows: int | None = None) -> Iterator[Records]
     """The records of a `.parquet`, `.csv`, `.tsv` or JSON Lines (`.json`, `.jsonl`,
     `.gz`) file, `chunk_rows` at a time, so a big review dump never sits in memory
     as Python objects all at once.  Parquet is read in pyarrow batches, JSON Lines
-    line by line, a CSV in blocks of `CSV_BLOCK_BYTES` (`_csv_tables`).
+    line by line, a CSV in blocks of `CSV_BLOCK_BYTES` (`_csv_tables`), each a chunk
+    of its own (or several, past `chunk_rows`), as `read_csv`'s blocks were.
 
     Raises:
         DataError: the file is missing, unreadable or holds no records.
@@ -164,11 +164,12 @@ def iter_records(path: Path, chunk_rows: int | None = None) -> Iterator[Records]
             yield Records(path, rows, None, start)
             start += len(rows)
     elif name.endswith((".csv", ".tsv")):
-        for table in rechunk(_csv_tables(path, "\t" if name.endswith(".tsv") else ","), chunk_rows):
-            rows = _csv_rows(table)
-            lines = list(range(start + 2, start + 2 + len(rows)))  # line 1 is the header
-            yield Records(path, rows, lines, start, csv=True)
-            start += len(rows)
+        for block in _csv_tables(path, "\t" if name.endswith(".tsv") else ","):
+            for at in range(0, block.num_rows, chunk_rows):  # a block: ~1 MiB of text
+                rows = _csv_rows(block.slice(at, chunk_rows))
+                lines = list(range(start + 2, start + 2 + len(rows)))  # line 1 is the header
+                yield Records(path, rows, lines, start, csv=True)
+                start += len(rows)
     else:
         chunk: list[dict[str, Any]] = []
         lines = []
