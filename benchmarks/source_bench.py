@@ -1,8 +1,9 @@
-"""python benchmarks/source_bench.py --rows 100000 400000 1600000 [--baseline-tree DIR] [--step read]
+"""python benchmarks/source_bench.py --rows 100000 400000 1600000 [--baseline-tree DIR] [--step read] [--format csv]
 
 Peak memory of `dlrrec features build` on a review source (the Yelp adapter, JSON Lines
-with ~350-character texts) at several row counts and a fixed number of users and items,
-so what grows is the rows only.  `--step read` runs only what the build's first step
+with ~350-character texts; `--format csv`: the same reviews as one CSV through the
+generic adapter) at several row counts and a fixed number of users and items, so what
+grows is the rows only.  `--step read` runs only what the build's first step
 does with the source: read and check it and hand its interactions over batch by batch
 (`stage_source` and `StagedReviews.batches`; a tree without them: `read_source` and
 `to_batches`, the whole table), without the MiniLM model and the later steps, whose
@@ -65,7 +66,35 @@ def write_yelp(folder: Path, rows: int, users: int, items: int, seed: int = 0) -
             f.write("\n".join(lines) + "\n")
 
 
-def build(tree: Path, work: Path, raw: Path, label: str, rows: int) -> dict:
+CSV_COLUMNS = ["review_id", "user_id", "business_id", "stars", "text", "date"]
+# The generic adapter's view of `write_csv`'s file (features/sources/generic.py).
+CSV_SOURCE = {
+    "source": "generic",
+    "files": {"reviews": "reviews.csv"},
+    "columns": {"user": "user_id", "item": "business_id", "rating": "stars",
+                "timestamp": "date", "text": "text"},
+}  # fmt: skip
+
+
+def write_csv(folder: Path, rows: int) -> None:
+    """reviews.csv: `review.json`'s reviews (already written to `folder`), as CSV."""
+    with open(folder / "review.json") as f, open(folder / "reviews.csv", "w") as out:
+        out.write(",".join(CSV_COLUMNS) + "\n")
+        for line in f:
+            r = json.loads(line)
+            out.write(",".join(str(r[c]) for c in CSV_COLUMNS) + "\n")  # no commas in the texts
+
+
+def source_of(fmt: str, raw: Path) -> dict:
+    """The features config's source keys for the benchmark's `fmt` file."""
+    return (
+        {"source": "yelp", "raw_dir": str(raw)}
+        if fmt == "json"
+        else {**CSV_SOURCE, "raw_dir": str(raw)}
+    )
+
+
+def build(tree: Path, work: Path, source: dict, label: str, rows: int) -> dict:
     """One features build from checkout `tree`; its wall time and peak RSS."""
 
     def check(run_dir: Path) -> dict:
@@ -73,26 +102,28 @@ def build(tree: Path, work: Path, raw: Path, label: str, rows: int) -> dict:
         assert sum(meta["rows"].values()) == rows
         return {}
 
-    return features_build(tree, work, label, rows, {"source": "yelp", "raw_dir": str(raw)}, check)
+    return features_build(tree, work, label, rows, source, check)
 
 
 READ = """
-import sys, tempfile
+import json, sys, tempfile
 from pathlib import Path
 import features.sources as s
-raw = Path(sys.argv[1])
+src = json.loads(sys.argv[1])
+raw, kw = Path(src.pop("raw_dir")), {"files": src.get("files"), "columns": src.get("columns")}
 if hasattr(s, "stage_source"):
     with tempfile.TemporaryDirectory(dir=sys.argv[2]) as work:
-        rows = sum(b.num_rows for b in s.stage_source("yelp", raw, Path(work)).batches())
+        staged = s.stage_source(src["source"], raw, Path(work), **kw)
+        rows = sum(b.num_rows for b in staged.batches())
 else:
-    rows = sum(b.num_rows for b in s.read_source("yelp", raw).interactions.to_batches())
+    rows = sum(b.num_rows for b in s.read_source(src["source"], raw, **kw).interactions.to_batches())
 assert rows == int(sys.argv[3]), rows
 """
 
 
-def read(tree: Path, work: Path, raw: Path, label: str, rows: int) -> dict:
+def read(tree: Path, work: Path, source: dict, label: str, rows: int) -> dict:
     """The build's source step alone from checkout `tree`; its wall time and peak RSS."""
-    cmd = [sys.executable, "-c", READ, str(raw), str(work), str(rows)]
+    cmd = [sys.executable, "-c", READ, json.dumps(source), str(work), str(rows)]
     usage = run_tree(cmd, tree, work / f"read-{label}-{rows}.log", 1e9)
     if usage.exit_code:
         raise SystemExit(
@@ -109,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-tree", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=Path("/tmp/source_bench"))
     ap.add_argument("--step", choices=["build", "read"], default="build")
+    ap.add_argument("--format", choices=["json", "csv"], default="json")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     trees = {"ours": REPO} | ({"baseline": a.baseline_tree.resolve()} if a.baseline_tree else {})
@@ -117,12 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         raw = a.work / f"yelp-{rows}-{a.users}-{a.items}"
         if not (raw / "review.json").is_file():
             write_yelp(raw, rows, a.users, a.items)
-        size = (raw / "review.json").stat().st_size / 2**20
+        file = raw / ("review.json" if a.format == "json" else "reviews.csv")
+        if not file.is_file():
+            write_csv(raw, rows)
+        size = file.stat().st_size / 2**20
         for label, tree in trees.items():
             res[label][rows] = (build if a.step == "build" else read)(
-                tree, a.work, raw, label, rows
+                tree, a.work, source_of(a.format, raw), label, rows
             )
-            print(label, rows, f"review.json {size:.0f} MiB", res[label][rows],
+            print(label, rows, f"{file.name} {size:.0f} MiB", res[label][rows],
                   f"load avg {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     print_peak_table(res, a.rows, "wall s, peak GiB", "{wall_s:7.1f} {peak_gib:6.3f}")
     return 0
