@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dlrrec.arrow import parquet_batches
 from dlrrec.artifacts import sha256_file
 from dlrrec.config import DataError
 from features.bad_rows import BadRows, Policy, first_repeat, no_skips, repeated_rows, resolve
@@ -188,9 +189,9 @@ def scan_batches(
     Raises:
         DataError: naming the file, the column and the first bad row.
     """
-    pf, schema = open_scan(path)
+    schema = open_scan(path)[1]
     offset = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=schema.names):
+    for batch in parquet_batches(path, schema.names, batch_rows):
         checked = _checked(path, batch, schema, offset)
         if path.name == "interactions.parquet":
             findings = _row_findings(path, checked, offset, rating_range)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dlrrec.arrow import rechunk
+from dlrrec.arrow import parquet_batches, rechunk
 from dlrrec.config import DataError
 from features.bad_rows import BadRows, Policy, first_repeat, repeated_rows, resolve
 from features.io import open_scan, scan_batches
@@ -53,8 +53,7 @@ class RowIndex:
     def chunks(self, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         """(seq of the chunk's first row, the chunk) in input order."""
         seq = 0
-        pf = pq.ParquetFile(self.path)
-        for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=columns):
+        for batch in parquet_batches(self.path, columns, CHUNK_ROWS):
             yield seq, pa.Table.from_batches([batch])
             seq += batch.num_rows
 

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dlrrec.arrow import parquet_batches
+
 SEQ = "seq"  # the row's 0-based position in the input stream (after bad rows are dropped)
 RESULT_GROUP_ROWS = 1 << 14  # row groups of bucket results: what `SeqJoin` holds per bucket
 
@@ -101,7 +103,7 @@ class SeqJoin:
 
     def __init__(self, paths: list[Path]) -> None:
         self._sources: list[Iterator[pa.RecordBatch]] = [
-            pq.ParquetFile(p).iter_batches(batch_size=RESULT_GROUP_ROWS) for p in paths
+            parquet_batches(p, None, RESULT_GROUP_ROWS) for p in paths
         ]
         self._pending: list[pa.Table | None] = [None] * len(paths)
 

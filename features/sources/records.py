@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
+from dlrrec.arrow import parquet_batches
 from dlrrec.config import DataError
 from features.bad_rows import BadRows
 
@@ -85,7 +85,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _parquet_batches(path: Path, chunk_rows: int) -> Iterator[list[dict[str, Any]]]:
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+        for batch in parquet_batches(path, None, chunk_rows):
             yield batch.to_pylist()
     except (pa.ArrowInvalid, OSError) as e:
         msg = str(e).splitlines()[0]

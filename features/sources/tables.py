@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dlrrec.arrow import parquet_batches
 from dlrrec.config import DataError
 from features.bad_rows import BadRows, Policy, no_skips, resolve
 from features.io import RawReviews
@@ -133,7 +134,7 @@ class StagedReviews:
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The kept interactions in source order, one Parquet batch at a time."""
-        return drop_rows(row_groups(self.path, columns or self.schema.names), self.drop)
+        return drop_rows(parquet_batches(self.path, columns or self.schema.names), self.drop)
 
     def reviews(self) -> RawReviews:
         """Every kept interaction in memory (the llm/images steps, and small inputs)."""
@@ -188,7 +189,8 @@ def stage_reviews(
     if pq.ParquetFile(path).metadata.num_rows == len(drop):
         raise DataError(f"{source}: on_bad_rows=skip dropped every row ({skipped})")
     users, item_ids = Distinct(), Distinct()
-    for batch in drop_rows(row_groups(path, ["user", "item"]), drop):  # per entity: only the distinct ids are held
+    # per entity: only the distinct ids are held
+    for batch in drop_rows(parquet_batches(path, ["user", "item"]), drop):
         users.add(batch.column(0))
         item_ids.add(batch.column(1))
     if items is None:
@@ -196,17 +198,6 @@ def stage_reviews(
     return StagedReviews(
         path, schema, drop, items_table(item_cols), users_table(users.values()), skipped
     )
-
-
-def row_groups(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The staged file's `columns`, one row group (one staged chunk) at a time.
-
-    Not `ParquetFile.iter_batches`: its peak grew with the file (pyarrow 26: 384 -> 766
-    MiB iterating a 400k- and a 1.6M-row staged file; 252 MiB for both read by row group).
-    """
-    pf = pq.ParquetFile(path)
-    for g in range(pf.num_row_groups):
-        yield from pf.read_row_group(g, columns=columns).to_batches()
 
 
 def _checked_chunk(
@@ -242,7 +233,7 @@ def _repeated_ids(
 ) -> tuple[np.ndarray, int]:
     """Staged rows (sorted) whose review id repeats an earlier row's, and how many; with
     `error`, the first one fails naming its source row and line and the earlier one's."""
-    ids = (b.column(0) for b in row_groups(path, ["review_id"]))
+    ids = (b.column(0) for b in parquet_batches(path, ["review_id"]))
     drop, first = repeated_ids(ids, pq.ParquetFile(path).metadata.num_rows, work / "review-ids")
     if first is None:
         return drop, 0
@@ -259,7 +250,7 @@ def _where(path: Path, seqs: list[int]) -> list[str]:
     """`row R (line L)` in the source file of each staged row in `seqs`."""
     found: dict[int, str] = {}
     seq = 0
-    for batch in row_groups(path, [SOURCE_ROW, SOURCE_LINE]):
+    for batch in parquet_batches(path, [SOURCE_ROW, SOURCE_LINE]):
         for s in seqs:
             if seq <= s < seq + batch.num_rows:
                 row, line = (batch.column(c)[s - seq].as_py() for c in (0, 1))
