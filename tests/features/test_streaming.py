@@ -123,6 +123,21 @@ def test_repeated_review_ids_found_across_hash_buckets(
         repeated_review_rows(path, None, "error", tmp_path / "work2")
 
 
+def test_repeated_ids_spill_few_row_groups_of_tiny_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny chunks of ids are spilled SEQ_CHUNK_ROWS at a time (a writer holds each row
+    group's metadata until it closes), with the positions of one whole chunk."""
+    monkeypatch.setattr(rowindex, "SEQ_CHUNK_ROWS", 100)
+    ids = pa.array([f"r{(i * 37) % 700}" for i in range(1003)])
+    chunks = [ids.slice(at, 3) for at in range(0, 1003, 3)]
+    whole = rowindex.repeated_ids([ids], 1003, tmp_path / "whole")
+    tiny = rowindex.repeated_ids(chunks, 1003, tmp_path / "tiny")
+    assert np.array_equal(tiny[0], whole[0]) and tiny[1] == whole[1] == (700, 0, "r0")
+    groups = [pq.ParquetFile(f).num_row_groups for f in (tmp_path / "tiny").iterdir()]
+    assert max(groups) <= -(-1003 // 102)  # 10 spills of 102 ids and a last one
+
+
 def _outputs(run_dir: Path) -> dict[str, pa.Table]:
     """Every output table; the profile table's parts (one per user bucket) as one table."""
     features = run_dir / "features"
