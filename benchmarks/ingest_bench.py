@@ -3,7 +3,7 @@
 The features stage's non-embedding path at scale: seeded synthetic raw reviews
 (features/schema.py, written in 1M-row chunks to a temp folder) go through
 
-    read_source("raw")   streaming scan (pyarrow iter_batches): types, nulls, ratings
+    read_source("raw")   streaming scan (one row group at a time): types, nulls, ratings
                          in rating_range, blank texts, unique review ids, known ids
     entity_order/lookup  contiguous user/item indices
     random_split         seeded 80/10/10 by (user, item) hash
