@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from dist_helpers import devices, run_ranks
 from synthetic import copy_inputs, make_run, train_runs
 
@@ -157,6 +158,11 @@ def test_tables_saved_in_bounded_chunks_resume_exactly(synthetic_run: Path, tmp_
     assert max(c.sizes[0] for c in user.chunks) == chunk_rows < rows
     momentum = [v for k, v in md.items() if k.startswith("optim.") and "t_user_id" in k and "momentum1" in k]
     assert momentum and all(len(v.chunks) == -(-rows // 64) for v in momentum)  # 4 B a row
+    # export reads a chunked checkpoint whole, as it reads one saved in whole tables
+    from serve.export import read_checkpoint
+
+    whole, chunks = (read_checkpoint(Path(r) / "train" / "checkpoints" / "step_00000003") for r in (a, b))
+    assert whole.keys() == chunks.keys() and all(torch.equal(whole[k], chunks[k]) for k in whole)
     ((resumed,), _) = run_ranks(_train_small_chunks, 2, [(b, cfg)])
     assert resumed["resumed_from"] == [4]
     assert (resumed["val"], resumed["test"], resumed["losses"]) == (full["val"], full["test"], full["losses"])
