@@ -78,41 +78,86 @@ def embed_texts(
         cache_dir: "" = no on-disk cache.
         progress: a tqdm bar over the texts to encode (hidden when stderr is not a tty).
     """
-    model = load_text_model(path)
-    dim = embedding_dim(model)
     uniq, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    encoder = SortedEncoder(path, batch_size, cache_dir, progress)
     if len(uniq) == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    todo = uniq.tolist()
-    out = np.zeros((len(todo), dim), dtype=np.float16)
-    cache = keys = None
-    if cache_dir:
-        from features.embed_cache import EmbeddingCache, model_id, text_keys
-
-        cache = EmbeddingCache(Path(cache_dir) / "embeddings.sqlite", dim)
-        keys = text_keys(model_id(path), todo)
-        found, out = cache.get(keys)
-        miss = np.nonzero(~found)[0]
-    else:
-        miss = np.arange(len(todo))
-    try:
-        # Chunks of many batches: the bar moves, and an interrupted run keeps its cache.
-        step = batch_size * 32
-        with tqdm(total=len(miss), desc="embed", unit="text", disable=not progress or None) as bar:
-            for s in range(0, len(miss), step):
-                idx = miss[s : s + step]
-                vecs = model.encode(
-                    [todo[i] for i in idx],
-                    batch_size=batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-                out[idx] = np.asarray(vecs, dtype=np.float16)
-                if cache is not None and keys is not None:
-                    cache.put([keys[i] for i in idx], out[idx])
-                bar.update(len(idx))
-    finally:
-        if cache is not None:
-            cache.close()
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    out = np.zeros((len(uniq), encoder.dim), dtype=np.float16)
+    with encoder.open(out):
+        encoder.add(uniq.tolist(), np.arange(len(uniq)))
     return out.astype(np.float32)[inverse.reshape(-1)]
+
+
+class SortedEncoder:
+    """Encodes distinct texts handed over in sorted order, block by block, exactly as one
+    `embed_texts` call over all of them would.
+
+    Why it matters: MiniLM's float16 bits depend on a text's batch neighbours (the
+    padded length and the kernels' shapes; regrouping 600 texts changed about 20% of
+    the vectors), so a streaming build that wants the in-memory build's vectors must
+    form the same batches: cached texts are skipped, and the misses, in sorted order,
+    go to the model `batch_size * 32` at a time, whatever blocks they arrived in.
+    `open(out)` names where the vectors go; leaving the `with` block encodes the rest.
+    """
+
+    def __init__(self, path: str, batch_size: int, cache_dir: str = "", progress: bool = True):
+        self.model = load_text_model(path)
+        self.dim = embedding_dim(self.model)
+        self.batch_size = batch_size
+        self.step = batch_size * 32  # texts per encode call (a moving bar; a kept cache)
+        self.cache_dir, self.path, self.progress = cache_dir, path, progress
+        self.out: Any = None
+        self._texts: list[str] = []
+        self._rows: list[np.ndarray] = []
+
+    def open(self, out: Any) -> SortedEncoder:
+        """Vectors of row r go to `out[r]` (float16 [., D]: an array or a memmap)."""
+        self.out = out
+        self.cache: Any = None
+        if self.cache_dir:
+            from features.embed_cache import EmbeddingCache, model_id
+
+            self.cache = EmbeddingCache(Path(self.cache_dir) / "embeddings.sqlite", self.dim)
+            self.model_key = model_id(self.path)
+        self.bar = tqdm(desc="embed", unit="text", disable=not self.progress or None)
+        return self
+
+    def add(self, texts: list[str], rows: np.ndarray) -> None:
+        """Distinct texts, each greater than every text added before, for `out[rows]`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.cache is not None:
+            from features.embed_cache import text_keys
+
+            found, vecs = self.cache.get(text_keys(self.model_key, texts))
+            self.out[rows[found]] = vecs[found]
+            miss = np.flatnonzero(~found)
+            texts, rows = [texts[i] for i in miss], rows[miss]
+        self._texts += texts
+        self._rows.append(rows)
+        while len(self._texts) >= self.step:
+            self._encode(self.step)
+
+    def _encode(self, n: int) -> None:
+        texts, self._texts = self._texts[:n], self._texts[n:]
+        rows = np.concatenate(self._rows)
+        self._rows = [rows[n:]]
+        vecs = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)  # fmt: skip
+        self.out[rows[:n]] = np.asarray(vecs, dtype=np.float16)
+        if self.cache is not None:
+            from features.embed_cache import text_keys
+
+            self.cache.put(text_keys(self.model_key, texts), self.out[rows[:n]])
+        self.bar.update(n)
+
+    def __enter__(self) -> SortedEncoder:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            if self._texts and exc_type is None:
+                self._encode(len(self._texts))
+        finally:
+            self.bar.close()
+            if self.cache is not None:
+                self.cache.close()
