@@ -10,14 +10,15 @@
 
 Only the row index, the spills and one chunk or bucket at a time are ever held: memory
 does not grow with the number of rows (docs/scale.md measures it).  Per-entity tables
-(ids, attributes, counts, item vectors) are held whole.  The llm/images sections are
-the exception: their review content is built in memory (features/content.py); the
-summaries, price, types and caption vectors end up per (entity, slot) key.
+(ids, attributes, counts, item vectors) are held whole.  The llm/images sections
+stream too: `content_chunks` reads the interactions again beside the index, chunk by
+chunk, and features/content.py spills what it needs per entity partition; what they
+keep is per (entity, slot) key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,10 @@ from dlrrec.config import DataError
 from features import examples, history, split, stats
 from features.bad_rows import no_skips
 from features.config import FeaturesConfig
-from features.content import ReviewContent, add_row_columns, key_column
+from features.content import ReviewContent, RowChunk, add_row_columns, key_column
 from features.dense import item_prices, price_features, standardize
 from features.io import (
     ExamplesWriter,
-    RawReviews,
     check_unique,
     open_scan,
     raw_paths,
@@ -47,12 +47,16 @@ from features.order_stats import values_at_ranks
 from features.owners import SPILL_SCHEMA, OwnerPlan, item_job, user_job
 from features.rowindex import RowIndex, build_index, drop_rows, repeated_review_rows
 from features.schema import PROFILE_KEY
-from features.sources import read_source, stage_source
+from features.sources import stage_source
 from features.spill import SeqJoin, Spill, bucket_of, owner_ranges
 from features.vocab import entity_order
 from features.workers import Workers
 
 BUCKET_ROWS = 1 << 20  # rows per owner bucket: what one bucket job holds
+
+
+# columns -> the interactions' batches (those columns that exist) in index order, again
+Reviews = Callable[[list[str]], Iterator[pa.RecordBatch]]
 
 
 @dataclass
@@ -62,7 +66,7 @@ class Input:
     index: RowIndex
     skipped: dict[str, int]
     id_order: dict[str, str]
-    raw: RawReviews | None  # the whole input, only when llm/images need it
+    reviews: Reviews | None  # the interactions again, only when llm/images need them
 
 
 def _entities(users: pa.Table, items: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, str]]:
@@ -71,57 +75,101 @@ def _entities(users: pa.Table, items: pa.Table) -> tuple[pa.Table, pa.Table, dic
     return users.take(user_perm), items.take(item_perm), {"user": user_order, "item": item_order}
 
 
-def _raw_batches(
-    cfg: FeaturesConfig, work: Path, skipped: dict[str, int]
-) -> Iterator[pa.RecordBatch]:
-    """The raw source's interactions, streamed, without the repeated review ids."""
-    path = raw_paths(cfg.raw_dir)["interactions.parquet"]
-    rating_range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
-    drop = np.zeros(0, dtype=np.int64)
-    if "review_id" in open_scan(path)[1].names:
-        drop, skipped["duplicate_review_id"] = repeated_review_rows(
-            path, rating_range, cfg.on_bad_rows, work
-        )
-    yield from drop_rows(scan_batches(path, rating_range, cfg.on_bad_rows, skipped=skipped), drop)
+class _RawStream:
+    """The raw source's interactions, streamed, without the repeated review ids; `again`
+    streams them once more (for the llm/images steps), the ids to drop known by then."""
+
+    def __init__(self, cfg: FeaturesConfig, work: Path, skipped: dict[str, int]) -> None:
+        self.path = raw_paths(cfg.raw_dir)["interactions.parquet"]
+        self.range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
+        self.cfg, self.work, self.skipped = cfg, work, skipped
+        self.drop = np.zeros(0, dtype=np.int64)
+
+    def first(self) -> Iterator[pa.RecordBatch]:
+        if "review_id" in open_scan(self.path)[1].names:
+            self.drop, self.skipped["duplicate_review_id"] = repeated_review_rows(
+                self.path, self.range, self.cfg.on_bad_rows, self.work
+            )
+        yield from self._kept([], self.skipped)
+
+    def again(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """`columns` of the kept rows; bad rows are dropped, not counted again."""
+        return self._kept(columns, None)
+
+    def _kept(self, columns: list[str], skipped: dict[str, int] | None) -> Iterator[pa.RecordBatch]:
+        batches = scan_batches(self.path, self.range, self.cfg.on_bad_rows, skipped=skipped)
+        for b in drop_rows(batches, self.drop):
+            keep = [c for c in columns if c in b.schema.names]
+            yield b.select(keep) if keep else b
 
 
 def read_input(cfg: FeaturesConfig, work: Path, workers: Workers) -> Input:
     """Entity tables (whole) and the row index (streamed: a review source is first staged
-    as raw interactions under `work`).  The llm/images steps also get every interaction
-    in memory (`Input.raw`)."""
+    as raw interactions under `work`).  The llm/images steps get a way to stream the
+    interactions again (`Input.reviews`), never the interactions whole."""
     skipped = no_skips()
-    raw = None
     content = cfg.llm is not None or cfg.images is not None
     rating_range = (cfg.rating_range[0], cfg.rating_range[1]) if cfg.rating_range else None
-    if cfg.source == "raw" and not content:
+    reviews: Reviews | None = None
+    if cfg.source == "raw":
         paths = raw_paths(cfg.raw_dir)
         open_scan(paths["interactions.parquet"])  # its columns are checked first, as before
         users, items = (scan_table(paths[f"{n}.parquet"])[0] for n in ("users", "items"))
         check_unique(paths["items.parquet"], items, "item")
         check_unique(paths["users.parquet"], users, "user")
-        batches: Iterator[pa.RecordBatch] = _raw_batches(cfg, work, skipped)
+        stream = _RawStream(cfg, work, skipped)
+        batches: Iterator[pa.RecordBatch] = stream.first()
         named = {n: paths[f"{n}.parquet"] for n in ("interactions", "users", "items")}
-    elif cfg.source == "raw":
-        raw = read_source(cfg.source, cfg.raw_dir, rating_range=rating_range,
-                          on_bad_rows=cfg.on_bad_rows)  # fmt: skip
-        users, items, skipped = raw.users, raw.items, raw.skipped
-        batches = iter(raw.interactions.to_batches())
-        named = {n: Path(cfg.raw_dir) / n for n in ("interactions", "users", "items")}
+        reviews = stream.again if content else None
     else:
         staged = stage_source(cfg.source, cfg.raw_dir, work / "source", cfg.files, cfg.columns,
                               rating_range, cfg.on_bad_rows)  # fmt: skip
         users, items, skipped = staged.users, staged.items, staged.skipped
         batches = staged.batches()
         named = {n: Path(cfg.raw_dir) / n for n in ("interactions", "users", "items")}
-        raw = staged.reviews() if content else None
+        if content:
+
+            def reviews(columns: list[str]) -> Iterator[pa.RecordBatch]:
+                return staged.batches([c for c in columns if c in staged.schema.names] or None)
+
     users, items, id_order = _entities(users, items)
     entity_ids = (users["user"].combine_chunks(), items["item"].combine_chunks())
     index = build_index(batches, entity_ids, cfg.seed, work / "index.parquet", named, workers)
-    if raw is not None:  # the content steps read the interactions in index order
-        raw = RawReviews(raw.interactions, items, users, raw.skipped)
     if index.rows == 0:
         raise DataError(f"{named['interactions']}: on_bad_rows=skip dropped every row ({skipped})")
-    return Input(users, items, index, skipped, id_order, raw)
+    return Input(users, items, index, skipped, id_order, reviews)
+
+
+class _Cursor:
+    """Rows of a batch stream, taken n at a time (to line them up with index chunks)."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self._rest: pa.Table | None = None
+
+    def take(self, n: int) -> pa.Table:
+        parts = [self._rest] if self._rest is not None else []
+        have = self._rest.num_rows if self._rest is not None else 0
+        while have < n:
+            batch = next(self._batches)
+            parts.append(pa.Table.from_batches([batch]))
+            have += batch.num_rows
+        whole = pa.concat_tables(parts)
+        self._rest = whole.slice(n)
+        return whole.slice(0, n)
+
+
+def content_chunks(inp: Input, sp: Split, plan: OwnerPlan, columns: list[str]) -> Iterator[RowChunk]:
+    """The index in chunks, each with its rows' split, profile slot and the interactions'
+    `columns` (those that exist; [] reads the index only): the llm/images steps' view."""
+    assert inp.reviews is not None
+    raw = _Cursor(inp.reviews(columns)) if columns else None
+    for lo, chunk in inp.index.chunks():
+        train = sp.codes(chunk) == split.TRAIN
+        ts = chunk["timestamp"].to_numpy()
+        yield RowChunk(lo, chunk["user"].to_numpy(), chunk["item"].to_numpy(), ts, train,
+                       plan.profile_slot(ts, chunk["fold_hash"].to_numpy(), train),
+                       raw.take(chunk.num_rows) if raw is not None else None)  # fmt: skip
 
 
 @dataclass

@@ -19,6 +19,13 @@ in strictly earlier time blocks), val/test rows and the entity tables the photos
 training reviews only; photos of the item itself (item metadata) are not tied to any
 review and always count.
 
+The build streams (`stream_image_vectors`): the rows' photos are captioned chunk by
+chunk, every caption is embedded in one sorted pass (features/embed_runs.py), each
+review caption's vector is spilled to its user's and its item's partition, and each
+partition is pooled alone into the keyed tables.  `build_image_vectors` is the same
+computation over whole per-row lists, kept as the small in-memory form the tests
+check the pooling with.
+
 Shapes: N = interaction rows, E = entities, C = captions, S = slots, D = content dim (384).
 """
 
@@ -36,9 +43,14 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from dlrrec.config import ConfigError, DataError
+from features.embed_runs import EmbedRuns
+from features.keyed import KeyedWriter
+from features.spill import Spill, bucket_of, owner_ranges
 
 log = logging.getLogger("dlrrec.features")
 
@@ -457,6 +469,208 @@ def _caption_images(
     for k, text in zip(found, captioner.caption([paths[k] for k in found])):
         texts[k] = text or None  # an empty caption is no caption
     return texts
+
+
+# ---- streaming the build's image vectors ------------------------------------------------
+
+PARTITION_CAPTIONS = 1 << 20  # review captions per entity partition: what one holds
+CAPTION_ROWS = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("grp", pa.int64()),
+                          ("train", pa.bool_()), ("run", pa.int64()), ("local", pa.int64())])  # fmt: skip
+
+
+class _Finder:
+    """Captions of image references, chunk after chunk, with `_caption_images`' counts
+    summed over the calls and its missing-file warning given once at the end."""
+
+    def __init__(self, captioner: Captioner | None, image_dir: Path, stats: CaptionStats) -> None:
+        self.captioner, self.image_dir, self.stats = captioner, image_dir, stats
+        self.first_missing: Path | None = None
+
+    def caption(self, refs: list[str]) -> list[str | None]:
+        st = self.stats
+        st.images += len(refs)
+        texts: list[str | None] = [None] * len(refs)
+        if self.captioner is None:
+            st.images_uncaptioned += len(refs)
+            return texts
+        paths = [resolve_image(r, self.image_dir) for r in refs]
+        found = [k for k, p in enumerate(paths) if p.is_file()]
+        st.images_missing += len(refs) - len(found)
+        if len(found) < len(refs) and self.first_missing is None:
+            self.first_missing = next(p for p in paths if not p.is_file())
+        if found:
+            for k, text in zip(found, self.captioner.caption([paths[k] for k in found])):
+                texts[k] = text or None  # an empty caption is no caption
+        return texts
+
+    def warn(self) -> None:
+        if self.stats.images_missing:
+            log.warning("features: %d of %d images not found (first: %s); they are left out",
+                        self.stats.images_missing, self.stats.images, self.first_missing)  # fmt: skip
+
+
+@dataclass
+class _ItemCaptions:
+    """The item-level captions (source ones, then generated): their item and their
+    index in embedding run `run`."""
+
+    owner: np.ndarray
+    run: int
+    local: np.ndarray
+
+
+def _caption_rows(
+    item_captions: Sequence[Sequence[str] | None],
+    item_images: Sequence[Sequence[str] | None],
+    chunks: Any,
+    finder: _Finder,
+    runs: EmbedRuns,
+    earlier: bool,
+    path: Path,
+    counts: dict[str, np.ndarray],
+) -> tuple[_ItemCaptions, int]:
+    """Caption every image (the items' with the first chunk's, as one call did before)
+    and add every caption text to `runs`; each review caption's (user, item, group,
+    train, run, index) goes to `path`, chunk by chunk.
+
+    Returns: (the item-level captions, captions); `counts` [E] gets each entity's
+    review captions.
+    """
+    cap_item, cap_text = _flatten(item_captions)
+    finder.stats.source_captions = len(cap_text)
+    img_item, img_refs = _flatten(item_images)
+    items: _ItemCaptions | None = None
+    writer, n = pq.ParquetWriter(path, CAPTION_ROWS), len(cap_text)
+    for c in chunks(["image_urls"]):
+        lists = c.raw["image_urls"].to_pylist() if "image_urls" in c.raw.column_names else []
+        row, row_refs = _flatten(lists)
+        texts = finder.caption((img_refs if items is None else []) + row_refs)
+        if items is None:
+            gen = [(int(img_item[k]), t) for k, t in enumerate(texts[: len(img_refs)]) if t]
+            run, local = runs.add(cap_text + [t for _, t in gen])
+            owner = np.concatenate([cap_item, np.asarray([i for i, _ in gen], np.int64)])
+            items, texts = _ItemCaptions(owner.astype(np.int64), run, local), texts[len(img_refs) :]
+        gen_row = [(int(row[k]), t) for k, t in enumerate(texts) if t]
+        r = np.asarray([q for q, _ in gen_row], dtype=np.int64)
+        run, local = runs.add([t for _, t in gen_row])
+        grp = np.where(c.train[r] | earlier, c.profile_slot[r], -1)  # random: training reviews only
+        cols = [c.user[r], c.item[r], grp, c.train[r], np.full(len(r), run), local]
+        writer.write_table(pa.Table.from_arrays([pa.array(a) for a in cols], schema=CAPTION_ROWS))
+        for e, owner in (("user", c.user[r]), ("item", c.item[r])):
+            counts[e] += np.bincount(owner, minlength=len(counts[e]))
+        n += len(gen_row)
+    writer.close()
+    assert items is not None  # (a build has rows)
+    return items, n
+
+
+def stream_image_vectors(
+    item_captions: Sequence[Sequence[str] | None],
+    item_images: Sequence[Sequence[str] | None],
+    chunks: Any,
+    n_users: int,
+    encoder: Callable[[], Any],
+    captioner: Captioner | None,
+    image_dir: Path,
+    dim: int,
+    slots: int,
+    earlier: bool,
+    work: Path,
+    out: dict[str, Path],
+) -> dict[str, Any]:
+    """`build_image_vectors` over streamed rows: caption chunk by chunk, embed every
+    caption in one sorted pass (features/embed_runs.py), spill each review caption's
+    vector to its user's and its item's partition, and pool one partition at a time
+    into the keyed tables `out[entity]`.
+
+    Args:
+        item_captions, item_images: [I] per item (item metadata).
+        chunks: the rows (features/content.py `Chunks`): their `image_urls` are the
+            review photos; `profile_slot` is each row's slot (see `build_image_vectors`).
+        encoder: MiniLM (features/text.py `SortedEncoder`).
+        work: scratch folder.
+
+    Returns:
+        The `_meta.json` `images` block (captions, entities with a vector, caption counts).
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    stats = captioner.stats if captioner is not None else CaptionStats()
+    finder, runs = _Finder(captioner, image_dir, stats), EmbedRuns(work / "runs", encoder, dim)
+    counts = {"user": np.zeros(n_users, np.int64), "item": np.zeros(len(item_captions), np.int64)}
+    items, n_captions = _caption_rows(item_captions, item_images, chunks, finder, runs,
+                                      earlier, work / "captions.parquet", counts)  # fmt: skip
+    finder.warn()
+    runs.embed()
+    edges = {e: owner_ranges(c, PARTITION_CAPTIONS) for e, c in counts.items()}
+    spills = _spill_vectors(work / "captions.parquet", runs, edges, dim, work)
+    with_images = {}
+    for e in ("user", "item"):
+        with_images[e] = _pool(spills[e], edges[e], out[e], f"{e}_image", dim, slots, earlier,
+                               items if e == "item" else None, runs)  # fmt: skip
+    return {
+        "provider": captioner.name if captioner is not None else "source",
+        "captions": n_captions,
+        "items_with_images": with_images["item"],
+        "users_with_images": with_images["user"],
+        **stats.to_meta(),
+    }
+
+
+def _vector_schema(dim: int) -> pa.Schema:
+    return pa.schema([("owner", pa.int64()), ("grp", pa.int64()), ("in_entity", pa.bool_()),
+                      ("vec", pa.list_(pa.float16(), dim))])  # fmt: skip
+
+
+def _spill_vectors(
+    path: Path, runs: EmbedRuns, edges: dict[str, np.ndarray], dim: int, work: Path
+) -> dict[str, Spill]:
+    """Each review caption's vector (and group) to its user's and its item's partition."""
+    spills = {e: Spill(work / f"vectors-{e}", len(edges[e]) - 1) for e in edges}
+    pf = pq.ParquetFile(path)
+    for g in range(pf.num_row_groups):
+        t = pf.read_row_group(g)
+        run, local = t["run"].to_numpy(), t["local"].to_numpy()
+        vecs = np.zeros((t.num_rows, dim), np.float32)
+        for r in np.unique(run).tolist():
+            at = np.flatnonzero(run == r)
+            vecs[at] = runs.vectors(r, local[at])
+        flat = pa.array(vecs.astype(np.float16).reshape(-1))
+        vec = pa.FixedSizeListArray.from_arrays(flat, dim)
+        for e in ("user", "item"):
+            owner = t[e].to_numpy()
+            table = pa.Table.from_arrays([t[e], t["grp"], t["train"], vec], schema=_vector_schema(dim))
+            spills[e].add(table, bucket_of(owner, edges[e]))
+    for s in spills.values():
+        s.close()
+    return spills
+
+
+def _pool(
+    spill: Spill, edges: np.ndarray, path: Path, col: str, dim: int, slots: int, earlier: bool,
+    items: _ItemCaptions | None, runs: EmbedRuns,
+) -> int:  # fmt: skip
+    """`slot_means` of each partition into the keyed table `path`; returns how many
+    entities have a vector in their last slot."""
+    writer = KeyedWriter(path, col, dim, int(edges[-1]) * slots)
+    with_vector = 0
+    for p in range(len(edges) - 1):
+        lo, hi = int(edges[p]), int(edges[p + 1])
+        t = spill.read(p)
+        t = _vector_schema(dim).empty_table() if t is None else t
+        vecs = np.asarray(t["vec"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                          np.float16).reshape(-1, dim)  # fmt: skip
+        always = None
+        if items is not None:
+            sel = np.flatnonzero((items.owner >= lo) & (items.owner < hi))
+            always = (items.owner[sel] - lo, runs.vectors(items.run, items.local[sel]))
+        key_vector, means = slot_means(t["owner"].to_numpy() - lo, t["grp"].to_numpy(),
+                                       t["in_entity"].to_numpy(zero_copy_only=False), vecs,
+                                       hi - lo, slots, earlier, always)  # fmt: skip
+        keys = np.flatnonzero(key_vector >= 0)
+        writer.add(keys + lo * slots, means[key_vector[keys]])
+        with_vector += int((key_vector[slots - 1 :: slots] >= 0).sum())
+    writer.close()
+    return with_vector
 
 
 @dataclass

@@ -25,59 +25,54 @@ Where the vectors go (DESIGN.md "Artifacts"; trainer/data.py reads them):
                 looked up by `item_text_key` (per-key values, not per-row lists)
     entities/*  per entity, from training reviews only: the same columns and masks
                 (each table's last slot)
+
+What is streamed (docs/features.md "Review content"): one pass over the interactions,
+chunk by chunk in index order (`RowChunk`), spills what the two steps need to disk
+partitioned by entity (the llm: each training row's fold and text; the images: each
+review caption's vector), and writes each row's summary slot to a row-aligned file.
+Then each entity partition (features/spill.py `owner_ranges` over `PARTITION_ROWS`)
+is processed alone and its keys' vectors written out; per-key arrays (counts, price,
+types: entities x slots) are the only tables held whole.  Texts are embedded in one
+sorted pass over every partition's (features/embed_runs.py), so the vectors are bit
+for bit those of the in-memory build this replaced.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from features import captions, llm, summaries
-from features.dense import PRICE_CATEGORY_TIER
 from features.examples import cap_lists, vectors
-from features.io import RawReviews, vector_writer
-from features.schema import content_vector
+from features.keyed import KeyedReader
 from features.split import SPLITS
+from features.text import SortedEncoder
 from features.vocab import build_vocab, encode
 
 log = logging.getLogger("dlrrec.features")
 
-KEY_BLOCK = 65_536  # keys per written row group of a keyed table
-
 
 @dataclass
 class KeyedContent:
-    """One tower column's vectors per (entity, slot): key = entity * slots + slot.
-
-    Nothing is per row: `vecs` holds each distinct vector once and `key_vector` maps a
-    key to it, so memory grows with entities x slots (8 B a key) and distinct vectors.
-    """
+    """One tower column's table of vectors per (entity, slot): key = entity * slots + slot,
+    written under the stage folder by its step (features/keyed.py)."""
 
     entity: str  # "user" | "item"
     slots: int
-    key_vector: np.ndarray  # int64 [E * slots] row of `vecs`, -1 = none (a zero vector)
-    vecs: np.ndarray  # [V, D] float32 or float16
     scheme: str  # out_of_fold | earlier_blocks
-    file: str  # the table, relative to features/
+    file: str  # the table's folder, relative to features/
     by_profile_slot: bool  # a row's slot is its profile slot (else its review fold)
 
-    def write(self, folder: Path, col: str) -> None:
-        """`folder`/part-00000.parquet: (key, `col`) of every key that has a vector."""
-        folder.mkdir(parents=True, exist_ok=True)
-        schema = pa.schema([pa.field("key", pa.int64(), nullable=False),
-                            pa.field(col, content_vector(self.vecs.shape[1]), nullable=False)])  # fmt: skip
-        with vector_writer(folder / "part-00000.parquet", schema, "key") as w:
-            for a in range(0, self.key_vector.size, KEY_BLOCK):
-                idx = self.key_vector[a : a + KEY_BLOCK]
-                keys = np.flatnonzero(idx >= 0)
-                vecs = self.vecs[idx[keys]].reshape(-1, self.vecs.shape[1])
-                w.write_table(pa.Table.from_arrays([pa.array(keys + a), vectors(vecs)], schema=schema))
+    def path(self, stage: Path) -> Path:
+        return stage / self.file / "part-00000.parquet"
 
 
 def key_column(col: str) -> str:
@@ -86,17 +81,69 @@ def key_column(col: str) -> str:
 
 
 @dataclass
-class ReviewContent:
-    """What the llm/images sections add to a build (arrays in entity, key or row order)."""
+class RowChunk:
+    """One index chunk of rows (int64 [n] arrays) and its interactions' raw columns."""
 
-    user_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [U, D] or bool [U]
-    item_columns: dict[str, np.ndarray] = field(default_factory=dict)  # [I, D] or bool [I]
+    lo: int  # the chunk's first row
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    train: np.ndarray  # bool [n]
+    profile_slot: np.ndarray  # int64 [n] (features/owners.py `OwnerPlan.profile_slot`)
+    raw: pa.Table | None  # the columns asked for, in the source's types
+
+
+# columns -> the chunks in index order (one pass over the interactions per call)
+Chunks = Callable[[list[str]], Iterator[RowChunk]]
+
+
+class RowSlots:
+    """Each row's summary slot (int8, row order) in a file, read back chunk by chunk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: pq.ParquetWriter | None = None
+        self._batches: Iterator[pa.RecordBatch] | None = None
+        self._pending = np.zeros(0, np.int8)
+        self._next = 0
+
+    def write(self, slot: np.ndarray) -> None:
+        table = pa.table({"slot": pa.array(slot.astype(np.int8))})
+        self._writer = self._writer or pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def take(self, lo: int, n: int) -> np.ndarray:
+        """Rows lo..lo+n-1 (calls follow the row order)."""
+        assert lo == self._next, "RowSlots: chunks must be read in row order"
+        if self._batches is None:
+            self._batches = pq.ParquetFile(self.path).iter_batches()
+        parts = [self._pending]
+        have = len(self._pending)
+        while have < n:
+            got = next(self._batches).column(0).to_numpy()
+            parts.append(got)
+            have += len(got)
+        rows = np.concatenate(parts)
+        self._pending, self._next = rows[n:], lo + n
+        return rows[:n]
+
+
+@dataclass
+class ReviewContent:
+    """What the llm/images sections add to a build (arrays in key order; nothing per row)."""
+
     keyed: dict[str, KeyedContent] = field(default_factory=dict)  # {user,item}_{text,image}
-    row_slot: np.ndarray | None = None  # int8 [N] each row's review-fold slot (the summaries)
+    stage: Path | None = None  # where the keyed tables are
+    row_slot: RowSlots | None = None  # each row's review-fold slot (the summaries)
     key_price: np.ndarray | None = None  # float64 [I * S] tier 1..3 per item key, NaN = none
-    key_types: list[list[str]] | None = None  # [I * S] per item key
+    key_types: pa.ListArray | None = None  # list<string> [I * S] per item key
     key_rows: np.ndarray | None = None  # int64 [I * S] rows reading each item key
     key_train: np.ndarray | None = None  # int64 [I * S] training rows among them
+    dim: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -120,21 +167,33 @@ class ReviewContent:
     def row_keys(
         self, user: np.ndarray, item: np.ndarray, lo: int, profile_slot: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """The key columns of rows lo.. (their user and item ids and profile slots given)."""
+        """The key columns of rows lo.. (their user and item ids and profile slots given;
+        chunks in row order)."""
         ids = {"user": user, "item": item}
+        fold_slot = None
+        if any(not k.by_profile_slot for k in self.keyed.values()):
+            assert self.row_slot is not None
+            fold_slot = self.row_slot.take(lo, len(user)).astype(np.int64)
         out = {}
         for col, k in self.keyed.items():
-            if k.by_profile_slot:
-                slot = profile_slot
-            else:
-                assert self.row_slot is not None
-                slot = self.row_slot[lo : lo + len(user)].astype(np.int64)
+            slot = profile_slot if k.by_profile_slot else fold_slot
             out[key_column(col)] = ids[k.entity] * k.slots + slot
         return out
 
-    def write_keyed(self, stage: Path) -> None:
-        for col, k in self.keyed.items():
-            k.write(stage / k.file, col)
+    def entity_columns(self, entity: str) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        """ids (increasing across calls) -> their entity-table columns: each keyed column's
+        last slot ([n, D] float32) and its mask ("has_" + column), read from the tables."""
+        assert self.stage is not None or not self.keyed
+        readers = {col: KeyedReader(k.path(self.stage), k.slots)  # type: ignore[arg-type]
+                   for col, k in self.keyed.items() if k.entity == entity}  # fmt: skip
+
+        def take(ids: np.ndarray) -> dict[str, np.ndarray]:
+            out = {}
+            for col, reader in readers.items():
+                out[col], out[f"has_{col}"] = reader.take(ids, self.dim)
+            return out
+
+        return take
 
     def price_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(training rows, rows) per item key: weights of the per-key LLM price."""
@@ -150,8 +209,9 @@ class ReviewContent:
         """
         assert self.key_types is not None and self.key_train is not None
         assert self.key_rows is not None
-        lists, _ = cap_lists(pa.array(self.key_types, pa.list_(pa.string())), cap)
-        cut = int(self.key_rows[np.asarray([len(t) for t in self.key_types]) > cap].sum())
+        lists, _ = cap_lists(self.key_types, cap)
+        full = np.asarray(pc.list_value_length(self.key_types).fill_null(0))
+        cut = int(self.key_rows[full > cap].sum())
         lengths = np.diff(lists.offsets.to_numpy())
         flat = lists.flatten()
         owner = np.repeat(np.arange(len(lengths)), lengths)
@@ -189,133 +249,81 @@ def set_columns(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:
     return table
 
 
-def _column(table: pa.Table, name: str) -> list[Any] | None:
-    return table[name].to_pylist() if name in table.column_names else None
+@dataclass(frozen=True)
+class ContentInputs:
+    """What the llm and images steps read besides the row chunks.
+
+    items: the item table in index order (optional columns: captions, image_urls,
+        price_tier, categories); user_names: [U] raw user ids in index order.
+    temporal: the split is temporal: summaries read strictly earlier time blocks,
+        caption vectors earlier profile blocks.  seed: the fold hash seed.
+    raw_dir: default folder of image files.  encoder: MiniLM (features/text.py).
+    dim: D.  slots: the profile slots S.
+    user_train, item_train: int64 [U], [I] training rows per entity (sizes partitions);
+    n_train: training rows.  work: scratch folder; stage: the features folder.
+    """
+
+    items: pa.Table
+    user_names: pa.Array
+    temporal: bool
+    seed: int
+    raw_dir: str
+    encoder: Callable[[], SortedEncoder]
+    dim: int
+    slots: int
+    user_train: np.ndarray
+    item_train: np.ndarray
+    n_train: int
+    work: Path
+    stage: Path
 
 
 def build_review_content(
     llm_cfg: llm.LLMConfig | None,
     images_cfg: captions.ImagesConfig | None,
-    raw: RawReviews,
-    items: pa.Table,
-    user_names: list[str],
-    row_user: np.ndarray,
-    row_item: np.ndarray,
-    train: np.ndarray,
-    timestamps: np.ndarray,
-    temporal: bool,
-    seed: int,
-    raw_dir: str,
-    embed: Callable[[list[str]], np.ndarray],
-    dim: int,
-    row_group: np.ndarray,
-    slots: int,
+    chunks: Chunks,
+    x: ContentInputs,
 ) -> ReviewContent:
-    """Build the llm and images content (either may be None = off).
-
-    Args:
-        llm_cfg, images_cfg: the config sections.
-        raw: the source's tables (interactions in row order).
-        items: the item table in index order (optional columns: captions, image_urls,
-            price_tier).
-        user_names: [U] raw user ids in index order.
-        row_user, row_item: int64 [N]; train: bool [N].
-        timestamps: int64 [N].
-        temporal: the split is temporal: summaries read strictly earlier time blocks
-            (features/summaries.py), caption vectors earlier profile blocks.
-        seed: the fold hash seed.
-        raw_dir: default folder of image files.
-        embed: texts -> float16-exact vectors [len, D].
-        dim: D.
-        row_group: int64 [N] each row's profile slot (the image tables' slot);
-        slots: the profile slots S.
-    """
-    x = _Inputs(
-        raw, items, user_names, row_user, row_item, train, timestamps, temporal, seed,
-        raw_dir, embed, dim, row_group, slots,
-    )  # fmt: skip
-    out = ReviewContent()
+    """Build the llm and images content (either may be None = off), streaming the rows
+    (`chunks`) and writing the keyed tables under `x.stage`."""
+    out = ReviewContent(stage=x.stage, dim=x.dim)
     if llm_cfg is not None:
-        _add_llm_content(out, llm_cfg, x)
+        _add_llm_content(out, llm_cfg, chunks, x)
     if images_cfg is not None:
-        _add_image_content(out, images_cfg, x)
+        _add_image_content(out, images_cfg, chunks, x)
     return out
 
 
-@dataclass(frozen=True)
-class _Inputs:
-    """The arguments of `build_review_content` (see there), shared by its two steps."""
-
-    raw: RawReviews
-    items: pa.Table
-    user_names: list[str]
-    row_user: np.ndarray
-    row_item: np.ndarray
-    train: np.ndarray
-    timestamps: np.ndarray
-    temporal: bool
-    seed: int
-    raw_dir: str
-    embed: Callable[[list[str]], np.ndarray]
-    dim: int
-    row_group: np.ndarray
-    slots: int
-
-
-def _review_folds(x: _Inputs, k: int) -> tuple[np.ndarray, list[str]]:
-    """(fold of each review, review ids): time blocks on a temporal split, else a hash
-    of the review id (or user|item|time where a table has none): never the text or the
-    rating, which may change without moving a review's fold."""
-    inter = x.raw.interactions
-    review_ids = _column(inter, "review_id") or [
-        f"{u}|{i}|{t}"
-        for u, i, t in zip(
-            inter["user"].to_pylist(), inter["item"].to_pylist(), inter["timestamp"].to_pylist()
-        )
-    ]
-    if x.temporal:
-        return summaries.time_blocks(x.timestamps, x.train, k), review_ids
-    return summaries.review_folds(review_ids, k, x.seed), review_ids
-
-
-def _add_llm_content(out: ReviewContent, llm_cfg: llm.LLMConfig, x: _Inputs) -> None:
+def _add_llm_content(
+    out: ReviewContent, llm_cfg: llm.LLMConfig, chunks: Chunks, x: ContentInputs
+) -> None:
     """User and item summaries out of fold (the `text` modality), keyed by (entity, slot);
     with an LLM endpoint, also each item key's price category and restaurant types."""
     provider = llm.build_provider(llm_cfg)
-    k = llm_cfg.folds
-    folds, review_ids = _review_folds(x, k)
-    texts = _column(x.raw.interactions, "text") or [None] * len(review_ids)
-    tiers = _column(x.items, "price_tier")
-    cats = _column(x.items, "categories")
-    item_names = x.items["item"].to_pylist()
-    u = summaries.extract_out_of_fold(
-        provider, "user", x.user_names, x.row_user, texts, x.train, folds, k, x.embed, x.dim,
-        earlier=x.temporal,
-    )  # fmt: skip
-    i = summaries.extract_out_of_fold(
-        provider, "item", item_names, x.row_item, texts, x.train, folds, k, x.embed, x.dim,
-        tiers, cats, earlier=x.temporal,
-    )  # fmt: skip
-    s = k + 1
-    out.row_slot = summaries.row_slots(x.train, folds, k)
+    k, s = llm_cfg.folds, llm_cfg.folds + 1
     scheme = "earlier_blocks" if x.temporal else "out_of_fold"
-    for col, entity, e in (("user_text", "user", u), ("item_text", "item", i)):
-        out.keyed[col] = KeyedContent(
-            entity, s, e.key_summary, e.vecs, scheme, f"entities/{entity}_summaries", False
+    for entity in ("user", "item"):
+        out.keyed[f"{entity}_text"] = KeyedContent(
+            entity, s, scheme, f"entities/{entity}_summaries", False
         )
-        vecs, mask = e.entity_vectors(s)
-        columns = out.user_columns if entity == "user" else out.item_columns
-        columns.update({col: vecs, f"has_{col}": mask})
-    item_keys = x.row_item * s + out.row_slot
-    out.key_rows = np.bincount(item_keys, minlength=len(item_names) * s)
-    out.key_train = np.bincount(item_keys[x.train], minlength=len(item_names) * s)
-    user_rows = np.bincount(x.row_user * s + out.row_slot, minlength=len(x.user_names) * s)
+    out.row_slot = RowSlots(x.work / "row-slot.parquet")
+    x.work.mkdir(parents=True, exist_ok=True)
+    rows = summaries.spill_reviews(chunks, x, k, out.row_slot)
+    names = {"user": x.user_names, "item": x.items["item"].combine_chunks()}
+    done = {}
+    kinds: tuple[Literal["user"], Literal["item"]] = ("user", "item")
+    for entity in kinds:
+        done[entity] = summaries.summarize(
+            provider, entity, names[entity], rows, x, k, out.keyed[f"{entity}_text"].path(x.stage),
+            price_tier=_column(x.items, "price_tier") if entity == "item" else None,
+            categories=_column(x.items, "categories") if entity == "item" else None,
+        )  # fmt: skip
+    out.key_rows, out.key_train = rows.key_rows, rows.key_train
     if llm_cfg.base_url:  # offline: price and categories stay the metadata's
-        tier = np.asarray([PRICE_CATEGORY_TIER.get(p, np.nan) for p in i.set_price] + [np.nan])
-        out.key_price = tier[i.key_set]  # (-1: a key no row reads, the NaN appended)
-        out.key_types = [i.set_types[j] if j >= 0 else [] for j in i.key_set.tolist()]
+        out.key_price, out.key_types = done["item"].key_price, done["item"].key_types
+    u, i = done["user"], done["item"]
     out.meta["llm"] = {
-        **summaries.usage_meta(provider, k, u, i),
+        **summaries.usage_meta(provider, k, u.n_sets, i.n_sets),
         "base_url": llm_cfg.base_url or None,
         "rows_read": (
             "training reviews of earlier time blocks (train rows)"
@@ -324,47 +332,48 @@ def _add_llm_content(out: ReviewContent, llm_cfg: llm.LLMConfig, x: _Inputs) -> 
         )
         + "; all training reviews (val/test rows, entities)",
         "rows_with_summary": {
-            "user": int(user_rows[u.key_summary >= 0].sum()),
-            "item": int(out.key_rows[i.key_summary >= 0].sum()),
+            "user": int(rows.user_rows[u.has_summary].sum()),
+            "item": int(rows.key_rows[i.has_summary].sum()),
         },
         "entities_with_summary": {
-            "user": int(out.user_columns["has_user_text"].sum()),
-            "item": int(out.item_columns["has_item_text"].sum()),
+            "user": int(u.has_summary[k::s].sum()),
+            "item": int(i.has_summary[k::s].sum()),
         },
     }
     log.info("features: llm %s, usage %s", provider.name, provider.usage.to_meta())
 
 
-def _add_image_content(out: ReviewContent, images_cfg: captions.ImagesConfig, x: _Inputs) -> None:
+def _column(table: pa.Table, name: str) -> list[Any] | None:
+    return table[name].to_pylist() if name in table.column_names else None
+
+
+def _add_image_content(
+    out: ReviewContent, images_cfg: captions.ImagesConfig, chunks: Chunks, x: ContentInputs
+) -> None:
     """Caption vectors of review and item photos (the `image` modality), keyed by
     (entity, profile slot)."""
-    n, n_items = len(x.row_user), x.items.num_rows
-    iv = captions.build_image_vectors(
+    scheme = "earlier_blocks" if x.temporal else "out_of_fold"
+    for entity in ("user", "item"):
+        out.keyed[f"{entity}_image"] = KeyedContent(
+            entity, x.slots, scheme, f"entities/{entity}_images", True
+        )
+    n_items = x.items.num_rows
+    meta = captions.stream_image_vectors(
         item_captions=_column(x.items, "captions") or [None] * n_items,
         item_images=_column(x.items, "image_urls") or [None] * n_items,
-        review_images=_column(x.raw.interactions, "image_urls") or [None] * n,
-        row_user=x.row_user,
-        row_item=x.row_item,
-        train=x.train,
+        chunks=chunks,
         n_users=len(x.user_names),
-        n_items=n_items,
-        embed=x.embed,
+        encoder=x.encoder,
         captioner=captions.build_captioner(images_cfg),
         image_dir=Path(images_cfg.image_dir or x.raw_dir),
         dim=x.dim,
-        row_group=x.row_group,
         slots=x.slots,
         earlier=x.temporal,
+        work=x.work / "images",
+        out={e: out.keyed[f"{e}_image"].path(x.stage) for e in ("user", "item")},
     )
-    scheme = "earlier_blocks" if x.temporal else "out_of_fold"
-    for entity, keys, vecs in (("user", iv.user_keys, iv.user_vecs), ("item", iv.item_keys, iv.item_vecs)):
-        out.keyed[f"{entity}_image"] = KeyedContent(
-            entity, x.slots, keys, vecs, scheme, f"entities/{entity}_images", True
-        )
-    out.user_columns.update(user_image=iv.users, has_user_image=iv.users_mask)
-    out.item_columns.update(item_image=iv.items, has_item_image=iv.items_mask)
     out.meta["images"] = {
-        **iv.meta,
+        **meta,
         "rows_read": (
             "photos of reviews in strictly earlier time blocks (any split)"
             if x.temporal
@@ -373,4 +382,4 @@ def _add_image_content(out: ReviewContent, images_cfg: captions.ImagesConfig, x:
         )
         + ", and the item's own photos",
     }
-    log.info("features: image captions %s", iv.meta)
+    log.info("features: image captions %s", meta)

@@ -46,7 +46,7 @@ from dlrrec.config import to_dict
 from dlrrec.entry import run_job
 from features import build, examples, history, split, text
 from features.config import FeaturesConfig
-from features.content import ReviewContent, build_review_content, set_columns
+from features.content import ContentInputs, ReviewContent, build_review_content, set_columns
 from features.embed_cache import model_id
 from features.io import write_table, write_train_counts
 from features.owners import OwnerPlan
@@ -110,24 +110,23 @@ def embed_items(cfg: FeaturesConfig, items: pa.Table) -> np.ndarray:
 
 
 def review_content(
-    cfg: FeaturesConfig, inp: build.Input, sp: build.Split, plan: OwnerPlan, dim: int
-) -> ReviewContent:
-    """The llm/images content (built in memory from the parsed reviews), or an empty
-    content when neither section is set."""
-    if inp.raw is None or (cfg.llm is None and cfg.images is None):
+    cfg: FeaturesConfig, inp: build.Input, sp: build.Split, plan: OwnerPlan, t: build.Tallies,
+    dim: int, stage: Path, work: Path,
+) -> ReviewContent:  # fmt: skip
+    """The llm/images content (streamed from the interactions; the keyed tables written
+    under `stage`), or an empty content when neither section is set."""
+    if inp.reviews is None or (cfg.llm is None and cfg.images is None):
         return ReviewContent()
-    index = inp.index
-    codes = np.concatenate([sp.codes(c) for _, c in index.chunks(["user", "item", "timestamp"])])
-    train, ts = codes == split.TRAIN, index.column("timestamp")
     model = text.model_path(cfg.text_model)
-    review = build_review_content(
-        cfg.llm, cfg.images, inp.raw, inp.items, inp.users["user"].to_pylist(),
-        index.column("user"), index.column("item"), train, ts, cfg.split == "temporal",
-        cfg.seed, cfg.raw_dir,
-        lambda t: text.embed_texts(t, model, cfg.embed_batch_size, cfg.embed_cache_dir), dim,
-        plan.profile_slot(ts, index.column("fold_hash"), train), plan.profile_slots,
+    x = ContentInputs(
+        inp.items, inp.users["user"].combine_chunks(), cfg.split == "temporal", cfg.seed,
+        cfg.raw_dir, lambda: text.SortedEncoder(model, cfg.embed_batch_size, cfg.embed_cache_dir),
+        dim, plan.profile_slots, t.user_train, t.item_train, int(t.rows[split.TRAIN]),
+        work / "content", stage,
     )  # fmt: skip
-    return review
+    return build_review_content(
+        cfg.llm, cfg.images, lambda cols: build.content_chunks(inp, sp, plan, cols), x
+    )
 
 
 def write_entities(
@@ -135,20 +134,19 @@ def write_entities(
     item_vecs: np.ndarray, t: build.Tallies,
 ) -> None:  # fmt: skip
     """entities/{users,items}.parquet and counts/, from the bucket jobs' files (the profile
-    table's parts were written in place by the jobs)."""
+    table's parts were written in place by the jobs; the keyed content tables by their
+    steps, whose last slots the entity tables read back)."""
     items = examples.items_table(inp.items["item"].combine_chunks(), item_vecs, t.item_train_pos)
-    users_of = review.user_columns
+    users_of = review.entity_columns("user")
 
     def user_content(_: int, table: pa.Table) -> pa.Table:
-        ids = table["user_id"].to_numpy()
-        return set_columns(table, {k: v[ids] for k, v in users_of.items()})
+        return set_columns(table, users_of(table["user_id"].to_numpy()))
 
     build.concat_parquet([Path(f"{p}-users.parquet") for p in outs.user_files],
                          stage / "entities" / "users.parquet", "user_id",
-                         user_content if users_of else None)  # fmt: skip
-    items = set_columns(items, review.item_columns)
+                         user_content if review.keyed else None)  # fmt: skip
+    items = set_columns(items, review.entity_columns("item")(np.arange(items.num_rows)))
     write_table(stage / "entities" / "items.parquet", items)
-    review.write_keyed(stage)
     write_train_counts(stage, t.user_train, t.item_train)
 
 
@@ -179,7 +177,7 @@ def _build(cfg: FeaturesConfig, stage: Path, workers: Workers) -> dict[str, Any]
     dim = item_vecs.shape[1]
     # an llm section's summaries replace the profile table
     plan = build_plan(cfg, sp, keyed=cfg.llm is None)
-    review = review_content(cfg, inp, sp, plan, dim)
+    review = review_content(cfg, inp, sp, plan, tallies, dim, stage, work)
     with step(f"bucket jobs ({len(buckets.user_edges) - 1} user buckets)", seconds):
         outs = build.owner_jobs(stage / PROFILES_FILE, buckets, plan, item_vecs.astype(np.float32),
                                 inp.users["user"].combine_chunks(), work, workers)  # fmt: skip

@@ -58,10 +58,6 @@ class RowIndex:
             yield seq, pa.Table.from_batches([batch])
             seq += batch.num_rows
 
-    def column(self, name: str) -> np.ndarray:
-        """A whole column (only the in-memory llm/images path needs one)."""
-        return pq.read_table(self.path, columns=[name])[name].to_numpy()
-
 
 def string_hashes(values: pa.Array) -> np.ndarray:
     """uint64 [N] hash of each string's bytes (partitions rows by id; never a key)."""

@@ -25,19 +25,37 @@ OpenAI-compatible client or the offline one), and each distinct summary is embed
 once with MiniLM (features/text.py).  Users get only the summary prompt; items get
 summary, price and types (the paper's prompts are about a restaurant).
 
+In the build nothing here is per row: `spill_reviews` passes over the rows once,
+writing each row's slot to a row-aligned file and each training review (fold, text) to
+its user's and its item's partition (contiguous entity ranges of about
+`PARTITION_ROWS` training reviews); `summarize` then builds one partition's review
+sets, asks the provider, and keeps per key only the summary's place in an embedding
+run (features/embed_runs.py), whose vectors go to the keyed table partition by
+partition.  An entity is never split, so one entity's reviews are held at once.
+
 Shapes: N = interaction rows, E = entities, S = distinct review sets, D = 384.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
+from features.dense import PRICE_CATEGORY_TIER
+from features.embed_runs import EmbedRuns
+from features.keyed import KeyedWriter
 from features.llm import ALL_KINDS, EntityReviews, PromptKind, Provider
+from features.order_stats import values_at_ranks
+from features.spill import Spill, bucket_of, owner_ranges
+
+if TYPE_CHECKING:  # (features/content.py imports this module)
+    from features.content import Chunks, ContentInputs, RowSlots
 
 
 def review_folds(review_ids: Sequence[str], k: int, seed: int) -> np.ndarray:
@@ -133,106 +151,168 @@ def out_of_fold_sets(
     )
 
 
-@dataclass
-class EntityExtraction:
-    """One entity kind's extraction per (entity, slot) key (slot K: all training reviews).
-
-    The key of (entity e, slot s) is e * (K + 1) + s; a training row in fold f reads
-    slot f, a val/test row slot K (`row_slots`).  Nothing here is per row.
-    """
-
-    key_summary: np.ndarray  # int64 [E * (K + 1)] row of `vecs` of each key, -1 = no summary
-    vecs: np.ndarray  # float32 [V, D] the distinct summaries' vectors
-    key_set: np.ndarray  # int64 [E * (K + 1)] review set of each key, -1 = read by no row
-    set_price: list[str]  # [S] "overpriced" | "fair" | "cheap" | "none"
-    set_types: list[list[str]]  # [S]
-    n_sets: int  # review sets with at least one text: one prompt per kind each
-
-    def entity_vectors(self, slots: int) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 [E, D], bool [E]): each entity's all-training summary (slot K)."""
-        return self.key_vectors(self.key_summary[slots - 1 :: slots])
-
-    def key_vectors(self, summary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 [n, D], bool [n]) of summary indices (-1 -> zero, False)."""
-        has = summary >= 0
-        out = np.zeros((summary.size, self.vecs.shape[1]), np.float32)
-        out[has] = self.vecs[summary[has]]
-        return out, has
-
-
 def row_slots(train: np.ndarray, folds: np.ndarray, k: int) -> np.ndarray:
     """int8 [n] the slot each row reads: its fold (training rows), else K."""
     return np.where(train, folds, k).astype(np.int8)
 
 
-def extract_out_of_fold(
+PARTITION_ROWS = 1 << 20  # training reviews per entity partition: what one partition holds
+REVIEW_SCHEMA = pa.schema([("owner", pa.int64()), ("fold", pa.int8()), ("text", pa.string())])
+REVIEW_COLUMNS = ["review_id", "user", "item", "timestamp", "text"]
+
+
+@dataclass
+class ReviewRows:
+    """The llm step's pass over the rows: training reviews spilled per entity partition
+    (rows of one partition in row order), and per-key row counts.  S = K + 1 slots."""
+
+    edges: dict[str, np.ndarray]  # kind -> int64 [P + 1] entity partition edges
+    spills: dict[str, Spill]  # kind -> (owner, fold, text) of its training reviews
+    key_rows: np.ndarray  # int64 [I * S] rows reading each item key
+    key_train: np.ndarray  # int64 [I * S] training rows among them
+    user_rows: np.ndarray  # int64 [U * S] rows reading each user key
+
+
+def _review_ids(raw: pa.Table) -> list[str]:
+    """The review id, or user|item|time where a table has none: never the text or the
+    rating, which may change without moving a review's fold."""
+    if "review_id" in raw.column_names:
+        return raw["review_id"].to_pylist()
+    return [f"{u}|{i}|{t}" for u, i, t in zip(raw["user"].to_pylist(), raw["item"].to_pylist(),
+                                             raw["timestamp"].to_pylist())]  # fmt: skip
+
+
+def block_cuts(chunks: Chunks, n_train: int, k: int) -> np.ndarray:
+    """`time_blocks`' k - 1 cut-offs, from a streamed selection over the training stamps."""
+
+    def stamps() -> Iterator[np.ndarray]:
+        for c in chunks([]):
+            yield c.ts[c.train]
+
+    ranks = [min(round(j * n_train / k), n_train - 1) for j in range(1, k)]
+    return np.asarray(values_at_ranks(stamps, n_train, ranks, signed=True), np.int64)
+
+
+def spill_reviews(chunks: Chunks, x: ContentInputs, k: int, row_slot: RowSlots) -> ReviewRows:
+    """One pass over the rows: each row's slot to `row_slot`, per-key counts, and each
+    training review (its fold and text) to its user's and its item's partition."""
+    s = k + 1
+    edges = {"user": owner_ranges(x.user_train, PARTITION_ROWS),
+             "item": owner_ranges(x.item_train, PARTITION_ROWS)}  # fmt: skip
+    spills = {e: Spill(x.work / f"reviews-{e}", len(edges[e]) - 1) for e in edges}
+    cuts = block_cuts(chunks, x.n_train, k) if x.temporal else None
+    rr = ReviewRows(edges, spills, np.zeros(len(x.item_train) * s, np.int64),
+                    np.zeros(len(x.item_train) * s, np.int64), np.zeros(len(x.user_train) * s, np.int64))  # fmt: skip
+    for c in chunks(REVIEW_COLUMNS):
+        assert c.raw is not None
+        if cuts is not None:
+            folds = np.searchsorted(cuts, c.ts, side="right").astype(np.int64)
+        else:
+            folds = review_folds(_review_ids(c.raw), k, x.seed)
+        slot = row_slots(c.train, folds, k)
+        row_slot.write(slot)
+        item_keys = c.item * s + slot
+        rr.key_rows += np.bincount(item_keys, minlength=len(rr.key_rows))
+        rr.key_train += np.bincount(item_keys[c.train], minlength=len(rr.key_rows))
+        rr.user_rows += np.bincount(c.user * s + slot, minlength=len(rr.user_rows))
+        tr = np.flatnonzero(c.train)
+        text = (c.raw["text"].take(tr).combine_chunks().cast(pa.string())
+                if "text" in c.raw.column_names else pa.nulls(len(tr), pa.string()))  # fmt: skip
+        for e, owner in (("user", c.user[tr]), ("item", c.item[tr])):
+            table = pa.Table.from_arrays([pa.array(owner), pa.array(folds[tr].astype(np.int8)), text],
+                                         schema=REVIEW_SCHEMA)  # fmt: skip
+            spills[e].add(table, bucket_of(owner, edges[e]))
+    row_slot.close()
+    for spill in spills.values():
+        spill.close()
+    return rr
+
+
+@dataclass
+class Summarized:
+    """One entity kind's summaries, written as its keyed table; what is left per key."""
+
+    has_summary: np.ndarray  # bool [E * S]
+    n_sets: int  # review sets with at least one text: one prompt per kind each
+    key_price: np.ndarray | None = None  # float64 [I * S] (items)
+    key_types: pa.ListArray | None = None  # list<string> [I * S] (items)
+
+
+def summarize(
     provider: Provider,
     kind: Literal["user", "item"],
-    entity_names: Sequence[str],
-    owner: np.ndarray,
-    texts: Sequence[str | None],
-    train: np.ndarray,
-    folds: np.ndarray,
+    names: pa.Array,
+    rows: ReviewRows,
+    x: ContentInputs,
     k: int,
-    embed: Callable[[list[str]], np.ndarray],
-    dim: int,
+    path: Path,
     price_tier: Sequence[int | None] | None = None,
     categories: Sequence[Sequence[str] | None] | None = None,
-    earlier: bool = False,
-) -> EntityExtraction:
-    """Ask the provider about every distinct out-of-fold review set, embed the summaries.
+) -> Summarized:
+    """Ask the provider about every distinct out-of-fold review set, one entity partition
+    at a time, embed the summaries in one sorted pass, and write the keyed table `path`.
 
     Args:
         provider: features/llm.py provider.
         kind: "user" (summary only) or "item" (summary, price, types).
-        entity_names: [E] raw ids (for messages).
-        owner: int64 [N] the row's user or item.
-        texts: [N] review texts (None or blank = no text).
-        train, folds, k: see `out_of_fold_sets`.
-        embed: texts -> float16-exact vectors [len, D].
-        dim: D.
+        names: [E] raw ids (for messages).
         price_tier, categories: [E] metadata the offline provider falls back to.
-        earlier: see `out_of_fold_sets` (temporal split).
     """
-    rs = out_of_fold_sets(owner, train, folds, k, len(entity_names), earlier)
-    requests = []
-    for e, rows in rs.sets:
-        body = tuple(t.strip() for t in (texts[r] for r in rows) if t and t.strip())
-        requests.append(
+    s, edges = k + 1, rows.edges[kind]
+    runs = EmbedRuns(x.work / f"summaries-{kind}", x.encoder, x.dim)
+    key_local = np.full(len(names) * s, -1, np.int64)  # the key's summary in its partition's run
+    price, types, n_sets = [], [], 0
+    for p in range(len(edges) - 1):
+        lo, hi = int(edges[p]), int(edges[p + 1])
+        table = rows.spills[kind].read(p)
+        table = REVIEW_SCHEMA.empty_table() if table is None else table
+        rs = out_of_fold_sets(table["owner"].to_numpy() - lo, np.ones(table.num_rows, bool),
+                              table["fold"].to_numpy(), k, hi - lo, x.temporal)  # fmt: skip
+        texts = table["text"].to_pylist()
+        part_names = names.slice(lo, hi - lo).to_pylist()
+        requests = [
             EntityReviews(
-                entity=str(entity_names[e]),
+                entity=str(part_names[e]),
                 kind=kind,
-                texts=body,
-                price_tier=price_tier[e] if price_tier is not None else None,
-                categories=tuple((categories[e] or ()) if categories is not None else ()),
+                texts=tuple(t.strip() for t in (texts[r] for r in set_rows) if t and t.strip()),
+                price_tier=price_tier[lo + e] if price_tier is not None else None,
+                categories=tuple((categories[lo + e] or ()) if categories is not None else ()),
             )
-        )
-    kinds: tuple[PromptKind, ...] = ("summary",) if kind == "user" else ALL_KINDS
-    answers = provider.extract(requests, kinds) if requests else []
-    summaries = [a.summary.strip() for a in answers]
-    distinct = sorted({s for s in summaries if s})
-    table = embed(distinct) if distinct else np.zeros((0, dim), np.float32)
-    at = {s: i for i, s in enumerate(distinct)}
-    set_summary = np.asarray([at[s] if s else -1 for s in summaries] + [-1], dtype=np.int64)
-    return EntityExtraction(
-        key_summary=set_summary[rs.key_set],  # (index -1, an unread key, is the -1 appended)
-        vecs=np.asarray(table, np.float32).reshape(-1, dim),
-        key_set=rs.key_set,
-        set_price=[a.price for a in answers],
-        set_types=[list(a.types) for a in answers],
-        n_sets=sum(1 for r in requests if r.texts),  # the sets that are prompted (some have no text)
-    )
+            for e, set_rows in rs.sets
+        ]
+        kinds: tuple[PromptKind, ...] = ("summary",) if kind == "user" else ALL_KINDS
+        answers = provider.extract(requests, kinds) if requests else []
+        said = [a.summary.strip() for a in answers]
+        _, local = runs.add([t for t in said if t])
+        set_local = np.full(len(said) + 1, -1, np.int64)  # (the -1 appended: an unread key)
+        set_local[[j for j, t in enumerate(said) if t]] = local
+        key_local[lo * s : hi * s] = set_local[rs.key_set]
+        n_sets += sum(1 for r in requests if r.texts)  # the sets prompted (some have no text)
+        if kind == "item":
+            tier = [PRICE_CATEGORY_TIER.get(a.price, np.nan) for a in answers] + [np.nan]
+            price.append(np.asarray(tier, np.float64)[rs.key_set])
+            types.append(pa.array([list(answers[j].types) if j >= 0 else [] for j in rs.key_set.tolist()],
+                                  pa.list_(pa.string())))  # fmt: skip
+    runs.embed()
+    writer = KeyedWriter(path, f"{kind}_text", x.dim, len(key_local))
+    for p in range(len(edges) - 1):
+        lo, hi = int(edges[p]) * s, int(edges[p + 1]) * s
+        keys = np.flatnonzero(key_local[lo:hi] >= 0)
+        writer.add(keys + lo, runs.vectors(p, key_local[lo + keys]))
+    writer.close()
+    if kind == "user":
+        return Summarized(key_local >= 0, n_sets)
+    return Summarized(key_local >= 0, n_sets, np.concatenate(price),
+                      pa.concat_arrays(types) if types else pa.array([], pa.list_(pa.string())))  # fmt: skip
 
 
-def usage_meta(
-    provider: Provider, k: int, user: EntityExtraction, item: EntityExtraction
-) -> dict[str, Any]:
+def usage_meta(provider: Provider, k: int, user_sets: int, item_sets: int) -> dict[str, Any]:
     """The `llm` block of `_meta.json`: provider, model, folds, prompt counts, tokens, cost."""
     meta: dict[str, Any] = {
         "provider": provider.name,
         "model": getattr(provider, "model", None),
         "folds": k,
-        "review_sets": {"user": user.n_sets, "item": item.n_sets},
+        "review_sets": {"user": user_sets, "item": item_sets},
         "usage": provider.usage.to_meta(),
     }
     return meta

@@ -172,13 +172,60 @@ def test_many_chunks_and_buckets_give_the_one_chunk_build(
         assert table.equals(many[name]), name
 
 
+def _meta(run_dir: Path) -> dict[str, Any]:
+    """`_meta.json` without what differs between two runs of one build (time, workers)."""
+    meta = json.loads((run_dir / "features" / "_meta.json").read_text())
+    return {k: v for k, v in meta.items() if k not in ("seconds", "config", "fingerprint")}
+
+
+def _tiny_content_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 7 rows, buckets of 5, content partitions of 3 reviews or captions, and
+    embedding runs merged 2 texts at a time; the interactions are never read whole."""
+    from features import captions, embed_runs, sources, summaries
+    from features.sources import tables
+
+    monkeypatch.setattr(rowindex, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(build, "BUCKET_ROWS", 5)
+    monkeypatch.setattr(summaries, "PARTITION_ROWS", 3)
+    monkeypatch.setattr(captions, "PARTITION_CAPTIONS", 3)
+    monkeypatch.setattr(embed_runs, "MERGE_BLOCK", 2)
+    monkeypatch.setattr(embed_runs, "RUN_BATCH", 2)
+
+    def whole(*_: Any, **__: Any) -> None:
+        raise AssertionError("the build read the interactions whole")
+
+    monkeypatch.setattr(tables.StagedReviews, "reviews", whole)
+    for module, name in ((io, "read_raw_reviews"), (sources, "read_raw_reviews"),
+                         (sources, "read_source"), (build, "read_source"),
+                         (rowindex.RowIndex, "column")):  # fmt: skip
+        monkeypatch.setattr(module, name, whole, raising=False)  # (whole-table reads)
+    scan_table = io.scan_table
+
+    def scan_entities(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.name == "interactions.parquet":
+            whole()
+        return scan_table(path, *args, **kwargs)
+
+    monkeypatch.setattr(build, "scan_table", scan_entities)
+    chunks = build.content_chunks
+
+    def bounded(*args: Any) -> Any:
+        for c in chunks(*args):
+            assert c.raw is None or c.raw.num_rows <= 7
+            yield c
+
+    monkeypatch.setattr(build, "content_chunks", bounded)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("split", ["random", "temporal"])
-def test_review_content_in_many_chunks_and_buckets_gives_the_one_chunk_build(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: str
+@pytest.mark.parametrize("split,source", [("random", "google_local"), ("temporal", "google_local"),
+                                          ("random", "raw")])  # fmt: skip
+def test_review_content_in_many_chunks_and_partitions_gives_the_one_chunk_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: str, source: str
 ) -> None:
-    """The llm (offline) and images (tiny BLIP-2) sections too: the keyed summary tables,
-    the key columns, per-key price and types and the caption vectors, bit for bit."""
+    """The llm (offline) and images (tiny BLIP-2) sections streamed in many chunks and
+    entity partitions: the keyed summary and caption tables, the key columns, per-key
+    price and types, the entity tables and `_meta.json`, bit for bit."""
     from review_source import image_names, review_records, write_source
     from tiny_blip2 import save_tiny_blip2, write_images
 
@@ -186,26 +233,33 @@ def test_review_content_in_many_chunks_and_buckets_gives_the_one_chunk_build(
     from features.config import FeaturesConfig
     from features.llm import LLMConfig
     from features.main import run
+    from features.sources import read_source
 
     reviews, meta = review_records(seed=4)
     write_images(tmp_path / "images", image_names(reviews))
-    raw = write_source(tmp_path / "raw", reviews, meta)
+    raw = write_source(tmp_path / "source", reviews, meta)
+    if source == "raw":  # the same reviews as a raw folder (texts and photo references)
+        tables = read_source("google_local", raw)
+        raw = tmp_path / "raw"
+        raw.mkdir()
+        for name in ("interactions", "items", "users"):
+            pq.write_table(getattr(tables, name), raw / f"{name}.parquet")
     config = dict(
-        raw_dir=str(raw), source="google_local", split=split, workers=1,
+        raw_dir=str(raw), source=source, split=split, workers=1,
         llm=LLMConfig(cache_dir=str(tmp_path / "llm"), folds=3),
         images=ImagesConfig(blip2_path=str(save_tiny_blip2(tmp_path / "blip2")),
                             image_dir=str(tmp_path / "images"),
                             cache_dir=str(tmp_path / "captions"), max_new_tokens=5),
     )  # fmt: skip
     run(FeaturesConfig(run_dir=str(tmp_path / "one"), **config))  # type: ignore[arg-type]
-    monkeypatch.setattr(rowindex, "CHUNK_ROWS", 7)
-    monkeypatch.setattr(build, "BUCKET_ROWS", 5)
+    _tiny_content_limits(monkeypatch)
     run(FeaturesConfig(run_dir=str(tmp_path / "many"), **(config | {"workers": 2})))  # type: ignore[arg-type]
     one, many = _outputs(tmp_path / "one"), _outputs(tmp_path / "many")
-    assert {"entities/user_summaries/part-00000.parquet", "entities/item_summaries/part-00000.parquet"} <= set(one)
+    assert {"entities/user_summaries/part-00000.parquet", "entities/item_images/part-00000.parquet"} <= set(one)
     assert one.keys() == many.keys()
     for name, table in one.items():
         assert table.equals(many[name]), name
+    assert _meta(tmp_path / "one") == _meta(tmp_path / "many")
 
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
