@@ -244,16 +244,20 @@ def test_review_content_in_many_chunks_and_partitions_gives_the_one_chunk_build(
         raw.mkdir()
         for name in ("interactions", "items", "users"):
             pq.write_table(getattr(tables, name), raw / f"{name}.parquet")
-    config = dict(
-        raw_dir=str(raw), source=source, split=split, workers=1,
-        llm=LLMConfig(cache_dir=str(tmp_path / "llm"), folds=3),
-        images=ImagesConfig(blip2_path=str(save_tiny_blip2(tmp_path / "blip2")),
-                            image_dir=str(tmp_path / "images"),
-                            cache_dir=str(tmp_path / "captions"), max_new_tokens=5),
-    )  # fmt: skip
-    run(FeaturesConfig(run_dir=str(tmp_path / "one"), **config))  # type: ignore[arg-type]
+    blip2 = str(save_tiny_blip2(tmp_path / "blip2"))
+
+    def config(run: str) -> FeaturesConfig:  # caches of its own: equal usage counts
+        return FeaturesConfig(
+            run_dir=str(tmp_path / run), raw_dir=str(raw), source=source, split=split,
+            workers=1 if run == "one" else 2,  # (+ worker processes)
+            llm=LLMConfig(cache_dir=str(tmp_path / run / "llm"), folds=3),
+            images=ImagesConfig(blip2_path=blip2, image_dir=str(tmp_path / "images"),
+                                cache_dir=str(tmp_path / run / "captions"), max_new_tokens=5),
+        )  # fmt: skip
+
+    run(config("one"))
     _tiny_content_limits(monkeypatch)
-    run(FeaturesConfig(run_dir=str(tmp_path / "many"), **(config | {"workers": 2})))  # type: ignore[arg-type]
+    run(config("many"))
     one, many = _outputs(tmp_path / "one"), _outputs(tmp_path / "many")
     assert {"entities/user_summaries/part-00000.parquet", "entities/item_images/part-00000.parquet"} <= set(one)
     assert one.keys() == many.keys()
