@@ -473,7 +473,8 @@ def _caption_images(
 
 # ---- streaming the build's image vectors ------------------------------------------------
 
-PARTITION_CAPTIONS = 1 << 20  # review captions per entity partition: what one holds
+PARTITION_CAPTIONS = 1 << 16  # review captions per entity partition: what one holds
+# (their float16 vectors, ~50 MB, and float64 sums of `SLOT_ENTITIES` entities at a time)
 CAPTION_ROWS = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("grp", pa.int64()),
                           ("train", pa.bool_()), ("run", pa.int64()), ("local", pa.int64())])  # fmt: skip
 

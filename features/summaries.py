@@ -156,7 +156,8 @@ def row_slots(train: np.ndarray, folds: np.ndarray, k: int) -> np.ndarray:
     return np.where(train, folds, k).astype(np.int8)
 
 
-PARTITION_ROWS = 1 << 20  # training reviews per entity partition: what one partition holds
+PARTITION_ROWS = 1 << 18  # training reviews per entity partition: what one partition holds
+# (its texts, as Python strings, and its review sets: ~0.3 GB at 1 KB review texts)
 REVIEW_SCHEMA = pa.schema([("owner", pa.int64()), ("fold", pa.int8()), ("text", pa.string())])
 REVIEW_COLUMNS = ["review_id", "user", "item", "timestamp", "text"]
 
