@@ -19,7 +19,7 @@ WORDS = "the food was great service slow pizza cheap fair staff friendly noisy s
 
 def _texts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 16))) for _ in range(n)]
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))) for _ in range(n)]
 
 
 @pytest.mark.parametrize("cache", [False, True])
@@ -31,7 +31,7 @@ def test_runs_embed_bit_for_bit_as_one_call(
     whose batches depend on every text (MiniLM's float16 bits depend on a text's batch
     neighbours, so embedding each run alone would not do)."""
     model = text.model_path("")
-    texts = _texts(150, 0)
+    texts = _texts(90, 0)
     ours, ref = (str(tmp_path / n) if cache else "" for n in ("cache", "cache-ref"))
     if cache:  # a seventh of the texts cached already: the misses are what gets batched
         for d in (ours, ref):
