@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dlrrec.arrow import parquet_batches
 from features import captions, llm, summaries
 from features.examples import cap_lists, vectors
 from features.keyed import KeyedReader
@@ -120,7 +121,7 @@ class RowSlots:
         """Rows lo..lo+n-1 (calls follow the row order)."""
         assert lo == self._next, "RowSlots: chunks must be read in row order"
         if self._batches is None:
-            self._batches = pq.ParquetFile(self.path).iter_batches()
+            self._batches = parquet_batches(self.path)
         parts = [self._pending]
         have = len(self._pending)
         while have < n:

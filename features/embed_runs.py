@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dlrrec.arrow import parquet_batches
 from features.spill import Spill
 from features.text import SortedEncoder
 
@@ -58,7 +59,7 @@ class EmbedRuns:
         return len(self.sizes) - 1, inverse.reshape(-1).astype(np.int64)
 
     def _texts(self, r: int) -> Iterator[tuple[str, int]]:
-        for batch in pq.ParquetFile(self._run(r)).iter_batches(batch_size=RUN_BATCH):
+        for batch in parquet_batches(self._run(r), None, RUN_BATCH):
             for t in batch.column(0).to_pylist():
                 yield t, r
 

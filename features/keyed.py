@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from dlrrec.arrow import parquet_batches
 from features.examples import vectors
 from features.io import vector_writer
 from features.schema import content_vector
@@ -70,7 +70,7 @@ class KeyedReader:
 
     def __init__(self, path: Path, slots: int) -> None:
         self.slots = slots
-        self._batches: Iterator[pa.RecordBatch] = pq.ParquetFile(path).iter_batches()
+        self._batches: Iterator[pa.RecordBatch] = parquet_batches(path)
         self._keys = np.zeros(0, np.int64)
         self._vecs = np.zeros((0, 0), np.float16)
         self._done = False
