@@ -78,9 +78,10 @@ def string_hashes(values: pa.Array) -> np.ndarray:
 def _at_least(chunks: Iterable[pa.Array], rows: int) -> Iterator[pa.Array]:
     """`chunks` joined into arrays of `rows` or more (the last may be shorter).
 
-    Every `Spill.add` writes a row group to each bucket, and a Parquet writer holds ~2 KB
-    per row group until it closes: a CSV's chunks (its ~2.5k-row blocks) spilled as they
-    came grew the peak from 0.19 to 0.31 GiB between 400k and 3.2M reviews.
+    Every `Spill.add` writes a batch to each bucket it touches: a CSV's ~2.5k-row blocks
+    spilled as they came would write a few dozen ids a batch, and a batch has a fixed
+    cost. (When spills were Parquet, whose writer holds ~2 KB per row group until it
+    closes, they also grew the peak from 0.19 to 0.31 GiB between 400k and 3.2M reviews.)
     """
     held: list[pa.Array] = []
     n = 0

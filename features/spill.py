@@ -49,21 +49,28 @@ def bucket_of(owner: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 class Spill:
-    """Rows appended to one Parquet file per bucket under `folder`."""
+    """Rows appended to one Arrow IPC stream file per bucket under `folder`.
+
+    Not Parquet: a Parquet writer keeps each row group's metadata (about 2 KB) until it
+    closes, and every `add` writes a row group to each bucket it touches, so with chunks x
+    buckets growing with the rows, the open writers grew with the rows too. An IPC
+    stream keeps nothing per batch; its buffers are LZ4-compressed, as the spill is
+    temporary disk.
+    """
+
+    _OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
     def __init__(self, folder: Path, n_buckets: int) -> None:
         self.folder = folder
         self.n_buckets = n_buckets
         folder.mkdir(parents=True, exist_ok=True)
-        self._writers: dict[int, pq.ParquetWriter] = {}
-        self._schema: pa.Schema | None = None
+        self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
 
     def path(self, bucket: int) -> Path:
-        return self.folder / f"bucket-{bucket:05d}.parquet"
+        return self.folder / f"bucket-{bucket:05d}.arrows"
 
     def add(self, table: pa.Table, bucket: np.ndarray) -> None:
         """Append each row of `table` to its bucket, keeping the rows' order."""
-        self._schema = table.schema
         order = np.argsort(bucket, kind="stable")
         sorted_b = bucket[order]
         edges = np.searchsorted(sorted_b, np.arange(self.n_buckets + 1))
@@ -71,7 +78,7 @@ class Spill:
         for b in map(int, np.flatnonzero(np.diff(edges))):
             part = ordered.slice(int(edges[b]), int(edges[b + 1] - edges[b]))
             if b not in self._writers:
-                self._writers[b] = pq.ParquetWriter(self.path(b), table.schema)
+                self._writers[b] = pa.ipc.new_stream(str(self.path(b)), table.schema, options=self._OPTIONS)
             self._writers[b].write_table(part)
 
     def close(self) -> None:
@@ -82,7 +89,10 @@ class Spill:
     def read(self, bucket: int) -> pa.Table | None:
         """The bucket's rows in input order, or None when no row went there."""
         path = self.path(bucket)
-        return pq.read_table(path) if path.exists() else None
+        if not path.exists():
+            return None
+        with pa.ipc.open_stream(pa.memory_map(str(path))) as reader:
+            return reader.read_all()
 
 
 def write_results(path: Path, seq: np.ndarray, columns: dict[str, np.ndarray | pa.Array]) -> None:
