@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dlrrec.arrow import parquet_batches
 from dlrrec.config import DataError
 from dlrrec.meta import FeaturesMeta, read_features_meta
 from features.history import HISTORY_FEATURES, history_bags
@@ -91,11 +92,11 @@ def _batches(folder: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     if not files:
         raise DataError(f"{folder}: no part-*.parquet files; run `dlrrec features build` first")
     for f in files:
-        pf = pq.ParquetFile(f)
-        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        names = pq.read_schema(f).names
+        missing = [c for c in columns if c not in names]
         if missing:
             raise DataError(f"{f}: missing column {missing[0]!r}")
-        yield from pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns)
+        yield from parquet_batches(f, columns, READ_BATCH_ROWS)
 
 
 class _Collector:

@@ -23,6 +23,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from dlrrec.arrow import parquet_batches
 from dlrrec.config import ConfigError, DataError
 from dlrrec.entry import run_job
 from serve.artifact import Export, read_export
@@ -36,9 +37,8 @@ def read_pairs(path: Path, columns: tuple[str, ...] = ("user", "item")) -> Itera
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix == ".parquet":
-        pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
-        batches: Iterator[pa.RecordBatch] = pf.iter_batches(batch_size=READ_BATCH_ROWS)
+        names = pq.read_schema(path).names
+        batches: Iterator[pa.RecordBatch] = parquet_batches(path, batch_rows=READ_BATCH_ROWS)
     elif path.suffix == ".csv":
         types = {c: pa.string() for c in columns}
         reader = pcsv.open_csv(path, convert_options=pcsv.ConvertOptions(column_types=types))
