@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
+from dlrrec.arrow import parquet_batches
 from dlrrec.artifacts import hash_tree
 from dlrrec.config import DataError
 from similarity.redis_export import switch_current
@@ -46,10 +47,10 @@ def write_embeddings(
     """Every entity's hash of `version`; returns the rows written per kind."""
     written = {}
     for kind in KINDS:
-        pf = pq.ParquetFile(folder / f"{kind}s.parquet")
-        vec_cols = [f.name for f in pf.schema_arrow if pa.types.is_fixed_size_list(f.type)]
+        path = folder / f"{kind}s.parquet"
+        vec_cols = [f.name for f in pq.read_schema(path) if pa.types.is_fixed_size_list(f.type)]
         written[kind] = 0
-        for batch in pf.iter_batches(batch_size=BATCH_KEYS, columns=[kind, *vec_cols]):
+        for batch in parquet_batches(path, [kind, *vec_cols], BATCH_KEYS):
             ids = batch.column(0).to_pylist()
             vecs = {
                 c: np.stack(batch.column(c).to_numpy(zero_copy_only=False)).astype("<f4")

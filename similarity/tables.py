@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from dlrrec.arrow import parquet_batches
 from dlrrec.artifacts import sha256_file
 from dlrrec.config import DataError
 from dlrrec.meta import read_features_meta
@@ -78,9 +79,8 @@ def _read_features(stage: Path) -> Positives:
         for col in ("user_id", "item_id", "label"):
             if col not in names:
                 raise DataError(f"{f}: missing column {col!r} (has {', '.join(names)})")
-        t = pq.read_table(f, columns=["user_id", "item_id", "label"])
-        rows += t.num_rows
-        pos = t.filter(pc.equal(t["label"], 1.0))
+        pos, n = _file_positives(f)
+        rows += n
         users.append(_int_column(pos, "user_id", f))
         items.append(_int_column(pos, "item_id", f))
     user = np.concatenate(users)
@@ -97,6 +97,19 @@ def _read_features(stage: Path) -> Positives:
     return Positives(
         user, item, n_users, n_items, str(meta["fingerprint"]), str(stage), rows_read=rows
     )
+
+
+def _file_positives(f: Path) -> tuple[pa.Table, int]:
+    """A train part's `label == 1` rows and its row count, one row group held at a time
+    (a part has the rows of many users: only the positives are kept)."""
+    cols = ["user_id", "item_id", "label"]
+    parts, rows = [], 0
+    for b in parquet_batches(f, cols):
+        rows += b.num_rows
+        parts.append(pa.Table.from_batches([b]).filter(pc.equal(b["label"], 1.0)))
+    schema = pq.read_schema(f)
+    empty = pa.schema([schema.field(c) for c in cols]).empty_table()
+    return pa.concat_tables([empty, *parts]), rows
 
 
 def _int_column(t: pa.Table, col: str, where: Path) -> np.ndarray:
