@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from parquet_helpers import write_groups
 
 from dlrrec.arrow import parquet_batches
 
@@ -23,12 +24,7 @@ def groups_file(tmp_path: Path) -> Path:
         }
     )
     path = tmp_path / "g.parquet"
-    with pq.ParquetWriter(path, table.schema) as w:
-        at = 0
-        for size in (70, 300, 64, 566):
-            w.write_table(table.slice(at, size), row_group_size=size)
-            at += size
-    assert pq.ParquetFile(path).num_row_groups == 4
+    write_groups(path, table, [70, 300, 64, 566])
     return path
 
 

@@ -10,19 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from parquet_helpers import write_groups
 
 from serve import recipe, score
-
-
-def write_groups(path: Path, table: pa.Table, sizes: list[int]) -> None:
-    """`table` as one row group per entry of `sizes`."""
-    assert sum(sizes) == table.num_rows
-    with pq.ParquetWriter(path, table.schema) as w:
-        at = 0
-        for size in sizes:
-            w.write_table(table.slice(at, size), row_group_size=size)
-            at += size
-    assert pq.ParquetFile(path).num_row_groups == len(sizes)
 
 
 def rows_table(n: int, seed: int) -> pa.Table:

@@ -13,23 +13,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from parquet_helpers import write_groups
 
 from dlrrec.artifacts import SCHEMA_VERSION
 from dlrrec.config import DataError
 from similarity import redis_embeddings
 from similarity.redis_store import key_anchor
 from similarity.tables import read_positives
-
-
-def write_groups(path: Path, table: pa.Table, sizes: list[int]) -> None:
-    """`table` as one row group per entry of `sizes`."""
-    assert sum(sizes) == table.num_rows
-    with pq.ParquetWriter(path, table.schema) as w:
-        at = 0
-        for size in sizes:
-            w.write_table(table.slice(at, size), row_group_size=size)
-            at += size
-    assert pq.ParquetFile(path).num_row_groups == len(sizes)
 
 
 def write_train_parts(run: Path, label: list[np.ndarray]) -> list[Path]:
