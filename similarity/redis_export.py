@@ -23,14 +23,15 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import redis
 
+from dlrrec.arrow import parquet_batches
 from dlrrec.artifacts import hash_tree
 from dlrrec.config import DataError
 from dlrrec.entry import run_job
@@ -160,10 +161,7 @@ def write_version(
         written[kind] = 0
         tx = _Transaction(client)
         queued = 0
-        for part in sorted((stage / kind).glob("part-*.parquet")):
-            t = pq.read_table(part)
-            if t.num_rows == 0:
-                continue
+        for t in _anchor_runs(sorted((stage / kind).glob("part-*.parquet")), batch_pairs):
             anchor = t["anchor"].to_numpy()
             neighbor = [x.encode() for x in _as_text(t["neighbor"].to_numpy(), names)]
             score = t["score"].to_numpy().astype(np.float64).tolist()
@@ -180,6 +178,28 @@ def write_version(
             written[kind] += len(anchor)
         tx.execute()
     return written
+
+
+def _anchor_runs(parts: list[Path], batch_rows: int) -> Iterator[pa.Table]:
+    """The pair tables' rows, about `batch_rows` at a time, each anchor's pairs whole in
+    one table: a part is read one row group at a time, and the last anchor of a batch
+    is held back until a later batch shows its run has ended (its DEL + ZADD must go
+    in one transaction)."""
+    held: pa.Table | None = None
+    for part in parts:
+        for batch in parquet_batches(part, ["anchor", "neighbor", "score"], batch_rows):
+            t = pa.Table.from_batches([batch])
+            if held is not None:
+                t = pa.concat_tables([held, t])
+            if t.num_rows == 0:
+                continue
+            other = np.flatnonzero(t["anchor"].to_numpy() != t["anchor"][-1].as_py())
+            cut = int(other[-1]) + 1 if len(other) else 0  # where the last anchor's run starts
+            if cut:
+                yield t.slice(0, cut)
+            held = t.slice(cut)
+    if held is not None and held.num_rows:
+        yield held
 
 
 def write_titles(client: redis.Redis, prefix: str, version: str, titles: pa.Table) -> int:
