@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_reference import build_image_vectors, entity_means
 from tiny_blip2 import save_tiny_blip2, write_images
 
 from dlrrec.config import ConfigError, DataError
@@ -14,9 +15,7 @@ from features.captions import (
     Blip2Captioner,
     ImagesConfig,
     build_captioner,
-    build_image_vectors,
     caption_sums,
-    entity_means,
     resolve_image,
     slot_means,
 )
