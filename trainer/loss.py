@@ -15,7 +15,8 @@ measures both).
 
 With N ranks (`info_nce_terms_across_ranks`) the in-batch candidates are the GLOBAL batch's
 positives, all-gathered with gradients flowing back to each rank's own rows, so the
-loss and its gradients do not depend on the rank count.
+loss and its gradients do not depend on the rank count. `send_positives` starts that
+gather early, so it travels while the model's forward runs (`PositivesInFlight`).
 """
 
 from __future__ import annotations
@@ -300,49 +301,86 @@ def mixed_log_q(cand_q: torch.Tensor, n_batch: int, n_extra: int, uniform_p: flo
     return torch.log(r.clamp_min(1e-12)).to(cand_q.dtype)
 
 
-class _AllGatherRows(torch.autograd.Function):
-    """Every rank's [n, ...] rows of `x` and of each `extra`, concatenated in rank order, in
-    ONE collective; differentiable in `x` only.
+class PositivesInFlight:
+    """One step's exchange of the InfoNCE positives between ranks, open across the forward.
 
-    Each collective is a point where the ranks wait for each other, so `x` and the
-    extras (ids, sampling probabilities: the same n rows, no gradient) travel as one
-    byte matrix [n, row bytes] and are split back after the gather; bytes are copied,
-    never converted, so every value arrives exactly. Each rank's loss uses every rank's
-    rows, so the gradient of this rank's slice of `x` is the sum over ranks of their
-    losses' gradients w.r.t. it: backward all-reduces the full gradient and keeps the
-    slice. gloo and nccl both have all_gather and all_reduce.
+    The exchange is split in two autograd nodes so that neither collective is waited on
+    where it starts: `_SendRows` launches the all-gather before the model's forward and
+    `_ReceiveRows` waits for it after, so the gather travels while the rank computes
+    (rather than the rank idling at a barrier until the slowest one arrives). In
+    backward `_ReceiveRows` launches the all-reduce of the gradient and `_SendRows`, whose
+    backward autograd runs only after every node created after it (the model's whole
+    backward), waits for it. gloo and nccl both run async all_gather and all_reduce, and
+    every rank issues them in the same order.
     """
 
+    def __init__(self, terms: list[InfoNCETerm]) -> None:
+        b = terms[0].positive.shape[0]
+        self.widths = [t.positive.shape[1] for t in terms]
+        extras = [x for t in terms for x in (t.positive_ids, *_local_q(t.candidate_q, b))]
+        self.likes = [(x.dtype, x.shape[1:]) for x in extras]
+        self.gather: tuple[dist.Work, list[torch.Tensor], torch.Tensor] | None = None
+        self.reduce: tuple[dist.Work, torch.Tensor] | None = None
+        self.through: torch.Tensor = _SendRows.apply(torch.cat([t.positive for t in terms], dim=1), self, *extras)
+
+    def receive(self) -> tuple[torch.Tensor, ...]:
+        """([world * B, sum of widths] positives, then every extra of every term), in rank order."""
+        return _ReceiveRows.apply(self.through, self)  # type: ignore[no-any-return]
+
+
+class _SendRows(torch.autograd.Function):
+    """Forward: launch the all-gather of this rank's rows of `x` and of each extra (one byte
+    matrix [n, row bytes], so values travel exactly and one collective serves them all),
+    and pass `x` through. Backward: wait for the all-reduce `_ReceiveRows` launched and
+    return this rank's rows of the summed gradient (each rank's loss uses every rank's
+    rows, so this rank's gradient is the sum over ranks); what arrives here is a
+    placeholder."""
+
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, flight: PositivesInFlight, *extras: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         world, rank, n = dist.get_world_size(), dist.get_rank(), x.shape[0]
-        tensors = (x, *extras)
-        rows = [t.detach().contiguous().reshape(n, math.prod(t.shape[1:])).view(torch.uint8) for t in tensors]
-        widths = [r.shape[1] for r in rows]
-        packed = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+        rows = [t.detach().contiguous().reshape(n, math.prod(t.shape[1:])).view(torch.uint8) for t in (x, *extras)]
+        packed = torch.cat(rows, dim=1)
         parts = [torch.empty_like(packed) for _ in range(world)]
-        dist.all_gather(parts, packed)
+        # the flight holds `packed` too: nothing may reuse its memory while the gather reads it
+        flight.gather = (dist.all_gather(parts, packed, async_op=True), parts, packed)
+        ctx.flight, ctx.rows, ctx.extras = flight, (rank * n, (rank + 1) * n), len(extras)  # type: ignore[attr-defined]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, placeholder: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        work, summed = ctx.flight.reduce  # type: ignore[attr-defined]
+        work.wait()
+        lo, hi = ctx.rows  # type: ignore[attr-defined]
+        return (summed[lo:hi], None, *([None] * ctx.extras))  # type: ignore[attr-defined]
+
+
+class _ReceiveRows(torch.autograd.Function):
+    """Forward: wait for `_SendRows`' all-gather and unpack every rank's rows of `x` and
+    of each extra (differentiable in `x` only). Backward: launch the all-reduce of the
+    gradient for `_SendRows.backward` to wait for; pass a zero placeholder on."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, flight: PositivesInFlight) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        work, parts, _ = flight.gather  # type: ignore[misc]
+        work.wait()
+        flight.gather = None
+        world = len(parts)
+        likes = [(x.dtype, x.shape[1:]), *flight.likes]
+        widths = [dtype.itemsize * math.prod(shape) for dtype, shape in likes]
         gathered = torch.cat(parts).split(widths, dim=1)
-        out = tuple(
-            g.contiguous().view(t.dtype).reshape(world * n, *t.shape[1:]) for g, t in zip(gathered, tensors)
-        )
+        out = tuple(g.contiguous().view(dtype).reshape(-1, *shape) for g, (dtype, shape) in zip(gathered, likes))
+        assert out[0].shape[0] == world * x.shape[0]
         ctx.mark_non_differentiable(*out[1:])
-        ctx.rows = (rank * n, (rank + 1) * n)  # type: ignore[attr-defined]
+        ctx.flight, ctx.like = flight, (x.shape, x.dtype, x.device)  # type: ignore[attr-defined]
         return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor, *extra_grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        lo, hi = ctx.rows  # type: ignore[attr-defined]
-        return (grad[lo:hi], *([None] * len(extra_grads)))
-
-
-def all_gather_rows(x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """([world * n, ...] of `x`, then of each extra): every rank's rows (same shapes on every
-    rank) in rank order, all in one collective; gradients flow back to each rank's own
-    rows of `x`, the extras carry none."""
-    return _AllGatherRows.apply(x, *extras)  # type: ignore[no-any-return]
+        summed = grad.contiguous().clone()
+        ctx.flight.reduce = (dist.all_reduce(summed, async_op=True), summed)  # type: ignore[attr-defined]
+        shape, dtype, device = ctx.like  # type: ignore[attr-defined]
+        return torch.zeros((), dtype=dtype, device=device).expand(shape), None
 
 
 class InfoNCETerm(NamedTuple):
@@ -360,7 +398,9 @@ class InfoNCETerm(NamedTuple):
     anchor_sets: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def info_nce_terms_across_ranks(terms: list[InfoNCETerm], tau: float, chunk_size: int = 0) -> list[torch.Tensor]:
+def info_nce_terms_across_ranks(
+    terms: list[InfoNCETerm], tau: float, chunk_size: int = 0, flight: PositivesInFlight | None = None
+) -> list[torch.Tensor]:
     """`info_nce` of each term: this rank's anchors against the GLOBAL batch's candidates.
 
     The in-batch candidates are every rank's positives (an all-gather, in rank order:
@@ -381,6 +421,7 @@ def info_nce_terms_across_ranks(terms: list[InfoNCETerm], tau: float, chunk_size
         terms: each term's local inputs (`InfoNCETerm`; `candidate_q` is [B + M]: this
             rank's positives, then the extra negatives).
         tau, chunk_size: as `info_nce`, shared by the terms.
+        flight: the gather `send_positives(terms)` started earlier (None: start it here).
     """
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world == 1:
@@ -390,9 +431,9 @@ def info_nce_terms_across_ranks(terms: list[InfoNCETerm], tau: float, chunk_size
             for t in terms
         ]  # fmt: skip
     b = terms[0].positive.shape[0]
-    extras = [x for t in terms for x in (t.positive_ids, *_local_q(t.candidate_q, b))]
-    widths = [t.positive.shape[1] for t in terms]
-    cands, *gathered = all_gather_rows(torch.cat([t.positive for t in terms], dim=1), *extras)
+    flight = flight or PositivesInFlight(terms)
+    cands, *gathered = flight.receive()
+    widths = flight.widths
     rest = iter(gathered)
     out = []
     for t, cand in zip(terms, cands.split(widths, dim=1)):
@@ -408,6 +449,13 @@ def info_nce_terms_across_ranks(terms: list[InfoNCETerm], tau: float, chunk_size
             )  # fmt: skip
         )
     return out
+
+
+def send_positives(terms: list[InfoNCETerm]) -> PositivesInFlight | None:
+    """Start sending `terms`' positives to every rank, for `info_nce_terms_across_ranks(terms,
+    ..., flight)` to receive after other work; None on one rank, where nothing travels."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return PositivesInFlight(terms) if world > 1 else None
 
 
 def _local_q(candidate_q: torch.Tensor | None, b: int) -> tuple[torch.Tensor, ...]:

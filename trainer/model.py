@@ -28,12 +28,20 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.data import Batch, PairBatch
-from trainer.loss import InfoNCEOptions, InfoNCETerm, info_nce_terms_across_ranks, rating_loss
+from trainer.loss import (
+    InfoNCEOptions,
+    InfoNCETerm,
+    PositivesInFlight,
+    info_nce_terms_across_ranks,
+    rating_loss,
+    send_positives,
+)
 from trainer.vector_store import feature_key
 
 # InfoNCE loops over row blocks by shape and gathers across ranks; keep it one opaque call when
 # TrainPipelineSparseDist fx-traces the forward to find the sharded modules.
 torch.fx.wrap("info_nce_terms_across_ranks")
+torch.fx.wrap("send_positives")
 
 
 class _PairwiseDots(torch.autograd.Function):
@@ -477,12 +485,15 @@ class DLRRECTrain(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The forward given the towers' input [B, T, C] and the batch's entity vectors."""
         lw = self.weights
+        # the InfoNCE positives leave for the other ranks first and are received after the
+        # model's forward (`PositivesInFlight`): the gather runs while this rank computes
+        nce_inputs = self.contrastive_inputs(batch, content, vec)
+        flight = send_positives(nce_inputs) if nce_inputs else None
         logits, emb = self.model(batch.dense, batch.sparse, content)
         w = batch.weights * torch.where(batch.labels > 0.5, lw.pos_weight, 1.0)
         bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
         rec = (bce * w).sum() / batch.weights.sum().clamp_min(1.0)
-        zero = logits.new_zeros(())
-        ii, uu = self.contrastive(batch, content, vec, zero)
+        ii, uu = self.contrastive(nce_inputs, flight, logits.new_zeros(()))
         w_ii = self.item_item.loss_weight if self.item_item is not None else 0.0
         w_uu = self.user_user.loss_weight if self.user_user is not None else 0.0
         loss = rec + w_ii * ii + w_uu * uu
@@ -497,25 +508,34 @@ class DLRRECTrain(nn.Module):
         parts = torch.stack([rec.detach(), ii.detach(), uu.detach()])
         return loss, (loss.detach(), logits.detach(), batch.labels, batch.weights, parts)
 
-    def contrastive(
-        self, batch: Batch, content: torch.Tensor, vec: dict[str, torch.Tensor], zero: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (item-item, user-user) InfoNCE losses, unweighted; `zero` for a term that is
-        off, and for both in eval mode: scoring rows needs only the logits (the terms are
-        most of an eval batch's cost). The terms share one gather across ranks (forward)
-        and one all-reduce (backward)."""
+    def contrastive_inputs(self, batch: Batch, content: torch.Tensor, vec: dict[str, torch.Tensor]) -> list[InfoNCETerm]:
+        """Each InfoNCE term's inputs (item-item first); none for a term that is off, and
+        none in eval mode: scoring rows needs only the logits (the terms are most of an
+        eval batch's cost), and eval batches carry no positives."""
+        if not self.training:
+            return []
         kinds = ((self.item_item, batch.item_ids, batch.ii), (self.user_user, batch.user_ids, batch.uu))
-        on = [(term, ids, pairs) for term, ids, pairs in kinds if term is not None] if self.training else []
+        on = [(term, ids, pairs) for term, ids, pairs in kinds if term is not None]
         if not on:
-            return zero, zero
+            return []
         assert isinstance(self.model, DLRREC)
-        towers = self.model.projection_arch
-        inputs = [term(towers, content, vec, ids, pairs) for term, ids, pairs in on]
-        options = on[0][0].options  # every term's tau and chunking are the same (__init__)
-        nce = info_nce_terms_across_ranks(inputs, options.tau, options.chunk_size)
+        return [term(self.model.projection_arch, content, vec, ids, pairs) for term, ids, pairs in on]
+
+    def contrastive(
+        self, inputs: list[InfoNCETerm], flight: PositivesInFlight | None, zero: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (item-item, user-user) InfoNCE losses of `contrastive_inputs`, unweighted;
+        `zero` for a term that is off. The terms share one gather across ranks (`flight`,
+        started by `send_positives`) and one all-reduce back."""
+        if not inputs:
+            return zero, zero
+        first = self.item_item if self.item_item is not None else self.user_user
+        assert first is not None
+        options = first.options  # every term's tau and chunking are the same (__init__)
+        nce = info_nce_terms_across_ranks(inputs, options.tau, options.chunk_size, flight)
         # indexed by position: under the pipeline's fx trace the result is one proxy
         ii = nce[0] if self.item_item is not None else zero
-        uu = nce[len(on) - 1] if self.user_user is not None else zero
+        uu = nce[len(inputs) - 1] if self.user_user is not None else zero
         return ii, uu
 
     def tower_input(self, per_row: torch.Tensor, vec: dict[str, torch.Tensor]) -> torch.Tensor:

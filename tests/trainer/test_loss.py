@@ -354,3 +354,57 @@ def test_two_terms_share_one_gather_and_equal_one_rank(logq: bool):
     np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=0, atol=1e-12)
     for g1, g2 in zip(one["grads"], two[0]["grads"], strict=True):
         np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-13)
+
+
+def _late_rank_timings(rank: int, late_s: float) -> dict:
+    """Rank 1 arrives `late_s` late at the gather and again at the backward. Rank 0's
+    times (from its own start of each phase): when `send_positives` returned, when the
+    gathered positives arrived, when the backward reached a branch created between send
+    and receive (the model's forward in training), and when the backward ended."""
+    import time
+
+    import torch.distributed as dist
+    from dist_helpers import init_group
+
+    from trainer.loss import InfoNCETerm, info_nce_terms_across_ranks, send_positives
+
+    init_group("cpu")
+    try:
+        a, p, n, aid, pid, nid, q, lengths, set_ids = _global_case(5)
+        b = a.shape[0] // 2
+        sl = slice(rank * b, (rank + 1) * b)
+        tower = torch.nn.Linear(8, 8).double()
+        term = InfoNCETerm(tower(a[sl]), tower(p[sl]), aid[sl], pid[sl])
+        stamps: dict[str, float] = {}
+        if rank == 1:
+            time.sleep(late_s)
+        t0 = time.perf_counter()
+        flight = send_positives([term])
+        stamps["sent"] = time.perf_counter() - t0
+        side = torch.ones(3, dtype=torch.float64, requires_grad=True) * 2  # the model's forward
+        side.register_hook(lambda g: stamps.__setitem__("side", time.perf_counter()))
+        side_sum = side.sum()
+        (nce,) = info_nce_terms_across_ranks([term], 0.3, 0, flight)
+        stamps["received"] = time.perf_counter() - t0
+        dist.barrier()
+        if rank == 1:
+            time.sleep(late_s)
+        t1 = time.perf_counter()
+        (nce + side_sum).backward()
+        stamps["side"] -= t1
+        stamps["backward"] = time.perf_counter() - t1
+        return stamps
+    finally:
+        dist.destroy_process_group()
+
+
+def test_positives_travel_while_the_rank_computes():
+    # the gather is launched before the model's forward and waited for after it, and the
+    # gradient's all-reduce is launched before the model's backward and waited for after:
+    # a rank that arrives early computes instead of waiting at either collective
+    late = 1.5
+    early, _ = run_ranks(_late_rank_timings, 2, late)
+    assert early["sent"] < 0.5 * late, early
+    assert early["received"] > 0.8 * late, early
+    assert early["side"] < 0.5 * late, early
+    assert early["backward"] > 0.8 * late, early
