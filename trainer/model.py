@@ -79,6 +79,52 @@ def pairwise_dots(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
 torch.fx.wrap("pairwise_dots")
 
 
+_INT64 = torch.iinfo(torch.int64)
+_INT16_MIN = -(2**15)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout, with a mask that costs a third as much on CPU.
+
+    torch's CPU dropout draws one mt19937 number per element, 7% of a training step at
+    1M rows (two ranks on two cores). Here each 64-bit draw gives four 16-bit lanes,
+    and an element is dropped where its lane falls below p * 2^16 (rounded): the drop
+    probability is p to within 2^-17. On other devices it is `F.dropout` (a fused kernel).
+
+    Args:
+        p: the drop probability, in [0, 1).
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.cut = _INT16_MIN + round(p * 65536)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, training=True)
+        n = x.numel()
+        lanes = torch.randint(_INT64.min, _INT64.max, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)[:n]
+        return _KeepMasked.apply(x, (lanes >= self.cut).view(x.shape), 1.0 / (1.0 - self.p))
+
+
+class _KeepMasked(torch.autograd.Function):
+    """x * scale where `keep`, else 0; the backward masks the gradient alike (saves only the bool mask)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(keep)
+        ctx.scale = scale  # type: ignore[attr-defined]
+        return torch.where(keep, x * scale, 0.0)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (keep,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return torch.where(keep, grad * ctx.scale, 0.0), None, None  # type: ignore[attr-defined]
+
+
 def mlp(sizes: list[int], dropout: float, last_activation: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
@@ -86,7 +132,7 @@ def mlp(sizes: list[int], dropout: float, last_activation: bool) -> nn.Sequentia
         if i < len(sizes) - 2 or last_activation:
             layers.append(nn.ReLU())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -171,7 +217,7 @@ class ProjectionArch(nn.Module):
                 nn.init.kaiming_uniform_(w[t].T, a=math.sqrt(5))  # nn.Linear's init, per tower
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.zeros(towers, 1, b)))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.towers = towers
 
     def project(self, x: torch.Tensor) -> torch.Tensor:

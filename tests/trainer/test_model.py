@@ -95,3 +95,28 @@ def test_tower_dim_above_embedding_dim_is_refused():
 
     with pytest.raises(ConfigError, match="train.tower_dim"):
         TrainConfig(run_dir="r", embedding_dim=32, tower_dim=64).validate()
+
+
+def test_dropout_drops_at_rate_p_and_scales_the_rest_and_their_gradients():
+    from trainer.model import Dropout
+
+    p, n = 0.1, 1_000_000
+    drop = Dropout(p)
+    x = torch.rand(n, dtype=torch.float64) + 1.0  # no zeros of its own
+    x.requires_grad_(True)
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = y != 0
+    # the drop rate is p within 5 standard errors; kept elements are scaled by 1 / (1 - p)
+    rate = 1.0 - float(kept.double().mean())
+    assert abs(rate - p) < 5 * (p * (1 - p) / n) ** 0.5, rate
+    torch.testing.assert_close(y[kept], x.detach()[kept] / (1 - p))
+    g = torch.randn(n, dtype=torch.float64)
+    y.backward(g)
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, torch.where(kept, g / (1 - p), 0.0))
+    # the mask is a function of the torch seed (resumed runs draw the same ones)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x.detach()), y.detach())
+    drop.eval()
+    assert drop(x) is x
