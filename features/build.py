@@ -32,7 +32,8 @@ from dlrrec.config import DataError
 from features import examples, history, split, stats
 from features.bad_rows import no_skips
 from features.config import FeaturesConfig
-from features.content import ReviewContent, RowChunk, add_row_columns, key_column
+from features.content import ReviewContent, add_row_columns, key_column
+from features.content_rows import RowChunk
 from features.dense import item_prices, price_features, standardize
 from features.io import (
     ExamplesWriter,

@@ -46,7 +46,8 @@ from dlrrec.config import to_dict
 from dlrrec.entry import run_job
 from features import build, examples, history, split, text
 from features.config import FeaturesConfig
-from features.content import ContentInputs, ReviewContent, build_review_content, set_columns
+from features.content import ReviewContent, build_review_content, set_columns
+from features.content_rows import ContentInputs
 from features.embed_cache import model_id
 from features.io import write_table, write_train_counts
 from features.owners import OwnerPlan

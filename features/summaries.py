@@ -42,20 +42,18 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
+from features.content_rows import Chunks, ContentInputs, RowSlots
 from features.dense import PRICE_CATEGORY_TIER
 from features.embed_runs import EmbedRuns
 from features.keyed import KeyedWriter
 from features.llm import ALL_KINDS, EntityReviews, PromptKind, Provider
 from features.order_stats import values_at_ranks
 from features.spill import Spill, bucket_of, owner_ranges
-
-if TYPE_CHECKING:  # (features/content.py imports this module)
-    from features.content import Chunks, ContentInputs, RowSlots
 
 
 def review_folds(review_ids: Sequence[str], k: int, seed: int) -> np.ndarray:
