@@ -105,22 +105,24 @@ def test_training_with_a_shared_bag_learns_and_keeps_one_item_table(
 ) -> None:
     from trainer.main import run
 
-    out = tmp_path / "run"
-    shutil.copytree(bag_run / "features", out / "features")
-    shutil.copytree(bag_run / "similarity", out / "similarity")
-    report = run(
-        TrainConfig(
-            run_dir=str(out), batch_size=256, log_every=0, epochs=3, embedding_dim=8,
-            sparse_lr=0.3, emb_l2=0.0, tensorboard=False, progress_bar=False,
-            history_tables="shared",
-        )
-    )  # fmt: skip
-    assert "t_item_id" in report["sharding_plan"]
-    assert "t_user_pos_items" not in report["sharding_plan"]
-    # "learns": far above chance. One seed of 3 epochs on the small synthetic run spreads
-    # widely: seeds 0-9 gave 0.80-0.93 test AUC at 2ff579c (0.87-0.93 before; seed 0 is the
-    # low one at 2ff579c, whose dropout draws other random numbers)
-    assert report["test"]["auc"] > 0.75, report["test"]
+    aucs = []
+    for seed in (0, 1):
+        out = tmp_path / f"run-{seed}"
+        shutil.copytree(bag_run / "features", out / "features")
+        shutil.copytree(bag_run / "similarity", out / "similarity")
+        report = run(
+            TrainConfig(
+                run_dir=str(out), batch_size=256, log_every=0, epochs=3, embedding_dim=8,
+                sparse_lr=0.3, emb_l2=0.0, tensorboard=False, progress_bar=False,
+                history_tables="shared", seed=seed,
+            )
+        )  # fmt: skip
+        assert "t_item_id" in report["sharding_plan"]
+        assert "t_user_pos_items" not in report["sharding_plan"]
+        aucs.append(report["test"]["auc"])
+    # "learns": the 0.8 bar on the mean of two seeds, since one 3-epoch run on the small
+    # synthetic set spreads widely (seeds 0-9: 0.80-0.93 test AUC at 2ff579c)
+    assert sum(aucs) / len(aucs) > 0.8, aucs
 
 
 def test_a_shared_bag_of_an_unknown_id_feature_is_a_data_error(tmp_path: Path) -> None:
