@@ -349,7 +349,8 @@ def owner_jobs(
 
 def dense_names(enc: Encoded, plan: OwnerPlan) -> list[str]:
     """The dense columns in order: per-entity values, prices, then rating statistics."""
-    return list(enc.dense) + (list(stats.STAT_FEATURES) if plan.stats_folds is not None else [])
+    got = stats.stat_features(plan.stats_recent) if plan.stats_folds is not None else ()
+    return list(enc.dense) + list(got)
 
 
 def no_owner_columns(plan: OwnerPlan) -> bool:

@@ -47,6 +47,9 @@ class FeaturesConfig:
             may read (random split: training rows of the other `rating_stats_folds`
             folds; temporal: strictly earlier interactions of any split).
         rating_stats_folds: K of the random split's out-of-fold statistics (>= 2).
+        rating_recent: k > 0 adds `{user,item}_hist_recent` to the rating statistics:
+            the mean rating of the entity's k newest interactions the row may read,
+            minus their overall mean (temporal split only; 0 = off).
         history_bags: add the multi-valued sparse features of features/history.py:
             the items the row's user rated positive / negative and the users who rated
             the row's item positive / negative (random split: training rows of the
@@ -97,6 +100,7 @@ class FeaturesConfig:
     images: ImagesConfig | None = None
     rating_stats: bool = False
     rating_stats_folds: int = 5
+    rating_recent: int = 0
     history_bags: bool = False
     history_folds: int = 5
     history_max_len: int = 100
@@ -120,6 +124,13 @@ class FeaturesConfig:
         if self.rating_stats_folds < 2:
             raise ConfigError(
                 f"features.rating_stats_folds: must be >= 2, got {self.rating_stats_folds}"
+            )
+        if self.rating_recent < 0:
+            raise ConfigError(f"features.rating_recent: must be >= 0, got {self.rating_recent}")
+        if self.rating_recent and not (self.rating_stats and self.split == "temporal"):
+            raise ConfigError(
+                "features.rating_recent: needs rating_stats: true and split: temporal "
+                "(the window is the newest interactions before the row)"
             )
         if self.history_folds < 2:
             raise ConfigError(f"features.history_folds: must be >= 2, got {self.history_folds}")

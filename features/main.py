@@ -92,6 +92,7 @@ def build_plan(cfg: FeaturesConfig, sp: build.Split, keyed: bool) -> OwnerPlan:
         block_cuts=tuple(sp.block_cuts),
         keyed=keyed,
         stats_folds=cfg.rating_stats_folds if cfg.rating_stats else None,
+        stats_recent=cfg.rating_recent,
         bag_folds=cfg.history_folds if cfg.history_bags else None,
         bag_max_len=cfg.history_max_len,
         ordered=cfg.split == "random" and cfg.history_scheme == "ordered",

@@ -53,6 +53,7 @@ class OwnerPlan:
     bag_folds: int | None  # history_bags' K, None = off
     bag_max_len: int
     ordered: bool = False  # history_scheme: ordered (random split)
+    stats_recent: int = 0  # rating_recent's window (temporal), 0 = off
 
     @property
     def profile_slots(self) -> int:
@@ -115,7 +116,7 @@ def owner_columns(rows: Rows, plan: OwnerPlan, owner: str) -> dict[str, np.ndarr
         k = plan.stats_folds
         got = stats.rating_stats(
             rows.user, rows.item, rows.rating, rows.label, key, rows.train, earlier,
-            rows.folds(k), k, plan.positive_min_rating, readable,
+            rows.folds(k), k, plan.positive_min_rating, readable, plan.stats_recent,
         )  # fmt: skip
         out |= {name: v for name, v in got.items() if name.startswith(owner + "_")}
     if plan.bag_folds is not None:

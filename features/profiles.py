@@ -94,16 +94,17 @@ def leave_one_out_profiles(
 
 
 def time_runs(
-    owner: np.ndarray, timestamps: np.ndarray
+    owner: np.ndarray, timestamps: np.ndarray, tiebreak: tuple[np.ndarray, ...] = ()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows sorted by (owner, timestamp), and their runs: the "strictly earlier" rule.
+    """Rows sorted by (owner, timestamp, *tiebreak), and their runs: the "strictly
+    earlier" rule.  `tiebreak` only orders the rows inside an (owner, timestamp) run.
 
     Returns:
         order int64 [N] (sorted position -> row), and per sorted position the position of
         the first row of its owner run and of its (owner, timestamp) run: the rows a row
         may read are the sorted positions [owner_start, time_start).
     """
-    order = np.lexsort((timestamps, owner))
+    order = np.lexsort((*tiebreak[::-1], timestamps, owner))
     o, t = owner[order], timestamps[order]
     idx = np.arange(len(o))
     new_owner = np.ones(len(o), dtype=bool)

@@ -9,7 +9,12 @@ other interactions of that entity and gets three dense columns, `{user,item}_his
     share = share of label-positive rows in it     -> hist_pos    = share - 0.5
 
 (t = `positive_min_rating`; an empty set gives 0 for the last two, the neutral value,
-and hist_n 0 tells the model so.)  The transforms are fixed, not fitted: a z-score with
+and hist_n 0 tells the model so.)  With a window k (`rating_recent`, temporal split
+only) each entity also gets `{user,item}_hist_recent`: the mean rating of the set's k
+newest members minus the mean over the whole set, the entity's drift (0 when empty).
+Users rate in sessions whose level drifts, and a new user's few ratings are all the
+model knows of them: on ML-100K's temporal split this column lifts a dense-only MLP from
+0.745 to 0.756 test AUC (docs/experiments.md).  The transforms are fixed, not fitted: a z-score with
 training statistics would let a row's own rating reach its features through the mean
 and std of the other rows' features.
 
@@ -37,6 +42,12 @@ from features.profiles import time_runs
 
 ENTITIES = ("user", "item")
 STAT_FEATURES = tuple(f"{e}_hist_{s}" for e in ENTITIES for s in ("n", "rating", "pos"))
+RECENT_FEATURES = tuple(f"{e}_hist_recent" for e in ENTITIES)
+
+
+def stat_features(recent: int) -> tuple[str, ...]:
+    """The dense columns `rating_stats` writes with window `recent` (0 = no window)."""
+    return STAT_FEATURES + (RECENT_FEATURES if recent else ())
 
 
 def fold_hashes(users: list, items: list, timestamps: list, seed: int) -> np.ndarray:
@@ -100,6 +111,39 @@ def earlier_sums(owner: np.ndarray, timestamps: np.ndarray, values: np.ndarray) 
     return out
 
 
+def earlier_window_sums(
+    owner: np.ndarray,
+    other: np.ndarray,
+    timestamps: np.ndarray,
+    values: np.ndarray,
+    readable: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """float64 [N] sums and int64 [N] counts of `values` over the owner's k newest readable
+    rows with a strictly earlier timestamp.
+
+    Newest means the latest timestamp; among rows at one timestamp, the larger `other`
+    id (the rule of the history bags), then the larger value, so the window never
+    depends on input order.
+    Prefix sums restart at each owner, as in `earlier_sums`.
+    """
+    order, owner_start, time_start = time_runs(owner, timestamps, (other, values))
+    keep = np.asarray(readable, dtype=bool)[order]
+    before = np.cumsum(keep) - keep  # readable rows at sorted positions < p
+    v = np.asarray(values, dtype=np.float64)[order]
+    n = len(v)
+    end = before[time_start] - before[owner_start]  # readable rows the row may read
+    begin = np.maximum(end - k, 0)
+    sorted_sums = np.empty(n)
+    starts = np.append(np.flatnonzero(owner_start == np.arange(n)), n)
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        prefix = np.concatenate([[0.0], np.cumsum(v[a:b][keep[a:b]])])
+        sorted_sums[a:b] = prefix[end[a:b]] - prefix[begin[a:b]]
+    sums, counts = np.empty(n), np.empty(n, dtype=np.int64)
+    sums[order], counts[order] = sorted_sums, end - begin
+    return sums, counts
+
+
 def rating_stats(
     row_user: np.ndarray,
     row_item: np.ndarray,
@@ -112,8 +156,9 @@ def rating_stats(
     k: int,
     positive_min_rating: float,
     readable: np.ndarray | None = None,
+    recent: int = 0,
 ) -> dict[str, np.ndarray]:
-    """The six STAT_FEATURES, float32 [N] each (see the module docstring).
+    """The `stat_features(recent)` columns, float32 [N] each (see the module docstring).
 
     Args:
         row_user, row_item: int64 [N] entity indices.
@@ -123,7 +168,11 @@ def rating_stats(
         positive_min_rating: the label threshold t.
         readable: bool [N], the rows the temporal sets may hold (frozen history: the
             training rows); None = all.
+        recent: the window k of `{user,item}_hist_recent` (temporal only); 0 = off.
     """
+    if recent and not temporal:
+        raise ValueError("rating_stats: a recent window needs the temporal sets")
+    window_rows = np.ones(len(rating), bool) if readable is None else np.asarray(readable, bool)
     rating = np.asarray(rating, dtype=np.float64)
     label = np.asarray(label, dtype=np.float64)
     ones = np.ones(len(rating))
@@ -152,4 +201,9 @@ def rating_stats(
             has, s / safe - (positive_min_rating - 0.5), 0.0
         ).astype(np.float32)
         out[f"{name}_hist_pos"] = np.where(has, p / safe - 0.5, 0.0).astype(np.float32)
+        if recent:
+            other = np.asarray(row_item if name == "user" else row_user, dtype=np.int64)
+            ws, wn = earlier_window_sums(owner, other, timestamps, rating, window_rows, recent)
+            drift = ws / np.maximum(wn, 1) - s / safe
+            out[f"{name}_hist_recent"] = np.where(wn > 0, drift, 0.0).astype(np.float32)
     return out

@@ -46,7 +46,7 @@ from dlrrec.arrow import parquet_batches
 from dlrrec.config import DataError
 from dlrrec.meta import FeaturesMeta, read_features_meta
 from features.history import HISTORY_FEATURES, history_bags
-from features.stats import STAT_FEATURES, rating_stats
+from features.stats import RECENT_FEATURES, STAT_FEATURES, rating_stats
 from trainer.vector_store import open_store
 
 # the owner of every feature the features stage writes (features/schema.py, dense.py)
@@ -57,7 +57,7 @@ OWNER = {
 }  # fmt: skip
 # test-row values computed from the interactions, not read from the examples
 DERIVED = {name: spec[0] for name, spec in HISTORY_FEATURES.items()}
-DERIVED.update({name: name.split("_")[0] for name in STAT_FEATURES})
+DERIVED.update({name: name.split("_")[0] for name in STAT_FEATURES + RECENT_FEATURES})
 OWNER.update(DERIVED)
 READ_BATCH_ROWS = 65536
 SPLIT_ORDER = ("test", "val", "train")
@@ -239,11 +239,13 @@ def derived_values(
         values.update(
             history_bags(users, items, label, ts, train, temporal, folds, 2, max_len, readable)
         )
-    if any(x in STAT_FEATURES for x in names):
+    if any(x in STAT_FEATURES + RECENT_FEATURES for x in names):
         threshold = float(cfg.get("positive_min_rating", 4.0))
+        recent = int(cfg.get("rating_recent", 0))
         values.update(
             rating_stats(
-                users, items, rating, label, ts, train, temporal, folds, 2, threshold, readable
+                users, items, rating, label, ts, train, temporal, folds, 2, threshold, readable,
+                recent,
             )
         )
     rows = {"user": slice(n, n + nu), "item": slice(n + nu, n + nu + ni)}

@@ -17,7 +17,7 @@ import pytest
 from test_features_leakage import by_pair, same_features
 from tiny_reviews import fails, write_raw
 
-BAGS = {"split": "temporal", "rating_stats": True, "history_bags": True}
+BAGS = {"split": "temporal", "rating_stats": True, "rating_recent": 3, "history_bags": True}
 
 
 def _flip_held_out(tables: dict[str, pa.Table], base: dict[str, Any]) -> dict[str, pa.Table]:
