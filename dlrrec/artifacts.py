@@ -70,7 +70,7 @@ NEWER_DEFAULTS: dict[str, dict[str, Any]] = {
     "features": {
         "source": "raw", "files": None, "columns": None, "rating_range": None,
         "max_categories": 11, "on_bad_rows": "error", "llm": None, "images": None,
-        "rating_stats": False, "rating_stats_folds": 5, "rating_recent": 0,
+        "rating_stats": False, "rating_stats_folds": 5, "rating_recent": 0, "rating_bias": False,
         "history_bags": False, "history_folds": 5, "history_max_len": 100,
         "temporal_history": "causal", "history_scheme": "folds",
     },

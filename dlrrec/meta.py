@@ -48,6 +48,7 @@ class FeaturesMeta(TypedDict):
     split: str  # random | temporal
     split_fractions: list[float]
     split_cutoffs: list[int] | None
+    block_cuts: NotRequired[list[int] | None]  # the temporal split's time blocks (features/stats.py)
     temporal_history: NotRequired[str | None]  # causal | frozen (temporal split only)
     seed: int
     label_rule: str

@@ -228,6 +228,7 @@ class Tallies:
     rows: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # per split
     positives: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))
     rating: np.ndarray = field(default_factory=lambda: np.zeros(3))  # train n, sum, sum of squares
+    item_blocks: stats.ItemBlockSums | None = None  # rating_bias: the readable rows' item sums
 
     def add(self, chunk: pa.Table, codes: np.ndarray, t: float) -> None:
         user, item = chunk["user"].to_numpy(), chunk["item"].to_numpy()
@@ -268,8 +269,12 @@ def spill_rows(
     """Pass 2: tallies, and each row to its user bucket (and item bucket when `by_item`)."""
     index = inp.index
     tallies = Tallies(
-        *(np.zeros(n, np.int64) for n in (len(inp.users), len(inp.items), len(inp.items)))
-    )
+        np.zeros(len(inp.users), np.int64), np.zeros(len(inp.items), np.int64),
+        np.zeros(len(inp.items), np.int64),
+    )  # fmt: skip
+    if cfg.rating_bias:
+        tallies.item_blocks = stats.ItemBlockSums(len(inp.items), np.asarray(sp.block_cuts))
+    frozen = cfg.temporal_history == "frozen"
     u_edges = owner_ranges(index.user_rows, BUCKET_ROWS)
     i_edges = owner_ranges(index.item_rows, BUCKET_ROWS) if by_item else None
     b = Buckets(u_edges, Spill(work / "users", len(u_edges) - 1), i_edges,
@@ -277,6 +282,10 @@ def spill_rows(
     for seq, chunk in index.chunks():
         codes = sp.codes(chunk)
         tallies.add(chunk, codes, cfg.positive_min_rating)
+        if tallies.item_blocks is not None:
+            keep = codes == split.TRAIN if frozen else np.ones(len(codes), bool)
+            tallies.item_blocks.add(chunk["item"].to_numpy()[keep], chunk["timestamp"].to_numpy()[keep],
+                                    chunk["rating"].to_numpy()[keep])  # fmt: skip
         rows = pa.Table.from_arrays(
             [pa.array(np.arange(seq, seq + chunk.num_rows)), chunk["user"], chunk["item"], chunk["timestamp"],
              chunk["rating"], pa.array(codes), chunk["fold_hash"]], schema=SPILL_SCHEMA,
@@ -349,7 +358,8 @@ def owner_jobs(
 
 def dense_names(enc: Encoded, plan: OwnerPlan) -> list[str]:
     """The dense columns in order: per-entity values, prices, then rating statistics."""
-    got = stats.stat_features(plan.stats_recent) if plan.stats_folds is not None else ()
+    bias = plan.item_block_means is not None
+    got = stats.stat_features(plan.stats_recent, bias) if plan.stats_folds is not None else ()
     return list(enc.dense) + list(got)
 
 

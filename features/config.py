@@ -50,6 +50,9 @@ class FeaturesConfig:
         rating_recent: k > 0 adds `{user,item}_hist_recent` to the rating statistics:
             the mean rating of the entity's k newest interactions the row may read,
             minus their overall mean (temporal split only; 0 = off).
+        rating_bias: add `user_hist_bias` to the rating statistics: the mean, over the
+            user's interactions the row may read, of the rating minus the item's mean
+            rating in earlier time blocks (`profile_blocks`; temporal split only).
         history_bags: add the multi-valued sparse features of features/history.py:
             the items the row's user rated positive / negative and the users who rated
             the row's item positive / negative (random split: training rows of the
@@ -101,6 +104,7 @@ class FeaturesConfig:
     rating_stats: bool = False
     rating_stats_folds: int = 5
     rating_recent: int = 0
+    rating_bias: bool = False
     history_bags: bool = False
     history_folds: int = 5
     history_max_len: int = 100
@@ -131,6 +135,11 @@ class FeaturesConfig:
             raise ConfigError(
                 "features.rating_recent: needs rating_stats: true and split: temporal "
                 "(the window is the newest interactions before the row)"
+            )
+        if self.rating_bias and not (self.rating_stats and self.split == "temporal"):
+            raise ConfigError(
+                "features.rating_bias: needs rating_stats: true and split: temporal "
+                "(the item means come from earlier time blocks)"
             )
         if self.history_folds < 2:
             raise ConfigError(f"features.history_folds: must be >= 2, got {self.history_folds}")

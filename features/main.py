@@ -83,7 +83,10 @@ def features_fingerprint(cfg: FeaturesConfig, input_hashes: dict[str, str]) -> s
     return sha256_json({"config": fingerprint_config(cfg), "inputs": input_hashes, "code": code})
 
 
-def build_plan(cfg: FeaturesConfig, sp: build.Split, keyed: bool) -> OwnerPlan:
+def build_plan(
+    cfg: FeaturesConfig, sp: build.Split, keyed: bool, tallies: build.Tallies
+) -> OwnerPlan:
+    blocks = tallies.item_blocks
     return OwnerPlan(
         temporal=cfg.split == "temporal",
         frozen=cfg.split == "temporal" and cfg.temporal_history == "frozen",
@@ -93,6 +96,7 @@ def build_plan(cfg: FeaturesConfig, sp: build.Split, keyed: bool) -> OwnerPlan:
         keyed=keyed,
         stats_folds=cfg.rating_stats_folds if cfg.rating_stats else None,
         stats_recent=cfg.rating_recent,
+        item_block_means=blocks.earlier_means() if blocks is not None else None,
         bag_folds=cfg.history_folds if cfg.history_bags else None,
         bag_max_len=cfg.history_max_len,
         ordered=cfg.split == "random" and cfg.history_scheme == "ordered",
@@ -178,7 +182,7 @@ def _build(cfg: FeaturesConfig, stage: Path, workers: Workers) -> dict[str, Any]
     item_vecs = embed_items(cfg, inp.items)
     dim = item_vecs.shape[1]
     # an llm section's summaries replace the profile table
-    plan = build_plan(cfg, sp, keyed=cfg.llm is None)
+    plan = build_plan(cfg, sp, cfg.llm is None, tallies)
     review = review_content(cfg, inp, sp, plan, tallies, dim, stage, work)
     with step(f"bucket jobs ({len(buckets.user_edges) - 1} user buckets)", seconds):
         outs = build.owner_jobs(stage / PROFILES_FILE, buckets, plan, item_vecs.astype(np.float32),
@@ -207,6 +211,7 @@ def data_meta(
         "split": cfg.split,
         "split_fractions": cfg.split_fractions or DEFAULT_FRACTIONS,
         "split_cutoffs": None if sp.random else sp.cuts,
+        "block_cuts": None if sp.random else sp.block_cuts,  # serve/recipe.py: rating_bias
         "temporal_history": cfg.temporal_history if cfg.split == "temporal" else None,
         **rows,
         # rows of one (user, item) pair share a split under the random split

@@ -13,7 +13,7 @@ Spilled row columns (`SPILL_SCHEMA`): seq, user, item, timestamp, rating, code, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,8 @@ class OwnerPlan:
     bag_max_len: int
     ordered: bool = False  # history_scheme: ordered (random split)
     stats_recent: int = 0  # rating_recent's window (temporal), 0 = off
+    # rating_bias: ItemBlockSums.earlier_means [I, B] (temporal), None = off
+    item_block_means: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def profile_slots(self) -> int:
@@ -119,6 +121,12 @@ def owner_columns(rows: Rows, plan: OwnerPlan, owner: str) -> dict[str, np.ndarr
             rows.folds(k), k, plan.positive_min_rating, readable, plan.stats_recent,
         )  # fmt: skip
         out |= {name: v for name, v in got.items() if name.startswith(owner + "_")}
+    if owner == "user" and plan.item_block_means is not None:
+        blocks = np.searchsorted(np.asarray(plan.block_cuts, np.int64), rows.ts, side="right")
+        out[stats.BIAS_FEATURE] = stats.user_bias(
+            rows.user, rows.item, rows.rating, rows.ts, rows.train if plan.frozen else np.ones(len(rows.ts), bool),
+            plan.item_block_means, blocks,
+        )  # fmt: skip
     if plan.bag_folds is not None:
         k = plan.bag_folds
         bags = history.history_bags(

@@ -46,7 +46,14 @@ from dlrrec.arrow import parquet_batches
 from dlrrec.config import DataError
 from dlrrec.meta import FeaturesMeta, read_features_meta
 from features.history import HISTORY_FEATURES, history_bags
-from features.stats import RECENT_FEATURES, STAT_FEATURES, rating_stats
+from features.stats import (
+    BIAS_FEATURE,
+    RECENT_FEATURES,
+    STAT_FEATURES,
+    ItemBlockSums,
+    rating_stats,
+    user_bias,
+)
 from trainer.vector_store import open_store
 
 # the owner of every feature the features stage writes (features/schema.py, dense.py)
@@ -57,7 +64,7 @@ OWNER = {
 }  # fmt: skip
 # test-row values computed from the interactions, not read from the examples
 DERIVED = {name: spec[0] for name, spec in HISTORY_FEATURES.items()}
-DERIVED.update({name: name.split("_")[0] for name in STAT_FEATURES + RECENT_FEATURES})
+DERIVED.update({name: name.split("_")[0] for name in (*STAT_FEATURES, *RECENT_FEATURES, BIAS_FEATURE)})
 OWNER.update(DERIVED)
 READ_BATCH_ROWS = 65536
 SPLIT_ORDER = ("test", "val", "train")
@@ -248,6 +255,8 @@ def derived_values(
                 recent,
             )
         )
+    if BIAS_FEATURE in names:
+        values[BIAS_FEATURE] = _user_bias(meta, users, items, rating, ts, train, readable)
     rows = {"user": slice(n, n + nu), "item": slice(n + nu, n + nu + ni)}
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for x in names:
@@ -259,6 +268,17 @@ def derived_values(
         else:
             out[x] = (np.asarray(values[x][sl], np.float32), np.zeros(0, np.int64))
     return out
+
+
+def _user_bias(
+    meta: FeaturesMeta, users: np.ndarray, items: np.ndarray, rating: np.ndarray, ts: np.ndarray,
+    train: np.ndarray, readable: np.ndarray | None,
+) -> np.ndarray:  # fmt: skip
+    """`user_hist_bias` of every row (pseudo rows included), as features/owners.py computes it."""
+    keep = np.ones(len(ts), bool) if readable is None else readable
+    sums = ItemBlockSums(int(meta["n_items"]), np.asarray(meta["block_cuts"], np.int64))
+    sums.add(items[keep], ts[keep], rating[keep])
+    return user_bias(users, items, rating, ts, keep, sums.earlier_means(), sums.block(ts))
 
 
 def entity_vectors(features: Path, entity: str, col: str, n: int, dim: int) -> np.ndarray:

@@ -15,17 +15,25 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_features_leakage import flip_a_training_rating
+from test_features_leakage import (
+    by_pair,
+    flip_a_training_rating,
+    rebuild_with_own_review,
+    same_features,
+)
 from tiny_reviews import fails, same_length_lists
 
 from features.stats import (
+    BIAS_FEATURE,
     RECENT_FEATURES,
     STAT_FEATURES,
+    ItemBlockSums,
     earlier_sums,
     out_of_fold_sums,
     rating_stats,
     row_folds,
     stat_features,
+    user_bias,
 )
 
 rows = same_length_lists(
@@ -151,6 +159,61 @@ def test_recent_window_ignores_input_order() -> None:
     assert b["user_hist_recent"][2] == a["user_hist_recent"][3]
 
 
+def bias_reference(user, item, ts, rating, readable, cuts) -> list[float]:
+    """One row at a time: m(i, b) as a loop over the readable rows of item i in blocks
+    before b, then the mean of r_j - m(i_j, b_j) over the user's earlier readable rows j."""
+    block = [sum(t >= c for c in cuts) for t in ts]
+
+    def m(i: int, b: int) -> float | None:
+        got = [rating[s] for s in range(len(ts)) if item[s] == i and block[s] < b and readable[s]]
+        return float(np.mean(got)) if got else None
+
+    out = []
+    for r in range(len(ts)):
+        res = [rating[j] - m(item[j], block[j]) for j in range(len(ts))
+               if user[j] == user[r] and ts[j] < ts[r] and readable[j]
+               and m(item[j], block[j]) is not None]  # fmt: skip
+        out.append(float(np.mean(res)) if res else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@settings(max_examples=60, deadline=None)
+@given(rows, st.lists(st.integers(0, 5), max_size=3), st.integers(1, 4))
+def test_user_bias_matches_a_loop(frozen: bool, data: tuple, cuts: list[int], chunk: int) -> None:
+    user, item, ts, rating, train, _ = (np.asarray(x) for x in data)
+    readable = train.astype(bool) if frozen else np.ones(len(user), bool)
+    sums = ItemBlockSums(5, np.asarray(sorted(cuts), np.int64))
+    for a in range(0, len(ts), chunk):  # chunk by chunk, as the streaming pass adds them
+        keep = readable[a : a + chunk]
+        sums.add(item[a : a + chunk][keep], ts[a : a + chunk][keep], rating[a : a + chunk][keep])
+    got = user_bias(user, item, rating, ts, readable, sums.earlier_means(), sums.block(ts))
+    assert got.dtype == np.float32
+    want = bias_reference(user, item, ts, rating, readable, sorted(cuts))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_a_rating_reaches_no_bias_at_its_time_or_earlier(
+    build: Any, tiny_raw: Path, tiny_tables: dict[str, pa.Table], tmp_path: Path
+) -> None:
+    """Flip a training rating: every row at its time or earlier, of any user, keeps every
+    column bit for bit; a later row of another user changes (its item's block mean moved)."""
+    config = {"split": "temporal", "rating_stats": True, "rating_bias": True, "profile_blocks": 4}
+    base = build(tiny_raw, **config)
+    assert base["meta"]["dense_features"][-1] == BIAS_FEATURE
+    rows = by_pair(base)
+    key = next(k for k, r in rows.items() if r["split"] == "train" and r[BIAS_FEATURE] == 0.0
+               and any(s[BIAS_FEATURE] != 0.0 and s["user_id"] != k[0] and s["item_id"] != k[1]
+                       and s["timestamp"] > r["timestamp"] for s in rows.values()))  # fmt: skip
+    after = rebuild_with_own_review(build, base, tiny_tables, key, rows[key]["label"] == 1.0,
+                                    tmp_path, config)  # fmt: skip
+    t0 = rows[key]["timestamp"]
+    early = [k for k, r in rows.items() if r["timestamp"] <= t0 and k != key]
+    assert early and all(same_features(rows[k], after[k]) for k in early + [key])
+    assert any(rows[k][BIAS_FEATURE] != after[k][BIAS_FEATURE] for k in rows
+               if k[0] != key[0] and k[1] != key[1])  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def built_stats(build: Any, tiny_raw: Path) -> dict[str, dict[str, Any]]:
     return {
@@ -161,7 +224,7 @@ def built_stats(build: Any, tiny_raw: Path) -> dict[str, dict[str, Any]]:
 
 def test_stats_columns_are_dense_features(built_stats: dict[str, dict[str, Any]]) -> None:
     for split, out in built_stats.items():
-        names = stat_features(2 if split == "temporal" else 0)
+        names = stat_features(2) if split == "temporal" else STAT_FEATURES
         assert out["meta"]["dense_features"][-len(names) :] == list(names)
         for split in ("train", "val", "test"):
             for name in names:
@@ -207,6 +270,7 @@ def test_rating_stats_folds_below_two_exits_2(
          ">= 0"),
         (["features.rating_stats=true", "features.rating_recent=5"], "split: temporal"),
         (["features.split=temporal", "features.rating_recent=5"], "rating_stats: true"),
+        (["features.rating_stats=true", "features.rating_bias=true"], "split: temporal"),
     ],
 )  # fmt: skip
 def test_rating_recent_needs_temporal_stats_exits_2(
@@ -214,4 +278,32 @@ def test_rating_recent_needs_temporal_stats_exits_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     err = fails([f"run_dir={tmp_path}", f"features.raw_dir={tiny_raw}", *overrides], capsys)
-    assert "features.rating_recent" in err and says in err
+    assert ("features.rating_recent" in err or "features.rating_bias" in err) and says in err
+
+
+def test_serving_reads_the_drift_and_bias_of_a_row_after_every_interaction(
+    build: Any, tiny_raw: Path
+) -> None:
+    """serve/recipe.py's per-user values are the loops' values for one more row per user,
+    later than every interaction (all splits: the causal protocol)."""
+    from serve.recipe import derived_values
+
+    out = build(tiny_raw, split="temporal", rating_stats=True, rating_recent=2, rating_bias=True,
+                profile_blocks=4)  # fmt: skip
+    assert out["meta"]["dense_features"][-3:] == list(RECENT_FEATURES) + [BIAS_FEATURE]
+    features = out["run_dir"] / "features"
+    names = ["user_hist_recent", BIAS_FEATURE]
+    got = derived_values(features, out["meta"], names)
+    t = pa.concat_tables([out[s].select(["user_id", "item_id", "timestamp", "rating"])
+                          for s in ("train", "val", "test")])  # fmt: skip
+    nu = out["meta"]["n_users"]
+    user = np.concatenate([t["user_id"].to_numpy(), np.arange(nu)])
+    item = np.concatenate([t["item_id"].to_numpy(), np.zeros(nu, np.int64)])
+    ts = np.concatenate([t["timestamp"].to_numpy(), np.full(nu, t["timestamp"].to_numpy().max() + 1)])
+    rating = np.concatenate([t["rating"].to_numpy(), np.zeros(nu)])
+    readable = np.ones(len(ts), bool)
+    recent = recent_reference(user, item, ts, rating, readable, 2)["user_hist_recent"][-nu:]
+    bias = bias_reference(user, item, ts, rating, readable, out["meta"]["block_cuts"])[-nu:]
+    assert len(out["meta"]["block_cuts"]) == 3 and np.any(np.asarray(bias) != 0)
+    np.testing.assert_allclose(got["user_hist_recent"][0], recent, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[BIAS_FEATURE][0], bias, rtol=0, atol=1e-5)

@@ -187,7 +187,7 @@ def test_many_chunks_and_buckets_give_the_one_chunk_build(
 
     raw = write_raw(tmp_path / "raw", tiny_tables)
     config = dict(raw_dir=str(raw), split=split, rating_stats=True, history_bags=True, workers=1)
-    config |= {"rating_recent": 3} if split == "temporal" else {}
+    config |= {"rating_recent": 3, "rating_bias": True} if split == "temporal" else {}
     run(FeaturesConfig(run_dir=str(tmp_path / "one"), **config))
     monkeypatch.setattr(rowindex, "CHUNK_ROWS", 7)
     monkeypatch.setattr(build, "BUCKET_ROWS", 5)

@@ -17,7 +17,8 @@ import pytest
 from test_features_leakage import by_pair, same_features
 from tiny_reviews import fails, write_raw
 
-BAGS = {"split": "temporal", "rating_stats": True, "rating_recent": 3, "history_bags": True}
+BAGS = {"split": "temporal", "rating_stats": True, "rating_recent": 3, "rating_bias": True,
+        "history_bags": True}  # fmt: skip
 
 
 def _flip_held_out(tables: dict[str, pa.Table], base: dict[str, Any]) -> dict[str, pa.Table]:
