@@ -193,6 +193,21 @@ def test_user_bias_matches_a_loop(frozen: bool, data: tuple, cuts: list[int], ch
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+def test_block_means_never_see_their_own_block_even_through_rounding() -> None:
+    """Fractional ratings whose float sums round: change a block-1 rating -> the means of
+    blocks 0 and 1 stay bit-identical (an inclusive prefix minus the block would not)."""
+    rng = np.random.default_rng(0)
+    item, ts = rng.integers(0, 3, 300), rng.integers(0, 30, 300)
+    rating = rng.random(300) * 1e3
+    a, b = ItemBlockSums(3, np.array([10, 20])), ItemBlockSums(3, np.array([10, 20]))
+    changed = rating.copy()
+    changed[(ts >= 10) & (ts < 20)] += 1e-3
+    a.add(item, ts, rating)
+    b.add(item, ts, changed)
+    assert np.array_equal(a.earlier_means()[:, :2], b.earlier_means()[:, :2], equal_nan=True)
+    assert not np.array_equal(a.earlier_means()[:, 2], b.earlier_means()[:, 2])
+
+
 def test_a_rating_reaches_no_bias_at_its_time_or_earlier(
     build: Any, tiny_raw: Path, tiny_tables: dict[str, pa.Table], tmp_path: Path
 ) -> None:
