@@ -122,7 +122,7 @@ def owner_columns(rows: Rows, plan: OwnerPlan, owner: str) -> dict[str, np.ndarr
         )  # fmt: skip
         out |= {name: v for name, v in got.items() if name.startswith(owner + "_")}
     if owner == "user" and plan.item_block_means is not None:
-        blocks = np.searchsorted(np.asarray(plan.block_cuts, np.int64), rows.ts, side="right")
+        blocks = plan.profile_slot(rows.ts, rows.fold_hash, rows.train)  # temporal: the time block
         read = rows.train if plan.frozen else np.ones(len(rows.ts), bool)
         out[stats.BIAS_FEATURE] = stats.user_bias(
             rows.user, rows.item, rows.rating, rows.ts, read, plan.item_block_means, blocks
