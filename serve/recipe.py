@@ -256,7 +256,7 @@ def derived_values(
             )
         )
     if BIAS_FEATURE in names:
-        values[BIAS_FEATURE] = _user_bias(meta, users, items, rating, ts, train, readable)
+        values[BIAS_FEATURE] = _user_bias(meta, users, items, rating, ts, readable)
     rows = {"user": slice(n, n + nu), "item": slice(n + nu, n + nu + ni)}
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for x in names:
@@ -272,7 +272,7 @@ def derived_values(
 
 def _user_bias(
     meta: FeaturesMeta, users: np.ndarray, items: np.ndarray, rating: np.ndarray, ts: np.ndarray,
-    train: np.ndarray, readable: np.ndarray | None,
+    readable: np.ndarray | None,
 ) -> np.ndarray:  # fmt: skip
     """`user_hist_bias` of every row (pseudo rows included), as features/owners.py computes it."""
     keep = np.ones(len(ts), bool) if readable is None else readable
