@@ -1,4 +1,6 @@
-"""The README's tables from the per-run files: python3 tables.py DIR (DIR/<variant>-d0.1-s<seed>-report.json).
+"""The README's tables from the per-run files: python3 tables.py DIR [DIR ...]
+(DIR/<variant>-d0.1-s<seed>-report.json; a variant found in a later DIR replaces the
+earlier DIR's runs of it, e.g. a baseline rescored after its own tuning).
 
 Mean ± sample std over seeds of the val and test AUC / gAUC per variant (test-scored runs
 only), each variant's per-seed test AUC, and `full` against every other variant paired by
@@ -29,8 +31,10 @@ def ms(xs: list[float]) -> str:
     return f"{st.mean(xs):.4f} ± {st.stdev(xs):.4f}"
 
 
-def main(d: str) -> None:
-    runs = load(d)
+def main(dirs: list[str]) -> None:
+    runs: dict[str, dict[int, dict]] = {}
+    for d in dirs:
+        runs.update(load(d))
     variants = [v for v in ORDER if v in runs]
     print("| variant | val AUC | val gAUC | test AUC | test gAUC | seeds | code version |\n|---|---|---|---|---|---|---|")
     for v in variants:
@@ -58,4 +62,4 @@ def main(d: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
