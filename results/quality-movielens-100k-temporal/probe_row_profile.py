@@ -1,4 +1,10 @@
-"""Val-only probe: does a per-row causal content profile carry signal beyond the stats?"""
+"""Val-only probe: does a per-row causal content profile carry signal beyond the stats?
+
+python probe_row_profile.py RUN/features [genres,demographics]: a dense MLP over the dense
+columns (plus, when named, the genre multi-hot and the occupation / gender / age-bucket
+one-hots the model reads as sparse features), with and without profile cosines.
+It reads train and val only: test stays sealed.
+"""
 
 import glob
 import sys
@@ -9,6 +15,8 @@ import torch
 from scipy.stats import rankdata
 
 root = sys.argv[1]
+extra = set(sys.argv[2].split(",")) if len(sys.argv) > 2 else set()
+DEMOGRAPHICS = ["occupation", "gender", "age_bucket"]
 
 
 def auc(y, s):
@@ -48,11 +56,12 @@ for code, s in enumerate(["train", "val"]):  # test sealed: never read
     parts.append(
         {
             k: t[k].to_numpy()
-            for k in D + ["user_id", "item_id", "label", "timestamp", "user_text_key"]
+            for k in D + DEMOGRAPHICS + ["user_id", "item_id", "label", "timestamp", "user_text_key"]
         }
-        | {"split": np.full(t.num_rows, code)}
+        | {"split": np.full(t.num_rows, code), "cats": t["categories"].to_pylist()}
     )
-A = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+A = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "cats"}
+cats = parts[0]["cats"] + parts[1]["cats"]
 N = len(A["label"])
 u, i, y, ts = A["user_id"], A["item_id"], A["label"], A["timestamp"]
 it = pq.read_table(f"{root}/entities/items.parquet")
@@ -102,6 +111,13 @@ print(
     haspos[val].mean(),
 )
 X0 = np.stack([A[k] for k in D], 1).astype(np.float64)
+if "genres" in extra:
+    G = np.zeros((N, max(max(c) for c in cats if c) + 1))
+    for r, c in enumerate(cats):
+        G[r, c] = 1
+    X0 = np.concatenate([X0, G], 1)
+if "demographics" in extra:
+    X0 = np.concatenate([X0] + [np.eye(A[k].max() + 1)[A[k]] for k in DEMOGRAPHICS], 1)
 
 
 def run(cols, seed):
@@ -139,7 +155,8 @@ def run(cols, seed):
     return best
 
 
-for cols in [[], ["block"], ["row_pos"], ["row_pos", "row_neg"], ["block", "row_pos", "row_neg"]]:
+candidates = [[], ["block"], ["row_pos"], ["row_pos", "row_neg"], ["block", "row_pos", "row_neg"]]
+for cols in candidates if not extra else [[], ["row_pos", "row_neg"]]:
     r = [run(cols, s) for s in (0, 1)]
     print(
         f"{'+'.join(cols) or 'stats only':24s} val AUC {np.mean([x[0] for x in r]):.4f} ({r[0][0]:.4f} {r[1][0]:.4f})  gAUC {np.mean([x[1] for x in r]):.4f}",
