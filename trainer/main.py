@@ -1074,7 +1074,8 @@ def finish_epoch(job: Job, epoch: int, sums: np.ndarray, t0: float) -> bool:
 
 
 def evaluate_best(job: Job) -> tuple[dict[str, Any], Roc | None]:
-    """Reload the best checkpoint, pick the threshold on val and score test once.
+    """Reload the best checkpoint, pick the threshold on val (writing val's per-row
+    probabilities) and score test once.
 
     Returns:
         The report and test's ROC curve and AUC (None when sealed).
@@ -1085,7 +1086,9 @@ def evaluate_best(job: Job) -> tuple[dict[str, Any], Roc | None]:
     best_path = job.ckpt_root / prog.best_checkpoint
     load_checkpoint(best_path, job.dmp, None)
     batch, env = job.sampling.eval_batch_size, job.env
-    v = evaluate(job.dmp, data, EvalSpec("val", (), sel.min_recall), batch, env, job.out, job.cold)
+    # the selected model's val rows, per row, for error analysis (slices, calibration) without test
+    vspec = EvalSpec("val", (), sel.min_recall, predictions=job.out / "val_predictions.parquet")
+    v = evaluate(job.dmp, data, vspec, batch, env, job.out, job.cold)
     if sel.metric == "fpr_at_recall":  # the operating point the selection asked for
         threshold = v.summary.fpr_at_recall()[1]
     else:

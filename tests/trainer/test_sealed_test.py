@@ -1,5 +1,6 @@
 """A sealed run (`score_test=false`) never scores test and leaves no test figure anywhere;
-a later `score_test=true` run scores its best checkpoint once, without training again."""
+a later `score_test=true` run scores its best checkpoint once, without training again.
+Both write the selected model's per-row val probabilities."""
 
 import io
 import json
@@ -7,6 +8,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from dist_helpers import run_ranks
 from synthetic import copy_inputs, make_run
@@ -60,6 +63,13 @@ def _test_figures(obj: Any, where: str) -> list[str]:
     return found
 
 
+def _pairwise_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Every (positive, negative) pair compared directly: a win is 1, a tie 1/2."""
+    pos, neg = probs[labels == 1].astype(np.float64), probs[labels == 0].astype(np.float64)
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
 @pytest.mark.slow  # two short trainings in spawned ranks: ~60 s on the loaded 2-core machine
 def test_sealed_run_never_scores_test_and_unsealing_scores_the_same_model(tmp_path: Path):
     src = make_run(tmp_path / "src")
@@ -81,6 +91,13 @@ def test_sealed_run_never_scores_test_and_unsealing_scores_the_same_model(tmp_pa
     assert sorted(p.name for p in (train / "plots").iterdir()) == ["loss.png", "val_auc.png"]
     table = format_report(on_disk)
     assert "test sealed" in table and f"{sealed['report']['val']['auc']:.4f}" in table
+    # the selected model's val rows, in row order, give the report's val AUC
+    val_preds = pq.read_table(train / "val_predictions.parquet")
+    val_rows = pq.read_table(Path(sealed_dir) / "features" / "examples" / "val")
+    assert val_preds["user_id"].to_pylist() == val_rows["user_id"].to_pylist()
+    assert val_preds["label"].to_pylist() == val_rows["label"].to_pylist()
+    want_auc = _pairwise_auc(val_preds["label"].to_numpy(), val_preds["prob"].to_numpy())
+    assert abs(want_auc - sealed["report"]["val"]["auc"]) < 1e-12
 
     unsealed, plain = run_ranks(_recorded_runs, 1, [(sealed_dir, CFG), (plain_dir, CFG)])[0]
     # unsealed: no training step, test scored once, figures equal a plain scored run's
@@ -95,6 +112,8 @@ def test_sealed_run_never_scores_test_and_unsealing_scores_the_same_model(tmp_pa
         assert {"gauc", "gauc_users", "ndcg@10", "recall@10", "ranking_users"} <= set(got[split])
     assert "gauc" in format_report(got) and "sealed" not in format_report(got)
     assert json.loads((train / "report.json").read_text())["test"] == want["test"]
+    # unsealing rescored val from the same checkpoint: the same rows, bit for bit
+    assert pq.read_table(train / "val_predictions.parquet").equals(val_preds)
     assert (train / "plots" / "roc.png").is_file()
     # a scored run is reused as is
     assert plain["scored"].count("test") == 1
