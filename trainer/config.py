@@ -41,7 +41,14 @@ class TrainConfig:
             fbgemm's CPU kernels ignore it and adagrad/sgd have none: > 0 is refused there.
         history_tables: the history bags' embedding tables (features.history_bags):
             `own` (one table per bag) or `shared` (each bag pooled from the table of the
-            id feature whose ids it lists, `_meta.json` `ids_of`).
+            id feature whose ids it lists, `_meta.json` `ids_of`), or `none` (no table:
+            the bags reach the model only through `history_content`).
+        history_content: history bags also read as content: a row's bag becomes the mean
+            of its members' content vectors, projected by the members' own tower (a user's
+            item bag by the item tower, which item-item InfoNCE shapes), one more vector
+            in the interaction. So a user without training rows (the temporal split's
+            cold users) still meets the SWING-refined item space through their causal
+            history. Variants without towers ignore it.
         lr_decay: per-epoch decay of both learning rates: epoch e (from 0) trains at
             lr * lr_decay**e and sparse_lr * lr_decay**e; 1 = constant.
         emb_l2: L2 penalty on the pooled embeddings of each batch (per example).
@@ -118,7 +125,8 @@ class TrainConfig:
     sparse_lr: float = 0.05
     sparse_weight_decay: float = 0.0
     lr_decay: float = 1.0
-    history_tables: Literal["own", "shared"] = "own"
+    history_tables: Literal["own", "shared", "none"] = "own"
+    history_content: list[str] = field(default_factory=list)
     emb_l2: float = 0.01
     class_weight: Literal["none", "balanced"] = "balanced"
     modalities: list[str] = field(default_factory=lambda: ["text"])
@@ -191,6 +199,8 @@ class TrainConfig:
             raise ConfigError(f"train.modalities: unknown modality {bad[0]!r} (known: text, image)")
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError("train.modalities: duplicates")
+        if len(set(self.history_content)) != len(self.history_content):
+            raise ConfigError("train.history_content: duplicates")
         if self.projection == "two_step" and self.uses_contrastive:
             raise ConfigError(
                 "train.contrastive: two_step freezes the towers after pre-training, so the "

@@ -23,13 +23,14 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
@@ -185,6 +186,8 @@ class TrainingData:
     entity_tables: list[str]  # the columns whose vectors the batch carries (`Batch.vectors`)
     item_neighbors: NeighborStore | None  # SWING lists, on disk (trainer/neighbor_store.py)
     user_neighbors: NeighborStore | None
+    # `train.history_content`: (bag, index of the tower that projects it), after the towers
+    history_slots: list[tuple[str, int]] = field(default_factory=list)
     _sampler_cache: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, repr=False
     )
@@ -219,7 +222,7 @@ class TrainingData:
         return [
             (c, "" if self.per_row(c) else feature_key(keyed_table(c) if self.keyed(c) else c, "row"))
             for _, c in self.towers
-        ]
+        ] + [(bag, feature_key(bag, "row")) for bag, _ in self.history_slots]
 
     def sampler_tables(self, entity: str, top1: bool) -> tuple[np.ndarray, np.ndarray]:
         """(q, catalogue) of `entity`'s InfoNCE: q [n] is the positive sampler's marginal
@@ -502,6 +505,54 @@ def read_training_data(run_dir: str | Path, modalities: list[str], contrastive: 
     )
 
 
+def with_history_content(data: TrainingData, bags: list[str]) -> TrainingData:
+    """`data` with each of `bags` (history bags) also read as content, projected by the
+    tower of the entity its members are (`train.history_content`).
+
+    Raises:
+        DataError: a bag the features lack, or whose members have no entity tower.
+    """
+    root = data.parts["train"].folder.parent.parent
+    spec = data.features_meta["sparse_features"]
+    have = sorted(n for n, s in spec.items() if "ids_of" in s)
+    slots: list[tuple[str, int]] = []
+    stores = dict(data.entity_columns)
+    for bag in bags:
+        if bag not in have:
+            raise DataError(
+                f"{root}/_meta.json: train.history_content: no history bag {bag!r} (has {have}; "
+                "features.history_bags: true builds them)"
+            )
+        member = spec[bag]["ids_of"].removesuffix("_id")
+        tower = next((t for t, (e, _) in enumerate(data.towers) if e == member), -1)
+        col = data.towers[tower][1] if tower >= 0 else ""
+        if tower < 0 or data.per_row(col) or data.keyed(col):
+            raise DataError(
+                f"{root}/_meta.json: train.history_content: bag {bag!r} lists {member}s, "
+                f"which have no {member} tower over one vector per {member}"
+            )
+        if col not in stores:
+            stores[col] = entity_store(root, data.features_meta, member, col)
+        slots.append((bag, tower))
+    return replace(data, history_slots=slots, entity_columns=stores)
+
+
+def pooled_bag(store: VectorStore, split: SplitArrays, bag: str, rows: np.ndarray) -> np.ndarray:
+    """float16 [B, C]: each row's mean content vector over the members of its history
+    bag (0 for an empty bag); one store read of the batch's distinct members."""
+    offsets, values = split.multi[bag]
+    lengths, members = _gather_csr(offsets, values, rows)
+    if members.size == 0:
+        return np.zeros((rows.size, store.dim), np.float16)
+    distinct, inverse = np.unique(members, return_inverse=True)
+    vectors = store.read(distinct).astype(np.float32)
+    # the means as one sparse [B, distinct] @ [distinct, C] product: no [members, C] copy
+    weights = np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    mean = sp.csr_matrix((weights, inverse, indptr), shape=(rows.size, distinct.size)) @ vectors
+    return np.asarray(mean, np.float32).astype(np.float16)
+
+
 def _gather_csr(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lengths and concatenated values of `rows` of a CSR array (vectorised)."""
     start = offsets[rows]
@@ -675,10 +726,14 @@ def make_batch(
     content = [split.user_content[col][rows] for _, col in data.towers if data.per_row(col)]
     content_arr = np.stack(content, 1) if content else np.zeros((b, 0, data.content_dim), np.float16)
     ratings = split.rating[rows] if split.rating is not None else np.zeros(b, np.float32)
+    vectors = lookup_vectors(data, lookups)
+    for bag, tower in data.history_slots:
+        store = data.entity_columns[data.towers[tower][1]]
+        vectors[feature_key(bag, "row")] = torch.from_numpy(pooled_bag(store, split, bag, rows))
     return Batch(
         dense=torch.from_numpy(split.dense[rows]),
         sparse=sparse_kjt(data, split, rows),
-        vectors=lookup_vectors(data, lookups),
+        vectors=vectors,
         content=torch.from_numpy(content_arr.astype(np.float32)),
         labels=torch.from_numpy(split.label[rows]),
         weights=torch.from_numpy(valid.astype(np.float32)),

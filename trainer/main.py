@@ -70,6 +70,7 @@ from trainer.data import (
     lane_layout,
     read_training_data,
     train_batches,
+    with_history_content,
 )
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
 from trainer.evaluation import EvalSpec, evaluate
@@ -146,6 +147,11 @@ def read_variant_data(cfg: TrainConfig) -> TrainingData:
     data = read_training_data(
         cfg.run_dir, cfg.modalities if cfg.uses_content else [], cfg.uses_contrastive
     )
+    if cfg.history_tables == "none":  # the bags are read only as content, if at all
+        spec = data.features_meta["sparse_features"]
+        data = replace(data, sparse_names=[n for n in data.sparse_names if "ids_of" not in spec[n]])
+    if cfg.history_content and cfg.uses_content:
+        data = with_history_content(data, cfg.history_content)
     if cfg.variant == "biased_mf":
         missing = [n for n in ("user_id", "item_id") if n not in data.sparse_names]
         if missing:
@@ -289,7 +295,8 @@ def build_train_model(
     ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
     model: DLRREC | BiasedMF = (
         BiasedMF(ebc) if cfg.variant == "biased_mf"
-        else DLRREC(ebc, len(data.dense_names), len(data.towers), data.content_dim, build_arch_sizes(cfg))
+        else DLRREC(ebc, len(data.dense_names), len(data.towers), data.content_dim, build_arch_sizes(cfg),
+                    tuple(t for _, t in data.history_slots))
     )  # fmt: skip
     if cfg.projection == "two_step" and isinstance(model, DLRREC) and data.towers:
         pretrain_projection(model.projection_arch, data, Path(cfg.run_dir), cfg.pretrain_epochs, cfg.seed)

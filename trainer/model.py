@@ -197,14 +197,20 @@ class ProjectionArch(nn.Module):
         hidden: H (0 = a single C->D linear layer).
         out_dim: D.
         dropout: dropout after the hidden layer.
+        slots: the tower of each input slot of `forward` (S slots; a tower may serve
+            several); () = slot t is tower t.
 
     Example::
 
         arch = ProjectionArch(2, 384, 128, 32, 0.1)
         z = arch(torch.rand(8, 2, 384))  # [8, 2, 32]
+        shared = ProjectionArch(2, 384, 128, 32, 0.1, slots=(0, 1, 1))
+        z = shared(torch.rand(8, 3, 384))  # [8, 3, 32]: slot 2 through tower 1
     """
 
-    def __init__(self, towers: int, in_dim: int, hidden: int, out_dim: int, dropout: float) -> None:
+    def __init__(
+        self, towers: int, in_dim: int, hidden: int, out_dim: int, dropout: float, slots: tuple[int, ...] = ()
+    ) -> None:
         super().__init__()
         dims = [in_dim, hidden, out_dim] if hidden > 0 else [in_dim, out_dim]
         if towers == 0:  # no parameters: empty ones never get a gradient, so no optimizer state
@@ -219,11 +225,15 @@ class ProjectionArch(nn.Module):
             self.biases.append(nn.Parameter(torch.zeros(towers, 1, b)))
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.towers = towers
+        self.shared = bool(slots)
+        self.register_buffer("slot_tower", torch.tensor(slots, dtype=torch.long), persistent=False)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, N, C] -> [T, N, D] (tower t applied to x[t])."""
+        """x: [S, N, C] -> [S, N, D] (slot s through its tower; tower t = slot t unless shared)."""
         n_layers = len(self.weights)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if self.shared:  # static per model: fx-traced
+                w, b = w.index_select(0, self.slot_tower), b.index_select(0, self.slot_tower)
             x = torch.baddbmm(b, x, w)
             if i < n_layers - 1:
                 x = self.dropout(torch.relu(x))
@@ -239,7 +249,7 @@ class ProjectionArch(nn.Module):
         return x
 
     def forward(self, content: torch.Tensor) -> torch.Tensor:
-        """content: [B, T, C]. Returns: [B, T, D]."""
+        """content: [B, S, C]. Returns: [B, S, D]."""
         if self.towers == 0:
             return content.new_zeros(content.shape[0], 0, self.weights[-1].shape[-1] if len(self.weights) else 0)
         return self.project(content.transpose(0, 1)).transpose(0, 1)
@@ -323,6 +333,9 @@ class DLRREC(nn.Module):
         towers: T content towers, each C -> D (or C -> `tower_dim`, then lifted to D).
         content_dim: C.
         sizes: the MLP and tower sizes and the dropout (`ArchSizes`).
+        history_sources: H more content inputs after the T towers' (`train.history_content`:
+            a history bag's mean member vector), the k-th projected by tower
+            `history_sources[k]`: no weights of their own.
 
     Example::
 
@@ -336,8 +349,11 @@ class DLRREC(nn.Module):
         towers: int,
         content_dim: int,
         sizes: ArchSizes,
+        history_sources: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
+        if any(not 0 <= t < towers for t in history_sources):
+            raise ValueError(f"history_sources {history_sources}: not towers of {towers}")
         dims = {c.embedding_dim for c in ebc.embedding_bag_configs()}
         if len(dims) != 1:
             raise ValueError(f"all tables need one embedding dim, got {sorted(dims)}")
@@ -349,12 +365,16 @@ class DLRREC(nn.Module):
         tower_dim = sizes.tower_dim or d
         if tower_dim > d:
             raise ValueError(f"tower_dim {tower_dim} is above the embedding dim {d}")
-        self.projection_arch = ProjectionArch(towers, content_dim, sizes.tower_hidden, tower_dim, sizes.dropout)
+        # the history inputs share their source towers' weights (and lifts)
+        slots = (*range(towers), *history_sources) if history_sources else ()
+        self.projection_arch = ProjectionArch(
+            towers, content_dim, sizes.tower_hidden, tower_dim, sizes.dropout, slots
+        )
         # narrow towers (the product's 32-d content embeddings) in a wider interaction space
         self.tower_map: nn.Module = (
-            ProjectionArch(towers, tower_dim, 0, d, 0.0) if towers and tower_dim < d else nn.Identity()
+            ProjectionArch(towers, tower_dim, 0, d, 0.0, slots) if towers and tower_dim < d else nn.Identity()
         )
-        self.inter_arch = InteractionArch(1 + n_sparse + towers)
+        self.inter_arch = InteractionArch(1 + n_sparse + towers + len(history_sources))
         self.over_arch = OverArch(d + self.inter_arch.num_pairs, list(sizes.over_arch), sizes.dropout)
 
     def forward(
