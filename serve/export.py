@@ -8,7 +8,8 @@ Writes RUN/export/ (atomically; reused when the run and features are unchanged):
     items.parquet             id map: item -> row (+ title when the raw items have one)
     seen.parquet              (user row, item row) of the training rows (`recommend`'s filter)
     embeddings/{users,items}.parquet   retrieval vectors by source id: the id-table row
-                              and the tower output of each entity
+                              and the tower outputs of each entity (its history-content
+                              slots' too)
     _meta.json                manifest: fingerprints, the feature recipe, the trainer's
                               config and metrics, versions
 
@@ -53,12 +54,23 @@ from dlrrec.meta import (
 )
 from serve.config import ServeConfig
 from serve.model import EntityInputs, ScoringModel, Towers
-from serve.recipe import EntityArrays, entity_arrays, entity_vectors, id_map, owner_of
+from serve.recipe import (
+    MEAN_CHUNK_MEMBERS,
+    READ_BATCH_ROWS,
+    EntityArrays,
+    bag_means,
+    entity_arrays,
+    entity_vectors,
+    id_map,
+    owner_of,
+    row_chunks,
+)
 from trainer.checkpoint import SafeFileSystemReader, read_metadata_safely
 from trainer.config import TrainConfig
-from trainer.data import TOWER_COLUMNS
+from trainer.data import TOWER_COLUMNS, entity_store
+from trainer.vector_store import VectorStore
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: history-content slots (train.history_content), rebuilt not reused
 PREFIX = "model.model."  # DCP payload key "model" + DLRRECTrain.model
 
 
@@ -93,8 +105,11 @@ def read_run(run_dir: Path) -> tuple[TrainReport, TrainConfig, Path]:
 def model_features(
     tcfg: TrainConfig, meta: FeaturesMeta
 ) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    """(sparse names, dense names, towers) in the trainer's order (trainer/data.py, main.py)."""
-    sparse, dense = list(meta["sparse_features"]), list(meta["dense_features"])
+    """(sparse names, dense names, towers) in the trainer's order (trainer/data.py, main.py);
+    `train.history_tables: none` leaves the history bags out of the sparse features."""
+    spec = meta["sparse_features"]
+    sparse = [s for s in spec if not (tcfg.history_tables == "none" and "ids_of" in spec[s])]
+    dense = list(meta["dense_features"])
     if tcfg.variant == "biased_mf":
         return ["user_id", "item_id"], [], []
     towers = [t for m in tcfg.modalities for t in TOWER_COLUMNS[m]] if tcfg.uses_content else []
@@ -104,6 +119,28 @@ def model_features(
                 f"features/_meta.json: tower column {col!r} is per row (row_content); `dlrrec export` serves per-entity vectors only"
             )
     return sparse, dense, towers
+
+
+def history_slots(
+    tcfg: TrainConfig, meta: FeaturesMeta, towers: list[tuple[str, str]]
+) -> list[tuple[str, int]]:
+    """(bag, source tower) of each `train.history_content` slot, as
+    `trainer.data.with_history_content` pairs them: the first tower of the bag's members'
+    entity. None without towers (the trainer ignores the option there)."""
+    if not towers:
+        return []
+    spec = meta["sparse_features"]
+    slots = []
+    for bag in tcfg.history_content:
+        member = spec[bag].get("ids_of", "").removesuffix("_id") if bag in spec else ""
+        src = next((t for t, (e, _) in enumerate(towers) if e == member), -1)
+        if src < 0:
+            raise DataError(
+                f"features/_meta.json: train.history_content: {bag!r} is no history bag over "
+                "an entity with a tower; export the features the run was trained on"
+            )
+        slots.append((bag, src))
+    return slots
 
 
 def mlp_from(tensors: dict[str, torch.Tensor], prefix: str, last_activation: bool) -> nn.Sequential:
@@ -161,6 +198,30 @@ def tower_outputs(
     return torch.stack(outs, dim=1) if outs else torch.zeros(shape[0], 0, shape[1])
 
 
+def history_outputs(
+    towers_mod: Towers,
+    slots: list[tuple[str, int]],
+    history: dict[str, tuple[np.ndarray, np.ndarray]],
+    stores: list[VectorStore],
+    shape: tuple[int, int],
+) -> torch.Tensor:
+    """[n + 1, Hk, D]: for each slot whose bag is in `history` (the owner's CSR bags, row
+    n empty), every row's mean member vector through the slot's source tower; `stores`
+    holds each slot's member vectors, `shape` = (n + 1, D). Owners go in bounded chunks."""
+    outs = []
+    with torch.no_grad():
+        for (bag, src), store in zip(slots, stores):
+            if bag not in history:
+                continue
+            offsets, values = history[bag]
+            out = torch.empty(shape)
+            for lo, hi in row_chunks(offsets, READ_BATCH_ROWS, MEAN_CHUNK_MEMBERS):
+                x = bag_means(offsets, values, lo, hi, store)
+                out[lo:hi] = towers_mod(torch.from_numpy(x.astype(np.float32)), src)
+            outs.append(out)
+    return torch.stack(outs, dim=1) if outs else torch.zeros(shape[0], 0, shape[1])
+
+
 def concat_bags(
     bags: list[tuple[np.ndarray, np.ndarray]], rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,19 +252,33 @@ def tower_layers(tensors: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], 
 def build_scoring_model(
     tcfg: TrainConfig, meta: FeaturesMeta, features: Path, tensors: dict[str, torch.Tensor]
 ) -> tuple[ScoringModel, dict[str, EntityArrays], dict[str, Any]]:
-    """The scoring model of a run, its per-entity arrays and the recipe for the manifest."""
+    """The scoring model of a run, its per-entity arrays and the recipe for the manifest.
+
+    The interaction's vectors are, as the trainer's: dense output, the F sparse
+    features, the T towers, then the H history-content slots, each slot a column of its
+    bag owner's `tower_out` (after the owner's towers)."""
     sparse, dense, towers = model_features(tcfg, meta)
-    arrays = entity_arrays(features, meta, sparse, dense, tcfg.id_dropout > 0)
+    slots = history_slots(tcfg, meta, towers)
+    bags = [b for b, _ in slots]
+    arrays = entity_arrays(features, meta, sparse, dense, tcfg.id_dropout > 0, bags)
     tables, feature_table, table_names = build_tables(tcfg, meta, sparse, tensors)
     d = tables[0].embedding_dim
     towers_mod = Towers(*tower_layers(tensors))
     dim = int(meta["content_dim"])
+    members = [towers[src] for _, src in slots]
+    stores = [entity_store(features, meta, e, col) for e, col in members]
     inputs = {}
     for e in ("user", "item"):
         n = entity_count(meta, e)
         vecs = {col: entity_vectors(features, e, col, n, dim) for x, col in towers if x == e}
         offsets, values = concat_bags(arrays[e].bags, n + 1)
-        out = tower_outputs(towers_mod, towers, e, vecs, (n + 1, d))
+        out = torch.cat(
+            [
+                tower_outputs(towers_mod, towers, e, vecs, (n + 1, d)),
+                history_outputs(towers_mod, slots, arrays[e].history, stores, (n + 1, d)),
+            ],
+            dim=1,
+        )
         inputs[e] = EntityInputs(offsets, values, torch.from_numpy(arrays[e].dense), out)
     ku = len(arrays["user"].sparse_names)
     source = [
@@ -213,14 +288,17 @@ def build_scoring_model(
         for f in sparse
     ]
     dense_cat = arrays["user"].dense_names + arrays["item"].dense_names
-    tower_cat = [t for e in ("user", "item") for t, (x, _) in enumerate(towers) if x == e]
-    n_vec = 1 + len(sparse) + len(towers)
+    # slot s < T is tower s, T + k is history slot k; the model concatenates each
+    # entity's tower_out columns (towers, then slots), users first
+    slot_owner = [x for x, _ in towers] + [owner_of(b, "") for b in bags]
+    tower_cat = [s for e in ("user", "item") for s, x in enumerate(slot_owner) if x == e]
+    n_vec = 1 + len(sparse) + len(slot_owner)
     rows, cols = torch.triu_indices(n_vec, n_vec, offset=1)
     layout = {
         "feature_table": feature_table,
         "feature_source": source,
         "dense_index": [dense_cat.index(x) for x in dense],
-        "towers": [tower_cat.index(t) for t in range(len(towers))],
+        "towers": [tower_cat.index(s) for s in range(len(slot_owner))],
         "pairs": (rows * n_vec + cols).tolist(),
         "biased_mf": [int(tcfg.variant == "biased_mf")],
     }
@@ -240,9 +318,15 @@ def build_scoring_model(
             for f, t in zip(sparse, feature_table)
         ],
         "dense": [{"name": x, "owner": owner_of(x, "")} for x in dense],
-        "towers": [{"entity": e, "column": c} for e, c in towers],
+        # towers, then the history-content slots: the owner's bag, mean member vector
+        # through the tower of `projected_by` (`project` with that tower's index)
+        "towers": [{"entity": e, "column": c} for e, c in towers]
+        + [
+            {"entity": owner_of(b, ""), "column": b, "projected_by": col}
+            for b, (_, col) in zip(bags, members)
+        ],
         "cold_rows": tcfg.id_dropout > 0,
-        "unknown_row": "row n of each kind: OOV attributes, the cold row, zero dense and vectors",
+        "unknown_row": "row n of each kind: OOV attributes, the cold row, zero dense and vectors, empty bags",
     }
     return model, arrays, recipe
 

@@ -13,7 +13,9 @@ inputs per entity (`EntityInputs`) and scores (user row, item row) pairs:
 
 The projection towers read frozen entity vectors only, so their outputs are computed
 once per entity at export (`tower_out`); the towers themselves are kept (`project`) for
-vectors of entities the export has not seen.
+vectors of entities the export has not seen. A history-content slot
+(`train.history_content`: the mean member vector of a history bag through the members'
+tower) is likewise a per-owner `tower_out` column.
 """
 
 import torch
@@ -43,7 +45,8 @@ class EntityInputs(nn.Module):
             into `values` (each feature's bags follow the previous feature's).
         values: [total] int64 table ids.
         dense: [n, Dk] float32 standardized dense features this entity owns.
-        tower_out: [n, Tk, D] float32 tower outputs of this entity's content columns.
+        tower_out: [n, Tk + Hk, D] float32 tower outputs of this entity's content
+            columns, then of the history-content slots of the bags it owns.
 
     Example::
 
@@ -88,8 +91,9 @@ class ScoringModel(nn.Module):
         layout: `feature_table` [F] (table of each sparse feature, in the trainer's
             feature order), `feature_source` [F] (k-th owned feature of the user (k) or
             of the item (Ku + k)), `dense_index` [Dd] (columns of cat(user dense, item
-            dense) in the trainer's order), `towers` [T] (likewise into cat(user towers,
-            item towers)), `pairs` (flat upper-triangle indices of the interaction).
+            dense) in the trainer's order), `towers` [T + H] (the T towers, then the H
+            history-content slots, likewise into cat(user tower_out, item tower_out)),
+            `pairs` (flat upper-triangle indices of the interaction).
         mlps: `dense_arch`, `over_arch` (nn.Sequential, eval mode, no dropout) and
             `projection` (tower layers as one [T, a, b] weight and [T, 1, b] bias each).
 

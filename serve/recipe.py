@@ -27,6 +27,10 @@ features stage never saw.
   training and after the last timestamp, computed by the features stage's own functions
   (`derived_values`; this reads the examples' id, label, rating and timestamp columns
   whole, as the features stage does).
+- history bags read as content (`train.history_content`): the same per-entity bags
+  (computed even when the bags are no sparse feature, `train.history_tables: none`),
+  whose mean member vectors `bag_means` computes in bounded chunks of owners
+  (`row_chunks`) with the trainer's `trainer.data.pooled_bag`.
 
 Other features (per-row review vectors) are refused by name.
 """
@@ -34,7 +38,7 @@ Other features (per-row review vectors) are refused by name.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +58,8 @@ from features.stats import (
     rating_stats,
     user_bias,
 )
-from trainer.vector_store import open_store
+from trainer.data import SplitArrays, pooled_bag
+from trainer.vector_store import VectorStore, open_store
 
 # the owner of every feature the features stage writes (features/schema.py, dense.py)
 OWNER = {
@@ -67,6 +72,9 @@ DERIVED = {name: spec[0] for name, spec in HISTORY_FEATURES.items()}
 DERIVED.update({name: name.split("_")[0] for name in (*STAT_FEATURES, *RECENT_FEATURES, BIAS_FEATURE)})
 OWNER.update(DERIVED)
 READ_BATCH_ROWS = 65536
+# the members one chunk of `bag_means` reads: its float32 vectors stay under
+# 2^18 * C * 4 bytes (384 MiB at C = 384), however many entities there are
+MEAN_CHUNK_MEMBERS = 1 << 18
 SPLIT_ORDER = ("test", "val", "train")
 
 
@@ -84,7 +92,9 @@ class EntityArrays:
     """One kind's inputs as NumPy, rows 0..n (row n: the unknown entity).
 
     `bags` holds each owned sparse feature as (offsets [n + 2], values); `dense` is
-    [n + 1, Dk]; `seen` [n] marks the entities in training rows.
+    [n + 1, Dk]; `seen` [n] marks the entities in training rows; `history` holds each
+    owned history bag read as content (`train.history_content`) as (offsets [n + 2],
+    member ids), row n empty.
     """
 
     sparse_names: list[str]
@@ -92,6 +102,7 @@ class EntityArrays:
     dense_names: list[str]
     dense: np.ndarray
     seen: np.ndarray
+    history: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def _batches(folder: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -161,9 +172,11 @@ def entity_arrays(
     sparse_names: list[str],
     dense_names: list[str],
     cold: bool,
+    content_bags: list[str] | None = None,
 ) -> dict[str, EntityArrays]:
     """Both kinds' inputs: attributes from the examples (one streaming pass per split),
-    history bags and rating statistics from `derived_values`."""
+    history bags and rating statistics from `derived_values`; `content_bags` (history
+    bags read as content, sparse features or not) land in each owner's `history`."""
     where = str(features / "_meta.json")
     spec = meta["sparse_features"]
     sizes = {"user": int(meta["n_users"]), "item": int(meta["n_items"])}
@@ -185,9 +198,9 @@ def entity_arrays(
                         f"{features / 'examples' / split}: {e}_id outside [0, {sizes[e]}) (n_{e}s)"
                     )
                 c.add(ids, batch, split == "train")
-    derived = derived_values(
-        features, meta, [x for x in sparse_names + dense_names if x in DERIVED]
-    )
+    content_bags = content_bags or []
+    wanted = [x for x in sparse_names + dense_names if x in DERIVED]
+    derived = derived_values(features, meta, list(dict.fromkeys(wanted + content_bags)))
     out = {}
     for e, c in cols.items():
         n = sizes[e]
@@ -200,15 +213,44 @@ def entity_arrays(
                     ids[np.flatnonzero(~c.seen)] = n
                 bags.append((np.arange(n + 2, dtype=np.int64), ids))
             elif s in DERIVED:
-                offsets, values = derived[s]
-                bags.append((np.append(offsets, offsets[-1]), values))  # unknown: empty bag
+                bags.append(_with_unknown(*derived[s]))
             else:
                 bags.append(c.bags(s, 0))
         dense = np.zeros((n + 1, len(dense_owned[e])), np.float32)
         for k, d in enumerate(dense_owned[e]):
             dense[:n, k] = derived[d][0] if d in DERIVED else c.dense[:, c.dense_names.index(d)]
-        out[e] = EntityArrays(owned[e], bags, dense_owned[e], dense, c.seen)
+        history = {b: _with_unknown(*derived[b]) for b in content_bags if owner_of(b, where) == e}
+        out[e] = EntityArrays(owned[e], bags, dense_owned[e], dense, c.seen, history)
     return out
+
+
+def _with_unknown(offsets: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A derived bag's CSR over rows 0..n: the unknown entity (row n) gets an empty bag."""
+    return np.append(offsets, offsets[-1]), values
+
+
+def row_chunks(offsets: np.ndarray, max_rows: int, max_members: int) -> Iterator[tuple[int, int]]:
+    """[lo, hi) ranges covering the rows of a CSR array, each of at most `max_rows` rows
+    and `max_members` values (a longer single row is a chunk of its own)."""
+    n, lo = offsets.size - 1, 0
+    while lo < n:
+        fit = int(np.searchsorted(offsets, offsets[lo] + max_members, side="right")) - 1
+        hi = min(max(fit, lo + 1), lo + max_rows, n)
+        yield lo, hi
+        lo = hi
+
+
+def bag_means(
+    offsets: np.ndarray, values: np.ndarray, lo: int, hi: int, store: VectorStore
+) -> np.ndarray:
+    """float16 [hi - lo, C]: the mean member vector of bags lo..hi-1 (0 for an empty bag),
+    by the trainer's own `pooled_bag`, so each owner's tower input is bit for bit what a
+    row with that bag gets in training; memory is O(the chunk's members), never [members, C]."""
+    none = np.zeros(0, np.int64)
+    bags = SplitArrays(
+        offsets.size - 1, none, none, none, np.zeros((0, 0), np.float32), {}, {"bag": (offsets, values)}, {}
+    )
+    return pooled_bag(store, bags, "bag", np.arange(lo, hi))
 
 
 def derived_values(

@@ -53,6 +53,26 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"plain": plain, "cold": cold, "raw": raw}
 
 
+@pytest.fixture(scope="module")
+def bag_content_run(tmp_path_factory) -> Path:
+    """A run whose history bags are model inputs only as content: no bag tables
+    (`history_tables=none`), both user bags read through the item tower
+    (`history_content`), narrow towers lifted by `tower_map` (`tower_dim` < D)."""
+    from features.main import run as build_features
+    from similarity.config import SwingConfig
+    from similarity.main import run as swing
+
+    tmp = tmp_path_factory.mktemp("serve_bags")
+    run = tmp / "run"
+    raw = write_raw_reviews(tmp / "raw")
+    build_features(FeaturesConfig(run_dir=str(run), raw_dir=str(raw), seed=1, history_bags=True))
+    swing(SwingConfig(run_dir=str(run), top_k=10))
+    opts = {**TRAIN, "history_tables": "none", "tower_dim": 16,
+            "history_content": ["user_pos_items", "user_neg_items"]}  # fmt: skip
+    run_ranks(train_runs, 2, [(str(run), opts)])
+    return run
+
+
 def source_pairs(run: Path, split: str) -> pa.Table:
     t = pq.read_table(
         run / "features" / "examples" / split, columns=["user_id", "item_id", "label"]
@@ -272,6 +292,80 @@ def test_history_statistics_and_cold_start_rows(runs, tmp_path: Path, capsys):
         == 0
     )
     assert np.isfinite(pq.read_table(tmp_path / "n.parquet")["score"].to_numpy()).all()
+
+
+@pytest.mark.slow
+def test_history_content_slots_reproduce_the_trainers_test_predictions(
+    bag_content_run, tmp_path: Path
+):
+    """Each user's bags, mean item vector through the item tower, as extra tower slots
+    of the user: the trainer's test scores and AUC; the manifest names the slots."""
+    run = bag_content_run
+    assert export(run) == 0
+    recipe = json.loads((run / "export" / "_meta.json").read_text())["recipe"]
+    meta = json.loads((run / "features" / "_meta.json").read_text())
+    bags = {n for n, s in meta["sparse_features"].items() if "ids_of" in s}
+    assert {"user_pos_items", "user_neg_items"} <= bags
+    assert not bags & {s["name"] for s in recipe["sparse"]}  # history_tables=none: no tables
+    assert recipe["towers"] == [
+        {"entity": "user", "column": "user_text"},
+        {"entity": "item", "column": "item_text"},
+        {"entity": "user", "column": "user_pos_items", "projected_by": "item_text"},
+        {"entity": "user", "column": "user_neg_items", "projected_by": "item_text"},
+    ]
+    model = torch.jit.load(str(run / "export" / "model.pt"))
+    n_vec = 1 + len(recipe["sparse"]) + 4  # dense, sparse, 2 towers, 2 slots
+    assert model.pairs.numel() == n_vec * (n_vec - 1) // 2
+    # the unknown user (row n) has empty bags: the item tower of the zero vector
+    n = int(meta["n_users"])
+    zero = model.project(1, torch.zeros(1, int(meta["content_dim"])))
+    np.testing.assert_allclose(
+        model.users.tower_out[n, 1:].numpy(), zero.expand(2, -1).numpy(), rtol=0, atol=1e-6
+    )
+    score_test_pairs(run, tmp_path)
+    out = pq.read_table(tmp_path / "out.parquet")
+    trainer = pq.read_table(run / "train" / "test_predictions.parquet")
+    np.testing.assert_allclose(
+        out["score"].to_numpy(), trainer["prob"].to_numpy(), rtol=0, atol=1e-5
+    )
+    report = json.loads((run / "train" / "report.json").read_text())
+    ours = summarize(out["label"].to_numpy(), out["score"].to_numpy().astype(np.float32))
+    assert abs(ours.auc() - report["test"]["auc"]) < 1e-4
+    users = pq.read_table(run / "export" / "embeddings" / "users.parquet")
+    assert users.column_names[-2:] == ["user_pos_items_tower", "user_neg_items_tower"]
+
+
+def test_bag_means_in_chunks_are_the_trainers_pooled_bags():
+    """Chunked per-owner means equal `trainer.data.pooled_bag` of the same bags bit for
+    bit, whatever the chunk bounds (empty bags: zero)."""
+    from serve.recipe import bag_means, row_chunks
+    from trainer.data import SplitArrays, pooled_bag
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(20, 8)).astype(np.float16)
+
+    class Store:  # the one method and field of a VectorStore that the means read
+        dim = 8
+
+        def read(self, ids: np.ndarray) -> np.ndarray:
+            return table[ids]
+
+    lengths = rng.integers(0, 6, 40)
+    lengths[[0, 7]] = 0
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = rng.integers(0, 20, int(offsets[-1]))
+    none = np.zeros(0, np.int64)
+    split = SplitArrays(40, none, none, none, np.zeros((40, 0)), {}, {"b": (offsets, values)}, {})
+    want = pooled_bag(Store(), split, "b", np.arange(40))
+    for rows, members in ((40, 1000), (7, 1000), (40, 9), (3, 1)):
+        chunks = list(row_chunks(offsets, rows, members))
+        bounds = [0] + [hi for _, hi in chunks]
+        assert chunks == list(zip(bounds[:-1], bounds[1:])) and bounds[-1] == 40
+        for lo, hi in chunks:
+            assert hi - lo <= rows and (hi - lo == 1 or offsets[hi] - offsets[lo] <= members)
+        got = np.concatenate([bag_means(offsets, values, lo, hi, Store()) for lo, hi in chunks])
+        np.testing.assert_array_equal(got, want)
+    assert not want[0].any() and want.dtype == np.float16
 
 
 @pytest.mark.slow
