@@ -249,24 +249,19 @@ def tower_layers(tensors: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], 
     return weights, biases
 
 
-def build_scoring_model(
-    tcfg: TrainConfig, meta: FeaturesMeta, features: Path, tensors: dict[str, torch.Tensor]
-) -> tuple[ScoringModel, dict[str, EntityArrays], dict[str, Any]]:
-    """The scoring model of a run, its per-entity arrays and the recipe for the manifest.
-
-    The interaction's vectors are, as the trainer's: dense output, the F sparse
-    features, the T towers, then the H history-content slots, each slot a column of its
-    bag owner's `tower_out` (after the owner's towers)."""
-    sparse, dense, towers = model_features(tcfg, meta)
-    slots = history_slots(tcfg, meta, towers)
-    bags = [b for b, _ in slots]
-    arrays = entity_arrays(features, meta, sparse, dense, tcfg.id_dropout > 0, bags)
-    tables, feature_table, table_names = build_tables(tcfg, meta, sparse, tensors)
-    d = tables[0].embedding_dim
-    towers_mod = Towers(*tower_layers(tensors))
+def entity_inputs(
+    features: Path,
+    meta: FeaturesMeta,
+    towers: list[tuple[str, str]],
+    slots: list[tuple[str, int]],
+    arrays: dict[str, EntityArrays],
+    towers_mod: Towers,
+    d: int,
+) -> dict[str, EntityInputs]:
+    """Each kind's `EntityInputs`: its bags, dense values, and its towers' outputs followed
+    by the outputs of the history-content slots it owns."""
     dim = int(meta["content_dim"])
-    members = [towers[src] for _, src in slots]
-    stores = [entity_store(features, meta, e, col) for e, col in members]
+    stores = [entity_store(features, meta, *towers[src]) for _, src in slots]
     inputs = {}
     for e in ("user", "item"):
         n = entity_count(meta, e)
@@ -280,6 +275,19 @@ def build_scoring_model(
             dim=1,
         )
         inputs[e] = EntityInputs(offsets, values, torch.from_numpy(arrays[e].dense), out)
+    return inputs
+
+
+def model_layout(
+    sparse: list[str],
+    dense: list[str],
+    slot_owner: list[str],
+    arrays: dict[str, EntityArrays],
+    feature_table: list[int],
+    biased: bool,
+) -> dict[str, list[int]]:
+    """`ScoringModel`'s layout: where each trainer-order input sits in the per-entity
+    arrays. `slot_owner` [T + H]: the entity of each tower, then of each history slot."""
     ku = len(arrays["user"].sparse_names)
     source = [
         arrays["user"].sparse_names.index(f)
@@ -288,21 +296,38 @@ def build_scoring_model(
         for f in sparse
     ]
     dense_cat = arrays["user"].dense_names + arrays["item"].dense_names
-    # slot s < T is tower s, T + k is history slot k; the model concatenates each
-    # entity's tower_out columns (towers, then slots), users first
-    slot_owner = [x for x, _ in towers] + [owner_of(b, "") for b in bags]
+    # the model concatenates each entity's tower_out columns (towers, then slots), users first
     tower_cat = [s for e in ("user", "item") for s, x in enumerate(slot_owner) if x == e]
     n_vec = 1 + len(sparse) + len(slot_owner)
     rows, cols = torch.triu_indices(n_vec, n_vec, offset=1)
-    layout = {
+    return {
         "feature_table": feature_table,
         "feature_source": source,
         "dense_index": [dense_cat.index(x) for x in dense],
         "towers": [tower_cat.index(s) for s in range(len(slot_owner))],
         "pairs": (rows * n_vec + cols).tolist(),
-        "biased_mf": [int(tcfg.variant == "biased_mf")],
+        "biased_mf": [int(biased)],
     }
+
+
+def build_scoring_model(
+    tcfg: TrainConfig, meta: FeaturesMeta, features: Path, tensors: dict[str, torch.Tensor]
+) -> tuple[ScoringModel, dict[str, EntityArrays], dict[str, Any]]:
+    """The scoring model of a run, its per-entity arrays and the recipe for the manifest.
+
+    The interaction's vectors are, as the trainer's: dense output, the F sparse
+    features, the T towers, then the H history-content slots, each slot a column of its
+    bag owner's `tower_out` (after the owner's towers)."""
+    sparse, dense, towers = model_features(tcfg, meta)
+    slots = history_slots(tcfg, meta, towers)
+    bags = [b for b, _ in slots]
+    arrays = entity_arrays(features, meta, sparse, dense, tcfg.id_dropout > 0, bags)
+    tables, feature_table, table_names = build_tables(tcfg, meta, sparse, tensors)
+    towers_mod = Towers(*tower_layers(tensors))
+    inputs = entity_inputs(features, meta, towers, slots, arrays, towers_mod, tables[0].embedding_dim)
     biased = tcfg.variant == "biased_mf"
+    slot_owner = [x for x, _ in towers] + [owner_of(b, "") for b in bags]
+    layout = model_layout(sparse, dense, slot_owner, arrays, feature_table, biased)
     mlps: dict[str, nn.Module] = {
         "dense_arch": nn.Identity() if biased else mlp_from(tensors, "dense_arch.model.", True),
         "over_arch": nn.Identity() if biased else mlp_from(tensors, "over_arch.model.", False),
@@ -322,8 +347,8 @@ def build_scoring_model(
         # through the tower of `projected_by` (`project` with that tower's index)
         "towers": [{"entity": e, "column": c} for e, c in towers]
         + [
-            {"entity": owner_of(b, ""), "column": b, "projected_by": col}
-            for b, (_, col) in zip(bags, members)
+            {"entity": owner_of(b, ""), "column": b, "projected_by": towers[src][1]}
+            for b, src in slots
         ],
         "cold_rows": tcfg.id_dropout > 0,
         "unknown_row": "row n of each kind: OOV attributes, the cold row, zero dense and vectors, empty bags",
