@@ -68,6 +68,7 @@ from serve.recipe import (
 from trainer.checkpoint import SafeFileSystemReader, read_metadata_safely
 from trainer.config import TrainConfig
 from trainer.data import TOWER_COLUMNS, entity_store
+from trainer.layout import history_sources, model_sparse, table_groups
 from trainer.vector_store import VectorStore
 
 EXPORT_VERSION = 2  # 2: history-content slots (train.history_content), rebuilt not reused
@@ -108,7 +109,7 @@ def model_features(
     """(sparse names, dense names, towers) in the trainer's order (trainer/data.py, main.py);
     `train.history_tables: none` leaves the history bags out of the sparse features."""
     spec = meta["sparse_features"]
-    sparse = [s for s in spec if not (tcfg.history_tables == "none" and "ids_of" in spec[s])]
+    sparse = model_sparse(spec, list(spec), tcfg.history_tables)
     dense = list(meta["dense_features"])
     if tcfg.variant == "biased_mf":
         return ["user_id", "item_id"], [], []
@@ -124,23 +125,12 @@ def model_features(
 def history_slots(
     tcfg: TrainConfig, meta: FeaturesMeta, towers: list[tuple[str, str]]
 ) -> list[tuple[str, int]]:
-    """(bag, source tower) of each `train.history_content` slot, as
-    `trainer.data.with_history_content` pairs them: the first tower of the bag's members'
-    entity. None without towers (the trainer ignores the option there)."""
+    """(bag, source tower) of each `train.history_content` slot, as the trainer pairs
+    them (`trainer.layout.history_sources`). None without towers (the trainer ignores
+    the option there)."""
     if not towers:
         return []
-    spec = meta["sparse_features"]
-    slots = []
-    for bag in tcfg.history_content:
-        member = spec[bag].get("ids_of", "").removesuffix("_id") if bag in spec else ""
-        src = next((t for t, (e, _) in enumerate(towers) if e == member), -1)
-        if src < 0:
-            raise DataError(
-                f"features/_meta.json: train.history_content: {bag!r} is no history bag over "
-                "an entity with a tower; export the features the run was trained on"
-            )
-        slots.append((bag, src))
-    return slots
+    return history_sources(meta["sparse_features"], towers, tcfg.history_content, "features/_meta.json")
 
 
 def mlp_from(tensors: dict[str, torch.Tensor], prefix: str, last_activation: bool) -> nn.Sequential:
@@ -163,10 +153,7 @@ def build_tables(
 ) -> tuple[list[nn.EmbeddingBag], list[int], list[str]]:
     """(EmbeddingBags, table of each feature, table names) as `trainer.main.build_tables` groups them."""
     spec = meta["sparse_features"]
-    by_table: dict[str, list[str]] = {}
-    for name in sparse:
-        table = spec[name].get("ids_of", name) if tcfg.history_tables == "shared" else name
-        by_table.setdefault(table, []).append(name)
+    by_table = table_groups(spec, sparse, tcfg.history_tables)
     bags, names = [], list(by_table)
     for table, feats in by_table.items():
         key = f"sparse_arch.embedding_bag_collection.embedding_bags.t_{table}.weight"

@@ -46,6 +46,7 @@ from dlrrec.meta import (
     read_features_meta,
     read_similarity_meta,
 )
+from trainer.layout import history_sources
 from trainer.neighbor_store import NeighborStore, open_neighbors
 from trainer.vector_store import KINDS, VectorStore, feature_key, fixed_list_to_numpy, open_store
 
@@ -514,26 +515,17 @@ def with_history_content(data: TrainingData, bags: list[str]) -> TrainingData:
     """
     root = data.parts["train"].folder.parent.parent
     spec = data.features_meta["sparse_features"]
-    have = sorted(n for n, s in spec.items() if "ids_of" in s)
-    slots: list[tuple[str, int]] = []
+    slots = history_sources(spec, data.towers, bags, f"{root}/_meta.json")
     stores = dict(data.entity_columns)
-    for bag in bags:
-        if bag not in have:
+    for bag, tower in slots:
+        entity, col = data.towers[tower]
+        if data.per_row(col) or data.keyed(col):
             raise DataError(
-                f"{root}/_meta.json: train.history_content: no history bag {bag!r} (has {have}; "
-                "features.history_bags: true builds them)"
-            )
-        member = spec[bag]["ids_of"].removesuffix("_id")
-        tower = next((t for t, (e, _) in enumerate(data.towers) if e == member), -1)
-        col = data.towers[tower][1] if tower >= 0 else ""
-        if tower < 0 or data.per_row(col) or data.keyed(col):
-            raise DataError(
-                f"{root}/_meta.json: train.history_content: bag {bag!r} lists {member}s, "
-                f"which have no {member} tower over one vector per {member}"
+                f"{root}/_meta.json: train.history_content: bag {bag!r} lists {entity}s, "
+                f"which have no {entity} tower over one vector per {entity}"
             )
         if col not in stores:
-            stores[col] = entity_store(root, data.features_meta, member, col)
-        slots.append((bag, tower))
+            stores[col] = entity_store(root, data.features_meta, entity, col)
     return replace(data, history_slots=slots, entity_columns=stores)
 
 

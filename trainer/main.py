@@ -74,6 +74,7 @@ from trainer.data import (
 )
 from trainer.distributed import DistEnv, all_reduce_mean, gather_rows, init_distributed, shutdown
 from trainer.evaluation import EvalSpec, evaluate
+from trainer.layout import model_sparse, table_groups
 from trainer.loss import InfoNCEOptions
 from trainer.model import (
     DLRREC,
@@ -147,9 +148,8 @@ def read_variant_data(cfg: TrainConfig) -> TrainingData:
     data = read_training_data(
         cfg.run_dir, cfg.modalities if cfg.uses_content else [], cfg.uses_contrastive
     )
-    if cfg.history_tables == "none":  # the bags are read only as content, if at all
-        spec = data.features_meta["sparse_features"]
-        data = replace(data, sparse_names=[n for n in data.sparse_names if "ids_of" not in spec[n]])
+    spec = data.features_meta["sparse_features"]
+    data = replace(data, sparse_names=model_sparse(spec, data.sparse_names, cfg.history_tables))
     if cfg.history_content and cfg.uses_content:
         data = with_history_content(data, cfg.history_content)
     if cfg.variant == "biased_mf":
@@ -174,16 +174,7 @@ def build_tables(
     """
     meta = data.features_meta["sparse_features"]
     extra = cold.cold_id if cold is not None else {}
-    by_table: dict[str, list[str]] = {}
-    for name in data.sparse_names:
-        table = meta[name].get("ids_of", name) if history_tables == "shared" else name
-        by_table.setdefault(table, []).append(name)
-    for table, names in by_table.items():
-        if table not in data.sparse_names:
-            raise DataError(
-                f"features/_meta.json: sparse feature {names[0]!r} indexes the ids of "
-                f"{table!r}, which is not a sparse feature"
-            )
+    by_table = table_groups(meta, data.sparse_names, history_tables)
     return [
         EmbeddingBagConfig(
             name=f"t_{table}",
