@@ -1,4 +1,6 @@
-"""Val-only screens against the grid they would change: python3 screens.py TUNE_DIR GRID_DIR.
+"""Val-only screens against the grid they would change: python3 screens.py TUNE_DIR GRID_DIR,
+or against a reference run of TUNE_DIR itself (the same config on this machine):
+python3 screens.py TUNE_DIR --ref NAME (pairs with NAME-s<seed>-report.json).
 
 TUNE_DIR holds sealed runs, <setting>-s<seed>-report.json. Each run is paired with the
 GRID_DIR run of the same variant and seed (<variant>-d0.1-s<seed>-report.json, the current
@@ -28,9 +30,13 @@ def paired(dd: list[float]) -> str:
     return f"{st.mean(dd):+.4f}{se}"
 
 
-def main(tune_dir: str, grid_dir: str) -> None:
+def main(tune_dir: str, grid_dir: str, ref: str = "") -> None:
     screens = load(f"{tune_dir}/*-report.json", r"(.+)-s(\d+)-report\.json")
-    grid = load(f"{grid_dir}/*-report.json", r"(.+)-d0\.1-s(\d+)-report\.json")
+    if ref:  # every variant pairs with the reference setting's run of its seed
+        grid = {(r["config"]["variant"], s): r for (n, s), r in screens.items() if n == ref}
+        screens = {k: r for k, r in screens.items() if k[0] != ref and (r["config"]["variant"], k[1]) in grid}
+    else:
+        grid = load(f"{grid_dir}/*-report.json", r"(.+)-d0\.1-s(\d+)-report\.json")
     print("| setting | variant | seeds | val AUC per seed (Δ) | mean Δ AUC | mean Δ gAUC |\n|---|---|---|---|---|---|")
     for name in sorted({n for n, _ in screens}):
         seeds = sorted(s for n, s in screens if n == name)
@@ -44,4 +50,7 @@ def main(tune_dir: str, grid_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[2] == "--ref":
+        main(sys.argv[1], "", sys.argv[3])
+    else:
+        main(sys.argv[1], sys.argv[2])
