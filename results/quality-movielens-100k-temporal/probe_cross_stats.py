@@ -20,9 +20,7 @@ import sys
 
 import numpy as np
 import pyarrow.parquet as pq
-from probe_swing_affinity import gauc
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from probe_fit import added, val_logit
 
 DEMOGRAPHICS = ("gender", "occupation", "age_bucket")
 PRIOR = 5.0
@@ -62,22 +60,11 @@ def main(root: str, preds: list[str]) -> None:
     feats = {"user_genre": user_genre(tr, va, base), "demo_item": demo_item(tr, va, base)}
     feats["both"] = np.column_stack(list(feats.values()))
     y, users = va.label.to_numpy(), va.user_id.to_numpy()
-    fold = (users * 2654435761 % 2**32) % 2
     for path in preds:
-        pr = pq.read_table(path).to_pandas()
-        assert (pr.user_id.to_numpy() == users).all(), f"{path}: not these features' val rows"
-        p = pr.prob.to_numpy().clip(1e-6, 1 - 1e-6)
-        z = np.log(p / (1 - p))
+        z = val_logit(path, users)
         run = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))
         for name, x in feats.items():
-            xs, out = np.column_stack([z, 10 * x]), np.zeros(y.size)
-            for f in (0, 1):
-                fit = LogisticRegression(max_iter=1000).fit(xs[fold != f], y[fold != f])
-                out[fold == f] = fit.decision_function(xs[fold == f])
-            print(
-                f"{run} + {name}: AUC {roc_auc_score(y, z):.4f} -> {roc_auc_score(y, out):.4f}, "
-                f"gAUC {gauc(y, z, users):.4f} -> {gauc(y, out, users):.4f}"
-            )
+            added(name, run, z, users, y, 10 * x)
 
 
 if __name__ == "__main__":

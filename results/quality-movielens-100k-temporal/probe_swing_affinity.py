@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sklearn.linear_model import LogisticRegression
+from probe_fit import added, val_logit
 from sklearn.metrics import roc_auc_score
 
 BAGS = ("user_pos_items", "user_neg_items")
@@ -38,35 +38,13 @@ def affinity(root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(rows), val.label.to_numpy(), val.user_id.to_numpy()
 
 
-def gauc(y: np.ndarray, s: np.ndarray, users: np.ndarray) -> float:
-    """Row-weighted mean per-user AUC over users with both labels."""
-    total = n = 0.0
-    for u in np.unique(users):
-        m = users == u
-        if 0 < y[m].sum() < m.sum():
-            total += roc_auc_score(y[m], s[m]) * m.sum()
-            n += m.sum()
-    return total / n
-
-
 def main(root: str, preds: list[str]) -> None:
     feats, y, users = affinity(root)
     print(f"SWING sum, positive bag - negative bag, alone: AUC {roc_auc_score(y, feats[:, 0] - feats[:, 3]):.4f}")
-    fold = (users * 2654435761 % 2**32) % 2
     for path in preds:
-        pr = pq.read_table(path).to_pandas()
-        assert (pr.user_id.to_numpy() == users).all(), f"{path}: not these features' val rows"
-        p = pr.prob.to_numpy().clip(1e-6, 1 - 1e-6)
-        z = np.log(p / (1 - p))
+        z = val_logit(path, users)
         for name, x in (("sum, mean, count", np.log1p(feats)), ("mean only", feats[:, [1, 4]] * 10)):
-            out = np.zeros(y.size)
-            for f in (0, 1):
-                fit = LogisticRegression(max_iter=1000).fit(np.column_stack([z, x])[fold != f], y[fold != f])
-                out[fold == f] = fit.decision_function(np.column_stack([z, x])[fold == f])
-            print(
-                f"{path}: + {name}: AUC {roc_auc_score(y, z):.4f} -> {roc_auc_score(y, out):.4f}, "
-                f"gAUC {gauc(y, z, users):.4f} -> {gauc(y, out, users):.4f}"
-            )
+            added(name, f"{path}:", z, users, y, x)
 
 
 if __name__ == "__main__":

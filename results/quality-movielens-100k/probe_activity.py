@@ -8,8 +8,8 @@ user's (and its item's) TRAINING rows have a strictly earlier timestamp, the onl
 random split's leakage rule allows (val/test rows read training interactions only). In
 ML-100K a user's first ratings are more often positive. A logistic regression on the
 model's logit and the log counts, cross-fitted over two halves of the users, gives the AUC
-and gAUC the counts would add. The user-level gAUC helper is the temporal probe's
-(`../quality-movielens-100k-temporal/probe_swing_affinity.py`).
+and gAUC the counts would add (`../quality-movielens-100k-temporal/probe_fit.py`, the
+probes' shared fit).
 Needs pandas and scikit-learn (not project dependencies: a separate venv).
 """
 
@@ -19,11 +19,10 @@ import sys
 
 import numpy as np
 import pyarrow.parquet as pq
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "quality-movielens-100k-temporal"))
-from probe_swing_affinity import gauc  # noqa: E402
+from probe_fit import added, gauc, val_logit  # noqa: E402
 
 
 def load(root: str, split: str):
@@ -44,21 +43,10 @@ def main(root: str, preds: list[str]) -> None:
     uc, ic = earlier_count(train, val, "user_id"), earlier_count(train, val, "item_id")
     y, users = val.label.to_numpy(), val.user_id.to_numpy()
     print(f"fewer earlier user rows, alone: AUC {roc_auc_score(y, -uc):.4f}, gAUC {gauc(y, -uc, users):.4f}")
-    fold = (users * 2654435761 % 2**32) % 2
     for path in preds:
-        pr = pq.read_table(path).to_pandas()
-        assert (pr.user_id.to_numpy() == users).all(), f"{path}: not these features' val rows"
-        p = pr.prob.to_numpy().clip(1e-6, 1 - 1e-6)
-        z = np.log(p / (1 - p))
-        for name, x in (("user count", np.log1p(uc)[:, None]), ("user + item counts", np.log1p(np.column_stack([uc, ic])))):
-            xs, out = np.column_stack([z, x]), np.zeros(y.size)
-            for f in (0, 1):
-                fit = LogisticRegression(max_iter=1000).fit(xs[fold != f], y[fold != f])
-                out[fold == f] = fit.decision_function(xs[fold == f])
-            print(
-                f"{path}: + {name}: AUC {roc_auc_score(y, z):.4f} -> {roc_auc_score(y, out):.4f}, "
-                f"gAUC {gauc(y, z, users):.4f} -> {gauc(y, out, users):.4f}"
-            )
+        z = val_logit(path, users)
+        added("user count", f"{path}:", z, users, y, np.log1p(uc)[:, None])
+        added("user + item counts", f"{path}:", z, users, y, np.log1p(np.column_stack([uc, ic])))
 
 
 if __name__ == "__main__":
