@@ -1,9 +1,9 @@
 """What the val-only probes share (sessions 16-17): gAUC, and a signal's added value.
 
-`added(name, path, users, y, x)` reads a sealed run's `val_predictions.parquet`, fits a
-logistic regression on the model's logit and the candidate columns x, cross-fitted over
-two halves of the users (so no user's rows score a fit they trained), and prints the val
-AUC and gAUC before and after. Needs pandas and scikit-learn (a separate venv).
+`val_logit` reads a sealed run's `val_predictions.parquet` as logits; `added` fits a
+logistic regression on that logit and the candidate columns x, cross-fitted over two
+halves of the users (so no user's rows score a fit they trained), and prints the val AUC
+and gAUC before and after. Needs pandas and scikit-learn (a separate venv).
 """
 
 import numpy as np
